@@ -1,0 +1,219 @@
+"""The ``dialer`` command: run, migrate, ingest, status, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from dialer import __version__, logs
+from dialer.config import Settings, load_settings
+from dialer.errors import ConfigError, DialerError
+
+log = logging.getLogger("dialer")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config) if args.config else None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dialer.daemon import Daemon
+
+    s = _settings(args)
+    logs.setup(s.log_format, s.log_level)
+    anyio.run(Daemon(s).run, backend_options={"use_uvloop": True})
+    return 0
+
+
+async def _with_db(s: Settings, fn: Callable[[Any], Awaitable[int]], stop: bool = True) -> int:
+    from dialer.store.database import Database
+
+    db = Database(s)
+    pool = await db.open()
+    try:
+        return await fn(pool)
+    finally:
+        await db.close(stop_embedded=stop)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from dialer.store import migrate
+
+    s = _settings(args)
+    logs.setup(s.log_format, s.log_level)
+
+    async def go(pool: Any) -> int:
+        async with pool.acquire() as conn:
+            done = await migrate.migrate(conn)
+        if done:
+            for m in done:
+                print(f"applied {m.version:04d}_{m.name}")
+        else:
+            print("schema is current: no migration to apply")
+        return 0
+
+    return anyio.run(_with_db, s, go)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dialer.clock import SystemClock
+    from dialer.intake.files import FileIngestor
+
+    s = _settings(args)
+    logs.setup(s.log_format, "warning")
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} is not a file", file=sys.stderr)
+        return 2
+    target = args.target or s.default_target
+    console = Console(stderr=True)
+
+    async def go(pool: Any) -> int:
+        ing = FileIngestor(pool, s, SystemClock())
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("rows"), TimeElapsedColumn(), console=console, transient=False,
+            disable=not console.is_terminal and not args.progress,
+        ) as progress:
+            task = progress.add_task(f"ingesting {path.name}", total=None)
+            outcome = await ing.ingest(
+                path, target, source="cli", on_progress=lambda n: progress.advance(task, n)
+            )
+        if outcome.kind == "failed":
+            print(f"error: {path.name}: {outcome.error}", file=sys.stderr)
+            return 1
+        if outcome.kind == "busy":
+            print("error: another process is ingesting this file right now", file=sys.stderr)
+            return 1
+        report_path = Path(args.report) if args.report else None
+        if report_path is None:
+            import tempfile
+
+            report_path = Path(tempfile.mkstemp(suffix=".report.json")[1])
+        report = await ing.write_report(outcome, report_path)
+        if args.report:
+            print(f"report written to {report_path}", file=sys.stderr)
+            sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        else:
+            sys.stdout.write(report_path.read_text())
+            report_path.unlink()
+        return 0
+
+    return anyio.run(_with_db, s, go)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dialer.store.queries import Q
+
+    s = _settings(args)
+    logs.setup(s.log_format, "warning")
+
+    async def go(pool: Any) -> int:
+        async with pool.acquire() as conn:
+            batches = await conn.fetch(Q.batches_recent, args.limit)
+            totals = await conn.fetch(Q.call_state_totals)
+            per_batch = {
+                b["id"]: {r["state"]: r["n"] for r in await conn.fetch(Q.batch_call_counts, b["id"])}
+                for b in batches
+            }
+        if args.json:
+            out = {
+                "calls_by_state": {r["state"]: r["n"] for r in totals},
+                "batches": [
+                    {**{k: (str(v) if k in ("id", "created_at") else v) for k, v in dict(b).items()},
+                     "calls_by_state": per_batch[b["id"]]}
+                    for b in batches
+                ],
+            }
+            print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        console = Console()
+        t = Table(title="calls by state")
+        t.add_column("state")
+        t.add_column("calls", justify="right")
+        for r in totals:
+            t.add_row(r["state"], str(r["n"]))
+        console.print(t)
+        bt = Table(title=f"latest {len(batches)} batches")
+        for col in ("batch", "target", "source", "created", "state", "rows", "accepted",
+                    "invalid", "dup", "dnc", "calls by state"):
+            bt.add_column(col)
+        for b in batches:
+            c = b["counts"] or {}
+            states = ", ".join(f"{k} {v}" for k, v in sorted(per_batch[b["id"]].items()))
+            bt.add_row(
+                str(b["id"])[:8], b["target"], b["source_name"] or b["source"],
+                b["created_at"].astimezone().strftime("%Y-%m-%d %H:%M"), b["state"],
+                str(c.get("rows", b["rows_read"])), str(c.get("accepted", "")),
+                str(c.get("invalid", "")), str(c.get("duplicate", "")), str(c.get("dnc", "")),
+                states,
+            )
+        console.print(bt)
+        return 0
+
+    return anyio.run(_with_db, s, go)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    print(orjson.dumps(s.redacted(), option=orjson.OPT_INDENT_2).decode())
+    print("configuration is valid", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dialer", description="Progressive outbound dialing daemon (Ryng and friends)."
+    )
+    p.add_argument("--version", action="version", version=f"dialer {__version__}")
+    p.add_argument("--config", help="TOML config file (default: $DIALER_CONFIG or ./dialer.toml)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("run", help="run the daemon (HTTP API, inbox, dispatch)")
+    r.set_defaults(fn=cmd_run)
+    m = sub.add_parser("migrate", help="apply pending database migrations")
+    m.set_defaults(fn=cmd_migrate)
+    i = sub.add_parser("ingest", help="ingest a lead file now and print its report")
+    i.add_argument("file", help="a .csv, .json, .ndjson/.jsonl or .xlsx lead file")
+    i.add_argument("--target", help="target name (default: default_target)")
+    i.add_argument("--report", help="also write the report to this path")
+    i.add_argument("--progress", action="store_true", help="show progress even when not a TTY")
+    i.set_defaults(fn=cmd_ingest)
+    st = sub.add_parser("status", help="batches and calls by state")
+    st.add_argument("--limit", type=int, default=20, help="how many recent batches (default 20)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(fn=cmd_status)
+    c = sub.add_parser("check-config", help="validate and print the effective config (secrets redacted)")
+    c.set_defaults(fn=cmd_check_config)
+    for sp in (r, m, i, st, c):
+        sp.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except DialerError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,268 @@
+"""Settings: one typed object from a TOML file plus ``DIALER_*`` environment variables.
+
+Environment variables win over the file. Unknown keys and bad values stop start-up
+with a message naming the key (``ConfigError``). Secrets come only from the
+environment or files and are redacted whenever the config is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dialer.errors import ConfigError
+
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecycleRule(_Strict):
+    after_min: float = Field(gt=0)
+    max: int = Field(ge=0)
+
+
+class Target(_Strict):
+    kind: Literal["queue", "campaign"] = "queue"
+    queue_id: str | None = None
+    campaign_id: str | None = None
+    campaign_name: str | None = None
+    upload: Literal["json", "sheet"] = "json"
+    agent_mapping: Literal["global", "inline", "all-agents"] = "all-agents"
+    agents: list[str] = Field(default_factory=list)
+    leg_direction: Literal["agent-first", "customer-first"] | None = None
+    max_retries: int | None = Field(default=None, ge=0)
+    retry_interval_min: int | None = Field(default=None, ge=0)
+    max_dispose_s: int | None = Field(default=None, ge=0)
+    chunk_size: int = Field(default=500, ge=1, le=10_000)
+    calls_per_agent: int = Field(default=2, ge=1)
+    calling_hours: str = "09:00-20:00"
+    ref_field: int = Field(default=10, ge=1, le=100)
+    dedupe_window_h: float = Field(default=24, ge=0)
+    default_region: str = "US"
+    recycle: dict[Literal["no_answer", "busy", "unreachable"], RecycleRule] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("calling_hours")
+    @classmethod
+    def _hours(cls, v: str) -> str:
+        if not _HOURS.match(v):
+            raise ValueError("must look like 09:00-20:00")
+        return v
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        import phonenumbers
+
+        if v.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {v!r}")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Target:
+        if self.kind == "queue" and not self.queue_id:
+            raise ValueError("queue_id is required when kind = 'queue'")
+        if self.agent_mapping == "global" and not self.agents:
+            raise ValueError("agents must list usernames when agent_mapping = 'global'")
+        return self
+
+
+class CapRule(_Strict):
+    count: int = Field(ge=1)
+    window_h: float = Field(gt=0)
+
+
+class Compliance(_Strict):
+    max_attempts_per_number: list[CapRule] = Field(default_factory=list)
+    holidays: list[str] = Field(default_factory=list)
+    holidays_ics: str | None = None
+    dnc_dispositions: list[str] = Field(default_factory=lambda: ["DNC", "DO_NOT_CALL"])
+    calling_hours_by_region: dict[str, str] = Field(default_factory=dict)
+
+
+def _default_targets() -> dict[str, Target]:
+    return {
+        "sales": Target(
+            kind="queue",
+            queue_id="42",
+            agent_mapping="global",
+            agents=["alice", "bob", "carol"],
+        )
+    }
+
+
+class Settings(_Strict):
+    database_url: SecretStr | None = None
+    state_dir: Path = Path("./var")
+    inbox_dir: Path | None = None
+    http_listen: str = "127.0.0.1:8080"
+    public_url: str | None = None
+    ryng_base_url: str | None = None
+    ryng_token: SecretStr | None = None
+    api_tokens: list[SecretStr] = Field(default_factory=list)
+    callback_secret: SecretStr | None = None
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    default_target: str = "sales"
+    targets: dict[str, Target] = Field(default_factory=_default_targets)
+    compliance: Compliance = Field(default_factory=Compliance)
+
+    settle_s: float = Field(default=2.0, ge=0)
+    inbox_poll_s: float = Field(default=0.5, gt=0)
+    max_body_mb: float = Field(default=50, gt=0)
+    max_batch_leads: int = Field(default=100_000, ge=1)
+    max_line_kb: int = Field(default=1024, ge=1)
+    ingest_commit_rows: int = Field(default=20_000, ge=1)
+    stale_after_h: float = Field(default=6, gt=0)
+    uncertain_after_min: float = Field(default=30, gt=0)
+    db_pool_size: int = Field(default=10, ge=2)
+
+    @field_validator("http_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
+        return v
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _default_target_exists(self) -> Settings:
+        if self.default_target not in self.targets:
+            raise ValueError(
+                f"default_target {self.default_target!r} is not one of the targets "
+                f"({', '.join(sorted(self.targets)) or 'none'})"
+            )
+        return self
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def inbox(self) -> Path:
+        return self.inbox_dir or self.state_dir / "inbox"
+
+    @property
+    def listen_host(self) -> str:
+        return self.http_listen.rpartition(":")[0]
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.http_listen.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.http_listen}").rstrip("/")
+
+    @property
+    def sandbox_mode(self) -> bool:
+        return not self.ryng_base_url
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def target(self, name: str) -> Target:
+        return self.targets[name]
+
+    def secret(self) -> bytes:
+        """The HMAC key: configured, else generated once and kept in the state dir."""
+        if self.callback_secret is not None:
+            return self.callback_secret.get_secret_value().encode()
+        path = self.state_dir / "callback_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as plain data with every secret replaced."""
+        data = self.model_dump(mode="json")
+        for key in ("database_url", "ryng_token", "callback_secret"):
+            if data.get(key):
+                data[key] = "***"
+        data["api_tokens"] = ["***" for _ in data.get("api_tokens", [])]
+        data["inbox_dir"] = str(self.inbox)
+        data["public_url"] = self.base_url
+        return data
+
+
+# Top-level keys that may come from DIALER_<KEY>.
+_ENV_KEYS = {
+    name: f"DIALER_{name.upper()}" for name in Settings.model_fields if name not in {"targets"}
+}
+_ENV_KEYS.pop("compliance")
+_SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url"}
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return f"invalid configuration ({source}):\n" + "\n".join(lines)
+
+
+def load_settings(
+    path: Path | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Read TOML (``--config``, ``$DIALER_CONFIG`` or ``./dialer.toml``), then env, then overrides."""
+    env = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and env.get("DIALER_CONFIG"):
+        path = Path(env["DIALER_CONFIG"])
+    if path is None and Path("dialer.toml").exists():
+        path = Path("dialer.toml")
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        source = str(path)
+        for key in _SECRET_KEYS:
+            if key in data:
+                raise ConfigError(
+                    f"{key}: secrets are read from the environment "
+                    f"({_ENV_KEYS[key]}), not from the config file"
+                )
+    for key, var in _ENV_KEYS.items():
+        value = env.get(var)
+        if value is not None and value != "":
+            data[key] = value
+    if overrides:
+        data.update(overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None

@@ -1,0 +1,237 @@
+"""The CRM-facing API under ``/v1`` (bearer auth on every route)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import Path as PathParam
+from pydantic import ValidationError
+
+from dialer.errors import InvalidInput, NotFound, TooLarge
+from dialer.http.context import AppContext, get_ctx
+from dialer.http.errors import validation_details
+from dialer.http.models import (
+    BatchAccepted,
+    BatchIn,
+    BatchOut,
+    CallList,
+    CallOut,
+    CallsPage,
+    CallSummary,
+    DncIn,
+    DncOut,
+    ErrorOut,
+)
+from dialer.intake import phones
+from dialer.intake.submit import Submission, submit
+from dialer.store.queries import Q
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
+    404: {"model": ErrorOut, "description": "Not found"},
+    422: {"model": ErrorOut, "description": "Malformed request"},
+}
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+def router(auth: Any) -> APIRouter:
+    r = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=_ERRORS)
+
+    @r.post(
+        "/batches",
+        status_code=202,
+        response_model=BatchAccepted,
+        summary="Submit a batch of leads (JSON or text/csv)",
+        responses={
+            409: {"model": ErrorOut, "description": "Idempotency-Key reused with another body"},
+            413: {"model": ErrorOut, "description": "Body or lead count over the limit"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/BatchIn"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def post_batch(
+        request: Request,
+        ctx: Ctx,
+        target: Annotated[str | None, Query(max_length=100)] = None,
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", max_length=200)
+        ] = None,
+    ) -> Any:
+        s = ctx.settings
+        body = await read_body(request, s.max_body_bytes)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        digest = hashlib.sha256(
+            ctype.encode() + b"\0" + (target or "").encode() + b"\0" + body
+        ).hexdigest()
+        if ctype in ("text/csv", "application/csv", "text/plain"):
+            sub = Submission(target=target or s.default_target, csv=body)
+        elif ctype in ("application/json", ""):
+            sub = _json_submission(body, target, s.default_target, s.max_batch_leads)
+        else:
+            raise InvalidInput(
+                f"content-type {ctype!r} is not supported: send application/json or text/csv"
+            )
+        sub.idempotency_key = idempotency_key
+        sub.request_sha256 = digest
+        status, out = await submit(ctx.pool, s, ctx.clock, sub)
+        return Response(orjson.dumps(out), status_code=status, media_type="application/json")
+
+    @r.get("/batches/{batch_id}", response_model=BatchOut, summary="A batch's state and counts")
+    async def get_batch(batch_id: uuid.UUID, ctx: Ctx) -> Any:
+        async with ctx.pool.acquire() as conn:
+            b = await conn.fetchrow(Q.batch_get, batch_id)
+            if b is None:
+                raise NotFound(f"no batch {batch_id}")
+            by_state = {x["state"]: x["n"] for x in await conn.fetch(Q.batch_call_counts, batch_id)}
+            by_outcome = {
+                x["outcome"]: x["n"] for x in await conn.fetch(Q.batch_outcome_counts, batch_id)
+            }
+        return BatchOut(
+            batch_id=str(b["id"]), target=b["target"], source=b["source"],
+            source_name=b["source_name"], state=b["state"], created_at=b["created_at"],
+            ingested_at=b["ingested_at"], counts=dict(b["counts"]),
+            calls_by_state=by_state, calls_by_outcome=by_outcome, error=b["error"],
+        )
+
+    @r.get("/batches/{batch_id}/calls", response_model=CallsPage, summary="The batch's calls, paged")
+    async def batch_calls(
+        batch_id: uuid.UUID,
+        ctx: Ctx,
+        cursor: Annotated[str | None, Query(max_length=40, pattern=r"^[0-9]*$")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> Any:
+        after = int(cursor) if cursor else 0
+        if after > 2**62:
+            raise InvalidInput("cursor: out of range")
+        async with ctx.pool.acquire() as conn:
+            if await conn.fetchrow(Q.batch_get, batch_id) is None:
+                raise NotFound(f"no batch {batch_id}")
+            rows = await conn.fetch(Q.batch_calls_page, batch_id, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return CallsPage(
+            calls=[_summary(x) for x in rows],
+            next_cursor=str(rows[-1]["id"]) if more and rows else None,
+        )
+
+    @r.get("/calls/{call_id}", response_model=CallOut, summary="A call with its events")
+    async def get_call(call_id: Annotated[int, PathParam(ge=1, le=2**62)], ctx: Ctx) -> Any:
+        async with ctx.pool.acquire() as conn:
+            out = await _call(conn, call_id)
+        if out is None:
+            raise NotFound(f"no call {call_id}")
+        return out
+
+    @r.get("/calls", response_model=CallList, summary="Calls by your external_id")
+    async def find_calls(
+        ctx: Ctx, external_id: Annotated[str, Query(min_length=1, max_length=4000)]
+    ) -> Any:
+        async with ctx.pool.acquire() as conn:
+            ids = [x["id"] for x in await conn.fetch(Q.calls_by_external_id, external_id)]
+            calls = [c for c in [await _call(conn, i) for i in ids] if c is not None]
+        return CallList(calls=calls)
+
+    @r.post("/dnc", response_model=DncOut, summary="Add numbers to the do-not-call list")
+    async def add_dnc(payload: DncIn, ctx: Ctx) -> Any:
+        s = ctx.settings
+        region = (payload.region or s.targets[s.default_target].default_region).upper()
+        if not phones.is_supported_region(region):
+            raise InvalidInput(f"region: unknown region {region!r}")
+        good: list[str] = []
+        invalid = []
+        for i, raw in enumerate(payload.numbers):
+            e164, why = phones.normalise(raw, region)
+            if e164 is None:
+                invalid.append({"index": i, "number": raw[:64], "reason": why or "invalid"})
+            else:
+                good.append(e164)
+        good = sorted(set(good))
+        async with ctx.pool.acquire() as conn:
+            rows = await conn.fetch(Q.dnc_add, good, "api", ctx.clock.now(), payload.expires_at)
+        added = sum(1 for x in rows if x["inserted"])
+        return DncOut(added=added, updated=len(rows) - added, invalid=invalid)
+
+    @r.delete("/dnc/{number}", status_code=204, summary="Remove a number from the do-not-call list")
+    async def delete_dnc(number: Annotated[str, PathParam(max_length=64)], ctx: Ctx) -> Response:
+        s = ctx.settings
+        e164, why = phones.normalise(number, s.targets[s.default_target].default_region)
+        if e164 is None:
+            raise InvalidInput(f"number: {why}")
+        async with ctx.pool.acquire() as conn:
+            gone = await conn.fetchval(Q.dnc_delete, e164)
+        if gone is None:
+            raise NotFound(f"{phones.mask(e164)} is not on the do-not-call list")
+        return Response(status_code=204)
+
+    return r
+
+
+def _summary(x: Any) -> CallSummary:
+    return CallSummary(
+        id=x["id"], number=x["e164"], external_id=x["external_id"], state=x["state"],
+        outcome=x["outcome"], attempt=x["attempt"], agent=x["agent"], priority=x["priority"],
+        created_at=x["created_at"], updated_at=x["updated_at"], ended_at=x["ended_at"],
+    )
+
+
+async def _call(conn: Any, call_id: int) -> CallOut | None:
+    c = await conn.fetchrow(Q.call_get, call_id)
+    if c is None:
+        return None
+    events = [dict(e) for e in await conn.fetch(Q.call_events, call_id)]
+    base = _summary(c).model_dump()
+    return CallOut(
+        **base, batch_id=str(c["batch_id"]), target=c["target"], line=c["line"],
+        fields=c["fields"], agents=c["agents"], timezone=c["timezone"], events=events,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
+    chunks: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+def _json_submission(body: bytes, target: str | None, default: str, max_leads: int) -> Submission:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"body is not valid JSON: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("leads"), list):
+        if len(data["leads"]) > max_leads:
+            raise TooLarge(f"a batch holds at most {max_leads} leads", {"limit": max_leads})
+    try:
+        batch = BatchIn.model_validate(data)
+    except ValidationError as e:
+        details = validation_details(list(e.errors()))
+        first = details[0]
+        raise InvalidInput(f"{first['field']}: {first['message']}", details) from None
+    rows: list[dict[str, Any]] = [
+        lead.model_dump(exclude_none=True) for lead in batch.leads
+    ]
+    return Submission(
+        target=batch.target or target or default,
+        rows=rows,
+        result_webhook_url=batch.result_webhook_url,
+    )

@@ -1,0 +1,26 @@
+"""What request handlers need, hung on ``app.state`` once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+from fastapi import Request
+
+from dialer.clock import Clock
+from dialer.config import Settings
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    clock: Clock
+    draining: bool = False
+    migrations_current: bool = True
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,62 @@
+"""Every error leaves the API as ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from dialer.errors import DialerError
+
+
+class ORJSONResponse(JSONResponse):
+    """JSON rendered by orjson (FastAPI's own class of that name is deprecated)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> ORJSONResponse:
+    return ORJSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
+    return [{"field": _loc(e.get("loc", ())), "message": e.get("msg", "")} for e in errors]
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DialerError)
+    async def _dialer(_: Request, exc: DialerError) -> ORJSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return error_response(exc.http_status, exc.code, exc.message, exc.details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        details = validation_details(list(exc.errors()))
+        first = details[0] if details else {"field": "body", "message": "invalid"}
+        return error_response(
+            422, "invalid_request", f"{first['field']}: {first['message']}", details
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), None,
+                              dict(exc.headers) if exc.headers else None)

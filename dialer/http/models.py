@@ -1,0 +1,140 @@
+"""Request and response shapes of the public API (they make ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FieldValue = str | int | float | bool | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LeadIn(_Strict):
+    number: str = Field(min_length=1, max_length=64, description="Phone number, national or E.164")
+    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1,
+                                 description="Bigger dials first")
+    agents: list[str] | str | None = Field(
+        default=None, description="Agent usernames (list, or ';' '|' ',' separated)"
+    )
+    external_id: str | int | None = Field(default=None, description="Your id for the lead")
+    fields: dict[str, FieldValue] | None = Field(default=None, description="Custom fields")
+    timezone: str | None = Field(default=None, description="IANA zone overriding the number's")
+
+
+class BatchIn(_Strict):
+    target: str | None = Field(default=None, description="Target name; default_target if absent")
+    leads: list[LeadIn]
+    result_webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://", max_length=2000,
+        description="Receives one signed POST per ended call",
+    )
+
+
+class Rejected(_Strict):
+    index: int | None = None
+    line: int | None = None
+    reason: str
+
+
+class BatchAccepted(_Strict):
+    batch_id: str
+    target: str
+    accepted: int
+    rejected: list[Rejected]
+    duplicates: int
+    dnc: int
+
+
+class ErrorDetail(_Strict):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorOut(_Strict):
+    error: ErrorDetail
+
+
+class BatchOut(_Strict):
+    batch_id: str
+    target: str
+    source: str
+    source_name: str | None
+    state: str
+    created_at: datetime
+    ingested_at: datetime | None
+    counts: dict[str, int]
+    calls_by_state: dict[str, int]
+    calls_by_outcome: dict[str, int]
+    error: str | None = None
+
+
+class CallSummary(_Strict):
+    id: int
+    number: str
+    external_id: str | None
+    state: str
+    outcome: str | None
+    attempt: int
+    agent: str | None
+    priority: int
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+
+class CallsPage(_Strict):
+    calls: list[CallSummary]
+    next_cursor: str | None
+
+
+class EventOut(_Strict):
+    id: int
+    at: datetime
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    applied: bool
+    payload: Any = None
+
+
+class CallOut(CallSummary):
+    batch_id: str
+    target: str
+    line: int
+    fields: dict[str, Any] | None
+    agents: list[str] | None
+    timezone: str | None
+    events: list[EventOut]
+
+
+class CallList(_Strict):
+    calls: list[CallOut]
+
+
+class DncIn(_Strict):
+    numbers: list[str] = Field(max_length=100_000)
+    region: str | None = Field(default=None, description="Region for national numbers")
+    expires_at: datetime | None = None
+
+
+class DncInvalid(_Strict):
+    index: int
+    number: str
+    reason: str
+
+
+class DncOut(_Strict):
+    added: int
+    updated: int
+    invalid: list[DncInvalid]
+
+
+class Health(_Strict):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

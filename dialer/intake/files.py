@@ -1,0 +1,255 @@
+"""Ingest one lead file: fingerprint, resume or start a batch, stream, finalise, report.
+
+Shared by the inbox watcher, ``dialer ingest`` and uploads. The file's sha256 is its
+identity: the same content is never ingested twice, and a file found again after a
+crash resumes from the last committed chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import orjson
+
+from dialer.clock import Clock
+from dialer.config import Settings
+from dialer.errors import FileUnreadable
+from dialer.intake import batches
+from dialer.intake.pipeline import ParseJob, chunks_from_process, chunks_from_thread
+from dialer.intake.readers import Fingerprint, detect_format, fingerprint
+from dialer.store.queries import Q
+
+log = logging.getLogger(__name__)
+
+# Below this size a child process costs more than it saves.
+PROCESS_THRESHOLD_BYTES = 2 << 20
+
+
+@dataclass
+class FileOutcome:
+    kind: str  # ingested | duplicate | failed | busy
+    name: str
+    target: str
+    batch_id: uuid.UUID | None = None
+    sha256: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    fmt: str | None = None
+    first: dict[str, Any] | None = None  # for a duplicate: the first batch's file
+
+
+class FileIngestor:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Clock) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.clock = clock
+
+    async def ingest(
+        self,
+        path: Path,
+        target: str,
+        *,
+        source: str = "inbox",
+        name: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> FileOutcome:
+        name = name or path.name
+        out = FileOutcome(kind="failed", name=name, target=target)
+        if target not in self.settings.targets:
+            out.error = (
+                f"unknown target {target!r}; configured targets: "
+                f"{', '.join(sorted(self.settings.targets))}"
+            )
+            return out
+        fmt = detect_format(name)
+        if fmt is None:
+            out.error = (
+                f"unsupported file type {Path(name).suffix or '(none)'!r}: "
+                "expected .csv, .json, .ndjson, .jsonl or .xlsx"
+            )
+            return out
+        out.fmt = fmt
+        try:
+            fp: Fingerprint = await anyio.to_thread.run_sync(fingerprint, path, fmt)
+        except FileUnreadable as e:
+            out.error = e.message
+            return out
+        except OSError as e:
+            out.error = f"cannot read file: {e.strerror or e}"
+            return out
+        out.sha256 = fp.sha256
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(Q.file_try_lock, fp.sha256):
+                out.kind = "busy"  # another instance is ingesting this content
+                return out
+            try:
+                return await self._ingest_locked(conn, path, fp, out, source, on_progress)
+            finally:
+                await conn.execute(Q.file_unlock, fp.sha256)
+
+    async def _ingest_locked(
+        self,
+        conn: asyncpg.Connection,
+        path: Path,
+        fp: Fingerprint,
+        out: FileOutcome,
+        source: str,
+        on_progress: Callable[[int], None] | None,
+    ) -> FileOutcome:
+        target = out.target
+        tcfg = self.settings.targets[target]
+        now = self.clock.now()
+        row = await conn.fetchrow(Q.inbox_file_get, fp.sha256)
+        skip = 0
+        if row is not None and row["state"] in ("ingested", "filed"):
+            out.batch_id = row["batch_id"]
+            first = await conn.fetchrow(Q.batch_get, row["batch_id"])
+            if row["state"] == "ingested" and row["path"] == str(path):
+                # finalised before a crash, not yet filed: finish the job
+                out.kind = "ingested"
+                out.counts = dict(first["counts"]) if first else {}
+                return out
+            out.kind = "duplicate"
+            out.first = {
+                "batch_id": str(row["batch_id"]),
+                "file": row["name"],
+                "target": row["target"],
+                "received_at": row["created_at"].isoformat(),
+                "filed_path": row["filed_path"],
+                "counts": dict(first["counts"]) if first else {},
+            }
+            return out
+        if row is not None and row["state"] == "ingesting":
+            batch = await conn.fetchrow(Q.batch_get, row["batch_id"])
+            if batch is not None and batch["state"] == "receiving" and batch["target"] == target:
+                batch_id = batch["id"]
+                skip = batch["rows_read"]
+                log.info("resuming %s at row %d (batch %s)", out.name, skip, batch_id)
+            else:
+                batch_id = await self._restart(conn, fp, out, path, source, now)
+        elif row is not None:  # failed before: try again from scratch
+            batch_id = await self._restart(conn, fp, out, path, source, now)
+        else:
+            async with conn.transaction():
+                batch_id = await batches.create_batch(
+                    conn, target=target, source=source, now=now, source_name=out.name,
+                    sha256=fp.sha256,
+                )
+                await conn.execute(
+                    Q.inbox_file_insert, fp.sha256, batch_id, out.name, target, str(path)
+                )
+        out.batch_id = batch_id
+        if on_progress and skip:
+            on_progress(skip)
+        job = ParseJob(
+            fmt=out.fmt or "csv",
+            batch_id=str(batch_id),
+            rules=batches.rules_for(target, tcfg),
+            encoding=fp.encoding,
+            skip_rows=skip,
+            chunk_rows=self.settings.ingest_commit_rows,
+            max_line_bytes=self.settings.max_line_kb * 1024,
+        )
+        chunks = (
+            chunks_from_process(path, job)
+            if fp.size >= PROCESS_THRESHOLD_BYTES
+            else chunks_from_thread(path, job)
+        )
+        try:
+            async for chunk in chunks:
+                await batches.copy_chunk(conn, batch_id, chunk)
+                if on_progress:
+                    on_progress(chunk.rows)
+        except FileUnreadable as e:
+            await batches.fail_batch(conn, batch_id, e.message, self.clock.now())
+            await conn.execute(Q.inbox_file_state, fp.sha256, "failed", None, self.clock.now())
+            out.kind, out.error = "failed", e.message
+            return out
+        async with conn.transaction():
+            out.counts = await batches.finalise(conn, batch_id, target, tcfg, self.clock.now())
+            state = "filed" if source != "inbox" else "ingested"
+            await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())
+        out.kind = "ingested"
+        return out
+
+    async def _restart(
+        self,
+        conn: asyncpg.Connection,
+        fp: Fingerprint,
+        out: FileOutcome,
+        path: Path,
+        source: str,
+        now: Any,
+    ) -> uuid.UUID:
+        async with conn.transaction():
+            batch_id = await batches.create_batch(
+                conn, target=out.target, source=source, now=now, source_name=out.name,
+                sha256=fp.sha256,
+            )
+            await conn.execute(
+                Q.inbox_file_restart, fp.sha256, batch_id, out.name, out.target, str(path)
+            )
+        return batch_id
+
+    async def mark_filed(self, sha256: str, filed_path: Path) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(Q.inbox_file_state, sha256, "filed", str(filed_path),
+                               self.clock.now())
+
+    async def mark_failed(self, sha256: str, filed_path: Path) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(Q.inbox_file_state, sha256, "failed", str(filed_path),
+                               self.clock.now())
+
+    async def write_report(self, outcome: FileOutcome, dest: Path) -> dict[str, Any]:
+        """Write ``<name>.report.json`` (streamed: flat memory on any number of rejects)."""
+        head: dict[str, Any] = {
+            "file": outcome.name,
+            "target": outcome.target,
+            "sha256": outcome.sha256,
+            "format": outcome.fmt,
+            "batch_id": str(outcome.batch_id) if outcome.batch_id else None,
+            "processed_at": self.clock.now().isoformat(),
+        }
+        tmp = dest.with_name(dest.name + ".tmp")
+        if outcome.kind == "duplicate":
+            head["result"] = "duplicate"
+            head["duplicate_of"] = outcome.first
+            head["message"] = (
+                "the same content was already received; nothing was ingested again"
+            )
+            head["counts"] = {"rows": 0, "accepted": 0, "invalid": 0, "duplicate": 0, "dnc": 0}
+            head["rejected"] = []
+            await anyio.Path(tmp).write_bytes(orjson.dumps(head, option=orjson.OPT_INDENT_2))
+        else:
+            head["result"] = "ingested"
+            head["counts"] = outcome.counts
+            assert outcome.batch_id is not None
+            await self._stream_report(head, outcome.batch_id, tmp)
+        await anyio.Path(tmp).replace(dest)
+        return head
+
+    async def _stream_report(self, head: dict[str, Any], batch_id: uuid.UUID, tmp: Path) -> None:
+        prefix = orjson.dumps(head, option=orjson.OPT_INDENT_2)[:-2]  # drop "\n}"
+        async with self.pool.acquire() as conn:
+            f = await anyio.open_file(tmp, "wb")
+            try:
+                await f.write(prefix + b',\n  "rejected": [')
+                sep = b"\n    "
+                buf: list[bytes] = []
+                async for item in batches.rejected_rows(conn, batch_id):
+                    buf.append(sep + orjson.dumps(item))
+                    sep = b",\n    "
+                    if len(buf) >= 1000:
+                        await f.write(b"".join(buf))
+                        buf.clear()
+                await f.write(b"".join(buf) + (b"\n  ]\n}\n" if sep != b"\n    " else b"]\n}\n"))
+            finally:
+                await f.aclose()

@@ -1,0 +1,217 @@
+"""The inbox directory: sales ops drop files, the daemon takes them once they settle.
+
+``INBOX/<target>/<file>`` goes to that target, ``INBOX/<file>`` to the default target.
+A file is taken when its size and mtime have been still for ``settle_s``, or at once
+when it was renamed in (inotify ``IN_MOVED_TO``). Results land in
+``processed/<YYYY-MM-DD>/`` (file + ``.report.json``) or ``failed/`` (+ ``.error.txt``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from dialer.clock import Clock
+from dialer.config import Settings
+from dialer.intake.files import FileIngestor, FileOutcome
+
+log = logging.getLogger(__name__)
+
+RESERVED = frozenset({"processed", "failed"})
+
+
+def ignored(name: str) -> bool:
+    return name.startswith(".") or name.endswith((".tmp", ".part", ".report.json",
+                                                   ".error.txt", ".results.csv"))
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    since: float
+    moved_in: bool = False
+
+
+def unique_path(directory: Path, name: str) -> Path:
+    """``name`` in ``directory``, or ``stem-2.ext`` … when taken (never overwrite)."""
+    p = directory / name
+    if not p.exists() and not (directory / f"{name}.report.json").exists():
+        return p
+    stem, dot, ext = name.partition(".")
+    for i in range(2, 100_000):
+        cand = directory / (f"{stem}-{i}{dot}{ext}")
+        if not cand.exists() and not (directory / f"{cand.name}.report.json").exists():
+            return cand
+    raise RuntimeError(f"no free name for {name} in {directory}")
+
+
+class Inbox:
+    def __init__(
+        self,
+        settings: Settings,
+        ingestor: FileIngestor,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.root = settings.inbox
+        self.ingestor = ingestor
+        self.clock = clock
+        self._seen: dict[Path, _Seen] = {}
+        self._wake = anyio.Event()
+        self.files_done = 0
+        self.accepting = True
+        self.current: Path | None = None
+
+    def ensure_dirs(self) -> None:
+        for d in (self.root, self.root / "processed", self.root / "failed"):
+            d.mkdir(parents=True, exist_ok=True)
+        for name in self.settings.targets:
+            (self.root / name).mkdir(exist_ok=True)
+
+    # -- discovery -------------------------------------------------------------
+    def candidates(self) -> list[tuple[Path, str]]:
+        """Files waiting in the inbox with the target each one goes to."""
+        found: list[tuple[Path, str]] = []
+        with os.scandir(self.root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if ignored(e.name):
+                continue
+            if e.is_file(follow_symlinks=False):
+                found.append((Path(e.path), self.settings.default_target))
+            elif e.is_dir(follow_symlinks=False) and e.name not in RESERVED:
+                with os.scandir(e.path) as sub:
+                    for f in sorted(sub, key=lambda x: x.name):
+                        if not ignored(f.name) and f.is_file(follow_symlinks=False):
+                            found.append((Path(f.path), e.name))
+        return found
+
+    def settled(self, path: Path) -> bool:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._seen.pop(path, None)
+            return False
+        now = self.clock.monotonic()
+        seen = self._seen.get(path)
+        if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            moved = seen.moved_in if seen else False
+            self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now, moved)
+            return moved and seen is None
+        return seen.moved_in or now - seen.since >= self.settings.settle_s
+
+    def note_moved_in(self, path: Path) -> None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, self.clock.monotonic(), True)
+
+    async def scan_once(self) -> int:
+        """Take every settled file; returns how many were handled."""
+        handled = 0
+        for path, target in await anyio.to_thread.run_sync(self.candidates):
+            if not self.accepting:
+                break
+            if self.settled(path):
+                await self.handle(path, target)
+                self._seen.pop(path, None)
+                handled += 1
+        return handled
+
+    # -- one file ----------------------------------------------------------------
+    async def handle(self, path: Path, target: str) -> FileOutcome:
+        self.current = path
+        try:
+            outcome = await self.ingestor.ingest(path, target, source="inbox")
+            await self._file(path, outcome)
+        finally:
+            self.current = None
+        self.files_done += 1
+        return outcome
+
+    async def _file(self, path: Path, outcome: FileOutcome) -> None:
+        if outcome.kind == "busy":
+            return
+        if outcome.kind == "failed":
+            dest_dir = self.root / "failed"
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            dest = unique_path(dest_dir, path.name)
+            err = dest.with_name(dest.name + ".error.txt")
+            text = (
+                f"{path.name}: {outcome.error}\n"
+                f"target: {outcome.target}\n"
+                "Nothing from this file was ingested. Fix it and drop it into the inbox again.\n"
+            )
+            await anyio.Path(err).write_text(text, encoding="utf-8")
+            await anyio.Path(path).replace(dest)
+            if outcome.sha256 and outcome.batch_id:
+                with contextlib.suppress(Exception):
+                    await self.ingestor.mark_failed(outcome.sha256, dest)
+            log.warning("inbox file failed", extra={"file": path.name, "error": outcome.error})
+            return
+        day = self.clock.now().astimezone().date().isoformat()
+        dest_dir = self.root / "processed" / day
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = unique_path(dest_dir, path.name)
+        await self.ingestor.write_report(outcome, dest.with_name(dest.name + ".report.json"))
+        await anyio.Path(path).replace(dest)
+        if outcome.kind == "ingested" and outcome.sha256:
+            await self.ingestor.mark_filed(outcome.sha256, dest)
+        log.info(
+            "inbox file %s", outcome.kind,
+            extra={"file": path.name, "batch_id": str(outcome.batch_id), **outcome.counts},
+        )
+
+    # -- the loop ------------------------------------------------------------------
+    async def run(self) -> None:
+        self.ensure_dirs()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            while self.accepting:
+                try:
+                    await self.scan_once()
+                except Exception:
+                    log.exception("inbox scan failed; retrying")
+                with anyio.move_on_after(self.settings.inbox_poll_s):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+            tg.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
+        """Wake the scanner on inotify events; mark renamed-in files as ready at once."""
+        try:
+            from inotify_simple import INotify
+            from inotify_simple import flags as F
+        except ImportError:  # pragma: no cover - non-Linux
+            return
+        ino = INotify()
+        mask = F.MOVED_TO | F.CLOSE_WRITE | F.CREATE
+        wds: dict[int, Path] = {}
+        try:
+            for d in [self.root, *(p for p in self.root.iterdir() if p.is_dir())]:
+                if d.name in RESERVED:
+                    continue
+                wds[ino.add_watch(str(d), mask)] = d
+            while True:
+                await anyio.wait_readable(ino.fileno())
+                for ev in ino.read(timeout=0):
+                    base = wds.get(ev.wd)
+                    if base is None or not ev.name:
+                        continue
+                    p = base / ev.name
+                    if ev.mask & F.ISDIR and ev.mask & (F.CREATE | F.MOVED_TO) and base == self.root:
+                        if ev.name not in RESERVED:
+                            wds[ino.add_watch(str(p), mask)] = p
+                        continue
+                    if ev.mask & F.MOVED_TO and not ignored(ev.name):
+                        self.note_moved_in(p)
+                self._wake.set()
+        finally:
+            ino.close()

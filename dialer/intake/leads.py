@@ -1,0 +1,158 @@
+"""One raw row → one validated lead, encoded as a line of PostgreSQL COPY text.
+
+This runs in the intake worker (a child process for files, a thread for API bodies),
+so it is plain synchronous code with no database access.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from dialer.intake import phones
+from dialer.intake.columns import ColumnMap
+
+COPY_COLUMNS = (
+    "batch_id", "line", "raw_number", "e164", "priority", "agents",
+    "external_id", "timezone", "fields", "status", "reason",
+)
+_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
+_NULL = "\\N"
+_PRIO_MIN, _PRIO_MAX = -(2**31), 2**31 - 1
+_MAX_FIELD_CHARS = 4000
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRules:
+    """What the worker needs to know about the target (picklable)."""
+
+    name: str
+    default_region: str
+    agent_mapping: str
+    agents: tuple[str, ...]
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, (list, dict)):
+        return orjson.dumps(v).decode()
+    return str(v)
+
+
+def _split_agents(v: Any) -> list[str]:
+    if isinstance(v, list):
+        items = [_text(x) for x in v]
+    else:
+        s = _text(v)
+        for sep in ("|", ";"):
+            s = s.replace(sep, ",")
+        items = s.split(",")
+    return [a.strip() for a in items if a and a.strip()]
+
+
+def _array_literal(items: list[str]) -> str:
+    inner = ",".join('"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"' for a in items)
+    return "{" + inner + "}"
+
+
+class LeadEncoder:
+    def __init__(self, batch_id: str, rules: TargetRules) -> None:
+        self.batch_id = batch_id
+        self.rules = rules
+        self.columns = ColumnMap()
+        self._known_agents = frozenset(rules.agents)
+        self._check_agents = rules.agent_mapping in ("global", "inline") and bool(rules.agents)
+        self.invalid = 0
+
+    def lead(self, line: int, values: dict[str, Any] | None, error: str | None) -> list[str | None]:
+        """The 11 COPY values for one row (None is NULL)."""
+        if values is None:
+            return self._invalid(line, None, error or "unreadable row")
+        number: Any = None
+        priority: Any = None
+        agents: Any = None
+        external_id: Any = None
+        tz: Any = None
+        custom: dict[str, str] = {}
+        for key, val in values.items():
+            f = self.columns.field(key)
+            if f is None:
+                if key == "fields" and isinstance(val, dict):
+                    for k2, v2 in val.items():
+                        if v2 is not None and v2 != "":
+                            custom[str(k2)] = _text(v2)[:_MAX_FIELD_CHARS]
+                elif val is not None and val != "":
+                    custom[key] = _text(val)[:_MAX_FIELD_CHARS]
+            elif f == "number":
+                number = val
+            elif f == "priority":
+                priority = val
+            elif f == "agents":
+                agents = val
+            elif f == "external_id":
+                external_id = val
+            else:
+                tz = val
+        raw = _text(number)
+        if number is None or not raw.strip():
+            return self._invalid(line, raw or None, "number: missing")
+        e164, why = phones.normalise(raw, self.rules.default_region)
+        if e164 is None:
+            return self._invalid(line, raw, f"number: {why}")
+        prio = 0
+        if priority is not None and priority != "":
+            try:
+                prio = int(_text(priority).strip())
+            except ValueError:
+                return self._invalid(line, raw, f"priority: {_text(priority)!r} is not a whole number")
+            if not _PRIO_MIN <= prio <= _PRIO_MAX:
+                return self._invalid(line, raw, f"priority: {prio} is out of range")
+        agent_list = _split_agents(agents) if agents is not None else []
+        if agent_list and self._check_agents:
+            unknown = [a for a in agent_list if a not in self._known_agents]
+            if unknown:
+                return self._invalid(
+                    line, raw,
+                    f"agents: unknown agent(s) {', '.join(unknown)} for target {self.rules.name}",
+                )
+        tz_name = _text(tz).strip() if tz is not None else ""
+        if tz_name and tz_name not in _zones():
+            return self._invalid(line, raw, f"timezone: {tz_name!r} is not an IANA time zone")
+        ext = _text(external_id).strip() if external_id is not None else ""
+        return [
+            self.batch_id, str(line), raw, e164, str(prio),
+            _array_literal(agent_list) if agent_list else None,
+            ext[:_MAX_FIELD_CHARS] or None, tz_name or None,
+            orjson.dumps(custom).decode() if custom else None,
+            "ok", None,
+        ]
+
+    def _invalid(self, line: int, raw: str | None, reason: str) -> list[str | None]:
+        self.invalid += 1
+        raw = raw[:200] if raw else raw
+        return [self.batch_id, str(line), raw, None, "0", None, None, None, None, "invalid", reason]
+
+    @staticmethod
+    def copy_line(values: list[str | None]) -> str:
+        return "\t".join(_NULL if v is None else v.translate(_ESCAPE) for v in values) + "\n"
+
+    def encode(self, rows: Iterable[tuple[int, dict[str, Any] | None, str | None]]) -> Iterator[str]:
+        for line, values, error in rows:
+            yield self.copy_line(self.lead(line, values, error))

@@ -1,0 +1,64 @@
+"""Phone numbers to E.164, behind one small adapter.
+
+``rphonenumbers`` (a Rust port of libphonenumber, ~10x faster) is used when it imports;
+``phonenumbers`` otherwise. A property test compares the two.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from types import ModuleType
+
+import phonenumbers as _reference
+
+try:  # pragma: no cover - depends on the wheel being available
+    import rphonenumbers as _fast
+
+    _impl: ModuleType = _fast
+except ImportError:  # pragma: no cover
+    _impl = _reference
+
+IMPLEMENTATION = _impl.__name__
+
+
+def normalise(raw: str, region: str, impl: ModuleType | None = None) -> tuple[str | None, str | None]:
+    """Return ``(e164, None)`` or ``(None, reason)``."""
+    lib = impl or _impl
+    text = raw.strip()
+    if not text:
+        return None, "number is empty"
+    try:
+        num = lib.parse(text, region)
+    except lib.NumberParseException as e:
+        return None, f"not a phone number ({_parse_reason(e)})"
+    if not lib.is_valid_number(num):
+        return None, f"not a valid phone number for region {region}"
+    return lib.format_number(num, lib.PhoneNumberFormat.E164), None
+
+
+def _parse_reason(e: Exception) -> str:
+    msg = str(e)
+    # "(1) The string supplied did not seem to be a phone number." → readable tail
+    return msg.split(") ", 1)[-1].rstrip(".").lower() if ") " in msg else msg.lower()
+
+
+@lru_cache(maxsize=4096)
+def time_zones(e164: str) -> tuple[str, ...]:
+    """IANA zones the number may be in ('Etc/Unknown' when the library cannot tell)."""
+    from phonenumbers import timezone
+
+    num = _reference.parse(e164, None)
+    return tuple(timezone.time_zones_for_number(num))
+
+
+def mask(number: str | None) -> str:
+    """``+14155550100`` → ``+1415***0100``: enough to correlate, not enough to dial."""
+    if not number:
+        return ""
+    if len(number) <= 8:
+        return number[:2] + "***"
+    return number[:5] + "***" + number[-4:]
+
+
+def is_supported_region(region: str) -> bool:
+    return region.upper() in _reference.SUPPORTED_REGIONS

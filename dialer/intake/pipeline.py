@@ -1,0 +1,151 @@
+"""File → chunks of COPY text for the ``leads`` table.
+
+The parse-and-validate work is CPU-bound (CSV decoding, phone-number parsing), so for
+files it runs in a child process: the daemon's event loop stays responsive and the
+worker uses the second core while PostgreSQL ingests the previous chunk. Small inputs
+(API bodies) use a thread. Either way the same generator does the work, and a bounded
+queue keeps memory flat whatever the input size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import traceback
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+
+from dialer.errors import DialerError, FileUnreadable
+from dialer.intake.columns import ColumnMap
+from dialer.intake.leads import LeadEncoder, TargetRules
+from dialer.intake.readers import open_reader
+
+
+@dataclass(slots=True)
+class Chunk:
+    data: bytes  # COPY text, one line per input row
+    rows: int  # input rows in this chunk (valid or not)
+    last_line: int
+    invalid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParseJob:
+    fmt: str
+    batch_id: str
+    rules: TargetRules
+    encoding: str | None = None
+    skip_rows: int = 0
+    chunk_rows: int = 20_000
+    max_line_bytes: int = 1 << 20
+
+
+def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None, None]:
+    enc = LeadEncoder(job.batch_id, job.rules)
+    copy_line, lead = enc.copy_line, enc.lead
+    with open_reader(
+        source, job.fmt, encoding=job.encoding, max_line_bytes=job.max_line_bytes,
+        skip_rows=job.skip_rows,
+    ) as reader:
+        if reader.header is not None:
+            ColumnMap().check_header(reader.header)
+        buf: list[str] = []
+        last = 0
+        invalid_before = 0
+        for raw in reader:
+            buf.append(copy_line(lead(raw.line, raw.values, raw.error)))
+            last = raw.line
+            if len(buf) >= job.chunk_rows:
+                yield Chunk("".join(buf).encode(), len(buf), last, enc.invalid - invalid_before)
+                invalid_before = enc.invalid
+                buf = []
+        if buf:
+            yield Chunk("".join(buf).encode(), len(buf), last, enc.invalid - invalid_before)
+
+
+def _worker(path: str, job: ParseJob, out: mp.Queue[tuple[str, Any]], parent: int) -> None:
+    def put(item: tuple[str, Any]) -> None:
+        while True:
+            try:
+                out.put(item, timeout=1)
+                return
+            except queue.Full:
+                if os.getppid() != parent:  # the daemon died (kill -9): don't linger
+                    os._exit(1)
+
+    try:
+        for chunk in iter_chunks(Path(path), job):
+            put(("chunk", chunk))
+        put(("done", None))
+    except FileUnreadable as e:
+        put(("unreadable", e.message))
+    except Exception:  # reported to the parent with its traceback
+        put(("error", traceback.format_exc()))
+
+
+async def chunks_from_process(path: Path, job: ParseJob, *, prefetch: int = 3) -> AsyncIterator[Chunk]:
+    """Run ``iter_chunks`` in a child process and yield its chunks as they come."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=prefetch)
+    proc = ctx.Process(target=_worker, args=(str(path), job, out, os.getpid()), daemon=True,
+                       name="dialer-intake")
+    proc.start()
+
+    def get() -> tuple[str, Any]:
+        while True:
+            try:
+                return out.get(timeout=0.5)
+            except queue.Empty:
+                if not proc.is_alive():
+                    # the child may have put its last message just before exiting
+                    try:
+                        return out.get(timeout=0.5)
+                    except queue.Empty:
+                        return ("error", f"intake worker died (exit code {proc.exitcode})")
+
+    try:
+        while True:
+            kind, payload = await anyio.to_thread.run_sync(get)
+            if kind == "chunk":
+                yield payload
+            elif kind == "done":
+                return
+            elif kind == "unreadable":
+                raise FileUnreadable(payload)
+            else:
+                raise DialerError(f"intake worker failed:\n{payload}")
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+        await anyio.to_thread.run_sync(proc.join, 5)
+        out.close()
+
+
+async def chunks_from_thread(source: Path | BinaryIO, job: ParseJob) -> AsyncIterator[Chunk]:
+    """The same work in a worker thread, one chunk at a time (for small inputs)."""
+    it = iter_chunks(source, job)
+    done = object()
+
+    def step() -> Any:
+        return next(it, done)
+
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(step)
+            if chunk is done:
+                return
+            yield chunk
+    finally:
+        it.close()
+
+
+def rows_to_chunk(rows: list[dict[str, Any]], job: ParseJob) -> Chunk:
+    """API JSON leads (already shape-checked) → one chunk; ``line`` is the 0-based index."""
+    enc = LeadEncoder(job.batch_id, job.rules)
+    data = "".join(enc.copy_line(enc.lead(i, row, None)) for i, row in enumerate(rows))
+    return Chunk(data.encode(), len(rows), len(rows) - 1, enc.invalid)

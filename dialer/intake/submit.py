@@ -1,0 +1,115 @@
+"""Batches posted over HTTP: validated and finalised in one transaction.
+
+An API batch is bounded (``max_batch_leads``, ``max_body_mb``), so unlike a file it is
+ingested atomically: the whole batch and its idempotency key commit together.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import asyncpg
+
+from dialer.clock import Clock
+from dialer.config import Settings
+from dialer.errors import Conflict, FileUnreadable, InvalidInput, TooLarge
+from dialer.intake import batches
+from dialer.intake.pipeline import Chunk, ParseJob, iter_chunks, rows_to_chunk
+from dialer.store.queries import Q
+
+
+@dataclass
+class Submission:
+    target: str
+    rows: list[dict[str, Any]] | None = None  # JSON leads
+    csv: bytes | None = None  # or a text/csv body
+    result_webhook_url: str | None = None
+    idempotency_key: str | None = None
+    request_sha256: str = ""
+
+
+def _csv_chunks(body: bytes, job: ParseJob, limit: int) -> list[Chunk]:
+    out: list[Chunk] = []
+    rows = 0
+    for chunk in iter_chunks(io.BytesIO(body), job):
+        rows += chunk.rows
+        if rows > limit:
+            raise TooLarge(f"a batch holds at most {limit} leads", {"limit": limit})
+        out.append(chunk)
+    return out
+
+
+async def submit(
+    pool: asyncpg.Pool, settings: Settings, clock: Clock, sub: Submission
+) -> tuple[int, dict[str, Any]]:
+    if sub.target not in settings.targets:
+        raise InvalidInput(
+            f"target: unknown target {sub.target!r}",
+            {"targets": sorted(settings.targets)},
+        )
+    tcfg = settings.targets[sub.target]
+    key = sub.idempotency_key
+    if key is not None:
+        async with pool.acquire() as conn:
+            prior = await conn.fetchrow(Q.idempotency_get, key)
+        if prior is not None:
+            return _replay(prior, sub)
+
+    async with pool.acquire() as conn, conn.transaction():
+        if key is not None:
+            await conn.execute(Q.idempotency_lock, key)
+            prior = await conn.fetchrow(Q.idempotency_get, key)
+            if prior is not None:
+                return _replay(prior, sub)
+        now = clock.now()
+        batch_id = await batches.create_batch(
+            conn, target=sub.target, source="api", now=now,
+            source_name="api" if sub.rows is not None else "api (text/csv)",
+            result_webhook_url=sub.result_webhook_url,
+        )
+        job = ParseJob(
+            fmt="csv", batch_id=str(batch_id), rules=batches.rules_for(sub.target, tcfg),
+            chunk_rows=settings.ingest_commit_rows, max_line_bytes=settings.max_line_kb * 1024,
+        )
+        if sub.rows is not None:
+            rows = sub.rows
+            chunks = [await anyio.to_thread.run_sync(rows_to_chunk, rows, job)]
+        else:
+            assert sub.csv is not None
+            try:
+                chunks = await anyio.to_thread.run_sync(
+                    _csv_chunks, sub.csv, job, settings.max_batch_leads
+                )
+            except FileUnreadable as e:
+                raise InvalidInput(f"body: {e.message}") from None
+        for chunk in chunks:
+            await batches.copy_chunk(conn, batch_id, chunk)
+        counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now)
+        rejected: list[dict[str, Any]] = []
+        index_key = "index" if sub.rows is not None else "line"
+        async for r in batches.rejected_rows(conn, batch_id):
+            if r["outcome"] == "invalid":
+                rejected.append({index_key: r["line"], "reason": r["reason"]})
+        body = {
+            "batch_id": str(batch_id),
+            "target": sub.target,
+            "accepted": counts["accepted"],
+            "rejected": rejected,
+            "duplicates": counts["duplicate"],
+            "dnc": counts["dnc"],
+        }
+        if key is not None:
+            await conn.execute(Q.idempotency_put, key, sub.request_sha256, 202, body, now)
+    return 202, body
+
+
+def _replay(prior: asyncpg.Record, sub: Submission) -> tuple[int, dict[str, Any]]:
+    if prior["request_sha256"] != sub.request_sha256:
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            {"batch_id": prior["response"].get("batch_id")},
+        )
+    return int(prior["status_code"]), dict(prior["response"])

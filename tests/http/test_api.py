@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from dialer.clock import FakeClock
+from dialer.config import Settings
+from dialer.http.app import create_app
+from dialer.http.context import AppContext
+from tests.conftest import TOKEN
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def api(pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(AppContext(settings=settings, pool=pool, clock=clock))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        yield c
+
+
+def leads(*numbers: str, **extra: Any) -> dict[str, Any]:
+    return {"target": "sales", "leads": [{"number": n, **extra} for n in numbers]}
+
+
+async def test_post_batch_json_and_read_it_back(api: httpx.AsyncClient) -> None:
+    body = {
+        "target": "sales",
+        "leads": [
+            {"number": "+14155550100", "priority": 5, "external_id": "crm-1",
+             "fields": {"name": "Ann", "plan": "gold"}, "agents": ["alice"]},
+            {"number": "(415) 555-0101", "external_id": "crm-2"},
+            {"number": "12"},
+            {"number": "+14155550100", "priority": 1},
+        ],
+        "result_webhook_url": "https://crm.example/hook",
+    }
+    r = await api.post("/v1/batches", json=body, headers=AUTH)
+    assert r.status_code == 202, r.text
+    out = r.json()
+    assert out["accepted"] == 2
+    assert out["duplicates"] == 1 and out["dnc"] == 0
+    assert out["rejected"] == [{"index": 2, "reason": "number: not a valid phone number for region US"}]
+
+    b = (await api.get(f"/v1/batches/{out['batch_id']}", headers=AUTH)).json()
+    assert b["state"] == "ingested"
+    assert b["counts"] == {"rows": 4, "accepted": 2, "invalid": 1, "duplicate": 1, "dnc": 0}
+    assert b["calls_by_state"] == {"pending": 2}
+
+    page = (await api.get(f"/v1/batches/{out['batch_id']}/calls", headers=AUTH)).json()
+    numbers = {c["number"]: c for c in page["calls"]}
+    assert set(numbers) == {"+14155550100", "+14155550101"}
+    assert numbers["+14155550100"]["priority"] == 5  # the higher priority row was kept
+
+    found = (await api.get("/v1/calls", params={"external_id": "crm-1"}, headers=AUTH)).json()
+    assert len(found["calls"]) == 1
+    call = found["calls"][0]
+    assert call["fields"] == {"name": "Ann", "plan": "gold"} and call["agents"] == ["alice"]
+    one = await api.get(f"/v1/calls/{call['id']}", headers=AUTH)
+    assert one.status_code == 200 and one.json()["number"] == "+14155550100"
+
+
+async def test_post_batch_csv(api: httpx.AsyncClient) -> None:
+    csv = "Phone;Priority;Lead_ID;Company\n+14155550100;3;a1;Acme\nnope;1;a2;Bad\n"
+    r = await api.post("/v1/batches?target=sales", content=csv.encode(),
+                       headers={**AUTH, "Content-Type": "text/csv"})
+    assert r.status_code == 202, r.text
+    out = r.json()
+    assert out["accepted"] == 1
+    assert out["rejected"][0]["line"] == 3
+    assert "number" in out["rejected"][0]["reason"]
+
+
+async def test_cursor_paging_walks_every_call(api: httpx.AsyncClient) -> None:
+    nums = [f"+1415555{i:04d}" for i in range(100, 350)]
+    bid = (await api.post("/v1/batches", json=leads(*nums), headers=AUTH)).json()["batch_id"]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 60}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await api.get(f"/v1/batches/{bid}/calls", params=params, headers=AUTH)).json()
+        seen += [c["number"] for c in page["calls"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(nums)
+
+
+async def test_idempotency_key_replays_first_answer(api: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    h = {**AUTH, "Idempotency-Key": "k-123"}
+    first = await api.post("/v1/batches", json=leads("+14155550100"), headers=h)
+    again = await api.post("/v1/batches", json=leads("+14155550100"), headers=h)
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM batches") == 1
+    other = await api.post("/v1/batches", json=leads("+14155550199"), headers=h)
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "conflict"
+
+
+async def test_dedupe_window_and_dnc(api: httpx.AsyncClient, clock: FakeClock) -> None:
+    await api.post("/v1/batches", json=leads("+14155550100"), headers=AUTH)
+    r = await api.post("/v1/dnc", json={"numbers": ["+14155550111", "(415) 555-0112", "x"]}, headers=AUTH)
+    assert r.status_code == 200
+    assert r.json()["added"] == 2 and r.json()["invalid"][0]["index"] == 2
+    out = (await api.post("/v1/batches", json=leads("+14155550100", "+14155550111", "4155550112",
+                                                    "+14155550113"), headers=AUTH)).json()
+    assert out["accepted"] == 1 and out["duplicates"] == 1 and out["dnc"] == 2
+    d = await api.delete("/v1/dnc/+14155550111", headers=AUTH)
+    assert d.status_code == 204
+    assert (await api.delete("/v1/dnc/+14155550111", headers=AUTH)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"target": "sales"}, "leads"),
+        ({"leads": [{"priority": 1}]}, "leads[0].number"),
+        ({"leads": [{"number": "+14155550100", "priority": "high"}]}, "leads[0].priority"),
+        ({"leads": [{"number": "+14155550100", "colour": "red"}]}, "leads[0].colour"),
+        ({"leads": [], "result_webhook_url": "ftp://x"}, "result_webhook_url"),
+    ],
+)
+async def test_malformed_body_is_422_naming_the_field(api: httpx.AsyncClient, body: Any, field: str) -> None:
+    r = await api.post("/v1/batches", json=body, headers=AUTH)
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "invalid" and err["message"].startswith(field)
+
+
+async def test_unparsable_json_is_422(api: httpx.AsyncClient) -> None:
+    r = await api.post("/v1/batches", content=b'{"leads": [', headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert "not valid JSON" in r.json()["error"]["message"]
+
+
+async def test_unknown_target_is_422(api: httpx.AsyncClient) -> None:
+    r = await api.post("/v1/batches", json={"target": "nope", "leads": []}, headers=AUTH)
+    assert r.status_code == 422 and "unknown target" in r.json()["error"]["message"]
+
+
+async def test_limits_are_413(pool: asyncpg.Pool, make_settings: Any, clock: FakeClock) -> None:
+    s = make_settings(max_body_mb=0.01, max_batch_leads=3)
+    app = create_app(AppContext(settings=s, pool=pool, clock=clock))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api:
+        r = await api.post("/v1/batches", json=leads(*[f"+1415555{i:04d}" for i in range(100, 104)]),
+                           headers=AUTH)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+        r = await api.post("/v1/batches", content=b"number\n" + b"+14155550100\n" * 2000,
+                           headers={**AUTH, "Content-Type": "text/csv"})
+        assert r.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/batches"),
+        ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000"),
+        ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000/calls"),
+        ("GET", "/v1/calls/1"),
+        ("GET", "/v1/calls?external_id=x"),
+        ("POST", "/v1/dnc"),
+        ("DELETE", "/v1/dnc/+14155550100"),
+    ],
+)
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dGVzdA==", "Bearer "])
+async def test_every_v1_route_needs_the_token(api: httpx.AsyncClient, method: str, path: str,
+                                              auth: str | None) -> None:
+    headers = {"Authorization": auth} if auth else {}
+    r = await api.request(method, path, headers=headers, json={"leads": []})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthorized"
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_health_and_openapi(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).json()["status"] == "ok"
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["migrations"] == "ok"
+    spec = (await api.get("/openapi.json")).json()
+    assert "/v1/batches" in spec["paths"]
+    assert "BatchIn" in spec["components"]["schemas"]
+    assert (await api.get("/docs")).status_code == 200
+
+
+async def test_not_found_uses_error_shape(api: httpx.AsyncClient) -> None:
+    r = await api.get("/v1/batches/00000000-0000-0000-0000-000000000000", headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await api.get("/v1/calls/999", headers=AUTH)
+    assert r.status_code == 404

@@ -1,0 +1,203 @@
+"""The inbox, driven in-process against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import openpyxl
+import pytest
+
+from dialer.clock import FakeClock
+from dialer.config import Settings
+from dialer.intake.files import FileIngestor
+from dialer.intake.inbox import Inbox
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def inbox(settings: Settings, pool: asyncpg.Pool, clock: FakeClock) -> Inbox:
+    box = Inbox(settings, FileIngestor(pool, settings, clock), clock)
+    box.ensure_dirs()
+    return box
+
+
+def drop(inbox: Inbox, name: str, data: bytes | str, target: str | None = None) -> Path:
+    d = inbox.root / target if target else inbox.root
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / name
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return p
+
+
+async def settle_and_scan(inbox: Inbox, clock: FakeClock) -> int:
+    await inbox.scan_once()  # first sighting
+    clock.advance(inbox.settings.settle_s + 0.01)
+    return await inbox.scan_once()
+
+
+def report(inbox: Inbox, name: str) -> dict[str, Any]:
+    day = inbox.clock.now().astimezone().date().isoformat()
+    p = inbox.root / "processed" / day / f"{name}.report.json"
+    return dict(json.loads(p.read_text()))
+
+
+async def test_example_file_is_processed_with_a_full_report(inbox: Inbox, clock: FakeClock,
+                                                           pool: asyncpg.Pool) -> None:
+    drop(inbox, "leads.csv", (ROOT / "examples" / "leads.csv").read_bytes())
+    assert await settle_and_scan(inbox, clock) == 1
+    rep = report(inbox, "leads.csv")
+    data_rows = len((ROOT / "examples" / "leads.csv").read_text().strip().splitlines()) - 1
+    c = rep["counts"]
+    assert c["rows"] == data_rows
+    assert c["accepted"] + c["invalid"] + c["duplicate"] + c["dnc"] == data_rows
+    assert len(rep["rejected"]) == c["invalid"] + c["duplicate"] + c["dnc"]
+    by_line = {r["line"]: r for r in rep["rejected"]}
+    assert by_line[12]["outcome"] == "duplicate" and "line 2" in by_line[12]["reason"]
+    assert by_line[13]["outcome"] == "invalid" and by_line[13]["reason"].startswith("number:")
+    assert by_line[15]["reason"] == "number: missing"
+    assert "unknown agent(s) dave" in by_line[16]["reason"]
+    assert not (inbox.root / "leads.csv").exists()
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM calls") == c["accepted"]
+        assert await conn.fetchval("SELECT count(*) FROM calls WHERE state <> 'pending'") == 0
+
+
+async def test_a_file_is_taken_only_once_it_has_settled(inbox: Inbox, clock: FakeClock) -> None:
+    p = drop(inbox, "a.csv", "number\n+14155550100\n")
+    assert await inbox.scan_once() == 0
+    clock.advance(0.1)
+    with p.open("a") as f:
+        f.write("+14155550101\n")
+    assert await inbox.scan_once() == 0  # changed: the clock starts again
+    clock.advance(0.15)
+    assert await inbox.scan_once() == 0
+    clock.advance(0.1)
+    assert await inbox.scan_once() == 1
+    assert report(inbox, "a.csv")["counts"]["accepted"] == 2
+
+
+async def test_a_renamed_in_file_is_taken_at_once(inbox: Inbox) -> None:
+    p = drop(inbox, "b.csv.part", "number\n+14155550100\n")
+    assert await inbox.scan_once() == 0  # *.part is ignored
+    final = p.with_name("b.csv")
+    os.rename(p, final)
+    inbox.note_moved_in(final)  # what the inotify watcher does on IN_MOVED_TO
+    assert await inbox.scan_once() == 1
+
+
+@pytest.mark.parametrize("name", [".hidden.csv", "x.tmp", "y.part"])
+async def test_ignored_names(inbox: Inbox, clock: FakeClock, name: str) -> None:
+    drop(inbox, name, "number\n+14155550100\n")
+    assert await settle_and_scan(inbox, clock) == 0
+    assert (inbox.root / name).exists()
+
+
+async def test_subfolder_picks_the_target(make_settings: Any, pool: asyncpg.Pool, clock: FakeClock) -> None:
+    s = make_settings(
+        settle_s=0.2,
+        targets={
+            "sales": {"queue_id": "1"},
+            "renewals": {"queue_id": "2", "default_region": "GB"},
+        },
+    )
+    box = Inbox(s, FileIngestor(pool, s, clock), clock)
+    box.ensure_dirs()
+    drop(box, "r.csv", "mobile\n07911 123456\n", target="renewals")
+    assert await settle_and_scan(box, clock) == 1
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT target, e164 FROM calls")
+    assert dict(row) == {"target": "renewals", "e164": "+447911123456"}
+
+
+async def test_same_content_twice_points_at_the_first_batch(inbox: Inbox, clock: FakeClock,
+                                                            pool: asyncpg.Pool) -> None:
+    body = "number\n+14155550100\n+14155550101\n"
+    drop(inbox, "one.csv", body)
+    await settle_and_scan(inbox, clock)
+    first = report(inbox, "one.csv")
+    drop(inbox, "two.csv", body)
+    await settle_and_scan(inbox, clock)
+    second = report(inbox, "two.csv")
+    assert second["result"] == "duplicate"
+    assert second["duplicate_of"]["batch_id"] == first["batch_id"]
+    assert second["duplicate_of"]["file"] == "one.csv"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM calls") == 2
+    # and the same name again does not overwrite the first file or its report
+    drop(inbox, "one.csv", body)
+    await settle_and_scan(inbox, clock)
+    day = clock.now().astimezone().date().isoformat()
+    assert (inbox.root / "processed" / day / "one-2.csv.report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "needle"),
+    [
+        ("bin.csv", bytes(range(256)) * 64, "binary"),
+        ("nonum.csv", "name,company\nAnn,Acme\n", "no number column"),
+        ("empty.csv", "", "empty"),
+        ("trunc.json", '[{"number": "+14155550100"}, {"number": "+1415', "JSON"),
+        ("notzip.xlsx", b"PK\x03\x04 this is not really a zip", "xlsx"),
+        ("notes.docx", b"whatever", "unsupported file type"),
+        ("shape.json", '{"rows": []}', "leads"),
+    ],
+)
+async def test_unreadable_files_go_to_failed_with_a_reason(inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool,
+                                                           name: str, data: bytes | str, needle: str) -> None:
+    drop(inbox, name, data)
+    await settle_and_scan(inbox, clock)
+    assert (inbox.root / "failed" / name).exists()
+    err = (inbox.root / "failed" / f"{name}.error.txt").read_text()
+    assert needle.lower() in err.lower()
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM calls") == 0
+        assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_header_only_file_is_processed_with_zero_rows(inbox: Inbox, clock: FakeClock) -> None:
+    drop(inbox, "h.csv", "number,priority\n")
+    await settle_and_scan(inbox, clock)
+    assert report(inbox, "h.csv")["counts"]["rows"] == 0
+
+
+async def test_formats_json_ndjson_xlsx(inbox: Inbox, clock: FakeClock, tmp_path: Path) -> None:
+    drop(inbox, "a.json", json.dumps({"leads": [{"phone": "+14155550100", "lead_id": 7},
+                                                {"phone": "bad"}]}))
+    drop(inbox, "b.ndjson", '{"Mobile": "+14155550102"}\n\nnot json\n{"mobile": "+14155550103"}\n')
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["Phone Number", "Priority", "Company"])
+    ws.append(["+14155550104", 3, "Acme"])
+    ws.append([4155550105, 1, "Globex"])
+    wb.save(inbox.root / "c.xlsx")
+    await inbox.scan_once()
+    clock.advance(1)
+    assert await inbox.scan_once() == 3
+    a = report(inbox, "a.json")
+    assert a["counts"] == {"rows": 2, "accepted": 1, "invalid": 1, "duplicate": 0, "dnc": 0}
+    b = report(inbox, "b.ndjson")
+    assert b["counts"]["accepted"] == 2 and b["rejected"][0]["line"] == 3
+    c = report(inbox, "c.xlsx")
+    assert c["counts"]["accepted"] == 2
+
+
+async def test_cp1252_and_semicolons(inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool) -> None:
+    drop(inbox, "excel.csv", "Nummer;number;Firma\r\nx;+14155550100;Müller GmbH\r\n".encode("cp1252"))
+    await settle_and_scan(inbox, clock)
+    async with pool.acquire() as conn:
+        fields = await conn.fetchval("SELECT fields FROM leads")
+    assert fields == {"Nummer": "x", "Firma": "Müller GmbH"}
+
+
+async def test_ten_thousand_invalid_rows_are_all_reported(inbox: Inbox, clock: FakeClock) -> None:
+    drop(inbox, "bad.csv", "number\n" + "".join(f"00{i}\n" for i in range(10_000)))
+    await settle_and_scan(inbox, clock)
+    rep = report(inbox, "bad.csv")
+    assert rep["counts"]["invalid"] == 10_000
+    assert [r["line"] for r in rep["rejected"]] == list(range(2, 10_002))

@@ -1,0 +1,104 @@
+"""Row validation and normalisation, and the COPY text it produces."""
+
+from __future__ import annotations
+
+import phonenumbers
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dialer.intake import phones
+from dialer.intake.columns import ColumnMap, canonical
+from dialer.intake.leads import LeadEncoder, TargetRules
+
+RULES = TargetRules(name="sales", default_region="US", agent_mapping="global",
+                    agents=("alice", "bob"))
+
+
+def lead(values: dict[str, object], rules: TargetRules = RULES) -> list[str | None]:
+    return LeadEncoder("b", rules).lead(7, values, None)
+
+
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [("Number", "number"), ("PHONE", "number"), ("Phone Number", "number"), ("mobile", "number"),
+     ("agentsAssigned", "agents"), ("Agent", "agents"), ("lead_id", "external_id"), ("ID", "external_id"),
+     ("TimeZone", "timezone"), ("priority", "priority"), ("company", None)],
+)
+def test_aliases(header: str, field: str | None) -> None:
+    assert canonical(header) == field
+
+
+def test_header_without_number_names_what_it_found() -> None:
+    from dialer.errors import FileUnreadable
+
+    with pytest.raises(FileUnreadable, match=r"no number column.*'name', 'company'"):
+        ColumnMap().check_header(["name", "company"])
+    with pytest.raises(FileUnreadable, match="both mean number"):
+        ColumnMap().check_header(["phone", "mobile"])
+
+
+def test_valid_row_is_normalised() -> None:
+    row = lead({"Phone": "(415) 555-0100", "Priority": "4", "Agents": "alice|bob",
+                "lead_id": 12, "Company": "Acme", "Empty": ""})
+    assert row[3] == "+14155550100"
+    assert row[4] == "4"
+    assert row[5] == '{"alice","bob"}'
+    assert row[6] == "12"
+    assert row[8] == '{"Company":"Acme"}'
+    assert row[9] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"number": ""}, "number: missing"),
+        ({"company": "x"}, "number: missing"),
+        ({"number": "12"}, "number: not a valid phone number for region US"),
+        ({"number": "hello"}, "number: not a phone number"),
+        ({"number": "+14155550100", "priority": "high"}, "priority: 'high' is not a whole number"),
+        ({"number": "+14155550100", "priority": "99999999999"}, "priority: 99999999999 is out of range"),
+        ({"number": "+14155550100", "agents": "alice;dave"}, "agents: unknown agent(s) dave for target sales"),
+        ({"number": "+14155550100", "timezone": "Mars/Base"}, "timezone: 'Mars/Base' is not an IANA time zone"),
+    ],
+)
+def test_invalid_rows_say_which_field_and_why(values: dict[str, object], reason: str) -> None:
+    row = lead(values)
+    assert row[9] == "invalid"
+    assert row[10] is not None and row[10].startswith(reason)
+
+
+def test_all_agents_mapping_does_not_check_agents() -> None:
+    rules = TargetRules(name="t", default_region="US", agent_mapping="all-agents", agents=("alice",))
+    assert lead({"number": "+14155550100", "agents": "zed"}, rules)[9] == "ok"
+
+
+def test_copy_line_escapes_control_characters() -> None:
+    enc = LeadEncoder("b", RULES)
+    line = enc.copy_line(["a\tb", "c\nd", "e\\f", None, "g\x00h"])
+    assert line == "a\\tb\tc\\nd\te\\\\f\t\\N\tgh\n"
+
+
+def test_mask() -> None:
+    assert phones.mask("+14155550100") == "+1415***0100"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    region=st.sampled_from(["US", "GB", "DE", "FR", "IN", "BR", "AU", "CA"]),
+    digits=st.text(alphabet="0123456789", min_size=4, max_size=14),
+    plus=st.booleans(),
+)
+def test_fast_library_agrees_with_phonenumbers(region: str, digits: str, plus: bool) -> None:
+    raw = ("+" if plus else "") + digits
+    assert phones.normalise(raw, region) == phones.normalise(raw, region, impl=phonenumbers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.dictionaries(st.text(max_size=12), st.one_of(st.text(max_size=30), st.integers(),
+                                                              st.none(), st.floats(allow_nan=False))))
+def test_any_row_encodes_without_raising(values: dict[str, object]) -> None:
+    row = lead(values)
+    assert row[9] in ("ok", "invalid")
+    line = LeadEncoder.copy_line(row)
+    assert line.endswith("\n") and line.count("\n") == 1 and line.count("\t") == 10

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dialer.config import load_settings
+from dialer.errors import ConfigError
+
+GOOD = """
+default_target = "sales"
+
+[targets.sales]
+kind = "queue"
+queue_id = "42"
+agent_mapping = "global"
+agents = ["alice", "bob", "carol"]
+leg_direction = "agent-first"
+max_retries = 2
+retry_interval_min = 30
+max_dispose_s = 45
+chunk_size = 500
+calls_per_agent = 2
+calling_hours = "09:00-20:00"
+ref_field = 10
+dedupe_window_h = 24
+
+[targets.sales.recycle]
+no_answer = { after_min = 120, max = 2 }
+busy = { after_min = 20, max = 3 }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "dialer.toml"
+    p.write_text(text)
+    return p
+
+
+def test_spec_example_loads(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, GOOD), environ={})
+    t = s.targets["sales"]
+    assert t.queue_id == "42" and t.agents == ["alice", "bob", "carol"]
+    assert t.recycle["busy"].max == 3
+    assert s.inbox == Path("var/inbox")
+
+
+def test_env_wins_over_file(tmp_path: Path) -> None:
+    text = 'http_listen = "127.0.0.1:9000"\n' + GOOD
+    s = load_settings(write(tmp_path, text), environ={"DIALER_HTTP_LISTEN": "127.0.0.1:9100"})
+    assert s.listen_port == 9100
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("frobnicate = 1\n" + GOOD, "frobnicate: unknown key"),
+        (GOOD.replace("chunk_size = 500", "chunk_size = 500\nchunk_sise = 3"),
+         "targets.sales.chunk_sise: unknown key"),
+        (GOOD.replace('calling_hours = "09:00-20:00"', 'calling_hours = "9am-5pm"'),
+         "targets.sales.calling_hours"),
+        (GOOD.replace('kind = "queue"', 'kind = "robocall"'), "targets.sales.kind"),
+        (GOOD.replace('default_target = "sales"', 'default_target = "nope"'), "default_target"),
+        ('http_listen = "nowhere"\n' + GOOD, "http_listen"),
+        ("this is = not toml [", "not valid TOML"),
+        ('ryng_token = "abc"\n' + GOOD, "ryng_token: secrets are read from the environment"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, text), environ={})
+    assert needle in e.value.message
+
+
+def test_bad_env_value_names_the_key() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, environ={"DIALER_SETTLE_S": "soon"})
+    assert "settle_s" in e.value.message
+
+
+def test_check_config_redacts_secrets(tmp_path: Path) -> None:
+    env = {
+        "DIALER_CONFIG": str(write(tmp_path, GOOD)),
+        "DIALER_RYNG_TOKEN": "ryng-secret-token-xyz",
+        "DIALER_API_TOKENS": "tok-aaaaaaaa,tok-bbbbbbbb",
+        "DIALER_DATABASE_URL": "postgresql://u:pw-secret@db/x",
+        "DIALER_CALLBACK_SECRET": "cb-secret-123456",
+        "PATH": "/usr/bin:/bin",
+    }
+    r = subprocess.run([sys.executable, "-m", "dialer", "check-config"], env=env,
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    for secret in ("ryng-secret-token-xyz", "tok-aaaaaaaa", "pw-secret", "cb-secret-123456"):
+        assert secret not in out
+    assert '"queue_id": "42"' in r.stdout
+
+
+def test_check_config_fails_with_the_key(tmp_path: Path) -> None:
+    env = {"DIALER_CONFIG": str(write(tmp_path, "bogus = 1\n" + GOOD)), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "dialer", "check-config"], env=env,
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert "bogus: unknown key" in r.stderr

@@ -1,0 +1,87 @@
+"""The daemon as a real process: start-up, API over TCP, SIGTERM, and kill -9 mid-file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from tests.conftest import DaemonProcess, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fetchval(dsn: str, sql: str) -> object:
+    async def go() -> object:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_daemon_serves_api_and_inbox_then_drains_on_sigterm(daemon: DaemonProcess) -> None:
+    daemon.start()
+    with daemon.client() as c:
+        r = c.post("/v1/batches", json={"leads": [{"number": "+14155550100"}]})
+        assert r.status_code == 202, r.text
+        bid = r.json()["batch_id"]
+        assert c.get(f"/v1/batches/{bid}").json()["calls_by_state"] == {"pending": 1}
+        assert httpx.get(daemon.url + "/v1/batches/" + bid).status_code == 401
+    inbox = Path(daemon.env["DIALER_STATE_DIR"]) / "inbox"
+    (inbox / "leads.csv").write_bytes((ROOT / "examples" / "leads.csv").read_bytes())
+    day = datetime.now().astimezone().date().isoformat()
+    rep = inbox / "processed" / day / "leads.csv.report.json"
+    wait_for(rep.exists, 30, "report")
+    assert json.loads(rep.read_text())["counts"]["rows"] == 15
+    assert daemon.stop() == 0
+
+
+def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: DaemonProcess, db_url: str) -> None:
+    daemon.env["DIALER_INGEST_COMMIT_ROWS"] = "5000"
+    daemon.start()
+    rows = 200_000
+    rng = random.Random(7)
+    inbox = Path(daemon.env["DIALER_STATE_DIR"]) / "inbox"
+    tmp = inbox / "big.csv.part"
+    with tmp.open("w") as f:
+        f.write("number,priority,external_id\n")
+        for i in range(rows):
+            # every 50th row is invalid; numbers are unique otherwise
+            num = "12" if i % 50 == 0 else f"+1415{2000000 + i:07d}"
+            f.write(f"{num},{rng.randint(0, 9)},x{i}\n")
+    tmp.rename(inbox / "big.csv")
+
+    def some_rows_committed() -> bool:
+        n = _fetchval(db_url, "SELECT coalesce(max(rows_read), 0) FROM batches")
+        assert isinstance(n, int)
+        if n >= rows:
+            raise AssertionError("file finished before the kill: make it bigger")
+        return n > 0
+
+    wait_for(some_rows_committed, 60, "first committed chunk")
+    daemon.kill9()
+    partial = _fetchval(db_url, "SELECT count(*) FROM leads")
+    assert isinstance(partial, int) and 0 < partial < rows
+    assert _fetchval(db_url, "SELECT count(*) FROM calls") == 0  # nothing dialable before finalise
+
+    daemon.start()
+    day = datetime.now().astimezone().date().isoformat()
+    rep = inbox / "processed" / day / "big.csv.report.json"
+    wait_for(rep.exists, 120, "report after restart")
+    report = json.loads(rep.read_text())
+    assert report["counts"]["rows"] == rows
+    assert report["counts"]["invalid"] == rows // 50
+    assert report["counts"]["accepted"] == rows - rows // 50
+    assert _fetchval(db_url, "SELECT count(*) FROM leads") == rows
+    assert _fetchval(db_url, "SELECT count(DISTINCT line) FROM leads") == rows
+    assert _fetchval(db_url, "SELECT count(*) FROM calls") == rows - rows // 50
+    assert _fetchval(db_url, "SELECT count(DISTINCT e164) FROM calls") == rows - rows // 50
+    assert daemon.stop() == 0
