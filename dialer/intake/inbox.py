@@ -63,6 +63,7 @@ class Inbox:
         self.ingestor = ingestor
         self.clock = clock
         self._seen: dict[Path, _Seen] = {}
+        self._retry: dict[Path, tuple[int, float]] = {}  # path → (failures, not before)
         self._wake = anyio.Event()
         self.files_done = 0
         self.accepting = True
@@ -119,11 +120,33 @@ class Inbox:
         for path, target in await anyio.to_thread.run_sync(self.candidates):
             if not self.accepting:
                 break
+            retry = self._retry.get(path)
+            if retry and self.clock.monotonic() < retry[1]:
+                continue
             if self.settled(path):
-                await self.handle(path, target)
+                try:
+                    await self.handle(path, target)
+                except Exception as e:
+                    self._internal_failure(path, target, e)
+                    continue
+                self._retry.pop(path, None)
                 self._seen.pop(path, None)
                 handled += 1
         return handled
+
+    def _internal_failure(self, path: Path, target: str, exc: Exception) -> None:
+        """Not the file's fault (database down, worker crash): back off and try again.
+
+        Rows already committed are kept, so a later attempt resumes where this one stopped.
+        """
+        tries = self._retry.get(path, (0, 0.0))[0] + 1
+        delay = min(60.0, 0.5 * 2**tries)
+        self._retry[path] = (tries, self.clock.monotonic() + delay)
+        log.warning(
+            "inbox file will be retried",
+            exc_info=exc,
+            extra={"file": path.name, "target": target, "attempt": tries, "retry_in_s": delay},
+        )
 
     # -- one file ----------------------------------------------------------------
     async def handle(self, path: Path, target: str) -> FileOutcome:
