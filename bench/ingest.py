@@ -347,8 +347,12 @@ def report(rows: int, csv_path: Path, limit_s: float, ours: dict[str, Any]) -> d
         known = sum(ph.values())
         parts = [f"{k} {v:.2f}" for k, v in ph.items()]
         parts.append(f"waiting for the worker/other {max(ours_s - known, 0.0):.2f}")
-        print(f"  of which (s): {', '.join(parts)}; {ours.get('chunks', 0)} chunks")
-    print(f"peak RSS: daemon {rss_d:.0f} MB, intake worker {rss_w:.0f} MB   "
+        print(f"  of which (s): {', '.join(parts)}")
+        first = ours.get("first_chunk_s")
+        if first is not None:
+            print(f"  {ours.get('chunks', 0)} chunks; the first one committed after {first:.2f} s")
+    worker = f"intake worker {rss_w:.0f} MB" if rss_w else "no intake worker (small file: parsed in a thread)"
+    print(f"peak RSS: daemon {rss_d:.0f} MB, {worker}   "
           f"(target <= {RSS_TARGET_MB:.0f} MB each){_flag(rss_ok)}")
     print("counts: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
           + f"; calls in table {ours['calls']:,}")
@@ -368,6 +372,7 @@ def report(rows: int, csv_path: Path, limit_s: float, ours: dict[str, Any]) -> d
         "ratio_ok": ratio_ok,
         "phases_seconds": {k: round(v, 3) for k, v in ph.items()},
         "chunks": ours.get("chunks"),
+        "first_chunk_s": None if ours.get("first_chunk_s") is None else round(ours["first_chunk_s"], 3),
         "rss_daemon_mb": round(rss_d, 1),
         "rss_worker_mb": round(rss_w, 1),
         "rss_target_mb": RSS_TARGET_MB,

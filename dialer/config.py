@@ -26,7 +26,7 @@ from pydantic import (
 
 from dialer.errors import ConfigError
 
-_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+_HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$")
 
 
 class _Strict(BaseModel):
@@ -99,14 +99,28 @@ class Compliance(_Strict):
 
 
 def _default_targets() -> dict[str, Target]:
+    # The zero-config target: calls flow at any hour so `make run` shows them end to end.
     return {
         "sales": Target(
             kind="queue",
             queue_id="42",
             agent_mapping="global",
             agents=["alice", "bob", "carol"],
+            calling_hours="00:00-24:00",
+            max_dispose_s=5,
         )
     }
+
+
+class SandboxSettings(_Strict):
+    """The built-in Ryng simulator used when no ``ryng_base_url`` is set."""
+
+    time_scale: float = Field(default=0.05, gt=0, le=10)
+    agents: list[str] | None = None  # default: every agent named by a target
+    answer_rate: float = Field(default=0.6, ge=0)
+    no_answer_rate: float = Field(default=0.2, ge=0)
+    busy_rate: float = Field(default=0.1, ge=0)
+    unreachable_rate: float = Field(default=0.1, ge=0)
 
 
 class Settings(_Strict):
@@ -125,6 +139,8 @@ class Settings(_Strict):
     default_target: str = "sales"
     targets: dict[str, Target] = Field(default_factory=_default_targets)
     compliance: Compliance = Field(default_factory=Compliance)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    dispositions: dict[str, str] = Field(default_factory=dict)
 
     settle_s: float = Field(default=2.0, ge=0)
     inbox_poll_s: float = Field(default=0.5, gt=0)
@@ -135,6 +151,17 @@ class Settings(_Strict):
     stale_after_h: float = Field(default=6, gt=0)
     uncertain_after_min: float = Field(default=30, gt=0)
     db_pool_size: int = Field(default=10, ge=2)
+    dispatch_interval_s: float = Field(default=1.0, gt=0)
+    instance_stale_s: float = Field(default=20.0, gt=0)
+    ryng_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("dispositions")
+    @classmethod
+    def _dispositions(cls, v: dict[str, str]) -> dict[str, str]:
+        from dialer.lifecycle.dispositions import Dispositions
+
+        Dispositions(v)
+        return v
 
     @field_validator("http_listen")
     @classmethod
@@ -216,7 +243,8 @@ class Settings(_Strict):
 _ENV_KEYS = {
     name: f"DIALER_{name.upper()}" for name in Settings.model_fields if name not in {"targets"}
 }
-_ENV_KEYS.pop("compliance")
+for _nested in ("compliance", "sandbox", "dispositions"):
+    _ENV_KEYS.pop(_nested)
 _SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url"}
 
 

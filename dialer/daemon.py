@@ -1,13 +1,17 @@
-"""The daemon's wiring: database, migrations, HTTP, inbox; and a clean drain on SIGTERM."""
+"""The daemon's wiring: database, migrations, HTTP, inbox, dispatch, callbacks, jobs;
+and a clean drain on SIGTERM.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import socket
 from collections.abc import Generator
+from typing import Any
 
 import anyio
 import uvicorn
@@ -15,14 +19,24 @@ from pydantic import SecretStr
 
 from dialer.clock import Clock, SystemClock
 from dialer.config import Settings
+from dialer.dispatch.dispatcher import Dispatcher
+from dialer.http import callbacks
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
+from dialer.jobs import Jobs
+from dialer.lifecycle.dispositions import Dispositions
+from dialer.lifecycle.service import CallbackService
+from dialer.lifecycle.spool import Spool
 from dialer.logs import register_secret
+from dialer.providers.ryng.client import RyngClient
 from dialer.store.database import Database
+from dialer.store.queries import Q
 
 log = logging.getLogger("dialer.daemon")
+
+SANDBOX_PATH = "/_sandbox/ryng"
 
 
 class _Server(uvicorn.Server):
@@ -49,6 +63,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.db = Database(settings)
         self._stop = anyio.Event()
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
     def api_tokens(self) -> list[str]:
         tokens = [t.get_secret_value() for t in self.settings.api_tokens]
@@ -64,6 +79,23 @@ class Daemon:
             print(f"sandbox mode: API token is {tokens[0]}", flush=True)
         return tokens
 
+    def _sandbox(self, app: Any) -> tuple[str, str, Any]:
+        """Mount the Ryng simulator on our own listener; returns (base URL, token, sandbox)."""
+        from dialer.providers.ryng.sandbox import RyngSandbox, SandboxConfig
+
+        s = self.settings
+        sb = s.sandbox
+        agents = sb.agents or sorted({a for t in s.targets.values() for a in t.agents}) or ["agent1"]
+        token = secrets.token_hex(16)
+        sandbox = RyngSandbox(SandboxConfig(
+            token=token, agents=agents, time_scale=sb.time_scale, answer_rate=sb.answer_rate,
+            no_answer_rate=sb.no_answer_rate, busy_rate=sb.busy_rate,
+            unreachable_rate=sb.unreachable_rate,
+        ))
+        app.mount(SANDBOX_PATH, sandbox.app)
+        host = s.listen_host if s.listen_host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"  # noqa: S104
+        return f"http://{host}:{s.listen_port}{SANDBOX_PATH}", token, sandbox
+
     async def run(self) -> None:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
@@ -75,24 +107,47 @@ class Daemon:
         secret = s.secret()
         register_secret(secret.decode())
         pool = await self.db.open()
+        sandbox: Any = None
+        client: RyngClient | None = None
+        jobs: Jobs | None = None
         try:
             applied = await self.db.migrate()
             if applied:
-                log.info("applied migrations: %s", ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
+                log.info("applied migrations: %s",
+                         ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
             settings = s
             if not s.api_tokens and tokens:
                 settings = s.model_copy(update={"api_tokens": [SecretStr(t) for t in tokens]})
             ctx = AppContext(settings=settings, pool=pool, clock=self.clock)
             app = create_app(ctx)
+            if s.sandbox_mode:
+                ryng_url, ryng_token, sandbox = self._sandbox(app)
+                register_secret(ryng_token)
+            else:
+                ryng_url = str(s.ryng_base_url)
+                ryng_token = s.ryng_token.get_secret_value() if s.ryng_token else ""
+            client = RyngClient(ryng_url, ryng_token, timeout=s.ryng_timeout_s)
+            dispatcher = Dispatcher(pool, settings, self.clock, client, secret, self.instance_id)
+            ctx.dispatcher = dispatcher
+            ctx.wake_dispatch = dispatcher.wake
+            spool = Spool(s.state_dir / "spool")
+            service = CallbackService(
+                pool, self.clock,
+                Dispositions(s.dispositions, s.compliance.dnc_dispositions), spool,
+                on_applied=lambda r: dispatcher.wake() if r.terminal else None,
+            )
+            app.router.routes.extend(callbacks.routes(lambda: service, secret))
             sock = bind(s)
             config = uvicorn.Config(
                 app, log_config=None, access_log=False, lifespan="off",
                 timeout_keep_alive=15, timeout_graceful_shutdown=20,
-                limit_max_requests=None, h11_max_incomplete_event_size=64 * 1024,
+                h11_max_incomplete_event_size=64 * 1024,
             )
             server = _Server(config)
             ingestor = FileIngestor(pool, settings, self.clock)
-            inbox = Inbox(settings, ingestor, self.clock)
+            inbox = Inbox(settings, ingestor, self.clock, on_ingested=dispatcher.wake)
+            jobs = Jobs(pool, settings, self.clock, self.instance_id)
+            await jobs.heartbeat()
             served = anyio.Event()
 
             async def serve() -> None:
@@ -104,25 +159,44 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals)
                 tg.start_soon(serve)
+                if sandbox is not None:
+                    await sandbox.start()
                 tg.start_soon(inbox.run)
+                tg.start_soon(dispatcher.run, s.dispatch_interval_s)
+                tg.start_soon(service.run_replayer)
+                jobs.start()
                 log.info(
                     "dialer running",
                     extra={"listen": s.http_listen, "inbox": str(s.inbox),
-                           "sandbox": s.sandbox_mode},
+                           "sandbox": s.sandbox_mode, "instance": self.instance_id},
                 )
                 await self._stop.wait()
                 log.info("draining")
                 ctx.draining = True
                 inbox.accepting = False
-                server.should_exit = True
+                dispatcher.running = False
+                jobs.shutdown()
                 with anyio.move_on_after(25):
                     # a file mid-ingest is resumable, but let a short one finish
                     while inbox.current is not None:  # noqa: ASYNC110
                         await anyio.sleep(0.05)
+                    if spool.depth:
+                        with contextlib.suppress(Exception):
+                            await service.replay_once()
+                    server.should_exit = True
                     await served.wait()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                if jobs is not None:
+                    jobs.shutdown()
+                    with contextlib.suppress(Exception):
+                        async with pool.acquire() as conn:
+                            await conn.execute(Q.instance_gone, self.instance_id)
+                if sandbox is not None:
+                    await sandbox.stop()
+                if client is not None:
+                    await client.close()
                 await self.db.close()
             log.info("stopped")
 

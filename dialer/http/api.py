@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 
+from dialer.dispatch.outbox import record_events
 from dialer.errors import InvalidInput, NotFound, TooLarge
 from dialer.http.context import AppContext, get_ctx
 from dialer.http.errors import validation_details
@@ -22,12 +23,16 @@ from dialer.http.models import (
     CallOut,
     CallsPage,
     CallSummary,
+    CancelOut,
     DncIn,
     DncOut,
     ErrorOut,
+    TargetList,
+    TargetOut,
 )
 from dialer.intake import phones
 from dialer.intake.submit import Submission, submit
+from dialer.lifecycle.states import WAITING, State, sql_list
 from dialer.store.queries import Q
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -176,7 +181,68 @@ def router(auth: Any) -> APIRouter:
             raise NotFound(f"{phones.mask(e164)} is not on the do-not-call list")
         return Response(status_code=204)
 
+    @r.post("/batches/{batch_id}/cancel", response_model=CancelOut,
+             summary="Cancel a batch: its calls not yet sent end as cancelled")
+    async def cancel_batch(batch_id: uuid.UUID, ctx: Ctx) -> Any:
+        now = ctx.clock.now()
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchrow(Q.batch_get, batch_id) is None:
+                raise NotFound(f"no batch {batch_id}")
+            rows = await conn.fetch(Q.batch_cancel_calls, batch_id, now, sql_list(WAITING))
+            await conn.execute(Q.batch_mark_cancelled, batch_id, now)
+            await record_events(conn, [x["id"] for x in rows], [x["state"] for x in rows] or "pending",
+                                State.CANCELLED, "cancelled", now, {"by": "api"})
+        return CancelOut(batch_id=str(batch_id), cancelled=len(rows))
+
+    @r.get("/targets", response_model=TargetList, summary="Targets and their pacing state")
+    async def targets(ctx: Ctx) -> Any:
+        return TargetList(targets=await _targets(ctx))
+
+    @r.post("/targets/{name}/pause", response_model=TargetOut, summary="Stop sending calls for a target")
+    async def pause(name: Annotated[str, PathParam(max_length=100)], ctx: Ctx) -> Any:
+        return await _set_paused(ctx, name, True)
+
+    @r.post("/targets/{name}/resume", response_model=TargetOut, summary="Resume sending calls")
+    async def resume(name: Annotated[str, PathParam(max_length=100)], ctx: Ctx) -> Any:
+        return await _set_paused(ctx, name, False)
+
     return r
+
+
+async def _set_paused(ctx: AppContext, name: str, paused: bool) -> TargetOut:
+    if name not in ctx.settings.targets:
+        raise NotFound(f"no target {name!r}")
+    async with ctx.pool.acquire() as conn:
+        await conn.execute(Q.target_pause, name, paused, "api" if paused else None, ctx.clock.now())
+    if not paused:
+        ctx.wake_dispatch()
+    return next(t for t in await _targets(ctx) if t.name == name)
+
+
+async def _targets(ctx: AppContext) -> list[TargetOut]:
+    from dialer.dispatch.pacing import StaticAgents, measure
+
+    d = ctx.dispatcher
+    out = []
+    async with ctx.pool.acquire() as conn:
+        states = {x["target"]: x for x in await conn.fetch(Q.target_state_all)}
+        waiting: dict[str, dict[str, int]] = {}
+        for x in await conn.fetch(Q.target_counts):
+            waiting.setdefault(x["target"], {})[x["state"]] = x["n"]
+        for name, t in ctx.settings.targets.items():
+            agents = d.agents if d is not None else StaticAgents(ctx.settings.targets)
+            source = d.agent_source_name(name) if d is not None else "static"
+            pace = await measure(conn, name, t, agents, ctx.clock.now(), source)
+            st = states.get(name)
+            breaker = d.breakers[name].snapshot() if d is not None else {"state": "closed"}
+            out.append(TargetOut(
+                name=name, kind=t.kind, paused=bool(st and st["paused"]),
+                paused_reason=st["paused_reason"] if st else None, breaker=breaker,
+                ready_agents=pace.ready_agents, wrapup_agents=pace.wrapup_agents,
+                agents_source=pace.source, calls_per_agent=t.calls_per_agent, limit=pace.limit,
+                in_flight=pace.in_flight, waiting=waiting.get(name, {}), calling_hours=t.calling_hours,
+            ))
+    return out
 
 
 def _summary(x: Any) -> CallSummary:

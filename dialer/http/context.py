@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from fastapi import Request
@@ -18,6 +20,8 @@ class AppContext:
     clock: Clock
     draining: bool = False
     migrations_current: bool = True
+    dispatcher: Any = None  # dialer.dispatch.dispatcher.Dispatcher, when dispatching
+    wake_dispatch: Callable[[], None] = lambda: None
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -138,3 +138,28 @@ class DncOut(_Strict):
 class Health(_Strict):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class TargetOut(_Strict):
+    name: str
+    kind: str
+    paused: bool
+    paused_reason: str | None
+    breaker: dict[str, Any]
+    ready_agents: int
+    wrapup_agents: int
+    agents_source: str
+    calls_per_agent: int
+    limit: int
+    in_flight: int
+    waiting: dict[str, int]
+    calling_hours: str
+
+
+class TargetList(_Strict):
+    targets: list[TargetOut]
+
+
+class CancelOut(_Strict):
+    batch_id: str
+    cancelled: int

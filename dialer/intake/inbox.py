@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,9 @@ class Inbox:
         settings: Settings,
         ingestor: FileIngestor,
         clock: Clock,
+        on_ingested: Callable[[], None] | None = None,
     ) -> None:
+        self.on_ingested = on_ingested
         self.settings = settings
         self.root = settings.inbox
         self.ingestor = ingestor
@@ -187,6 +190,8 @@ class Inbox:
         await anyio.Path(path).replace(dest)
         if outcome.kind == "ingested" and outcome.sha256:
             await self.ingestor.mark_filed(outcome.sha256, dest)
+            if self.on_ingested:
+                self.on_ingested()
         log.info(
             "inbox file %s", outcome.kind,
             extra={"file": path.name, "batch_id": str(outcome.batch_id), **outcome.counts},

@@ -156,3 +156,182 @@ SELECT pg_advisory_unlock(hashtext('dialer.file:' || $1))
 -- name: inbox_file_restart
 UPDATE inbox_files SET batch_id = $2, state = 'ingesting', name = $3, target = $4, path = $5
 WHERE sha256 = $1
+
+-- ---------------------------------------------------------------- dispatch
+
+-- name: dispatch_lock_target
+SELECT pg_advisory_xact_lock(hashtext('dialer.dispatch:' || $1))
+
+-- name: target_in_flight
+SELECT count(*)::int FROM calls
+WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
+
+-- name: target_wrapup_agents
+-- Agents whose last call ended less than max_dispose_s ago and who are not on a call.
+SELECT DISTINCT agent FROM calls
+WHERE target = $1 AND agent IS NOT NULL AND ended_at > $2
+  AND agent NOT IN (SELECT agent FROM calls WHERE target = $1 AND agent IS NOT NULL
+                    AND state IN ('assigned', 'connected'))
+
+-- name: target_state_get
+SELECT * FROM target_state WHERE target = $1
+
+-- name: target_state_all
+SELECT * FROM target_state
+
+-- name: target_pause
+INSERT INTO target_state (target, paused, paused_reason, updated_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (target) DO UPDATE SET paused = $2, paused_reason = $3, updated_at = $4
+RETURNING *
+
+-- name: target_next_agent
+INSERT INTO target_state (target, rr_index) VALUES ($1, 1)
+ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index + 1
+RETURNING rr_index - 1 AS idx
+
+-- name: dispatch_candidates
+SELECT c.id, c.e164, c.priority, c.state, l.agents, l.fields, l.timezone
+FROM calls c JOIN leads l ON l.id = c.lead_id
+WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
+  AND (c.not_before IS NULL OR c.not_before <= $2)
+ORDER BY c.priority DESC, c.id
+LIMIT $3
+FOR UPDATE OF c SKIP LOCKED
+
+-- name: calls_hold
+-- Leads outside their calling hours wait as scheduled until the window opens.
+UPDATE calls c SET state = 'scheduled', not_before = u.nb, updated_at = $3
+FROM unnest($1::bigint[], $2::timestamptz[]) AS u(id, nb)
+WHERE c.id = u.id
+
+-- name: events_bulk
+INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
+SELECT u.id, $2, $3, u.from_state, $4, true, $5::jsonb
+FROM unnest($1::bigint[], $6::text[]) AS u(id, from_state)
+
+-- name: fields_for_target
+SELECT name, slot FROM target_fields WHERE target = $1
+
+-- name: fields_add
+INSERT INTO target_fields (target, name, slot)
+SELECT $1, n, s FROM unnest($2::text[], $3::int[]) AS u(n, s)
+ON CONFLICT DO NOTHING
+
+-- name: chunk_next_id
+SELECT nextval(pg_get_serial_sequence('chunks', 'id'))
+
+-- name: chunk_insert
+INSERT INTO chunks (id, target, token, state, rows, request, kind, agent, created_at)
+VALUES ($1, $2, $3, 'recorded', $4, $5, $6, $7, $8)
+
+-- name: calls_submitting
+UPDATE calls SET state = 'submitting', chunk_id = $2, updated_at = $3
+WHERE id = ANY($1::bigint[])
+
+-- name: chunk_claim
+-- A recorded chunk (never sent, or certainly not taken) is safe to send.
+UPDATE chunks SET state = 'sending', claimed_by = $1, claimed_at = $2, attempts = attempts + 1
+WHERE id = (
+    SELECT id FROM chunks
+    WHERE state = 'recorded' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+    ORDER BY id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, target, token, request, kind, attempts, rows
+
+-- name: chunk_sent
+UPDATE chunks SET state = 'sent', http_status = $2, response = $3, sent_at = $4, finished_at = $4
+WHERE id = $1 AND state = 'sending'
+
+-- name: chunk_calls_moved
+-- Every call of a chunk still in from_state moves to to_state; returns the ids moved.
+UPDATE calls SET state = $3::text, updated_at = $4::timestamptz,
+       submitted_at = CASE WHEN $3::text IN ('queued', 'uncertain') THEN $4::timestamptz ELSE submitted_at END,
+       ended_at = CASE WHEN $5::boolean THEN $4::timestamptz ELSE ended_at END,
+       chunk_id = CASE WHEN $3::text = 'pending' THEN NULL ELSE chunk_id END
+WHERE chunk_id = $1 AND state = $2
+RETURNING id
+
+-- name: chunk_retry_later
+UPDATE chunks SET state = 'recorded', http_status = $2, response = $3, error = $4, next_attempt_at = $5
+WHERE id = $1 AND state = 'sending'
+
+-- name: chunk_finish
+UPDATE chunks SET state = $2, http_status = $3, response = $4, error = $5, finished_at = $6
+WHERE id = $1 AND state = 'sending'
+
+-- name: chunk_by_id
+SELECT * FROM chunks WHERE id = $1
+
+-- name: instance_heartbeat
+INSERT INTO instances (id, started_at, heartbeat_at, http_listen) VALUES ($1, $2, $2, $3)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = $2
+
+-- name: instance_gone
+DELETE FROM instances WHERE id = $1
+
+-- name: chunks_orphaned
+-- Chunks left 'sending' by an instance that stopped heartbeating: the request may be out.
+UPDATE chunks SET state = 'uncertain', error = 'sender died while the request was in flight',
+       finished_at = $2
+WHERE state = 'sending'
+  AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT id FROM instances WHERE heartbeat_at > $1))
+RETURNING id
+
+-- name: calls_uncertain_due
+SELECT c.id, c.requeued FROM calls c JOIN chunks k ON k.id = c.chunk_id
+WHERE c.state = 'uncertain' AND coalesce(k.finished_at, k.claimed_at, k.created_at) <= $1
+ORDER BY c.id
+LIMIT 5000
+FOR UPDATE OF c SKIP LOCKED
+
+-- name: calls_requeue
+UPDATE calls SET state = 'pending', chunk_id = NULL, requeued = requeued + 1, updated_at = $2
+WHERE id = ANY($1::bigint[]) AND state = 'uncertain'
+
+-- name: calls_end
+UPDATE calls SET state = $2, ended_at = $3, updated_at = $3, outcome = coalesce($4, outcome)
+WHERE id = ANY($1::bigint[])
+
+-- name: singleton_try
+SELECT pg_try_advisory_xact_lock(hashtext('dialer.job:' || $1))
+
+-- ---------------------------------------------------------------- callbacks
+
+-- name: call_for_update
+SELECT id, state, chunk_id, target, agent, attempt, batch_id, e164 FROM calls WHERE id = $1 FOR UPDATE
+
+-- name: call_by_chunk_number
+SELECT id FROM calls WHERE chunk_id = $1 AND e164 = ANY($2::text[]) ORDER BY id LIMIT 1
+
+-- name: call_move
+UPDATE calls SET state = $2, updated_at = $3::timestamptz,
+       agent = coalesce($4, agent),
+       outcome = coalesce($5, outcome),
+       ended_at = CASE WHEN $6::boolean THEN coalesce($7::timestamptz, $3::timestamptz) ELSE ended_at END,
+       provider_call_id = coalesce($8, provider_call_id)
+WHERE id = $1
+
+-- name: event_insert
+INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING id
+
+-- name: calls_stale
+-- Queued with no callback for stale_after_h: the provider lost it, or we did.
+SELECT id FROM calls WHERE state = 'queued' AND updated_at < $1 ORDER BY id LIMIT 5000
+FOR UPDATE SKIP LOCKED
+
+-- name: batch_cancel_calls
+UPDATE calls SET state = 'cancelled', ended_at = $2, updated_at = $2
+WHERE batch_id = $1 AND state = ANY($3::text[])
+RETURNING id, state
+
+-- name: batch_mark_cancelled
+UPDATE batches SET state = 'cancelled', ended_at = $2 WHERE id = $1 AND state IN ('receiving', 'ingested')
+
+-- name: target_counts
+SELECT target, state, count(*)::int AS n FROM calls
+WHERE state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain', 'queued', 'assigned', 'connected')
+GROUP BY target, state

@@ -39,4 +39,7 @@ async def test_two_migrators_at_once_apply_once(pg_server: str) -> None:
 async def test_every_named_query_parses(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         for name in Q.names():
-            await conn.prepare(getattr(Q, name))
+            try:
+                await conn.prepare(getattr(Q, name))
+            except asyncpg.PostgresError as e:
+                raise AssertionError(f"query {name}: {e}") from e

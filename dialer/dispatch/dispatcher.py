@@ -1,0 +1,198 @@
+"""The dispatch loop: fill each target up to its pacing limit, send recorded chunks.
+
+Several instances may run this against one database: chunk creation is serialised per
+target by an advisory lock (so pacing holds across instances), and recorded chunks are
+claimed with ``FOR UPDATE SKIP LOCKED`` (so each is sent by exactly one instance).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import asyncpg
+
+from dialer.clock import Clock
+from dialer.config import Settings
+from dialer.dispatch import outbox
+from dialer.dispatch.breaker import Breaker
+from dialer.dispatch.pacing import AgentSource, Pace, StaticAgents, measure
+from dialer.lifecycle.states import State
+from dialer.providers.ryng.client import RyngClient, SendResult
+from dialer.store.queries import Q
+
+log = logging.getLogger(__name__)
+
+MAX_SEND_ATTEMPTS = 8
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        clock: Clock,
+        client: RyngClient,
+        secret: bytes,
+        instance_id: str,
+        agents: AgentSource | None = None,
+        rng: random.Random | None = None,
+        on_send: Callable[[str, SendResult], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.clock = clock
+        self.client = client
+        self.secret = secret
+        self.instance_id = instance_id
+        self.agents: AgentSource = agents or StaticAgents(settings.targets)
+        self.agent_source_name: Callable[[str], str] = lambda _t: "static"
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        self.on_send = on_send
+        self.breakers = {name: Breaker(clock) for name in settings.targets}
+        self.paces: dict[str, Pace] = {}
+        self._wake = anyio.Event()
+        self.running = True
+        self.max_parallel_sends = 4
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- filling -------------------------------------------------------------------
+    async def fill_target(self, name: str) -> int:
+        """Record one chunk for the target if pacing allows; returns calls claimed."""
+        if self.breakers[name].state != "closed":
+            return 0
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            state = await conn.fetchrow(Q.target_state_get, name)
+            await conn.execute(Q.dispatch_lock_target, name)
+            pace = await measure(conn, name, self.settings.targets[name], self.agents, now,
+                                 self.agent_source_name(name))
+            self.paces[name] = pace
+            if state is not None and state["paused"]:
+                return 0
+            return await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
+                                             self.settings.targets[name].chunk_size)
+
+    async def fill_all(self) -> int:
+        total = 0
+        for name in self.settings.targets:
+            try:
+                while self.running:
+                    n = await self.fill_target(name)
+                    total += n
+                    if n == 0:
+                        break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("dispatch fill failed; will retry", extra={"target": name, "error": str(e)})
+        return total
+
+    # -- sending -------------------------------------------------------------------
+    async def send_one(self) -> bool:
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(Q.chunk_claim, self.instance_id, now)
+        if row is None:
+            return False
+        c = outbox.Claimed(row["id"], row["target"], row["token"], dict(row["request"]), row["kind"],
+                           row["attempts"], row["rows"])
+        breaker = self.breakers.get(c.target)
+        if breaker is not None and not breaker.allow():
+            wait = float(str(breaker.snapshot()["retry_in_s"])) or 1.0
+            async with self.pool.acquire() as conn:
+                await conn.execute(Q.chunk_retry_later, c.id, None, None, "circuit open",
+                                   now + timedelta(seconds=wait))
+            return True
+        result = await self._post(c)
+        if self.on_send:
+            self.on_send(c.target, result)
+        await self._settle(c, result)
+        return True
+
+    async def _post(self, c: outbox.Claimed) -> SendResult:
+        req = c.request
+        kind = req.get("kind")
+        if kind == "queue":
+            return await self.client.append(str(req["queue_id"]), req["body"])
+        if kind == "campaign_sheet":
+            return await self.client.create_campaign_sheet(str(req["sheet"]).encode(), req["body"])
+        return await self.client.create_campaign(req["body"])
+
+    async def _settle(self, c: outbox.Claimed, r: SendResult) -> None:
+        now = self.clock.now()
+        breaker = self.breakers.get(c.target) or Breaker(self.clock)
+        response = {"status": r.status, "body": r.body, "error": r.error}
+        async with self.pool.acquire() as conn, conn.transaction():
+            if r.kind == "ok":
+                breaker.success()
+                await conn.execute(Q.chunk_sent, c.id, r.status, r.body, now)
+                await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.QUEUED, "submitted", now,
+                                              {"chunk_id": c.id, "status": r.status})
+            elif r.kind == "retry" and c.attempts < MAX_SEND_ATTEMPTS:
+                breaker.failure()
+                delay = r.retry_after_s if r.retry_after_s is not None else self._backoff(c.attempts)
+                await conn.execute(Q.chunk_retry_later, c.id, r.status, response, r.error,
+                                   now + timedelta(seconds=delay))
+                log.warning("provider send will be retried",
+                            extra={"target": c.target, "chunk": c.id, "attempt": c.attempts,
+                                   "error": r.error, "retry_in_s": round(delay, 2)})
+            elif r.kind == "retry":
+                breaker.failure()
+                await conn.execute(Q.chunk_finish, c.id, "failed", r.status, response, r.error, now)
+                await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.PENDING, "send_failed", now,
+                                              {"chunk_id": c.id, "error": r.error})
+            elif r.kind == "rejected":
+                if r.status in (401, 403):
+                    breaker.failure()
+                await conn.execute(Q.chunk_finish, c.id, "rejected", r.status, response, r.error, now)
+                await outbox.move_chunk_calls(
+                    conn, c.id, State.SUBMITTING, State.REJECTED_BY_PROVIDER, "rejected", now,
+                    {"chunk_id": c.id, "status": r.status, "response": r.body},
+                )
+                log.error("provider rejected a chunk",
+                          extra={"target": c.target, "chunk": c.id, "status": r.status})
+            else:  # unknown: it may have been taken; never resend blindly
+                breaker.failure()
+                await conn.execute(Q.chunk_finish, c.id, "uncertain", r.status, response, r.error, now)
+                await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.UNCERTAIN, "uncertain", now,
+                                              {"chunk_id": c.id, "error": r.error})
+                log.warning("provider send outcome unknown; calls wait as uncertain",
+                            extra={"target": c.target, "chunk": c.id, "error": r.error})
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(60.0, 0.5 * 2.0 ** max(0, attempt - 1))
+        return float(base * (0.5 + self.rng.random()))  # full jitter around the exponential step
+
+    async def send_all(self) -> int:
+        sent = 0
+
+        async def worker() -> None:
+            nonlocal sent
+            while self.running and await self.send_one():
+                sent += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.max_parallel_sends):
+                tg.start_soon(worker)
+        return sent
+
+    # -- the loop ---------------------------------------------------------------------
+    async def tick(self) -> dict[str, Any]:
+        filled = await self.fill_all()
+        sent = await self.send_all()
+        return {"filled": filled, "sent": sent}
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        while self.running:
+            try:
+                await self.tick()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("dispatch tick failed; retrying", extra={"error": str(e)})
+            with anyio.move_on_after(interval_s):
+                await self._wake.wait()
+            self._wake = anyio.Event()

@@ -1,0 +1,187 @@
+"""The outbox: chunks are recorded before they are sent, and never resent blindly.
+
+``recorded`` → (claimed, committed) ``sending`` → HTTP → ``sent`` | ``recorded`` again
+(retry later: the provider certainly did not take it) | ``failed`` | ``rejected`` |
+``uncertain`` (it may have been taken: calls wait for a callback to prove them live).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from dialer.config import Settings, Target
+from dialer.dispatch import chunker, hours
+from dialer.dispatch.pacing import Pace
+from dialer.lifecycle.states import State
+from dialer.signing import make_token
+from dialer.store.queries import Q
+
+
+@dataclass(slots=True)
+class Claimed:
+    id: int
+    target: str
+    token: str
+    request: dict[str, Any]
+    kind: str
+    attempts: int
+    rows: int
+
+
+async def record_events(
+    conn: asyncpg.Connection,
+    ids: Sequence[int],
+    from_state: str | Sequence[str],
+    to_state: str,
+    kind: str,
+    now: datetime,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    if not ids:
+        return
+    froms = [from_state] * len(ids) if isinstance(from_state, str) else list(from_state)
+    await conn.execute(Q.events_bulk, list(ids), now, kind, to_state, payload, froms)
+
+
+async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set[str]) -> dict[str, int]:
+    existing = {r["name"]: r["slot"] for r in await conn.fetch(Q.fields_for_target, target)}
+    new = chunker.assign_slots(existing, sorted(names), t.ref_field)
+    if new:
+        await conn.execute(Q.fields_add, target, list(new), list(new.values()))
+        existing = {r["name"]: r["slot"] for r in await conn.fetch(Q.fields_for_target, target)}
+    return existing
+
+
+async def record_chunk(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    secret: bytes,
+    name: str,
+    pace: Pace,
+    now: datetime,
+    max_rows: int,
+) -> int:
+    """Claim up to ``max_rows`` dispatchable calls into a recorded chunk; returns rows claimed.
+
+    Runs in the caller's transaction, which must hold the target's dispatch lock.
+    """
+    t = settings.targets[name]
+    n = min(max_rows, t.chunk_size, pace.free)
+    if n <= 0:
+        return 0
+    cands = await conn.fetch(Q.dispatch_candidates, name, now, n * 2 + 20)
+    take: list[asyncpg.Record] = []
+    held_ids: list[int] = []
+    held_until: list[datetime] = []
+    held_from: list[str] = []
+    for c in cands:
+        nxt = hours.check(c["e164"], c["timezone"], t.calling_hours, now)
+        if nxt is None:
+            if len(take) < n:
+                take.append(c)
+        else:
+            held_ids.append(c["id"])
+            held_until.append(nxt)
+            held_from.append(c["state"])
+    if held_ids:
+        await conn.execute(Q.calls_hold, held_ids, held_until, now)
+        new_holds = [(i, f, u) for i, f, u in zip(held_ids, held_from, held_until, strict=True)
+                     if f != "scheduled"]
+        if new_holds:
+            await record_events(
+                conn, [h[0] for h in new_holds], [h[1] for h in new_holds], State.SCHEDULED,
+                "hold", now, {"rule": "calling_hours", "window": t.calling_hours,
+                              "until": min(h[2] for h in new_holds).isoformat()},
+            )
+    if not take:
+        return 0
+    names: set[str] = set()
+    for c in take:
+        names.update((c["fields"] or {}).keys())
+    slots = await slots_for(conn, name, t, names)
+    chunk_id = int(await conn.fetchval(Q.chunk_next_id))
+    token = make_token(secret, "chunk", chunk_id)
+    base = settings.base_url
+    rows = [
+        chunker.Row(c["id"], c["e164"], c["priority"], list(c["agents"]) if c["agents"] else None,
+                    c["fields"])
+        for c in take
+    ]
+    named = None
+    if t.kind == "campaign" and len(rows) == 1 and not (t.agent_mapping == "inline" and rows[0].agents):
+        # Ryng round-robins only within a campaign: single-lead campaigns would all land
+        # on the first agent, so we rotate through the target's agents ourselves.
+        pool = [a for a in pace.agents if a != "*"] or list(t.agents)
+        if pool:
+            idx = int(await conn.fetchval(Q.target_next_agent, name))
+            named = pool[idx % len(pool)]
+    built = chunker.build(
+        name, t, rows, slots,
+        connect_url=f"{base}/callbacks/ryng/connect/{token}",
+        terminal_url=f"{base}/callbacks/ryng/terminal/{token}",
+        chunk_id=chunk_id, named_agent=named,
+    )
+    request: dict[str, Any] = {"kind": built.kind, "body": built.body}
+    if built.sheet is not None:
+        request["sheet"] = built.sheet.decode()
+    if t.kind == "queue":
+        request["queue_id"] = t.queue_id
+    await conn.execute(Q.chunk_insert, chunk_id, name, token, len(rows), request, built.kind, named, now)
+    ids = [r.call_id for r in rows]
+    await conn.execute(Q.calls_submitting, ids, chunk_id, now)
+    await record_events(conn, ids, [c["state"] for c in take], State.SUBMITTING, "chunked", now,
+                        {"chunk_id": chunk_id})
+    return len(rows)
+
+
+async def move_chunk_calls(
+    conn: asyncpg.Connection,
+    chunk_id: int,
+    src: State,
+    dst: State,
+    kind: str,
+    now: datetime,
+    payload: dict[str, Any] | None = None,
+    outcome: str | None = None,
+) -> list[int]:
+    from dialer.lifecycle.states import TERMINAL
+
+    rows = await conn.fetch(Q.chunk_calls_moved, chunk_id, src, dst, now, dst in TERMINAL)
+    ids = [r["id"] for r in rows]
+    if outcome and ids:
+        await conn.execute(Q.calls_end, ids, dst, now, outcome)
+    await record_events(conn, ids, src, dst, kind, now, payload)
+    return ids
+
+
+async def orphaned_to_uncertain(conn: asyncpg.Connection, now: datetime, stale_s: float) -> list[int]:
+    """Chunks whose sender died mid-request: their calls wait as uncertain."""
+    out: list[int] = []
+    async with conn.transaction():
+        for r in await conn.fetch(Q.chunks_orphaned, now - timedelta(seconds=stale_s), now):
+            out.append(r["id"])
+            await move_chunk_calls(conn, r["id"], State.SUBMITTING, State.UNCERTAIN, "uncertain", now,
+                                   {"chunk_id": r["id"], "reason": "sender died mid-request"})
+    return out
+
+
+async def requeue_uncertain(conn: asyncpg.Connection, now: datetime, after_min: float) -> tuple[int, int]:
+    """Uncertain calls with no callback after ``after_min``: re-queued once, then failed."""
+    async with conn.transaction():
+        due = await conn.fetch(Q.calls_uncertain_due, now - timedelta(minutes=after_min))
+        again = [r["id"] for r in due if r["requeued"] == 0]
+        give_up = [r["id"] for r in due if r["requeued"] > 0]
+        if again:
+            await conn.execute(Q.calls_requeue, again, now)
+            await record_events(conn, again, State.UNCERTAIN, State.PENDING, "requeued", now,
+                                {"reason": f"no callback within {after_min:g} min of an uncertain send"})
+        if give_up:
+            await conn.execute(Q.calls_end, give_up, State.FAILED, now, None)
+            await record_events(conn, give_up, State.UNCERTAIN, State.FAILED, "uncertain_failed", now,
+                                {"reason": "uncertain twice; not re-queued again"})
+    return len(again), len(give_up)

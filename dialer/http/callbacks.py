@@ -1,0 +1,72 @@
+"""Provider callback endpoints (plain Starlette: the hot path stays lean).
+
+``POST /callbacks/ryng/{connect|terminal}/{token}``: 401 for a forged token (nothing
+stored), 200 only once the event is durable (committed, or fsync'd to the spool),
+503 if it cannot be made durable (Ryng then retries).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dialer.lifecycle.payload import BadPayload
+from dialer.lifecycle.service import CallbackService
+from dialer.signing import read_token
+
+log = logging.getLogger(__name__)
+
+MAX_CALLBACK_BYTES = 256 * 1024
+_OK = b'{"status":"ok"}'
+
+
+def routes(
+    service: Callable[[], CallbackService | None],
+    secret: bytes,
+    count: Callable[[str, str], None] | None = None,
+) -> list[Route]:
+    def counted(kind: str, result: str) -> None:
+        if count:
+            count(kind, result)
+
+    async def ryng(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        if kind not in ("connect", "terminal"):
+            return Response(b'{"error":{"code":"not_found","message":"unknown callback kind"}}', 404,
+                            media_type="application/json")
+        ident = read_token(secret, "chunk", request.path_params["token"])
+        if ident is None or not ident.isdigit():
+            counted(kind, "forged")
+            return Response(b'{"error":{"code":"unauthorized","message":"invalid callback token"}}',
+                            401, media_type="application/json")
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > MAX_CALLBACK_BYTES:
+                counted(kind, "too_large")
+                return Response(b'{"error":{"code":"too_large","message":"callback body too large"}}',
+                                413, media_type="application/json")
+        svc = service()
+        if svc is None:
+            return Response(b'{"error":{"code":"not_ready","message":"starting"}}', 503,
+                            media_type="application/json")
+        try:
+            result = await svc.receive(int(ident), kind, body, request.headers.get("content-type", ""))
+        except BadPayload as e:
+            counted(kind, "bad_payload")
+            msg = str(e).replace('"', "'")
+            return Response(f'{{"error":{{"code":"invalid","message":"{msg}"}}}}'.encode(), 422,
+                            media_type="application/json")
+        except OSError as e:  # disk full while spooling: not durable, so not a 200
+            counted(kind, "unavailable")
+            log.error("callback could not be made durable", extra={"error": str(e)})
+            return Response(b'{"error":{"code":"unavailable","message":"try again"}}', 503,
+                            media_type="application/json")
+        counted(kind, result)
+        return Response(_OK, 200, media_type="application/json")
+
+    return [Route("/callbacks/ryng/{kind}/{token}", ryng, methods=["POST"])]

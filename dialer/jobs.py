@@ -1,0 +1,117 @@
+"""Periodic jobs, declared as data and run by apscheduler.
+
+Singleton jobs take a transaction-scoped advisory lock, so with several daemon
+instances on one database each runs once at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from dialer.clock import Clock
+from dialer.config import Settings
+from dialer.dispatch import outbox
+from dialer.lifecycle.states import State
+from dialer.store.queries import Q
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    every_s: float
+    run: Callable[[], Awaitable[object]]
+    singleton: bool = True
+
+
+async def singleton(
+    pool: asyncpg.Pool, name: str, fn: Callable[[asyncpg.Connection], Awaitable[object]]
+) -> object:
+    """Run ``fn`` in a transaction only if no other instance is running this job now."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(Q.singleton_try, name):
+            return None
+        return await fn(conn)
+
+
+class Jobs:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Clock, instance_id: str) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.clock = clock
+        self.instance_id = instance_id
+        self.scheduler = AsyncIOScheduler()
+        self.extra: list[Job] = []
+
+    async def heartbeat(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(Q.instance_heartbeat, self.instance_id, self.clock.now(),
+                               self.settings.http_listen)
+
+    async def orphans(self) -> object:
+        async def go(conn: asyncpg.Connection) -> object:
+            ids = await outbox.orphaned_to_uncertain(conn, self.clock.now(), self.settings.instance_stale_s)
+            if ids:
+                log.warning("chunks left mid-send by a dead instance are now uncertain",
+                            extra={"chunks": ids})
+            return ids
+
+        return await singleton(self.pool, "orphans", go)
+
+    async def uncertain(self) -> object:
+        async def go(conn: asyncpg.Connection) -> object:
+            return await outbox.requeue_uncertain(conn, self.clock.now(), self.settings.uncertain_after_min)
+
+        return await singleton(self.pool, "uncertain", go)
+
+    async def reaper(self) -> object:
+        async def go(conn: asyncpg.Connection) -> object:
+            now = self.clock.now()
+            rows = await conn.fetch(Q.calls_stale, now - timedelta(hours=self.settings.stale_after_h))
+            ids = [r["id"] for r in rows]
+            if ids:
+                await conn.execute(Q.calls_end, ids, State.EXPIRED, now, None)
+                await outbox.record_events(conn, ids, State.QUEUED, State.EXPIRED, "reaped", now,
+                                           {"reason": f"no callback for {self.settings.stale_after_h:g} h"})
+            return len(ids)
+
+        return await singleton(self.pool, "reaper", go)
+
+    def jobs(self) -> list[Job]:
+        return [
+            Job("heartbeat", 5, self.heartbeat, singleton=False),
+            Job("orphans", 10, self.orphans),
+            Job("uncertain", 60, self.uncertain),
+            Job("reaper", 300, self.reaper),
+            *self.extra,
+        ]
+
+    def start(self) -> None:
+        for job in self.jobs():
+            self.scheduler.add_job(
+                _guarded(job), "interval", seconds=job.every_s, id=job.name,
+                max_instances=1, coalesce=True, misfire_grace_time=max(1, int(job.every_s)),
+            )
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+
+def _guarded(job: Job) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        try:
+            await job.run()
+        except Exception:
+            log.exception("job failed", extra={"job": job.name})
+
+    run.__name__ = f"job_{job.name}"
+    return run

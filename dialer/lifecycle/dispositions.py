@@ -1,0 +1,43 @@
+"""Provider disposition words → our terminal states (a configurable table)."""
+
+from __future__ import annotations
+
+from dialer.lifecycle.states import TERMINAL, State
+
+DEFAULT: dict[str, str] = {
+    "ANSWERED": "answered", "ANSWER": "answered", "CONNECTED": "answered", "COMPLETED": "answered",
+    "SUCCESS": "answered",
+    "NO_ANSWER": "no_answer", "NOANSWER": "no_answer", "NOT_ANSWERED": "no_answer",
+    "UNANSWERED": "no_answer", "MISSED": "no_answer", "RING_TIMEOUT": "no_answer",
+    "BUSY": "busy", "USER_BUSY": "busy",
+    "UNREACHABLE": "unreachable", "NOT_REACHABLE": "unreachable", "SWITCHED_OFF": "unreachable",
+    "INVALID_NUMBER": "unreachable", "CONGESTION": "unreachable", "CHANUNAVAIL": "unreachable",
+    "FAILED_TO_CONNECT": "unreachable",
+    "FAILED": "failed", "ERROR": "failed", "CANCELLED": "cancelled",
+}
+
+
+def normalise_word(word: str) -> str:
+    return word.strip().upper().replace(" ", "_").replace("-", "_")
+
+
+class Dispositions:
+    def __init__(self, overrides: dict[str, str] | None = None, dnc_words: list[str] | None = None) -> None:
+        self.table = dict(DEFAULT)
+        for k, v in (overrides or {}).items():
+            if State(v) not in TERMINAL:
+                raise ValueError(f"dispositions.{k}: {v!r} is not a terminal state")
+            self.table[normalise_word(k)] = v
+        self.dnc_words = {normalise_word(w) for w in (dnc_words or [])}
+
+    def state_for(self, word: str | None) -> State:
+        """An unknown (or missing) word maps to ``failed``; the word itself is kept verbatim."""
+        if not word:
+            return State.FAILED
+        w = normalise_word(word)
+        if w in self.dnc_words:
+            return State(self.table.get(w, "answered"))
+        return State(self.table.get(w, "failed"))
+
+    def is_dnc(self, word: str | None) -> bool:
+        return bool(word) and normalise_word(word or "") in self.dnc_words

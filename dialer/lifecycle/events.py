@@ -1,0 +1,89 @@
+"""Apply one provider callback to its call: forward-only, every event audited.
+
+A duplicate or late callback is recorded (``applied = false``) and acknowledged, but
+never moves a call backwards and never counts twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from dialer.lifecycle.dispositions import Dispositions
+from dialer.lifecycle.payload import CallbackData
+from dialer.lifecycle.states import TERMINAL, State, can_move
+from dialer.store.queries import Q
+
+
+@dataclass(slots=True)
+class Applied:
+    result: str  # applied | duplicate | unmatched
+    call_id: int | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    target: str | None = None
+    terminal: bool = False
+    submitted_at: datetime | None = None
+    agent: str | None = None
+    disposition: str | None = None
+
+
+def target_state(kind: str, cb: CallbackData, disp: Dispositions) -> State:
+    ev = (cb.event or "").replace("-", "_")
+    if kind == "terminal" or ev in ("terminated", "call_terminated", "ended", "terminal"):
+        return disp.state_for(cb.disposition)
+    if ev in ("customer_answered", "connected", "customer_connected"):
+        return State.CONNECTED
+    return State.ASSIGNED  # agent_assigned, agent_answered, or a bare connect callback
+
+
+def _numbers(n: str | None) -> list[str]:
+    if not n:
+        return []
+    digits = "".join(ch for ch in n if ch.isdigit())
+    return list({n, "+" + digits, digits}) if digits else [n]
+
+
+async def apply(
+    conn: asyncpg.Connection,
+    chunk_id: int,
+    kind: str,
+    cb: CallbackData,
+    disp: Dispositions,
+    now: datetime,
+) -> Applied:
+    """Runs in the caller's transaction."""
+    call_id: int | None = None
+    for ref in cb.refs:
+        call_id = ref
+        break
+    row = await conn.fetchrow(Q.call_for_update, call_id) if call_id is not None else None
+    if row is not None and row["chunk_id"] != chunk_id:
+        # a reference from another chunk under this chunk's token: don't trust it
+        row = None
+    if row is None and cb.number:
+        cid = await conn.fetchval(Q.call_by_chunk_number, chunk_id, _numbers(cb.number))
+        if cid is not None:
+            row = await conn.fetchrow(Q.call_for_update, cid)
+    event_kind = f"callback_{kind}"
+    if row is None:
+        await conn.execute(Q.event_insert, None, now, event_kind, None, None, False,
+                           {"chunk_id": chunk_id, "body": cb.raw, "note": "no matching call"})
+        return Applied("unmatched")
+    dst = target_state(kind, cb, disp)
+    src = State(row["state"])
+    payload = {"chunk_id": chunk_id, "body": cb.raw}
+    if not can_move(src, dst):
+        await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, False, payload)
+        return Applied("duplicate", row["id"], src.value, dst.value, row["target"])
+    terminal = dst in TERMINAL
+    outcome = (cb.disposition or "unknown") if terminal else None
+    await conn.execute(
+        Q.call_move, row["id"], dst.value, now, cb.agent, outcome, terminal,
+        None, cb.call_id,  # ended_at: our clock, not the provider's (no skew in wrap-up)
+    )
+    await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, True, payload)
+    return Applied("applied", row["id"], src.value, dst.value, row["target"], terminal,
+                   agent=cb.agent or row["agent"], disposition=cb.disposition)

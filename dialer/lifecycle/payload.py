@@ -1,0 +1,126 @@
+"""Lenient reading of provider callback bodies.
+
+The vendor page does not document the callback body, so we accept JSON or
+form-encoded bodies and read, case-insensitively in camelCase or snake_case:
+``event``, ``disposition``/``status``, ``agent``, ``callId``, ``attempts``,
+``startTime``, ``endTime``, ``talkTime``/``duration``, ``recordingUrl``, ``number`` and
+every ``customField*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from dialer.dispatch.chunker import parse_ref
+
+
+class BadPayload(ValueError):
+    pass
+
+
+def _key(k: str) -> str:
+    return k.replace("_", "").replace("-", "").lower()
+
+
+@dataclass(slots=True)
+class CallbackData:
+    raw: dict[str, Any]
+    event: str | None = None
+    disposition: str | None = None
+    agent: str | None = None
+    call_id: str | None = None
+    attempts: int | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    talk_time_s: float | None = None
+    recording_url: str | None = None
+    number: str | None = None
+    refs: list[int] = field(default_factory=list)
+
+
+def decode(body: bytes, content_type: str) -> dict[str, Any]:
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError as e:
+            raise BadPayload(f"form body is not UTF-8: {e}") from None
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if ctype in ("", "text/plain") and b"=" in body:
+            return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        raise BadPayload("body is neither JSON nor form-encoded") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), dict) and "event" not in data:
+        data = data["data"]  # tolerate an envelope
+    if not isinstance(data, dict):
+        raise BadPayload("JSON body is not an object")
+    return data
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s[:500] or None
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(float(str(v)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(str(v))
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and abs(f) < 1e9 else None
+
+
+def _time(v: Any) -> datetime | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, (int, float)) or (isinstance(v, str) and v.replace(".", "", 1).isdigit()):
+        f = float(v)
+        if f > 1e11:  # milliseconds
+            f /= 1000
+        try:
+            return datetime.fromtimestamp(f, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    try:
+        dt = datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def read(data: dict[str, Any]) -> CallbackData:
+    keyed = {_key(str(k)): v for k, v in data.items()}
+    out = CallbackData(raw=data)
+    out.event = (_text(keyed.get("event")) or "").lower() or None
+    out.disposition = _text(keyed.get("disposition") or keyed.get("status"))
+    out.agent = _text(keyed.get("agent") or keyed.get("agentusername") or keyed.get("agentname"))
+    out.call_id = _text(keyed.get("callid"))
+    out.attempts = _int(keyed.get("attempts"))
+    out.start_time = _time(keyed.get("starttime"))
+    out.end_time = _time(keyed.get("endtime"))
+    out.talk_time_s = _float(keyed.get("talktime", keyed.get("duration")))
+    out.recording_url = _text(keyed.get("recordingurl"))
+    out.number = _text(keyed.get("number") or keyed.get("customernumber") or keyed.get("phone"))
+    for k, v in keyed.items():
+        if k.startswith("customfield"):
+            ref = parse_ref(v)
+            if ref is not None and ref not in out.refs:
+                out.refs.append(ref)
+    return out

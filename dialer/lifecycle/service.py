@@ -1,0 +1,95 @@
+"""Callbacks in, durable state out: the DB path, the spool path, and the replayer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import anyio
+import asyncpg
+
+from dialer.clock import Clock
+from dialer.lifecycle import events, payload
+from dialer.lifecycle.dispositions import Dispositions
+from dialer.lifecycle.spool import Spool, Spooled
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database is not there right now", not "this callback is bad".
+DB_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+class CallbackService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        dispositions: Dispositions,
+        spool: Spool,
+        on_applied: Callable[[events.Applied], None] | None = None,
+        on_spooled: Callable[[str], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.dispositions = dispositions
+        self.spool = spool
+        self.on_applied = on_applied
+        self.on_spooled = on_spooled
+
+    async def store(self, chunk_id: int, kind: str, cb: payload.CallbackData,
+                    now: datetime | None = None) -> events.Applied:
+        now = now or self.clock.now()
+        async with self.pool.acquire(timeout=2) as conn, conn.transaction():
+            result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now)
+        if self.on_applied:
+            self.on_applied(result)
+        return result
+
+    async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:
+        """Make one callback durable; returns 'stored' or 'spooled'. Raises BadPayload, OSError."""
+        cb = payload.read(payload.decode(body, content_type))  # reject garbage before storing
+        if self.spool.depth == 0:
+            try:
+                await self.store(chunk_id, kind, cb)
+                return "stored"
+            except DB_DOWN as e:
+                log.warning("database unreachable; spooling callback", extra={"error": type(e).__name__})
+        await self.spool.append(Spooled(kind, chunk_id, content_type, body, self.clock.now().isoformat()))
+        if self.on_spooled:
+            self.on_spooled(kind)
+        return "spooled"
+
+    async def _replay_one(self, item: Spooled) -> None:
+        cb = payload.read(payload.decode(item.body, item.content_type))
+        received = datetime.fromisoformat(item.received_at)
+        await self.store(item.chunk_id, item.kind, cb, now=max(received, self.clock.now()))
+
+    async def replay_once(self) -> int:
+        return await self.spool.replay(self._replay_one)
+
+    async def run_replayer(self, retry_s: float = 1.0) -> None:
+        while True:
+            if self.spool.depth > 0:
+                try:
+                    n = await self.replay_once()
+                    if n:
+                        log.info("replayed spooled callbacks", extra={"count": n})
+                except DB_DOWN:
+                    await anyio.sleep(retry_s)
+                    continue
+                except Exception:
+                    log.exception("spool replay failed; will retry")
+                    await anyio.sleep(retry_s)
+                    continue
+            if self.spool.depth == 0:
+                self.spool.wake = anyio.Event()
+                await self.spool.wake.wait()

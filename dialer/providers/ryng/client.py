@@ -1,0 +1,112 @@
+"""Ryng REST client: progressive-queue append and campaign creation.
+
+Every send is classified so the outbox can decide safely:
+
+* ``ok``        — 2xx: Ryng took the calls.
+* ``retry``     — the request was certainly not processed (connection refused, connect
+                  timeout, 429, or a 5xx answer): send again after a backoff.
+* ``rejected``  — other 4xx: the provider refuses this body; never resend.
+* ``unknown``   — the request may have reached Ryng but no answer came back (read
+                  timeout, connection dropped mid-response): never resend blindly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+
+
+@dataclass(slots=True)
+class SendResult:
+    kind: str  # ok | retry | rejected | unknown
+    status: int | None
+    body: Any
+    retry_after_s: float | None = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+    endpoint: str = ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        dt = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, dt.timestamp() - time.time())
+
+
+def _body(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text[:4000]
+
+
+class RyngClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"x-access-token": token, "accept": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def append(self, queue_id: str, body: dict[str, Any]) -> SendResult:
+        path = f"/rest-api/v1/progressive/queue/{queue_id}/calls"
+        return await self._send("queue_append", path, content=orjson.dumps(body),
+                                headers={"content-type": "application/json"})
+
+    async def create_campaign(self, body: dict[str, Any]) -> SendResult:
+        return await self._send("campaign", "/rest-api/v1/campaign", content=orjson.dumps(body),
+                                headers={"content-type": "application/json"})
+
+    async def create_campaign_sheet(self, sheet_csv: bytes, fields: dict[str, str],
+                                    filename: str = "campaign-sheet.csv") -> SendResult:
+        files = {"campaign-sheet": (filename, sheet_csv, "text/csv")}
+        return await self._send("campaign_sheet", "/rest-api/v1/campaign", data=fields, files=files)
+
+    async def _send(self, endpoint: str, path: str, **kwargs: Any) -> SendResult:
+        start = time.perf_counter()
+        try:
+            resp = await self._client.post(path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+            return SendResult("retry", None, None, error=f"{type(e).__name__}: {e}",
+                              elapsed_s=time.perf_counter() - start, endpoint=endpoint)
+        except httpx.TransportError as e:
+            # the request may have been delivered: we cannot know whether Ryng took it
+            return SendResult("unknown", None, None, error=f"{type(e).__name__}: {e}",
+                              elapsed_s=time.perf_counter() - start, endpoint=endpoint)
+        elapsed = time.perf_counter() - start
+        status = resp.status_code
+        body = _body(resp)
+        if 200 <= status < 300:
+            return SendResult("ok", status, body, elapsed_s=elapsed, endpoint=endpoint)
+        if status == 429 or status >= 500:
+            return SendResult("retry", status, body, _retry_after(resp.headers.get("retry-after")),
+                              error=f"HTTP {status}", elapsed_s=elapsed, endpoint=endpoint)
+        return SendResult("rejected", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
+                          endpoint=endpoint)

@@ -1,0 +1,408 @@
+"""The Ryng sandbox's simulated call centre: agents dialing calls, and callbacks.
+
+Calls are assigned to one agent when they are accepted (round-robin within the
+request, see ``sandbox.py``); each agent works through its own calls one at a time,
+biggest priority first, then oldest, and waits ``maxDispose`` after every attempt.
+Callbacks are POSTed by background tasks with Ryng's retry rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import secrets
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from random import Random
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+from dialer.providers.ryng.sandbox_requests import Row, Submission
+
+if TYPE_CHECKING:
+    from dialer.providers.ryng.sandbox import SandboxConfig
+
+ANSWERED, NO_ANSWER, BUSY, UNREACHABLE = "ANSWERED", "NO_ANSWER", "BUSY", "UNREACHABLE"
+SIGNAL_S = 1.0  # vendor seconds until a busy / unreachable signal comes back
+CALLBACK_RETRY_S = 60.0  # "at 1 minute intervals"
+LATE_CALLBACK_S = 300.0  # how long a "late" terminal callback is held back
+MAX_DELIVERIES = {"connect": 2, "terminal": 3}  # first try + retries, from the vendor pages
+RECORDING_URL = "https://recordings.ryng.invalid/sandbox/{call_id}.mp3"
+
+
+def iso(dt: datetime) -> str:
+    """ISO 8601 UTC with microseconds and a ``Z``: ``2026-01-05T10:00:00.123456Z``."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Attempt:
+    attempt: int
+    agent: str
+    start: datetime
+    end: datetime | None = None
+    outcome: str | None = None
+    ring_s: float = 0.0
+    talk_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "agent": self.agent, "startTime": iso(self.start),
+                "endTime": iso(self.end) if self.end else None, "outcome": self.outcome,
+                "ringTime": round(self.ring_s, 3), "talkTime": round(self.talk_s, 3)}
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    call_id: str
+    seq: int
+    number: str
+    priority: float | int
+    custom: dict[str, str]
+    agents_assigned: list[str] | None
+    sub: Submission
+    agent: str
+    state: str = "queued"  # queued | retry_wait | dialing | connected | ended
+    attempts: int = 0
+    disposition: str | None = None
+    created: datetime = field(default_factory=utcnow)
+    history: list[Attempt] = field(default_factory=list)
+    cb_tail: asyncio.Event | None = None  # first try of this call's latest callback is done
+
+    def target(self) -> dict[str, Any]:
+        return {self.sub.target_key: self.sub.target_id}
+
+    def as_dict(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else None
+        return {"callId": self.call_id, "number": self.number, "priority": self.priority, **self.target(),
+                "state": self.state, "agent": self.agent, "attempts": self.attempts,
+                "disposition": self.disposition, "agentsAssigned": self.agents_assigned,
+                "createdAt": iso(self.created),
+                "startTime": iso(last.start) if last else None,
+                "endTime": iso(last.end) if last and last.end else None,
+                "history": [a.as_dict() for a in self.history], **self.custom}
+
+
+@dataclass(eq=False, slots=True)
+class Agent:
+    name: str
+    agent_id: int
+    ready: list[tuple[float, int, Call]] = field(default_factory=list)  # (-priority, seq, call)
+    retry: list[tuple[float, int, Call]] = field(default_factory=list)  # (due monotonic, seq, call)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    state: str = "idle"  # idle | on_call | wrap_up
+    current: Call | None = None
+    ready_at: float | None = None
+    handled: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class Engine:
+    def __init__(self, config: SandboxConfig, rng: Random) -> None:
+        self.cfg = config
+        self.rng = rng
+        self.agents = {name: Agent(name, 10 * (i + 1)) for i, name in enumerate(config.agents)}
+        self.agent_ids = {str(a.agent_id): a.name for a in self.agents.values()}
+        self.calls: dict[str, Call] = {}
+        self.campaign_rows: dict[int, list[Row]] = {}
+        self._ended: deque[str] = deque()
+        self._seq = itertools.count(1)
+        self._tag = secrets.token_hex(3)
+        self._last_campaign = 0
+        self.states: Counter[str] = Counter()
+        self.dispositions: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.dials: Counter[str] = Counter()
+        self.refs: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.submitted: Counter[str] = Counter()
+        self.cb: dict[str, Counter[str]] = {"connect": Counter(), "terminal": Counter()}
+        self.cb_status: dict[str, Counter[str]] = {"connect": Counter(), "terminal": Counter()}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._client: httpx.AsyncClient | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self.running = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        self._client = httpx.AsyncClient(timeout=self.cfg.callback_timeout_s, follow_redirects=False,
+                                         headers={"user-agent": "ryng-sandbox/1"})
+        self._sem = asyncio.Semaphore(max(1, self.cfg.callback_concurrency))
+        for agent in self.agents.values():
+            agent.wake = asyncio.Event()
+            agent.wake.set()
+            agent.task = asyncio.create_task(self._agent_loop(agent), name=f"ryng-sandbox-agent-{agent.name}")
+
+    async def stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        tasks = [a.task for a in self.agents.values() if a.task] + list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for a in self.agents.values():
+            a.task = None
+        self._tasks.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ intake
+    def new_campaign_id(self) -> int:
+        self._last_campaign = max(self._last_campaign + 1, int(time.time()))
+        return self._last_campaign
+
+    def submit(self, sub: Submission) -> list[Call]:
+        """Turn a validated submission into queued calls, round-robin within it."""
+        names = list(self.agents)
+        pool = sub.agents if sub.agent_mapping == "global" else names
+        pointer = 0
+        calls: list[Call] = []
+        self.submitted[sub.kind] += 1
+        for row in sub.rows:
+            eligible = row.agents_assigned if sub.agent_mapping == "inline" and row.agents_assigned else pool
+            chosen = pool[pointer % len(pool)]
+            for k in range(len(pool)):
+                cand = pool[(pointer + k) % len(pool)]
+                if cand in eligible:
+                    chosen = cand
+                    pointer = (pointer + k + 1) % len(pool)
+                    break
+            seq = next(self._seq)
+            call = Call(call_id=f"{self._tag}-{seq:07d}", seq=seq, number=row.number, priority=row.priority,
+                        custom=dict(row.custom), agents_assigned=row.agents_assigned, sub=sub, agent=chosen)
+            self.calls[call.call_id] = call
+            self.states["queued"] += 1
+            self.submitted["rows"] += 1
+            self.refs["number"][row.number] += 1
+            for key, value in row.custom.items():
+                self.refs[key][value] += 1
+            agent = self.agents[chosen]
+            heapq.heappush(agent.ready, (-float(row.priority), seq, call))
+            agent.wake.set()
+            calls.append(call)
+        if sub.kind == "campaign" and sub.campaign_id is not None:
+            self.campaign_rows[sub.campaign_id] = sub.rows
+        else:
+            sub.rows = []  # the calls hold the data now
+        return calls
+
+    def _set_state(self, call: Call, state: str) -> None:
+        self.states[call.state] -= 1
+        self.states[state] += 1
+        call.state = state
+
+    # ------------------------------------------------------------------ agents
+    async def _sleep(self, vendor_seconds: float) -> None:
+        await asyncio.sleep(max(0.0, vendor_seconds) * self.cfg.time_scale)
+
+    async def _take(self, agent: Agent) -> Call:
+        while True:
+            agent.wake.clear()
+            now = time.monotonic()
+            while agent.retry and agent.retry[0][0] <= now:
+                _, seq, call = heapq.heappop(agent.retry)
+                heapq.heappush(agent.ready, (-float(call.priority), seq, call))
+            if agent.ready:
+                return heapq.heappop(agent.ready)[2]
+            timeout = agent.retry[0][0] - now if agent.retry else None
+            try:
+                await asyncio.wait_for(agent.wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _agent_loop(self, agent: Agent) -> None:
+        while True:
+            call = await self._take(agent)
+            await self._attempt(agent, call)
+            dispose = call.sub.max_dispose_s * self.cfg.time_scale
+            agent.state = "wrap_up"
+            agent.ready_at = time.monotonic() + dispose
+            await asyncio.sleep(dispose)
+            agent.state = "idle"
+            agent.ready_at = None
+
+    def _draw_outcome(self) -> str:
+        c = self.cfg
+        weights = [max(0.0, w) for w in (c.answer_rate, c.no_answer_rate, c.busy_rate, c.unreachable_rate)]
+        if sum(weights) <= 0:
+            return ANSWERED
+        return self.rng.choices([ANSWERED, NO_ANSWER, BUSY, UNREACHABLE], weights)[0]
+
+    async def _attempt(self, agent: Agent, call: Call) -> None:
+        cfg, sub = self.cfg, call.sub
+        campaign = sub.kind == "campaign"
+        call.attempts += 1
+        call.agent = agent.name
+        agent.state, agent.current = "on_call", call
+        self._set_state(call, "dialing")
+        attempt = Attempt(call.attempts, agent.name, utcnow())
+        call.history.append(attempt)
+        self.dials[call.number] += 1
+        outcome = self._draw_outcome()
+        self.outcomes[outcome] += 1
+        if outcome == ANSWERED:
+            attempt.ring_s = self.rng.uniform(*cfg.ring_s)
+            attempt.talk_s = self.rng.uniform(*cfg.talk_s)
+        else:
+            attempt.ring_s = cfg.ring_s[1] if outcome == NO_ANSWER else SIGNAL_S
+        self._emit(call, "connect", self._body(call, "agent_assigned"))
+        if sub.leg_direction == "agent-first":
+            await self._sleep(cfg.agent_pickup_s)
+            if campaign:
+                self._emit(call, "connect", self._body(call, "agent_answered"))
+            await self._sleep(attempt.ring_s)
+            if outcome == ANSWERED and campaign:
+                self._emit(call, "connect", self._body(call, "customer_answered"))
+        else:
+            await self._sleep(attempt.ring_s)
+            if outcome == ANSWERED:
+                if campaign:
+                    self._emit(call, "connect", self._body(call, "customer_answered"))
+                await self._sleep(cfg.agent_pickup_s)
+                if campaign:
+                    self._emit(call, "connect", self._body(call, "agent_answered"))
+        if outcome == ANSWERED:
+            self._set_state(call, "connected")
+            await self._sleep(attempt.talk_s)
+        attempt.end, attempt.outcome = utcnow(), outcome
+        agent.handled += 1
+        agent.current = None
+        if outcome == ANSWERED or call.attempts > sub.max_retries:
+            self._finish(call, attempt)
+        else:
+            self._set_state(call, "retry_wait")
+            due = time.monotonic() + sub.retry_interval_min * 60.0 * cfg.time_scale
+            heapq.heappush(agent.retry, (due, call.seq, call))
+
+    def _finish(self, call: Call, attempt: Attempt) -> None:
+        assert attempt.outcome is not None
+        call.disposition = attempt.outcome
+        self._set_state(call, "ended")
+        self.dispositions[attempt.outcome] += 1
+        body = self._body(call, "terminated")
+        body.update(disposition=attempt.outcome, startTime=iso(attempt.start),
+                    endTime=iso(attempt.end or utcnow()), talkTime=round(attempt.talk_s))
+        if attempt.outcome == ANSWERED:
+            body["recordingUrl"] = RECORDING_URL.format(call_id=call.call_id)
+        if call.sub.kind == "campaign" and self.cfg.campaign_connect_termination:
+            self._emit(call, "connect", dict(body))  # the campaign page's "call termination" milestone
+        self._emit(call, "terminal", body)
+        self._ended.append(call.call_id)
+        while len(self._ended) > max(0, self.cfg.keep_ended_calls):
+            self.calls.pop(self._ended.popleft(), None)
+
+    def _body(self, call: Call, event: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"event": event, "callId": call.call_id, "number": call.number,
+                                "agent": call.agent, "attempts": call.attempts, "priority": call.priority,
+                                **call.target()}
+        if call.sub.kind == "campaign":
+            body["campaignName"] = call.sub.name
+        body["timestamp"] = iso(utcnow())
+        body.update(call.custom)
+        return body
+
+    # ------------------------------------------------------------------ callbacks
+    def _emit(self, call: Call, kind: str, body: dict[str, Any]) -> None:
+        url = call.sub.connect_url if kind == "connect" else call.sub.terminal_url
+        if not url:
+            self.cb[kind]["no_url"] += 1
+            return
+        if not self.running:
+            return
+        prev, done = call.cb_tail, asyncio.Event()
+        call.cb_tail = done
+        late = kind == "terminal" and self.rng.random() < self.cfg.late_callback_rate
+        duplicate = self.rng.random() < self.cfg.duplicate_callback_rate
+        self._spawn(self._deliver(kind, url, body, prev, done, late, duplicate))
+
+    async def _deliver(self, kind: str, url: str, body: dict[str, Any], prev: asyncio.Event | None,
+                       done: asyncio.Event, late: bool, duplicate: bool) -> None:
+        stats = self.cb[kind]
+        try:
+            if prev is not None:
+                await prev.wait()
+            if late:
+                stats["late"] += 1
+                done.set()
+                await self._sleep(LATE_CALLBACK_S)
+            payload = orjson.dumps(body)
+            tries = MAX_DELIVERIES[kind]
+            for i in range(tries):
+                if i:
+                    stats["retried"] += 1
+                ok = await self._post(kind, url, payload)
+                done.set()
+                if ok:
+                    if duplicate:
+                        stats["duplicates"] += 1
+                        await self._post(kind, url, payload)
+                    return
+                if i + 1 < tries:
+                    await self._sleep(CALLBACK_RETRY_S)
+            stats["given_up"] += 1
+        finally:
+            done.set()
+
+    async def _post(self, kind: str, url: str, payload: bytes) -> bool:
+        assert self._client is not None and self._sem is not None
+        self.cb[kind]["sent"] += 1
+        try:
+            async with self._sem:
+                resp = await self._client.post(url, content=payload,
+                                               headers={"content-type": "application/json"})
+        except httpx.HTTPError as e:
+            self.cb[kind]["failed"] += 1
+            self.cb_status[kind][type(e).__name__] += 1
+            return False
+        self.cb_status[kind][str(resp.status_code)] += 1
+        if resp.status_code == 200:  # the pages: "any non-200 response" is retried
+            self.cb[kind]["delivered"] += 1
+            return True
+        self.cb[kind]["failed"] += 1
+        return False
+
+    # ------------------------------------------------------------------ reporting
+    def stats(self) -> dict[str, Any]:
+        s = self.states
+        agents: dict[str, Any] = {}
+        now = time.monotonic()
+        for a in self.agents.values():
+            agents[a.name] = {
+                "id": a.agent_id, "state": a.state,
+                "callId": a.current.call_id if a.current else None,
+                "readyInS": round(max(0.0, a.ready_at - now), 3) if a.ready_at is not None else None,
+                "attemptsHandled": a.handled, "waiting": len(a.ready), "retryWaiting": len(a.retry),
+            }
+        callbacks = {k: {**{n: 0 for n in ("sent", "delivered", "failed", "retried", "given_up",
+                                           "duplicates", "late", "no_url")},
+                         **dict(v), "statuses": dict(self.cb_status[k])} for k, v in self.cb.items()}
+        return {
+            "calls": {"total": self.submitted["rows"], "queued": s["queued"] + s["retry_wait"],
+                      "waiting": s["queued"], "retry_wait": s["retry_wait"],
+                      "active": s["dialing"] + s["connected"], "dialing": s["dialing"],
+                      "connected": s["connected"], "ended": s["ended"],
+                      "dispositions": dict(self.dispositions)},
+            "submissions": {"queue": self.submitted["queue"], "campaign": self.submitted["campaign"]},
+            "dial_attempts": sum(self.outcomes.values()),
+            "outcomes": dict(self.outcomes),
+            "callbacks": callbacks,
+            "agents": agents,
+        }

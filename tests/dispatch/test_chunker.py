@@ -1,0 +1,98 @@
+"""Request bodies, field by field, against the vendor pages."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from dialer.config import Target
+from dialer.dispatch import chunker
+from dialer.dispatch.chunker import Row
+
+ROWS = [
+    Row(11, "+14155550100", 5, ["alice"], {"first_name": "Ann", "company": "Acme"}),
+    Row(12, "+14155550101", 1, None, {"company": "Globex"}),
+]
+
+
+def test_queue_append_maps_every_parameter() -> None:
+    t = Target(kind="queue", queue_id="42", agent_mapping="global", agents=["alice", "bob"],
+               leg_direction="customer-first", max_retries=2, retry_interval_min=30, max_dispose_s=45,
+               campaign_id="77", ref_field=10)
+    slots = {"first_name": 1, "company": 2}
+    b = chunker.build("sales", t, ROWS, slots, "https://d/cb/connect/x", "https://d/cb/terminal/x", 9)
+    assert b.kind == "queue"
+    assert b.body == {
+        "agentMapping": "global",
+        "agents": ["alice", "bob"],
+        "legDirection": "customer-first",
+        "maxRetries": 2,
+        "retryInterval": 30,
+        "maxDispose": 45,
+        "customerData": {
+            "connectCallbackUrl": "https://d/cb/connect/x",
+            "terminalCallbackUrl": "https://d/cb/terminal/x",
+            "campaignID": 77,
+            "jsonData": [
+                {"number": "+14155550100", "priority": 5, "customField1": "Ann", "customField2": "Acme",
+                 "customField10": "dl11"},
+                {"number": "+14155550101", "priority": 1, "customField2": "Globex", "customField10": "dl12"},
+            ],
+        },
+    }
+
+
+def test_inline_mapping_sends_agents_assigned_per_row() -> None:
+    t = Target(kind="queue", queue_id="1", agent_mapping="inline", agents=["alice"])
+    b = chunker.build("s", t, ROWS, {}, "c", "t", 1)
+    rows = b.body["customerData"]["jsonData"]
+    assert rows[0]["agentsAssigned"] == ["alice"]
+    assert "agentsAssigned" not in rows[1]
+    assert "agents" not in b.body and b.body["agentMapping"] == "inline"
+
+
+def test_all_agents_mapping_omits_agents_and_optional_fields() -> None:
+    t = Target(kind="queue", queue_id="1")
+    b = chunker.build("s", t, ROWS[:1], {}, "c", "t", 1)
+    assert set(b.body) == {"agentMapping", "customerData"}
+    assert b.body["agentMapping"] == "all-agents"
+
+
+def test_campaign_json_has_name_and_custom_field_names() -> None:
+    t = Target(kind="campaign", agent_mapping="global", agents=["alice", "bob"], campaign_name="spring")
+    b = chunker.build("sales", t, ROWS, {"first_name": 1, "company": 2}, "c", "t", 33)
+    assert b.kind == "campaign"
+    assert b.body["name"] == "spring-33"
+    assert b.body["customFieldNames"] == {"customField1Name": "first_name", "customField2Name": "company",
+                                          "customField10Name": "dialer_ref"}
+    assert b.body["agents"] == ["alice", "bob"]
+    assert b.body["customerData"]["jsonData"][0]["customField10"] == "dl11"
+
+
+def test_named_agent_for_a_single_lead_campaign() -> None:
+    t = Target(kind="campaign", agent_mapping="all-agents", agents=["alice", "bob"])
+    b = chunker.build("sales", t, ROWS[:1], {}, "c", "t", 1, named_agent="bob")
+    assert b.body["agents"] == ["bob"] and b.body["agentMapping"] == "global"
+
+
+def test_campaign_sheet_is_form_data_with_a_csv() -> None:
+    t = Target(kind="campaign", upload="sheet", agent_mapping="global", agents=["alice"])
+    b = chunker.build("sales", t, ROWS, {"first_name": 1, "company": 2}, "c", "t", 5)
+    assert b.kind == "campaign_sheet" and b.sheet is not None
+    assert b.body["campaign-name"] == "sales-5" and b.body["agents"] == "alice"
+    rows = list(csv.DictReader(io.StringIO(b.sheet.decode())))
+    assert rows[0] == {"number": "+14155550100", "priority": "5", "customField1": "Ann",
+                       "customField2": "Acme", "customField10": "dl11"}
+    assert rows[1]["customField1"] == ""
+
+
+def test_slots_are_stable_and_skip_the_ref_field() -> None:
+    first = chunker.assign_slots({}, ["a", "b"], ref_field=2)
+    assert first == {"a": 1, "b": 3}
+    more = chunker.assign_slots(first, ["c", "a"], ref_field=2)
+    assert more == {"c": 4}
+
+
+def test_refs_round_trip() -> None:
+    assert chunker.parse_ref(chunker.call_ref(123)) == 123
+    assert chunker.parse_ref("dlx") is None and chunker.parse_ref(5) is None
