@@ -70,7 +70,10 @@ def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: Daemon
     daemon.kill9()
     partial = _fetchval(db_url, "SELECT count(*) FROM leads")
     assert isinstance(partial, int) and 0 < partial < rows
-    assert _fetchval(db_url, "SELECT count(*) FROM calls") == 0  # nothing dialable before finalise
+    # calls of a batch still receiving rows wait: nothing was sent before finalise
+    assert _fetchval(db_url, "SELECT state FROM batches") == "receiving"
+    assert _fetchval(db_url, "SELECT count(*) FROM calls WHERE state <> 'pending'") == 0
+    assert _fetchval(db_url, "SELECT count(*) FROM chunks") == 0
 
     daemon.start()
     day = datetime.now().astimezone().date().isoformat()

@@ -9,9 +9,8 @@ until then nothing of the batch can be dialed.
 
 from __future__ import annotations
 
-import io
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,31 +49,25 @@ async def create_batch(
     return bid
 
 
-async def copy_chunk(conn: asyncpg.Connection, batch_id: uuid.UUID, chunk: Chunk) -> int:
-    """COPY one chunk and move the resume point, in one transaction; returns rows_read."""
+async def copy_chunk(
+    conn: asyncpg.Connection, batch_id: uuid.UUID, chunk: Chunk, target: str, now: datetime
+) -> int:
+    """COPY one chunk, create its calls and move the resume point, in one transaction.
+
+    Returns rows_read. The calls are not dispatchable until the batch is finalised.
+    """
     async with conn.transaction():
+        # a memoryview, not BytesIO: asyncpg keeps file-like sources alive until a full GC
         await conn.copy_to_table(
-            "leads", source=io.BytesIO(chunk.data), columns=list(COPY_COLUMNS), format="text"
+            "leads", source=memoryview(chunk.data), columns=list(COPY_COLUMNS), format="text"
         )
+        if chunk.rows > chunk.invalid:
+            await conn.execute(Q.chunk_insert_calls, batch_id, target, chunk.first_line,
+                               chunk.last_line, now)
         rows_read = await conn.fetchval(Q.batch_add_rows, batch_id, chunk.rows)
         if rows_read is None:
             raise RuntimeError(f"batch {batch_id} is no longer receiving rows")
         return int(rows_read)
-
-
-async def copy_stream(
-    pool: asyncpg.Pool,
-    batch_id: uuid.UUID,
-    chunks: AsyncIterator[Chunk],
-    on_progress: Callable[[int], None] | None = None,
-) -> int:
-    rows_read = 0
-    async with pool.acquire() as conn:
-        async for chunk in chunks:
-            rows_read = await copy_chunk(conn, batch_id, chunk)
-            if on_progress:
-                on_progress(chunk.rows)
-    return rows_read
 
 
 async def finalise(
@@ -84,7 +77,7 @@ async def finalise(
     target: Target,
     now: datetime,
 ) -> dict[str, int]:
-    """Turn the batch's valid leads into pending calls; returns counts by outcome.
+    """Settle the batch: drop the calls of duplicate and DNC leads; returns counts by outcome.
 
     Must run inside a transaction (the caller may add its own writes to it).
     """
@@ -93,7 +86,6 @@ async def finalise(
     window_start = now - timedelta(hours=target.dedupe_window_h)
     await conn.execute(Q.finalise_dedupe_target, batch_id, target_name, window_start)
     await conn.execute(Q.finalise_dnc, batch_id, now)
-    await conn.execute(Q.finalise_insert_calls, batch_id, target_name, now)
     counts = await lead_counts(conn, batch_id)
     await conn.execute(Q.finalise_batch, batch_id, counts, now)
     return counts
@@ -116,6 +108,7 @@ async def fail_batch(
 ) -> None:
     async with conn.transaction():
         await conn.execute(Q.batch_drop_leads, batch_id)
+        await conn.execute(Q.batch_drop_calls, batch_id)
         await conn.execute(Q.batch_fail, batch_id, error, now)
 
 

@@ -164,7 +164,7 @@ class FileIngestor:
         )
         try:
             async for chunk in chunks:
-                await batches.copy_chunk(conn, batch_id, chunk)
+                await batches.copy_chunk(conn, batch_id, chunk, target, self.clock.now())
                 if on_progress:
                     on_progress(chunk.rows)
         except FileUnreadable as e:

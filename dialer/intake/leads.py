@@ -6,6 +6,7 @@ so it is plain synchronous code with no database access.
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ COPY_COLUMNS = (
 )
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
 _NULL = "\\N"
+_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
+_MISS = object()
 _PRIO_MIN, _PRIO_MAX = -(2**31), 2**31 - 1
 _MAX_FIELD_CHARS = 4000
 
@@ -57,6 +60,9 @@ def _text(v: Any) -> str:
 
 
 def _split_agents(v: Any) -> list[str]:
+    if type(v) is str and not any(sep in v for sep in ",;|"):
+        a = v.strip()
+        return [a] if a else []
     if isinstance(v, list):
         items = [_text(x) for x in v]
     else:
@@ -79,10 +85,12 @@ class LeadEncoder:
         self.columns = ColumnMap()
         self._known_agents = frozenset(rules.agents)
         self._check_agents = rules.agent_mapping in ("global", "inline") and bool(rules.agents)
+        self._field: dict[str, str | None] = {}
+        self.region = rules.default_region
         self.invalid = 0
 
     def lead(self, line: int, values: dict[str, Any] | None, error: str | None) -> list[str | None]:
-        """The 11 COPY values for one row (None is NULL)."""
+        """The 11 COPY values for one row (None is NULL). Hot path: keep it flat."""
         if values is None:
             return self._invalid(line, None, error or "unreadable row")
         number: Any = None
@@ -90,16 +98,23 @@ class LeadEncoder:
         agents: Any = None
         external_id: Any = None
         tz: Any = None
-        custom: dict[str, str] = {}
+        custom: dict[str, str] | None = None
+        field = self._field
         for key, val in values.items():
-            f = self.columns.field(key)
+            f = field.get(key, _MISS)
+            if f is _MISS:
+                f = field[key] = self.columns.field(key)
             if f is None:
+                if val is None or val == "":
+                    continue
+                if custom is None:
+                    custom = {}
                 if key == "fields" and isinstance(val, dict):
                     for k2, v2 in val.items():
                         if v2 is not None and v2 != "":
                             custom[str(k2)] = _text(v2)[:_MAX_FIELD_CHARS]
-                elif val is not None and val != "":
-                    custom[key] = _text(val)[:_MAX_FIELD_CHARS]
+                else:
+                    custom[key] = (val if type(val) is str else _text(val))[:_MAX_FIELD_CHARS]
             elif f == "number":
                 number = val
             elif f == "priority":
@@ -110,36 +125,45 @@ class LeadEncoder:
                 external_id = val
             else:
                 tz = val
-        raw = _text(number)
-        if number is None or not raw.strip():
+        raw = number if type(number) is str else _text(number)
+        if not raw or not raw.strip():
             return self._invalid(line, raw or None, "number: missing")
-        e164, why = phones.normalise(raw, self.rules.default_region)
+        e164, why = phones.normalise(raw, self.region)
         if e164 is None:
             return self._invalid(line, raw, f"number: {why}")
-        prio = 0
+        prio = "0"
         if priority is not None and priority != "":
+            text = (priority if type(priority) is str else _text(priority)).strip()
             try:
-                prio = int(_text(priority).strip())
+                n = int(text)
             except ValueError:
-                return self._invalid(line, raw, f"priority: {_text(priority)!r} is not a whole number")
-            if not _PRIO_MIN <= prio <= _PRIO_MAX:
-                return self._invalid(line, raw, f"priority: {prio} is out of range")
-        agent_list = _split_agents(agents) if agents is not None else []
-        if agent_list and self._check_agents:
-            unknown = [a for a in agent_list if a not in self._known_agents]
-            if unknown:
-                return self._invalid(
-                    line, raw,
-                    f"agents: unknown agent(s) {', '.join(unknown)} for target {self.rules.name}",
-                )
-        tz_name = _text(tz).strip() if tz is not None else ""
-        if tz_name and tz_name not in _zones():
-            return self._invalid(line, raw, f"timezone: {tz_name!r} is not an IANA time zone")
-        ext = _text(external_id).strip() if external_id is not None else ""
+                return self._invalid(line, raw, f"priority: {text!r} is not a whole number")
+            if not _PRIO_MIN <= n <= _PRIO_MAX:
+                return self._invalid(line, raw, f"priority: {n} is out of range")
+            prio = str(n)
+        agents_literal = None
+        if agents is not None and agents != "":
+            agent_list = _split_agents(agents)
+            if agent_list and self._check_agents:
+                unknown = [a for a in agent_list if a not in self._known_agents]
+                if unknown:
+                    return self._invalid(
+                        line, raw,
+                        f"agents: unknown agent(s) {', '.join(unknown)} for target {self.rules.name}",
+                    )
+            if agent_list:
+                agents_literal = _array_literal(agent_list)
+        tz_name = None
+        if tz is not None and tz != "":
+            tz_name = (tz if type(tz) is str else _text(tz)).strip() or None
+            if tz_name and tz_name not in _zones():
+                return self._invalid(line, raw, f"timezone: {tz_name!r} is not an IANA time zone")
+        ext = None
+        if external_id is not None and external_id != "":
+            ext = (external_id if type(external_id) is str else _text(external_id)).strip()[
+                :_MAX_FIELD_CHARS] or None
         return [
-            self.batch_id, str(line), raw, e164, str(prio),
-            _array_literal(agent_list) if agent_list else None,
-            ext[:_MAX_FIELD_CHARS] or None, tz_name or None,
+            self.batch_id, str(line), raw, e164, prio, agents_literal, ext, tz_name,
             orjson.dumps(custom).decode() if custom else None,
             "ok", None,
         ]
@@ -151,7 +175,11 @@ class LeadEncoder:
 
     @staticmethod
     def copy_line(values: list[str | None]) -> str:
-        return "\t".join(_NULL if v is None else v.translate(_ESCAPE) for v in values) + "\n"
+        line = "\t".join([_NULL if v is None else v for v in values])
+        # Escaping is rare: check the row once, escape value by value only when needed.
+        if _SPECIAL.search("".join([v for v in values if v])) is None:
+            return line + "\n"
+        return "\t".join([_NULL if v is None else v.translate(_ESCAPE) for v in values]) + "\n"
 
     def encode(self, rows: Iterable[tuple[int, dict[str, Any] | None, str | None]]) -> Iterator[str]:
         for line, values, error in rows:

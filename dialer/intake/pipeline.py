@@ -30,6 +30,7 @@ from dialer.intake.readers import open_reader
 class Chunk:
     data: bytes  # COPY text, one line per input row
     rows: int  # input rows in this chunk (valid or not)
+    first_line: int
     last_line: int
     invalid: int
 
@@ -55,17 +56,19 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
         if reader.header is not None:
             ColumnMap().check_header(reader.header)
         buf: list[str] = []
-        last = 0
+        first = last = 0
         invalid_before = 0
         for raw in reader:
+            if not buf:
+                first = raw.line
             buf.append(copy_line(lead(raw.line, raw.values, raw.error)))
             last = raw.line
             if len(buf) >= job.chunk_rows:
-                yield Chunk("".join(buf).encode(), len(buf), last, enc.invalid - invalid_before)
+                yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
                 invalid_before = enc.invalid
                 buf = []
         if buf:
-            yield Chunk("".join(buf).encode(), len(buf), last, enc.invalid - invalid_before)
+            yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
 
 
 def _worker(path: str, job: ParseJob, out: mp.Queue[tuple[str, Any]], parent: int) -> None:
@@ -148,4 +151,4 @@ def rows_to_chunk(rows: list[dict[str, Any]], job: ParseJob) -> Chunk:
     """API JSON leads (already shape-checked) → one chunk; ``line`` is the 0-based index."""
     enc = LeadEncoder(job.batch_id, job.rules)
     data = "".join(enc.copy_line(enc.lead(i, row, None)) for i, row in enumerate(rows))
-    return Chunk(data.encode(), len(rows), len(rows) - 1, enc.invalid)
+    return Chunk(data.encode(), len(rows), 0, len(rows) - 1, enc.invalid)

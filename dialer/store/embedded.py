@@ -101,7 +101,13 @@ class EmbeddedPostgres:
                 raise DialerError(f"initdb failed: {r.stderr.strip() or r.stdout.strip()}")
         if self.running():
             return self.uri
-        opts = f"-h '' -k {self.socket_dir} -c max_connections=200 -c shared_buffers=128MB"
+        # Sized for bulk intake on a small machine: room for WAL between checkpoints, so a
+        # million-row file does not force checkpoints (and full-page writes) mid-ingest.
+        opts = (
+            f"-h '' -k {self.socket_dir} -c max_connections=200 -c shared_buffers=256MB"
+            " -c max_wal_size=4GB -c checkpoint_timeout=15min -c wal_buffers=32MB"
+            " -c work_mem=32MB -c maintenance_work_mem=128MB"
+        )
         if not self.fsync:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         r = self._run(

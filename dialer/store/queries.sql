@@ -18,8 +18,19 @@ UPDATE batches SET state = 'failed', error = $2, ended_at = $3 WHERE id = $1
 -- name: batch_drop_leads
 DELETE FROM leads WHERE batch_id = $1
 
+-- name: batch_drop_calls
+DELETE FROM calls WHERE batch_id = $1
+
 -- name: batch_lock_target
 SELECT pg_advisory_xact_lock(hashtext('dialer.dedupe:' || $1))
+
+-- name: chunk_insert_calls
+-- The calls of one committed chunk (dispatch waits until the batch is ingested).
+INSERT INTO calls (lead_id, batch_id, target, e164, priority, state, created_at, updated_at)
+SELECT id, batch_id, $2, e164, priority, 'pending', $5, $5
+FROM leads
+WHERE batch_id = $1 AND line BETWEEN $3 AND $4 AND status = 'ok'
+ORDER BY priority DESC, id
 
 -- name: finalise_collapse_in_batch
 -- Within a batch the same number collapses: the highest priority (then first line) is kept.
@@ -32,37 +43,43 @@ WITH ranked AS (
       AND e164 IN (SELECT e164 FROM leads WHERE batch_id = $1 AND status = 'ok'
                    GROUP BY e164 HAVING count(*) > 1)
     WINDOW w AS (PARTITION BY e164 ORDER BY priority DESC, line)
+), dup AS (
+    UPDATE leads l
+    SET status = 'duplicate', reason = 'duplicate of line ' || r.kept_line || ' in this batch'
+    FROM ranked r
+    WHERE l.id = r.id AND r.rn > 1
+    RETURNING l.id
 )
-UPDATE leads l
-SET status = 'duplicate', reason = 'duplicate of line ' || r.kept_line || ' in this batch'
-FROM ranked r
-WHERE l.id = r.id AND r.rn > 1
+DELETE FROM calls c USING dup WHERE c.batch_id = $1 AND c.lead_id = dup.id
 
 -- name: finalise_dedupe_target
--- A number with a live call for the target, or one that ended within the window.
-UPDATE leads l
-SET status = 'duplicate',
-    reason = CASE WHEN c.ended_at IS NULL
-                  THEN 'number already has a live call (call ' || c.id || ')'
-                  ELSE 'number was called within the dedupe window (call ' || c.id || ')' END
-FROM calls c
-WHERE l.batch_id = $1 AND l.status = 'ok'
-  AND c.target = $2 AND c.e164 = l.e164 AND c.batch_id <> $1
-  AND (c.ended_at IS NULL OR c.ended_at > $3)
+-- A number with a live call for the target, or one that ended within the window
+-- (calls of batches still receiving rows don't count: they may yet fail).
+WITH dup AS (
+    UPDATE leads l
+    SET status = 'duplicate',
+        reason = CASE WHEN c.ended_at IS NULL
+                      THEN 'number already has a live call (call ' || c.id || ')'
+                      ELSE 'number was called within the dedupe window (call ' || c.id || ')' END
+    FROM calls c JOIN batches b ON b.id = c.batch_id
+    WHERE l.batch_id = $1 AND l.status = 'ok'
+      AND c.target = $2 AND c.e164 = l.e164 AND c.batch_id <> $1
+      AND b.state IN ('ingested', 'cancelled', 'done')
+      AND (c.ended_at IS NULL OR c.ended_at > $3)
+    RETURNING l.id
+)
+DELETE FROM calls c USING dup WHERE c.batch_id = $1 AND c.lead_id = dup.id
 
 -- name: finalise_dnc
-UPDATE leads l
-SET status = 'dnc', reason = 'number is on the do-not-call list'
-FROM dnc d
-WHERE l.batch_id = $1 AND l.status = 'ok' AND d.e164 = l.e164
-  AND (d.expires_at IS NULL OR d.expires_at > $2)
-
--- name: finalise_insert_calls
-INSERT INTO calls (lead_id, batch_id, target, e164, priority, state, created_at, updated_at)
-SELECT id, batch_id, $2, e164, priority, 'pending', $3, $3
-FROM leads
-WHERE batch_id = $1 AND status = 'ok'
-ORDER BY id
+WITH dnc_hit AS (
+    UPDATE leads l
+    SET status = 'dnc', reason = 'number is on the do-not-call list'
+    FROM dnc d
+    WHERE l.batch_id = $1 AND l.status = 'ok' AND d.e164 = l.e164
+      AND (d.expires_at IS NULL OR d.expires_at > $2)
+    RETURNING l.id
+)
+DELETE FROM calls c USING dnc_hit WHERE c.batch_id = $1 AND c.lead_id = dnc_hit.id
 
 -- name: lead_status_counts
 SELECT status, count(*)::int AS n FROM leads WHERE batch_id = $1 GROUP BY status
@@ -194,6 +211,7 @@ SELECT c.id, c.e164, c.priority, c.state, l.agents, l.fields, l.timezone
 FROM calls c JOIN leads l ON l.id = c.lead_id
 WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
   AND (c.not_before IS NULL OR c.not_before <= $2)
+  AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')
 ORDER BY c.priority DESC, c.id
 LIMIT $3
 FOR UPDATE OF c SKIP LOCKED

@@ -29,7 +29,7 @@ from dialer.providers.ryng.sandbox import RyngSandbox, SandboxConfig, serve
 TOKEN = "sandbox-token"
 QUEUE = "/rest-api/v1/progressive/queue/42/calls"
 CAMPAIGN = "/rest-api/v1/campaign"
-FAST = {"time_scale": 0.001, "seed": 7}
+FAST: dict[str, Any] = {"time_scale": 0.001, "seed": 7}
 DISPOSITIONS = {"ANSWERED", "NO_ANSWER", "BUSY", "UNREACHABLE"}
 
 
@@ -228,7 +228,7 @@ async def test_token_is_checked(make_sandbox: SandboxFactory) -> None:
     assert stats["requests"] == {"queue_append": {"401": 2}, "campaign_create": {"401": 1}}
 
 
-def _rows(*rows: dict[str, Any]) -> dict[str, Any]:
+def _rows(*rows: Any) -> dict[str, Any]:
     return {"customerData": {"jsonData": list(rows)}}
 
 
@@ -575,6 +575,17 @@ async def test_campaign_sheet_upload(make_sandbox: SandboxFactory, channel: Chan
     again = await s.client.post(QUEUE, json={"customerData": {"campaignID": data["campaignId"]}})
     assert again.status_code == 200 and again.json()["data"]["callsAdded"] == 3
     assert s.sandbox.submissions_by_ref("customField10") == {"XT243": 2, "XT250": 2, "XT251": 2}
+    # inline mapping takes each row's agents from the campaign too
+    inline = await s.client.post(QUEUE, json={"agentMapping": "inline",
+                                              "customerData": {"campaignID": data["campaignId"]}})
+    assert inline.status_code == 200
+    agents = {c["callId"]: c["agent"] for c in s.sandbox.calls()}
+    assert [agents[c["callId"]] for c in inline.json()["data"]["calls"]] == ["carol", "bob", "alice"]
+    plain = (await s.campaign(leads(1, "plain"))).json()["data"]["campaignId"]
+    r = await s.client.post(QUEUE, json={"agentMapping": "inline", "customerData": {"campaignID": plain}})
+    assert r.status_code == 400
+    assert r.json()["message"] == (f"customerData.campaignID {plain}: row 0 has no agentsAssigned "
+                                   "(required when agentMapping is inline)")
 
 
 # --------------------------------------------------------------------------- callback retries
@@ -659,7 +670,7 @@ async def test_throttle_answers_429_with_retry_after(make_sandbox: SandboxFactor
 
 async def test_server_errors_queue_nothing(make_sandbox: SandboxFactory) -> None:
     s = await make_sandbox(error_rate=1, seed=3)
-    statuses = set()
+    statuses: set[int] = set()
     for i in range(12):
         r = await s.append(leads(1, "err", start=i))
         statuses.add(r.status_code)
@@ -710,15 +721,15 @@ async def test_timeout_hangs_and_queues_nothing(make_sandbox: SandboxFactory) ->
 
 async def test_timeout_after_hang_answers_504_or_drops(make_sandbox: SandboxFactory) -> None:
     s = await make_sandbox(timeout_rate=1, timeout_hang_s=0.02, seed=11)
-    seen = set()
+    seen: set[str] = set()
     for i in range(10):
         try:
             r = await s.append(leads(1, "hang", start=i))
             assert r.status_code == 504
-            seen.add(504)
+            seen.add("504")
         except httpx.RemoteProtocolError:
             seen.add("drop")
-    assert seen == {504, "drop"}
+    assert seen == {"504", "drop"}
     assert s.sandbox.stats()["calls"]["total"] == 0
 
 
@@ -814,7 +825,10 @@ async def test_serve_runs_until_cancelled() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="agents"):
         RyngSandbox(SandboxConfig(agents=[]))
-    with pytest.raises(ValueError, match="busy_rate must be between 0 and 1"):
-        RyngSandbox(SandboxConfig(busy_rate=1.5))
+    with pytest.raises(ValueError, match="busy_rate must be >= 0"):
+        RyngSandbox(SandboxConfig(busy_rate=-1))
+    with pytest.raises(ValueError, match="error_rate must be between 0 and 1"):
+        RyngSandbox(SandboxConfig(error_rate=1.5))
+    RyngSandbox(SandboxConfig(answer_rate=6, no_answer_rate=2, busy_rate=1, unreachable_rate=1))  # weights
     with pytest.raises(ValueError, match="time_scale must be > 0"):
         RyngSandbox(SandboxConfig(time_scale=0))

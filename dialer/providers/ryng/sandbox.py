@@ -91,11 +91,21 @@ Faults (``SandboxConfig``, also settable at run time) and admin
 ``latency_s``, ``timeout_rate`` (hang ``timeout_hang_s``, then 504 or a dropped
 connection; nothing is queued), ``throttle_rate`` (429 + ``Retry-After``),
 ``error_rate`` (500 JSON, 502 HTML or 503 text; nothing queued),
-``accept_then_fail_rate`` (calls ARE queued, then a 5xx or a connection dropped
-mid-response: the "outcome unknown" case), ``duplicate_callback_rate``,
-``late_callback_rate`` (a terminal callback held back 5 minutes, scaled).
-Admin: ``GET _sandbox/stats``, ``GET|POST _sandbox/config``, ``GET _sandbox/calls``
-(``?state=``, ``?limit=``).
+``accept_then_fail_rate`` (calls ARE queued, then — ``accept_then_fail_mode``
+mixed | 5xx | drop — a 5xx or a connection dropped mid-response: the "outcome
+unknown" case), ``duplicate_callback_rate``, ``late_callback_rate`` (a terminal
+callback held back 5 minutes, scaled). Faults are drawn before the token check, as
+a gateway would. A dropped connection sends the status line, headers and a third of
+the body, then the server closes it (uvicorn logs "ASGI callable returned without
+completing response"); the client sees e.g. ``httpx.RemoteProtocolError``.
+Admin (no token): ``GET _sandbox/stats``, ``GET|POST _sandbox/config`` (a JSON
+object of run-time fields), ``GET _sandbox/calls`` (``?state=``, ``?limit=``).
+
+Python: ``RyngSandbox(config).app`` (Starlette; mount it anywhere, it has no
+lifespan), ``await start()`` / ``await stop()`` (agents and callback sender on the
+running loop), ``stats()``, ``calls()``, ``configure(**changes)``,
+``dials_by_number()``, ``submissions_by_ref("customField10")``; ``serve()`` runs
+it alone under uvicorn. Call ids are ``<6 hex, random per instance>-<seq>``.
 """
 
 from __future__ import annotations
@@ -169,9 +179,10 @@ class SandboxConfig:
     seed: int | None = None
 
 
-_RATES = ("answer_rate", "no_answer_rate", "busy_rate", "unreachable_rate", "error_rate", "throttle_rate",
-          "timeout_rate", "accept_then_fail_rate", "duplicate_callback_rate", "late_callback_rate")
-_NON_NEGATIVE = ("agent_pickup_s", "default_max_dispose_s", "default_retry_interval_min", "timeout_hang_s",
+_RATES = ("error_rate", "throttle_rate", "timeout_rate", "accept_then_fail_rate", "duplicate_callback_rate",
+          "late_callback_rate")
+_NON_NEGATIVE = ("answer_rate", "no_answer_rate", "busy_rate", "unreachable_rate",  # weights, normalised
+                 "agent_pickup_s", "default_max_dispose_s", "default_retry_interval_min", "timeout_hang_s",
                  "latency_s")
 _POSITIVE = ("time_scale", "callback_timeout_s")
 _RUNTIME = frozenset((*_RATES, *_NON_NEGATIVE, *_POSITIVE, "ring_s", "talk_s", "default_leg_direction",
@@ -355,7 +366,8 @@ class RyngSandbox:
             data["name"] = sub.name
         data["callsAdded"] = len(calls)
         data["calls"] = [{"callId": c.call_id, "number": c.number} for c in calls]
-        return {"status": "success", "message": f"{len(calls)} call{'' if len(calls) == 1 else 's'} added to {where}", "data": data}
+        message = f"{len(calls)} call{'' if len(calls) == 1 else 's'} added to {where}"
+        return {"status": "success", "message": message, "data": data}
 
     @staticmethod
     async def _json_body(request: Request) -> Any:

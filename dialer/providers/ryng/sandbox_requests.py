@@ -226,12 +226,18 @@ def _settings(body: Mapping[str, Any], sub: Submission, known: Sequence[str], d:
         sub.max_dispose_s = _non_negative(body["maxDispose"], "maxDispose")
 
 
-def _check_inline(sub: Submission, source: str) -> None:
+def _check_inline(sub: Submission, copied: int) -> None:
+    """Under inline mapping every row needs agentsAssigned (``copied`` rows came from a campaign)."""
     if sub.agent_mapping != "inline":
         return
     for i, row in enumerate(sub.rows):
-        if not row.agents_assigned:
-            raise RequestError(f"{source}[{i}].agentsAssigned is required when agentMapping is inline")
+        if row.agents_assigned:
+            continue
+        if i < copied:
+            raise RequestError(f"customerData.campaignID {sub.source_campaign_id}: row {i} has no "
+                               "agentsAssigned (required when agentMapping is inline)")
+        raise RequestError(f"customerData.jsonData[{i - copied}].agentsAssigned is required "
+                           "when agentMapping is inline")
 
 
 def parse_json(body: Any, kind: Literal["queue", "campaign"], known: Sequence[str], d: Defaults,
@@ -274,6 +280,7 @@ def parse_json(body: Any, kind: Literal["queue", "campaign"], known: Sequence[st
         sub.source_campaign_id = int(cid)
         sub.rows.extend(Row(r.number, r.priority, list(r.agents_assigned) if r.agents_assigned else None,
                             dict(r.custom)) for r in rows)
+    copied = len(sub.rows)
     json_data = data.get("jsonData")
     if json_data is None:
         if sub.source_campaign_id is None:
@@ -289,7 +296,7 @@ def parse_json(body: Any, kind: Literal["queue", "campaign"], known: Sequence[st
             raise RequestError(f"customerData.jsonData has {len(json_data)} calls; "
                                f"at most {d.max_calls} per request")
         sub.rows.extend(_row(obj, f"customerData.jsonData[{i}]", known) for i, obj in enumerate(json_data))
-    _check_inline(sub, "customerData.jsonData")
+    _check_inline(sub, copied)
     return sub
 
 
