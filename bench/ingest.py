@@ -274,7 +274,7 @@ async def _ours(csv_path: Path, dsn: str, state_dir: Path) -> dict[str, Any]:
         if outcome.kind != "ingested":
             raise RuntimeError(f"ingest returned {outcome.kind!r}: {outcome.error}")
         async with pool.acquire() as c:
-            calls = int(await c.fetchval("SELECT count(*) FROM calls"))
+            calls = int(await c.fetchval("SELECT count(*) FROM calls WHERE state = 'pending'"))
             leads = int(await c.fetchval("SELECT count(*) FROM leads"))
     finally:
         await pool.close()

@@ -21,14 +21,19 @@ CREATE TABLE batches (
 );
 CREATE INDEX batches_created ON batches (created_at DESC);
 
--- Every input row, valid or not: the report is read from here.
--- No foreign keys on leads, calls and call_events: they are written in bulk (COPY,
--- INSERT … SELECT of a million rows), a per-row key check would double the ingest time,
--- and the intake code is the only writer.
-CREATE TABLE leads (
+-- One row per input row and per dial attempt. The first attempt of a lead *is* its
+-- input row (valid or not: the report is read from here); a re-dial adds a row with
+-- attempt + 1 and lead_id pointing at the first. Keeping leads and calls in one table
+-- lets intake COPY each row once instead of writing it twice.
+-- No foreign keys on calls and call_events: they are written in bulk (COPY of a million
+-- rows), a per-row key check would double the ingest time, and the daemon is the only writer.
+CREATE TABLE calls (
     id              bigserial PRIMARY KEY,
     batch_id        uuid        NOT NULL,
+    target          text        NOT NULL,
     line            integer     NOT NULL,             -- file line / sheet row / API index
+    lead_id         bigint,                           -- NULL on the first attempt (the lead itself)
+    attempt         integer     NOT NULL DEFAULT 1,
     raw_number      text,
     e164            text,
     priority        integer     NOT NULL DEFAULT 0,
@@ -36,23 +41,9 @@ CREATE TABLE leads (
     external_id     text,
     timezone        text,
     fields          jsonb,
-    -- ok → accepted at finalise; else the intake outcome that never dials
-    status          text        NOT NULL CHECK (status IN
-                    ('ok', 'invalid', 'duplicate', 'dnc', 'rejected')),
-    reason          text
-);
-CREATE INDEX leads_batch_line ON leads (batch_id, line);
-CREATE INDEX leads_external_id ON leads USING hash (external_id) WHERE external_id IS NOT NULL;
-
-CREATE TABLE calls (
-    id              bigserial PRIMARY KEY,
-    lead_id         bigint      NOT NULL,
-    batch_id        uuid        NOT NULL,
-    target          text        NOT NULL,
-    e164            text        NOT NULL,
-    priority        integer     NOT NULL DEFAULT 0,
-    attempt         integer     NOT NULL DEFAULT 1,
+    -- intake outcomes (invalid, duplicate, dnc) never dial; the rest is the call lifecycle
     state           text        NOT NULL DEFAULT 'pending',
+    reason          text,
     outcome         text,                             -- provider's disposition, verbatim
     agent           text,
     chunk_id        bigint,
@@ -62,11 +53,15 @@ CREATE TABLE calls (
     submitted_at    timestamptz,
     ended_at        timestamptz
 );
--- dedupe looks numbers up by equality only; a hash index is far cheaper to maintain
+-- report order, resume, and the per-batch scans of finalise
+CREATE INDEX calls_batch_line ON calls (batch_id, line);
+-- dedupe and DNC look numbers up by equality only: a hash index is far cheaper to keep
 CREATE INDEX calls_e164 ON calls USING hash (e164);
-CREATE INDEX calls_batch ON calls (batch_id, id);
+CREATE INDEX calls_external_id ON calls USING hash (external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX calls_dispatchable ON calls (target, priority DESC, id)
     WHERE state IN ('pending', 'scheduled', 'retry_wait');
+
+CREATE VIEW leads AS SELECT * FROM calls WHERE attempt = 1;
 
 -- Append-only audit trail: every callback, timer and API action with its raw payload.
 CREATE TABLE call_events (

@@ -84,7 +84,8 @@ class Stack:
 
     async def states(self) -> dict[str, int]:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch("SELECT state, count(*)::int AS n FROM calls GROUP BY state")
+            rows = await conn.fetch("SELECT state, count(*)::int AS n FROM calls "
+                                    "WHERE state NOT IN ('invalid', 'duplicate', 'dnc') GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
     async def close(self) -> None:

@@ -1,10 +1,10 @@
 """The database side of intake: batches, COPY of lead chunks, and the set-based finalise.
 
-Rows stream into ``leads`` chunk by chunk, each chunk committed together with the
-batch's resume point (``rows_read``), so a crash loses nothing and doubles nothing.
-Calls are only created by ``finalise``, one transaction that collapses in-batch
-duplicates, applies the target's dedupe window and the DNC list, and inserts the calls:
-until then nothing of the batch can be dialed.
+Rows stream into ``calls`` (one row per input row: the lead and its first attempt)
+chunk by chunk, each chunk committed together with the batch's resume point
+(``rows_read``), so a crash loses nothing and doubles nothing. ``finalise`` is one
+transaction that collapses in-batch duplicates and applies the target's dedupe window
+and the DNC list; until the batch is finalised nothing of it is dispatched.
 """
 
 from __future__ import annotations
@@ -50,24 +50,30 @@ async def create_batch(
 
 
 async def copy_chunk(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, chunk: Chunk, target: str, now: datetime
+    conn: asyncpg.Connection, batch_id: uuid.UUID, chunk: Chunk, *, durable: bool = True
 ) -> int:
     """COPY one chunk, create its calls and move the resume point, in one transaction.
 
     Returns rows_read. The calls are not dispatchable until the batch is finalised.
     """
     async with conn.transaction():
+        if not durable:
+            # Safe without waiting for the WAL flush: the rows and the resume point commit
+            # together, so a PostgreSQL crash loses both and the file is re-read from there.
+            # The finalise that makes the batch dialable is a normal, durable commit.
+            await conn.execute("SET LOCAL synchronous_commit = off")
         # a memoryview, not BytesIO: asyncpg keeps file-like sources alive until a full GC
         await conn.copy_to_table(
-            "leads", source=memoryview(chunk.data), columns=list(COPY_COLUMNS), format="text"
+            "calls", source=memoryview(chunk.data), columns=list(COPY_COLUMNS), format="text"
         )
-        if chunk.rows > chunk.invalid:
-            await conn.execute(Q.chunk_insert_calls, batch_id, target, chunk.first_line,
-                               chunk.last_line, now)
         rows_read = await conn.fetchval(Q.batch_add_rows, batch_id, chunk.rows)
         if rows_read is None:
             raise RuntimeError(f"batch {batch_id} is no longer receiving rows")
         return int(rows_read)
+
+
+def _affected(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
 
 
 async def finalise(
@@ -76,26 +82,41 @@ async def finalise(
     target_name: str,
     target: Target,
     now: datetime,
+    *,
+    in_file_duplicates: bool | None = None,
+    rows: int | None = None,
+    invalid: int | None = None,
 ) -> dict[str, int]:
-    """Settle the batch: drop the calls of duplicate and DNC leads; returns counts by outcome.
+    """Settle the batch: mark duplicate and DNC leads, so they never dial; returns counts.
 
-    Must run inside a transaction (the caller may add its own writes to it).
+    Must run inside a transaction (the caller may add its own writes to it). When the
+    reader saw the whole input it passes what it knows (no repeated number, row and
+    invalid counts), which spares full scans of a big batch.
     """
     await conn.execute(Q.batch_lock_target, target_name)
-    await conn.execute(Q.finalise_collapse_in_batch, batch_id)
+    dup = 0
+    if in_file_duplicates is not False:
+        dup += _affected(await conn.execute(Q.finalise_collapse_in_batch, batch_id))
     window_start = now - timedelta(hours=target.dedupe_window_h)
-    await conn.execute(Q.finalise_dedupe_target, batch_id, target_name, window_start)
-    await conn.execute(Q.finalise_dnc, batch_id, now)
-    counts = await lead_counts(conn, batch_id)
+    dup += _affected(await conn.execute(Q.finalise_dedupe_target, batch_id, target_name, window_start))
+    dnc = 0
+    if await conn.fetchval(Q.dnc_any):
+        dnc = _affected(await conn.execute(Q.finalise_dnc, batch_id, now))
+    if rows is not None and invalid is not None and in_file_duplicates is not None:
+        counts = {"rows": rows, "accepted": rows - invalid - dup - dnc, "invalid": invalid,
+                  "duplicate": dup, "dnc": dnc}
+    else:
+        counts = await lead_counts(conn, batch_id)
     await conn.execute(Q.finalise_batch, batch_id, counts, now)
     return counts
 
 
 async def lead_counts(conn: asyncpg.Connection, batch_id: uuid.UUID) -> dict[str, int]:
-    by = {r["status"]: r["n"] for r in await conn.fetch(Q.lead_status_counts, batch_id)}
+    by = {r["state"]: r["n"] for r in await conn.fetch(Q.intake_counts, batch_id)}
+    rejected = by.get("invalid", 0) + by.get("duplicate", 0) + by.get("dnc", 0)
     counts = {
         "rows": sum(by.values()),
-        "accepted": by.get("ok", 0),
+        "accepted": sum(by.values()) - rejected,
         "invalid": by.get("invalid", 0),
         "duplicate": by.get("duplicate", 0),
         "dnc": by.get("dnc", 0),
@@ -107,7 +128,6 @@ async def fail_batch(
     conn: asyncpg.Connection, batch_id: uuid.UUID, error: str, now: datetime
 ) -> None:
     async with conn.transaction():
-        await conn.execute(Q.batch_drop_leads, batch_id)
         await conn.execute(Q.batch_drop_calls, batch_id)
         await conn.execute(Q.batch_fail, batch_id, error, now)
 
@@ -120,7 +140,7 @@ async def rejected_rows(
         async for r in conn.cursor(Q.batch_rejected_rows, batch_id, prefetch=prefetch):
             yield {
                 "line": r["line"],
-                "outcome": r["status"],
+                "outcome": r["state"],
                 "reason": r["reason"],
                 "number": r["raw_number"],
             }

@@ -162,18 +162,28 @@ class FileIngestor:
             if fp.size >= PROCESS_THRESHOLD_BYTES
             else chunks_from_thread(path, job)
         )
+        dups: bool | None = None
+        rows = invalid = 0
         try:
             async for chunk in chunks:
-                await batches.copy_chunk(conn, batch_id, chunk, target, self.clock.now())
-                if on_progress:
-                    on_progress(chunk.rows)
+                if chunk.rows:
+                    await batches.copy_chunk(conn, batch_id, chunk, durable=False)
+                    rows += chunk.rows
+                    invalid += chunk.invalid
+                    if on_progress:
+                        on_progress(chunk.rows)
+                else:
+                    dups = chunk.in_file_duplicates
         except FileUnreadable as e:
             await batches.fail_batch(conn, batch_id, e.message, self.clock.now())
             await conn.execute(Q.inbox_file_state, fp.sha256, "failed", None, self.clock.now())
             out.kind, out.error = "failed", e.message
             return out
         async with conn.transaction():
-            out.counts = await batches.finalise(conn, batch_id, target, tcfg, self.clock.now())
+            out.counts = await batches.finalise(
+                conn, batch_id, target, tcfg, self.clock.now(), in_file_duplicates=dups,
+                rows=rows if skip == 0 else None, invalid=invalid if skip == 0 else None,
+            )
             state = "filed" if source != "inbox" else "ingested"
             await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())
         out.kind = "ingested"

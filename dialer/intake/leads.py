@@ -6,8 +6,10 @@ so it is plain synchronous code with no database access.
 
 from __future__ import annotations
 
+import itertools
 import re
 import zoneinfo
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,12 +22,13 @@ from dialer.intake.columns import ColumnMap
 
 COPY_COLUMNS = (
     "batch_id", "line", "raw_number", "e164", "priority", "agents",
-    "external_id", "timezone", "fields", "status", "reason",
+    "external_id", "timezone", "fields", "state", "reason", "target",
 )
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
 _NULL = "\\N"
 _SPECIAL = re.compile(r"[\\\t\n\r\x00]")
 _MISS = object()
+_TRACK_MAX = 2_000_000
 _PRIO_MIN, _PRIO_MAX = -(2**31), 2**31 - 1
 _MAX_FIELD_CHARS = 4000
 
@@ -87,10 +90,14 @@ class LeadEncoder:
         self._check_agents = rules.agent_mapping in ("global", "inline") and bool(rules.agents)
         self._field: dict[str, str | None] = {}
         self.region = rules.default_region
+        self.target = rules.name
+        # Every accepted number as an int (8 bytes each): tells finalise whether the
+        # in-batch duplicate scan is needed at all.
+        self._numbers: array[int] | None = array("q")
         self.invalid = 0
 
     def lead(self, line: int, values: dict[str, Any] | None, error: str | None) -> list[str | None]:
-        """The 11 COPY values for one row (None is NULL). Hot path: keep it flat."""
+        """The COPY values for one row (None is NULL). Hot path: keep it flat."""
         if values is None:
             return self._invalid(line, None, error or "unreadable row")
         number: Any = None
@@ -162,16 +169,28 @@ class LeadEncoder:
         if external_id is not None and external_id != "":
             ext = (external_id if type(external_id) is str else _text(external_id)).strip()[
                 :_MAX_FIELD_CHARS] or None
+        if self._numbers is not None:
+            self._numbers.append(int(e164[1:]))
+            if len(self._numbers) > _TRACK_MAX:
+                self._numbers = None  # too big to check here: finalise scans instead
         return [
             self.batch_id, str(line), raw, e164, prio, agents_literal, ext, tz_name,
             orjson.dumps(custom).decode() if custom else None,
-            "ok", None,
+            "pending", None, self.target,
         ]
+
+    def repeats_a_number(self) -> bool | None:
+        """Whether an accepted number came twice (None: not tracked, the input was too big)."""
+        if self._numbers is None:
+            return None
+        nums = sorted(self._numbers)
+        return any(a == b for a, b in itertools.pairwise(nums))
 
     def _invalid(self, line: int, raw: str | None, reason: str) -> list[str | None]:
         self.invalid += 1
         raw = raw[:200] if raw else raw
-        return [self.batch_id, str(line), raw, None, "0", None, None, None, None, "invalid", reason]
+        return [self.batch_id, str(line), raw, None, "0", None, None, None, None, "invalid", reason,
+                self.target]
 
     @staticmethod
     def copy_line(values: list[str | None]) -> str:

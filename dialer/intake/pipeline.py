@@ -33,6 +33,8 @@ class Chunk:
     first_line: int
     last_line: int
     invalid: int
+    # set on the last chunk of a whole-file read: did the file repeat a number?
+    in_file_duplicates: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,9 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
                 buf = []
         if buf:
             yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
+        # A closing marker; a resumed read has not seen the whole file, so it cannot tell.
+        yield Chunk(b"", 0, last, last, 0,
+                    in_file_duplicates=None if job.skip_rows else enc.repeats_a_number())
 
 
 def _worker(path: str, job: ParseJob, out: mp.Queue[tuple[str, Any]], parent: int) -> None:

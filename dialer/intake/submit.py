@@ -86,7 +86,8 @@ async def submit(
             except FileUnreadable as e:
                 raise InvalidInput(f"body: {e.message}") from None
         for chunk in chunks:
-            await batches.copy_chunk(conn, batch_id, chunk, sub.target, now)
+            if chunk.rows:
+                await batches.copy_chunk(conn, batch_id, chunk)
         counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now)
         rejected: list[dict[str, Any]] = []
         index_key = "index" if sub.rows is not None else "line"

@@ -27,10 +27,14 @@ class State(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     CAPPED = "capped"
+    # intake outcomes: the row was never a dialable call
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    DNC = "dnc"
 
 
-# Intake outcomes that never become a call (kept on the lead row).
-INTAKE_OUTCOMES = ("invalid", "duplicate", "dnc")
+INTAKE: frozenset[State] = frozenset({State.INVALID, State.DUPLICATE, State.DNC})
+INTAKE_OUTCOMES = tuple(sorted(s.value for s in INTAKE))
 
 TERMINAL: frozenset[State] = frozenset(
     {
@@ -45,7 +49,7 @@ TERMINAL: frozenset[State] = frozenset(
         State.CAPPED,
     }
 )
-LIVE: frozenset[State] = frozenset(State) - TERMINAL
+LIVE: frozenset[State] = frozenset(State) - TERMINAL - INTAKE
 # Not yet handed to a provider: a cancel ends these at once.
 WAITING: frozenset[State] = frozenset({State.PENDING, State.SCHEDULED, State.RETRY_WAIT})
 
@@ -75,7 +79,7 @@ _EXTRA: set[tuple[State, State]] = {
 
 def can_move(src: State | str, dst: State | str) -> bool:
     s, d = State(src), State(dst)
-    if s in TERMINAL:
+    if s in TERMINAL or s in INTAKE or d in INTAKE:
         return False
     if (s, d) in _EXTRA:
         return True

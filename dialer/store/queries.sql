@@ -15,22 +15,11 @@ RETURNING rows_read
 -- name: batch_fail
 UPDATE batches SET state = 'failed', error = $2, ended_at = $3 WHERE id = $1
 
--- name: batch_drop_leads
-DELETE FROM leads WHERE batch_id = $1
-
 -- name: batch_drop_calls
 DELETE FROM calls WHERE batch_id = $1
 
 -- name: batch_lock_target
 SELECT pg_advisory_xact_lock(hashtext('dialer.dedupe:' || $1))
-
--- name: chunk_insert_calls
--- The calls of one committed chunk (dispatch waits until the batch is ingested).
-INSERT INTO calls (lead_id, batch_id, target, e164, priority, state, created_at, updated_at)
-SELECT id, batch_id, $2, e164, priority, 'pending', $5, $5
-FROM leads
-WHERE batch_id = $1 AND line BETWEEN $3 AND $4 AND status = 'ok'
-ORDER BY priority DESC, id
 
 -- name: finalise_collapse_in_batch
 -- Within a batch the same number collapses: the highest priority (then first line) is kept.
@@ -38,75 +27,69 @@ WITH ranked AS (
     SELECT id,
            row_number() OVER w AS rn,
            first_value(line) OVER w AS kept_line
-    FROM leads
-    WHERE batch_id = $1 AND status = 'ok'
-      AND e164 IN (SELECT e164 FROM leads WHERE batch_id = $1 AND status = 'ok'
+    FROM calls
+    WHERE batch_id = $1 AND state = 'pending'
+      AND e164 IN (SELECT e164 FROM calls WHERE batch_id = $1 AND state = 'pending'
                    GROUP BY e164 HAVING count(*) > 1)
     WINDOW w AS (PARTITION BY e164 ORDER BY priority DESC, line)
-), dup AS (
-    UPDATE leads l
-    SET status = 'duplicate', reason = 'duplicate of line ' || r.kept_line || ' in this batch'
-    FROM ranked r
-    WHERE l.id = r.id AND r.rn > 1
-    RETURNING l.id
 )
-DELETE FROM calls c USING dup WHERE c.batch_id = $1 AND c.lead_id = dup.id
+UPDATE calls l
+SET state = 'duplicate', reason = 'duplicate of line ' || r.kept_line || ' in this batch'
+FROM ranked r
+WHERE l.id = r.id AND r.rn > 1
 
 -- name: finalise_dedupe_target
 -- A number with a live call for the target, or one that ended within the window
 -- (calls of batches still receiving rows don't count: they may yet fail).
-WITH dup AS (
-    UPDATE leads l
-    SET status = 'duplicate',
-        reason = CASE WHEN c.ended_at IS NULL
-                      THEN 'number already has a live call (call ' || c.id || ')'
-                      ELSE 'number was called within the dedupe window (call ' || c.id || ')' END
-    FROM calls c JOIN batches b ON b.id = c.batch_id
-    WHERE l.batch_id = $1 AND l.status = 'ok'
-      AND c.target = $2 AND c.e164 = l.e164 AND c.batch_id <> $1
-      AND b.state IN ('ingested', 'cancelled', 'done')
-      AND (c.ended_at IS NULL OR c.ended_at > $3)
-    RETURNING l.id
-)
-DELETE FROM calls c USING dup WHERE c.batch_id = $1 AND c.lead_id = dup.id
+UPDATE calls l
+SET state = 'duplicate',
+    reason = CASE WHEN c.ended_at IS NULL
+                  THEN 'number already has a live call (call ' || c.id || ')'
+                  ELSE 'number was called within the dedupe window (call ' || c.id || ')' END
+FROM calls c JOIN batches b ON b.id = c.batch_id
+WHERE l.batch_id = $1 AND l.state = 'pending'
+  AND c.e164 = l.e164 AND c.target = $2 AND c.batch_id <> $1
+  AND c.state NOT IN ('invalid', 'duplicate', 'dnc')
+  AND b.state IN ('ingested', 'cancelled', 'done')
+  AND (c.ended_at IS NULL OR c.ended_at > $3)
 
 -- name: finalise_dnc
-WITH dnc_hit AS (
-    UPDATE leads l
-    SET status = 'dnc', reason = 'number is on the do-not-call list'
-    FROM dnc d
-    WHERE l.batch_id = $1 AND l.status = 'ok' AND d.e164 = l.e164
-      AND (d.expires_at IS NULL OR d.expires_at > $2)
-    RETURNING l.id
-)
-DELETE FROM calls c USING dnc_hit WHERE c.batch_id = $1 AND c.lead_id = dnc_hit.id
+UPDATE calls l
+SET state = 'dnc', reason = 'number is on the do-not-call list'
+FROM dnc d
+WHERE l.batch_id = $1 AND l.state = 'pending' AND d.e164 = l.e164
+  AND (d.expires_at IS NULL OR d.expires_at > $2)
 
--- name: lead_status_counts
-SELECT status, count(*)::int AS n FROM leads WHERE batch_id = $1 GROUP BY status
+-- name: dnc_any
+SELECT EXISTS (SELECT 1 FROM dnc)
+
+-- name: intake_counts
+SELECT state, count(*)::int AS n FROM calls WHERE batch_id = $1 AND attempt = 1 GROUP BY state
 
 -- name: finalise_batch
 UPDATE batches SET state = 'ingested', counts = $2, ingested_at = $3
 WHERE id = $1 AND state = 'receiving'
 
 -- name: batch_rejected_rows
-SELECT line, status, reason, raw_number
-FROM leads
-WHERE batch_id = $1 AND status <> 'ok'
+SELECT line, state, reason, raw_number
+FROM calls
+WHERE batch_id = $1 AND attempt = 1 AND state IN ('invalid', 'duplicate', 'dnc')
 ORDER BY line
 
 -- name: batch_call_counts
-SELECT state, count(*)::int AS n FROM calls WHERE batch_id = $1 GROUP BY state
+SELECT state, count(*)::int AS n FROM calls
+WHERE batch_id = $1 AND state NOT IN ('invalid', 'duplicate', 'dnc') GROUP BY state
 
 -- name: batch_outcome_counts
 SELECT outcome, count(*)::int AS n FROM calls
 WHERE batch_id = $1 AND outcome IS NOT NULL GROUP BY outcome
 
 -- name: batch_calls_page
-SELECT c.id, c.e164, c.state, c.outcome, c.attempt, c.agent, c.priority,
-       c.created_at, c.updated_at, c.ended_at, l.external_id, l.line
-FROM calls c JOIN leads l ON l.id = c.lead_id
-WHERE c.batch_id = $1 AND c.id > $2
-ORDER BY c.id
+SELECT id, e164, raw_number, state, outcome, attempt, agent, priority,
+       created_at, updated_at, ended_at, external_id, line
+FROM calls
+WHERE batch_id = $1 AND id > $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
+ORDER BY id
 LIMIT $3
 
 -- name: batches_recent
@@ -114,14 +97,12 @@ SELECT id, target, source, source_name, state, counts, created_at, rows_read
 FROM batches ORDER BY created_at DESC LIMIT $1
 
 -- name: call_get
-SELECT c.*, l.external_id, l.line, l.raw_number, l.fields, l.agents, l.timezone
-FROM calls c JOIN leads l ON l.id = c.lead_id
-WHERE c.id = $1
+SELECT * FROM calls WHERE id = $1 AND state NOT IN ('invalid', 'duplicate', 'dnc')
 
 -- name: calls_by_external_id
-SELECT c.id FROM calls c JOIN leads l ON l.id = c.lead_id
-WHERE l.external_id = $1
-ORDER BY c.id
+SELECT id FROM calls
+WHERE external_id = $1 AND state NOT IN ('invalid', 'duplicate', 'dnc')
+ORDER BY id
 LIMIT 100
 
 -- name: call_events
@@ -129,7 +110,8 @@ SELECT id, at, kind, from_state, to_state, applied, payload
 FROM call_events WHERE call_id = $1 ORDER BY id
 
 -- name: call_state_totals
-SELECT state, count(*)::int AS n FROM calls GROUP BY state
+SELECT state, count(*)::int AS n FROM calls WHERE state NOT IN ('invalid', 'duplicate', 'dnc')
+GROUP BY state
 
 -- name: inbox_file_get
 SELECT * FROM inbox_files WHERE sha256 = $1
@@ -207,8 +189,8 @@ ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index + 1
 RETURNING rr_index - 1 AS idx
 
 -- name: dispatch_candidates
-SELECT c.id, c.e164, c.priority, c.state, l.agents, l.fields, l.timezone
-FROM calls c JOIN leads l ON l.id = c.lead_id
+SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone
+FROM calls c
 WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
   AND (c.not_before IS NULL OR c.not_before <= $2)
   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')

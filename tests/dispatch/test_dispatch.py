@@ -11,7 +11,7 @@ import pytest
 from dialer.clock import FakeClock, SystemClock
 from dialer.lifecycle.states import TERMINAL
 from tests.conftest import await_for
-from tests.stack import SandboxConfig, running_stack
+from tests.stack import running_stack
 
 TARGETS = {
     "sales": {"queue_id": "42", "agent_mapping": "global", "agents": ["alice", "bob", "carol"],

@@ -46,7 +46,7 @@ def test_valid_row_is_normalised() -> None:
     assert row[5] == '{"alice","bob"}'
     assert row[6] == "12"
     assert row[8] == '{"Company":"Acme"}'
-    assert row[9] == "ok"
+    assert row[9] == "pending"
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_invalid_rows_say_which_field_and_why(values: dict[str, object], reason:
 
 def test_all_agents_mapping_does_not_check_agents() -> None:
     rules = TargetRules(name="t", default_region="US", agent_mapping="all-agents", agents=("alice",))
-    assert lead({"number": "+14155550100", "agents": "zed"}, rules)[9] == "ok"
+    assert lead({"number": "+14155550100", "agents": "zed"}, rules)[9] == "pending"
 
 
 def test_copy_line_escapes_control_characters() -> None:
@@ -100,6 +100,6 @@ def test_fast_library_agrees_with_phonenumbers(region: str, digits: str, plus: b
                                                               st.none(), st.floats(allow_nan=False))))
 def test_any_row_encodes_without_raising(values: dict[str, object]) -> None:
     row = lead(values)
-    assert row[9] in ("ok", "invalid")
+    assert row[9] in ("pending", "invalid")
     line = LeadEncoder.copy_line(row)
-    assert line.endswith("\n") and line.count("\n") == 1 and line.count("\t") == 10
+    assert line.endswith("\n") and line.count("\n") == 1 and line.count("\t") == 11
