@@ -59,6 +59,9 @@ class Target(_Strict):
     recycle: dict[Literal["no_answer", "busy", "unreachable"], RecycleRule] = Field(
         default_factory=dict
     )
+    # who is ready (see [portsip]/[ringme]); silent longer than this -> the static `agents` list
+    agents_source: Literal["static", "portsip", "ringme"] = "static"
+    agents_silence_s: float | None = Field(default=None, gt=0)
 
     @field_validator("calling_hours")
     @classmethod
@@ -123,6 +126,107 @@ class SandboxSettings(_Strict):
     unreachable_rate: float = Field(default=0.1, ge=0)
 
 
+# ==== providers: agent readiness and routing (PortSIP, ringme, Stringee) ====================
+# Secrets are top-level Settings fields read only from the environment:
+# DIALER_PORTSIP_TOKEN, DIALER_RINGME_TOKEN, DIALER_STRINGEE_KEY_SECRET.
+
+
+def _secret_not_here(data: Any, key: str, env: str) -> Any:
+    if isinstance(data, dict) and key in data:
+        raise ValueError(f"{key}: secrets are read from the environment ({env}), not from the config file")
+    return data
+
+
+class PortSipQueue(_Strict):
+    """The PortSIP call queue whose READY agents are a target's ready agents."""
+
+    queue: str = Field(min_length=1)  # call queue id, name or extension number
+    agents: dict[str, str] = Field(default_factory=dict)  # extension number -> agent username
+
+
+class PortSipSettings(_Strict):
+    base_url: str | None = None  # e.g. https://pbx.example.com:8887 (the API is under /api)
+    poll_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    queues: dict[str, PortSipQueue] = Field(default_factory=dict)  # target -> call queue
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token(cls, data: Any) -> Any:
+        return _secret_not_here(data, "token", "DIALER_PORTSIP_TOKEN")
+
+
+class RingmeSettings(_Strict):
+    base_url: str | None = None  # API root for the optional counters poll, e.g. https://host/api/ver1.0
+    poll_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    agents: dict[str, str] = Field(default_factory=dict)  # agent_id/extension_name/agent_number -> username
+    queues: dict[str, str] = Field(default_factory=dict)  # target -> queue extension id (counters poll)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token(cls, data: Any) -> Any:
+        return _secret_not_here(data, "token", "DIALER_RINGME_TOKEN")
+
+
+class StringeeAgent(_Strict):
+    user_id: str | None = None  # stringee_user_id (default: the agent's username)
+    phone_number: str | None = None
+    routing_type: Literal[1, 2] | None = None  # default: [stringee] routing_type
+    answer_timeout: int | None = Field(default=None, ge=3)
+
+
+class StringeeQueue(_Strict):
+    """Queue settings sent by `dialer stringee sync-queue` (unset: Stringee's default)."""
+
+    name: str = Field(default="dialer", min_length=1)
+    record_calls: bool | None = None
+    agent_wrap_up_after_calls: bool | None = None
+    wrap_up_time_limit: int | None = Field(default=None, ge=0)
+    schedule: Literal[1, 2] | None = None
+    wait_agent_answer_timeout: int | None = Field(default=None, ge=3)
+    wait_greeting: str | None = None
+    hold_greeting: str | None = None
+    maximum_queue_size: int | None = Field(default=None, ge=0)
+    maximum_queue_wait_time: int | None = Field(default=None, ge=0)
+    from_number_callout_to_agent: str | None = None
+    cond_routing: Literal[1, 2] | None = None
+
+
+class StringeeSettings(_Strict):
+    api_base: str = "https://icc-api.stringee.com"
+    key_sid: str | None = None
+    queue_id: str | None = None  # unset: found by queue.name, else created
+    routing_type: Literal[1, 2] = 1
+    answer_timeout: int = Field(default=15, ge=3)
+    targets: list[str] = Field(default_factory=list)  # whose leads the queue routes (empty: all)
+    agents: dict[str, StringeeAgent] = Field(default_factory=dict)  # username -> Stringee identity
+    queue: StringeeQueue = Field(default_factory=StringeeQueue)
+    timeout_s: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret(cls, data: Any) -> Any:
+        return _secret_not_here(data, "key_secret", "DIALER_STRINGEE_KEY_SECRET")
+
+
+def _check_providers(s: Settings) -> None:
+    for name, t in s.targets.items():
+        if t.agents_source == "portsip":
+            if not s.portsip.base_url:
+                raise ValueError(f"targets.{name}.agents_source = 'portsip' needs portsip.base_url")
+            if name not in s.portsip.queues:
+                raise ValueError(f"targets.{name}.agents_source = 'portsip' needs [portsip.queues.{name}]")
+    for section, names in (("portsip.queues", s.portsip.queues), ("ringme.queues", s.ringme.queues),
+                           ("stringee.targets", s.stringee.targets)):
+        for name in names:
+            if name not in s.targets:
+                raise ValueError(f"{section}: {name!r} is not one of the targets")
+
+
+# ==== end of providers block ==================================================================
+
+
 class Settings(_Strict):
     database_url: SecretStr | None = None
     state_dir: Path = Path("./var")
@@ -141,6 +245,12 @@ class Settings(_Strict):
     compliance: Compliance = Field(default_factory=Compliance)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     dispositions: dict[str, str] = Field(default_factory=dict)
+    portsip: PortSipSettings = Field(default_factory=PortSipSettings)
+    ringme: RingmeSettings = Field(default_factory=RingmeSettings)
+    stringee: StringeeSettings = Field(default_factory=StringeeSettings)
+    portsip_token: SecretStr | None = None
+    ringme_token: SecretStr | None = None
+    stringee_key_secret: SecretStr | None = None
 
     settle_s: float = Field(default=2.0, ge=0)
     inbox_poll_s: float = Field(default=0.5, gt=0)
@@ -187,6 +297,11 @@ class Settings(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _providers(self) -> Settings:
+        _check_providers(self)
+        return self
+
     # -- derived -------------------------------------------------------------
     @property
     def inbox(self) -> Path:
@@ -230,7 +345,8 @@ class Settings(_Strict):
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain data with every secret replaced."""
         data = self.model_dump(mode="json")
-        for key in ("database_url", "ryng_token", "callback_secret"):
+        for key in ("database_url", "ryng_token", "callback_secret", "portsip_token", "ringme_token",
+                    "stringee_key_secret"):
             if data.get(key):
                 data[key] = "***"
         data["api_tokens"] = ["***" for _ in data.get("api_tokens", [])]
@@ -243,9 +359,10 @@ class Settings(_Strict):
 _ENV_KEYS = {
     name: f"DIALER_{name.upper()}" for name in Settings.model_fields if name not in {"targets"}
 }
-for _nested in ("compliance", "sandbox", "dispositions"):
+for _nested in ("compliance", "sandbox", "dispositions", "portsip", "ringme", "stringee"):
     _ENV_KEYS.pop(_nested)
-_SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url"}
+_SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url", "portsip_token",
+                "ringme_token", "stringee_key_secret"}
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

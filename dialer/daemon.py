@@ -25,12 +25,15 @@ from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
-from dialer.jobs import Jobs
+from dialer.jobs import Job, Jobs
 from dialer.lifecycle.dispositions import Dispositions
+from dialer.lifecycle.events import Applied
 from dialer.lifecycle.service import CallbackService
 from dialer.lifecycle.spool import Spool
 from dialer.logs import register_secret
 from dialer.providers.ryng.client import RyngClient
+from dialer.results.files import Completion
+from dialer.results.webhooks import WebhookSender
 from dialer.store.database import Database
 from dialer.store.queries import Q
 
@@ -110,6 +113,7 @@ class Daemon:
         sandbox: Any = None
         client: RyngClient | None = None
         jobs: Jobs | None = None
+        webhooks: WebhookSender | None = None
         try:
             applied = await self.db.migrate()
             if applied:
@@ -131,11 +135,19 @@ class Daemon:
             ctx.dispatcher = dispatcher
             ctx.wake_dispatch = dispatcher.wake
             spool = Spool(s.state_dir / "spool")
+            completion = Completion(pool, self.clock)
+
+            def on_applied(r: Applied) -> None:
+                if r.terminal:
+                    dispatcher.wake()
+                    completion.touch(r.batch_id)
+
             service = CallbackService(
                 pool, self.clock,
                 Dispositions(s.dispositions, s.compliance.dnc_dispositions), spool,
-                on_applied=lambda r: dispatcher.wake() if r.terminal else None,
+                on_applied=on_applied, settings=settings,
             )
+            webhooks = WebhookSender(pool, secret, self.clock)
             app.router.routes.extend(callbacks.routes(lambda: service, secret))
             sock = bind(s)
             config = uvicorn.Config(
@@ -147,6 +159,7 @@ class Daemon:
             ingestor = FileIngestor(pool, settings, self.clock)
             inbox = Inbox(settings, ingestor, self.clock, on_ingested=dispatcher.wake)
             jobs = Jobs(pool, settings, self.clock, self.instance_id)
+            jobs.extra.append(Job("completion", 2, completion.check, singleton=False))
             await jobs.heartbeat()
             served = anyio.Event()
 
@@ -164,6 +177,7 @@ class Daemon:
                 tg.start_soon(inbox.run)
                 tg.start_soon(dispatcher.run, s.dispatch_interval_s)
                 tg.start_soon(service.run_replayer)
+                tg.start_soon(webhooks.run)
                 jobs.start()
                 log.info(
                     "dialer running",
@@ -197,6 +211,8 @@ class Daemon:
                     await sandbox.stop()
                 if client is not None:
                     await client.close()
+                if webhooks is not None:
+                    await webhooks.close()
                 await self.db.close()
             log.info("stopped")
 

@@ -29,6 +29,8 @@ from dialer.lifecycle.service import CallbackService
 from dialer.lifecycle.spool import Spool
 from dialer.providers.ryng.client import RyngClient
 from dialer.providers.ryng.sandbox import RyngSandbox, SandboxConfig
+from dialer.results.files import Completion
+from dialer.results.webhooks import WebhookSender
 
 
 def free_port() -> int:
@@ -70,16 +72,30 @@ class Stack:
         self.client = RyngClient(ryng_url, sandbox.config.token, timeout=5)
         self.dispatcher = Dispatcher(pool, settings, clock, self.client, self.secret, instance)
         self.spool = Spool(Path(settings.state_dir) / "spool")
-        self.service = CallbackService(pool, clock, Dispositions(settings.dispositions), self.spool,
-                                       on_applied=lambda r: self.dispatcher.wake() if r.terminal else None)
+        self.completion = Completion(pool, clock)
+        self.applied: list[Any] = []
+
+        def on_applied(r: Any) -> None:
+            self.applied.append(r)
+            if r.terminal:
+                self.dispatcher.wake()
+                self.completion.touch(r.batch_id)
+
+        self.service = CallbackService(
+            pool, clock, Dispositions(settings.dispositions, settings.compliance.dnc_dispositions),
+            self.spool, on_applied=on_applied, settings=settings,
+        )
+        self.webhooks = WebhookSender(pool, self.secret, clock)
 
     def another_dispatcher(self, instance: str) -> Dispatcher:
         return Dispatcher(self.pool, self.settings, self.clock, self.client, self.secret, instance)
 
-    async def post(self, numbers: list[str], target: str | None = None, **lead: Any) -> str:
+    async def post(self, numbers: list[str], target: str | None = None, webhook: str | None = None,
+                   **lead: Any) -> str:
         rows = [{"number": n, **lead} for n in numbers]
         _, out = await submit(self.pool, self.settings, self.clock,
-                              Submission(target=target or self.settings.default_target, rows=rows))
+                              Submission(target=target or self.settings.default_target, rows=rows,
+                                         result_webhook_url=webhook))
         return str(out["batch_id"])
 
     async def states(self) -> dict[str, int]:
@@ -90,6 +106,7 @@ class Stack:
 
     async def close(self) -> None:
         await self.client.close()
+        await self.webhooks.close()
         self.spool.close()
 
 

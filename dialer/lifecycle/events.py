@@ -28,6 +28,8 @@ class Applied:
     submitted_at: datetime | None = None
     agent: str | None = None
     disposition: str | None = None
+    batch_id: object = None
+    effects: object = None  # dialer.lifecycle.ended.EndEffects after a terminal state
 
 
 def target_state(kind: str, cb: CallbackData, disp: Dispositions) -> State:
@@ -86,4 +88,4 @@ async def apply(
     )
     await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, True, payload)
     return Applied("applied", row["id"], src.value, dst.value, row["target"], terminal,
-                   agent=cb.agent or row["agent"], disposition=cb.disposition)
+                   agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"])

@@ -10,7 +10,8 @@ import anyio
 import asyncpg
 
 from dialer.clock import Clock
-from dialer.lifecycle import events, payload
+from dialer.config import Settings
+from dialer.lifecycle import ended, events, payload
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.spool import Spool, Spooled
 
@@ -37,7 +38,9 @@ class CallbackService:
         spool: Spool,
         on_applied: Callable[[events.Applied], None] | None = None,
         on_spooled: Callable[[str], None] | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        self.settings = settings
         self.pool = pool
         self.clock = clock
         self.dispositions = dispositions
@@ -50,6 +53,10 @@ class CallbackService:
         now = now or self.clock.now()
         async with self.pool.acquire(timeout=2) as conn, conn.transaction():
             result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now)
+            if result.result == "applied" and result.terminal and self.settings is not None \
+                    and result.call_id is not None:
+                result.effects = await ended.after_end(conn, self.settings, self.dispositions,
+                                                       result.call_id, cb.disposition, now)
         if self.on_applied:
             self.on_applied(result)
         return result

@@ -300,7 +300,12 @@ SELECT pg_try_advisory_xact_lock(hashtext('dialer.job:' || $1))
 -- ---------------------------------------------------------------- callbacks
 
 -- name: call_for_update
-SELECT id, state, chunk_id, target, agent, attempt, batch_id, e164 FROM calls WHERE id = $1 FOR UPDATE
+SELECT id, state, chunk_id, target, agent, attempt, batch_id, e164, lead_id FROM calls WHERE id = $1 FOR UPDATE
+
+-- name: call_ended_row
+SELECT id, batch_id, target, e164, external_id, state, outcome, attempt, agent, ended_at,
+       coalesce(lead_id, id) AS lead
+FROM calls WHERE id = $1
 
 -- name: call_by_chunk_number
 SELECT id FROM calls WHERE chunk_id = $1 AND e164 = ANY($2::text[]) ORDER BY id LIMIT 1
@@ -324,14 +329,104 @@ SELECT id FROM calls WHERE state = 'queued' AND updated_at < $1 ORDER BY id LIMI
 FOR UPDATE SKIP LOCKED
 
 -- name: batch_cancel_calls
-UPDATE calls SET state = 'cancelled', ended_at = $2, updated_at = $2
-WHERE batch_id = $1 AND state = ANY($3::text[])
-RETURNING id, state
+WITH old AS (
+    SELECT id, state FROM calls WHERE batch_id = $1 AND state = ANY($3::text[]) FOR UPDATE
+)
+UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2
+FROM old WHERE c.id = old.id
+RETURNING c.id, old.state
 
 -- name: batch_mark_cancelled
-UPDATE batches SET state = 'cancelled', ended_at = $2 WHERE id = $1 AND state IN ('receiving', 'ingested')
+UPDATE batches SET state = 'cancelled' WHERE id = $1 AND state IN ('receiving', 'ingested') AND $2::timestamptz IS NOT NULL
 
 -- name: target_counts
 SELECT target, state, count(*)::int AS n FROM calls
 WHERE state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain', 'queued', 'assigned', 'connected')
 GROUP BY target, state
+
+-- ---------------------------------------------------------------- lifecycle
+
+-- name: recycle_count
+-- How many re-dials this lead already had after the given terminal state.
+SELECT count(*)::int FROM calls WHERE lead_id = $1 AND reason = $2
+
+-- name: recycle_insert
+INSERT INTO calls (batch_id, target, line, lead_id, attempt, raw_number, e164, priority, agents,
+                   external_id, timezone, fields, state, reason, not_before, created_at, updated_at)
+SELECT batch_id, target, line, coalesce(lead_id, id), attempt + 1, raw_number, e164, priority, agents,
+       external_id, timezone, fields, 'retry_wait', $2, $3, $4, $4
+FROM calls WHERE id = $1
+RETURNING id, attempt
+
+-- name: batch_webhook_url
+SELECT result_webhook_url FROM batches WHERE id = $1
+
+-- name: webhook_enqueue
+INSERT INTO webhook_outbox (batch_id, call_id, url, body, next_attempt_at, created_at)
+VALUES ($1, $2, $3, $4, $5, $5)
+ON CONFLICT (call_id) DO NOTHING
+
+-- name: webhook_claim
+UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2
+WHERE id IN (
+    SELECT id FROM webhook_outbox
+    WHERE state = 'pending' AND next_attempt_at <= $1
+    ORDER BY next_attempt_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, url, body, attempts, created_at
+
+-- name: webhook_done
+UPDATE webhook_outbox SET state = 'delivered', last_status = $2, delivered_at = $3, last_error = NULL
+WHERE id = $1
+
+-- name: webhook_retry
+UPDATE webhook_outbox SET last_status = $2, last_error = $3, next_attempt_at = $4,
+       state = CASE WHEN $5 THEN 'failed' ELSE 'pending' END
+WHERE id = $1
+
+-- name: webhook_backlog
+SELECT count(*)::int FROM webhook_outbox WHERE state = 'pending'
+
+-- name: batches_open
+SELECT id FROM batches WHERE state IN ('ingested', 'cancelled') AND ended_at IS NULL
+ORDER BY created_at LIMIT 1000
+
+-- name: batch_has_live_calls
+SELECT EXISTS (
+    SELECT 1 FROM calls WHERE batch_id = $1
+      AND state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain',
+                    'queued', 'assigned', 'connected')
+)
+
+-- name: batch_done
+UPDATE batches SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'done' END, ended_at = $2
+WHERE id = $1 AND state IN ('ingested', 'cancelled') AND ended_at IS NULL
+RETURNING source, source_name
+
+-- name: batch_results
+-- One row per lead: its latest attempt.
+SELECT DISTINCT ON (coalesce(lead_id, id))
+       coalesce(raw_number, e164) AS raw_number, e164, external_id, state, outcome, attempt AS attempts,
+       agent, ended_at, line
+FROM calls
+WHERE batch_id = $1
+ORDER BY coalesce(lead_id, id), attempt DESC
+
+-- name: inbox_file_for_batch
+SELECT name, filed_path FROM inbox_files WHERE batch_id = $1
+
+-- name: batch_set_results_path
+UPDATE batches SET results_path = $2 WHERE id = $1
+
+-- name: dnc_cancel_number
+-- A number put on the DNC list: its calls not yet sent end as cancelled, in every target.
+WITH old AS (
+    SELECT id, state FROM calls
+    WHERE e164 = $1 AND state IN ('pending', 'scheduled', 'retry_wait')
+    FOR UPDATE
+)
+UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
+FROM old WHERE c.id = old.id
+RETURNING c.id, old.state

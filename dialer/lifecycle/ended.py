@@ -1,0 +1,78 @@
+"""What follows a call's end, in the same transaction as the terminal callback:
+re-dial by rule, DNC by disposition, and the result webhook for the batch's CRM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from dialer.config import Settings
+from dialer.lifecycle import recycle
+from dialer.lifecycle.dispositions import Dispositions
+from dialer.lifecycle.states import State
+from dialer.store.queries import Q
+
+
+@dataclass
+class EndEffects:
+    recycled_to: int | None = None
+    dnc_added: bool = False
+    cancelled: list[int] = field(default_factory=list)
+    webhook: bool = False
+
+
+def webhook_body(row: asyncpg.Record, next_call: int | None) -> bytes:
+    body: dict[str, Any] = {
+        "event": "call.ended",
+        "batch_id": str(row["batch_id"]),
+        "call_id": row["id"],
+        "number": row["e164"],
+        "external_id": row["external_id"],
+        "state": row["state"],
+        "outcome": row["outcome"],
+        "attempt": row["attempt"],
+        "agent": row["agent"],
+        "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
+        "will_retry": next_call is not None,
+        "next_call_id": next_call,
+    }
+    return orjson.dumps(body)
+
+
+async def after_end(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    dispositions: Dispositions,
+    call_id: int,
+    disposition: str | None,
+    now: datetime,
+) -> EndEffects:
+    out = EndEffects()
+    row = await conn.fetchrow(Q.call_ended_row, call_id)
+    if row is None:
+        return out
+    state = State(row["state"])
+    target = settings.targets.get(row["target"])
+    if dispositions.is_dnc(disposition):
+        # the customer asked not to be called: list the number and stop its other calls
+        await conn.execute(Q.dnc_add, [row["e164"]], "disposition", now, None)
+        out.dnc_added = True
+        cancelled = await conn.fetch(Q.dnc_cancel_number, row["e164"], now)
+        out.cancelled = [r["id"] for r in cancelled]
+        for r in cancelled:
+            await conn.execute(Q.event_insert, r["id"], now, "cancelled", r["state"], State.CANCELLED.value,
+                               True, {"rule": "dnc_dispositions", "disposition": disposition,
+                                      "from_call": call_id})
+    elif target is not None:
+        out.recycled_to = await recycle.maybe_recycle(conn, call_id, row["lead"], state, target, now)
+    url = await conn.fetchval(Q.batch_webhook_url, row["batch_id"])
+    if url:
+        await conn.execute(Q.webhook_enqueue, row["batch_id"], call_id, url,
+                           webhook_body(row, out.recycled_to), now)
+        out.webhook = True
+    return out

@@ -1,0 +1,47 @@
+"""Re-dial by rule: after a terminal no_answer / busy / unreachable, a target's recycle
+rule puts the lead back as a new attempt after ``after_min``, up to ``max`` times.
+
+The new attempt waits as ``retry_wait``; dispatch re-checks the DNC list and calling
+hours when it comes due, like any other call.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from dialer.config import Target
+from dialer.lifecycle.states import State
+from dialer.store.queries import Q
+
+RECYCLABLE = frozenset({State.NO_ANSWER, State.BUSY, State.UNREACHABLE})
+
+
+async def maybe_recycle(
+    conn: asyncpg.Connection,
+    call_id: int,
+    lead_id: int,
+    ended_as: State,
+    target: Target,
+    now: datetime,
+) -> int | None:
+    """Create the next attempt if the rule allows; returns its id. Caller's transaction."""
+    if ended_as not in RECYCLABLE:
+        return None
+    rule = target.recycle.get(ended_as.value)  # type: ignore[call-overload]
+    if rule is None or rule.max <= 0:
+        return None
+    done = await conn.fetchval(Q.recycle_count, lead_id, ended_as.value)
+    if done >= rule.max:
+        return None
+    due = now + timedelta(minutes=rule.after_min)
+    row = await conn.fetchrow(Q.recycle_insert, call_id, ended_as.value, due, now)
+    payload = {"rule": f"recycle.{ended_as.value}", "after_min": rule.after_min,
+               "recycle": done + 1, "max": rule.max, "until": due.isoformat(),
+               "from_call": call_id}
+    await conn.execute(Q.event_insert, row["id"], now, "recycled", None, State.RETRY_WAIT.value, True,
+                       payload)
+    await conn.execute(Q.event_insert, call_id, now, "recycle_scheduled", ended_as.value, None, True,
+                       {**payload, "next_call": row["id"]})
+    return int(row["id"])

@@ -1,0 +1,12 @@
+"""Local fakes of the PortSIP, ringme and Stringee APIs: real HTTP servers on loopback.
+
+Each follows its vendor page (``../shared/reference/``) closely enough to test against:
+auth, paging, the documented shapes, and the provider's own calls to our hooks.
+"""
+
+from dialer.providers.fakes.portsip import FakePortSip
+from dialer.providers.fakes.ringme import FakeRingme
+from dialer.providers.fakes.server import FakeServer, serve
+from dialer.providers.fakes.stringee import FakeStringee
+
+__all__ = ["FakePortSip", "FakeRingme", "FakeServer", "FakeStringee", "serve"]
