@@ -140,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             }
             print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
             return 0
-        console = Console()
+        console = Console(width=None if sys.stdout.isatty() else 140)
         t = Table(title="calls by state")
         t.add_column("state")
         t.add_column("calls", justify="right")
@@ -150,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         bt = Table(title=f"latest {len(batches)} batches")
         for col in ("batch", "target", "source", "created", "state", "rows", "accepted",
                     "invalid", "dup", "dnc", "calls by state"):
-            bt.add_column(col)
+            bt.add_column(col, no_wrap=col != "calls by state")
         for b in batches:
             c = b["counts"] or {}
             states = ", ".join(f"{k} {v}" for k, v in sorted(per_batch[b["id"]].items()))
@@ -167,10 +167,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     return anyio.run(_with_db, s, go)
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from dialer.providers.ryng.sandbox import SandboxConfig, serve
+
+    s = _settings(args)
+    logs.setup(s.log_format, s.log_level)
+    sb = s.sandbox
+    agents = sb.agents or sorted({a for t in s.targets.values() for a in t.agents}) or ["agent1"]
+    config = SandboxConfig(
+        token=args.token, agents=agents, time_scale=args.time_scale or sb.time_scale,
+        answer_rate=sb.answer_rate, no_answer_rate=sb.no_answer_rate, busy_rate=sb.busy_rate,
+        unreachable_rate=sb.unreachable_rate,
+    )
+    print(f"Ryng sandbox on http://{args.host}:{args.port} (x-access-token: {args.token}; "
+          f"agents: {', '.join(agents)}; time scale {config.time_scale:g})", file=sys.stderr)
+    try:
+        anyio.run(serve, config, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     s = _settings(args)
     print(orjson.dumps(s.redacted(), option=orjson.OPT_INDENT_2).decode())
     print("configuration is valid", file=sys.stderr)
+    return 0
+
+
+def cmd_stringee_sync_queue(args: argparse.Namespace) -> int:
+    from dialer.http.hooks import stringee_url
+    from dialer.providers.stringee import sync_queue_command
+
+    s = _settings(args)
+    logs.setup(s.log_format, "warning")
+    if not s.public_url:
+        print(f"warning: public_url is not set; Stringee will be told {s.base_url}", file=sys.stderr)
+    print(anyio.run(sync_queue_command, s, stringee_url(s, s.secret())))
+    return 0
+
+
+def cmd_hooks_urls(args: argparse.Namespace) -> int:
+    from dialer.http.hooks import hook_urls
+
+    s = _settings(args)
+    for name, url in hook_urls(s, s.secret()).items():
+        print(f"{name}: {url}")
     return 0
 
 
@@ -198,7 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_status)
     c = sub.add_parser("check-config", help="validate and print the effective config (secrets redacted)")
     c.set_defaults(fn=cmd_check_config)
-    for sp in (r, m, i, st, c):
+    sb = sub.add_parser("sandbox", help="run the Ryng simulator alone (point DIALER_RYNG_BASE_URL at it)")
+    sb.add_argument("--host", default="127.0.0.1")
+    sb.add_argument("--port", type=int, default=8090)
+    sb.add_argument("--token", default="sandbox-token", help="the x-access-token it expects")
+    sb.add_argument("--time-scale", type=float, default=None,
+                    help="multiply every vendor duration (e.g. 0.01 for a fast demo)")
+    sb.set_defaults(fn=cmd_sandbox)
+    stg = sub.add_parser("stringee", help="Stringee ICC queue")
+    stg_sub = stg.add_subparsers(dest="stringee_command", metavar="ACTION", required=True)
+    sq = stg_sub.add_parser("sync-queue", help="create or update the queue from [stringee] (POST/PUT)")
+    sq.set_defaults(fn=cmd_stringee_sync_queue)
+    hk = sub.add_parser("hooks", help="provider hook URLs")
+    hk_sub = hk.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
+    hu = hk_sub.add_parser("urls", help="print the ringme agent-event and Stringee agents hook URLs")
+    hu.set_defaults(fn=cmd_hooks_urls)
+    for sp in (r, m, i, st, c, sb, stg, sq, hk, hu):
         sp.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     return p
 

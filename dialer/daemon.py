@@ -1,5 +1,5 @@
 """The daemon's wiring: database, migrations, HTTP, inbox, dispatch, callbacks, jobs;
-and a clean drain on SIGTERM.
+metrics and sd_notify; a clean drain on SIGTERM and a target reload on SIGHUP.
 """
 
 from __future__ import annotations
@@ -11,16 +11,20 @@ import secrets
 import signal
 import socket
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import uvicorn
 from pydantic import SecretStr
 
+from dialer import metrics
 from dialer.clock import Clock, SystemClock
-from dialer.config import Settings
+from dialer.config import Settings, load_settings
+from dialer.dispatch.breaker import Breaker
 from dialer.dispatch.dispatcher import Dispatcher
-from dialer.http import callbacks
+from dialer.dispatch.pacing import StaticAgents
+from dialer.http import callbacks, hooks
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from dialer.intake.files import FileIngestor
@@ -31,7 +35,10 @@ from dialer.lifecycle.events import Applied
 from dialer.lifecycle.service import CallbackService
 from dialer.lifecycle.spool import Spool
 from dialer.logs import register_secret
+from dialer.notify import Notifier
+from dialer.providers.agents import Providers
 from dialer.providers.ryng.client import RyngClient
+from dialer.providers.stringee import StringeeRouter
 from dialer.results.files import Completion
 from dialer.results.webhooks import WebhookSender
 from dialer.store.database import Database
@@ -61,12 +68,17 @@ def bind(settings: Settings) -> socket.socket:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None,
+                 config_path: Path | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.db = Database(settings)
         self._stop = anyio.Event()
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.config_path = config_path  # re-read on SIGHUP (None: $DIALER_CONFIG or ./dialer.toml)
+        self.notify = Notifier()  # reads and unsets NOTIFY_SOCKET before any child process starts
+        self.metrics = metrics.Metrics(settings.targets)
+        self._configured: list[Any] = []  # components whose .settings a reload swaps
 
     def api_tokens(self) -> list[str]:
         tokens = [t.get_secret_value() for t in self.settings.api_tokens]
@@ -109,12 +121,15 @@ class Daemon:
             register_secret(s.ryng_token.get_secret_value())
         secret = s.secret()
         register_secret(secret.decode())
+        self.notify.status("starting: opening the database")
         pool = await self.db.open()
         sandbox: Any = None
         client: RyngClient | None = None
         jobs: Jobs | None = None
         webhooks: WebhookSender | None = None
+        providers: Providers | None = None
         try:
+            self.notify.status("starting: applying migrations")
             applied = await self.db.migrate()
             if applied:
                 log.info("applied migrations: %s",
@@ -123,6 +138,8 @@ class Daemon:
             if not s.api_tokens and tokens:
                 settings = s.model_copy(update={"api_tokens": [SecretStr(t) for t in tokens]})
             ctx = AppContext(settings=settings, pool=pool, clock=self.clock)
+            ctx.extra["metrics"] = metrics.install(self.metrics)
+            self.metrics.watch_pool(pool)
             app = create_app(ctx)
             if s.sandbox_mode:
                 ryng_url, ryng_token, sandbox = self._sandbox(app)
@@ -131,10 +148,16 @@ class Daemon:
                 ryng_url = str(s.ryng_base_url)
                 ryng_token = s.ryng_token.get_secret_value() if s.ryng_token else ""
             client = RyngClient(ryng_url, ryng_token, timeout=s.ryng_timeout_s)
-            dispatcher = Dispatcher(pool, settings, self.clock, client, secret, self.instance_id)
+            providers = Providers(settings, self.clock, on_request=self.metrics.provider_request)
+            dispatcher = Dispatcher(pool, settings, self.clock, client, secret, self.instance_id,
+                                    on_send=self.metrics.on_send, on_settled=self.metrics.chunk_settled,
+                                    agents=providers.selector)
+            dispatcher.agent_source_name = providers.selector.source_name
+            self.metrics.watch_dispatcher(dispatcher)
             ctx.dispatcher = dispatcher
             ctx.wake_dispatch = dispatcher.wake
             spool = Spool(s.state_dir / "spool")
+            self.metrics.watch_spool(spool)
             completion = Completion(pool, self.clock)
 
             def on_applied(r: Applied) -> None:
@@ -145,10 +168,11 @@ class Daemon:
             service = CallbackService(
                 pool, self.clock,
                 Dispositions(s.dispositions, s.compliance.dnc_dispositions), spool,
-                on_applied=on_applied, settings=settings,
+                on_applied=on_applied, settings=settings, on_event=self.metrics.callback_event,
             )
-            webhooks = WebhookSender(pool, secret, self.clock)
-            app.router.routes.extend(callbacks.routes(lambda: service, secret))
+            webhooks = WebhookSender(pool, secret, self.clock, on_result=self.metrics.webhook)
+            app.router.routes.extend(callbacks.routes(lambda: service, secret, count=self.metrics.callback))
+            app.router.routes.extend(hooks.routes(secret, providers.ringme, StringeeRouter(pool, settings)))
             sock = bind(s)
             config = uvicorn.Config(
                 app, log_config=None, access_log=False, lifespan="off",
@@ -160,8 +184,18 @@ class Daemon:
             inbox = Inbox(settings, ingestor, self.clock, on_ingested=dispatcher.wake)
             jobs = Jobs(pool, settings, self.clock, self.instance_id)
             jobs.extra.append(Job("completion", 2, completion.check, singleton=False))
+            if self.db.embedded is not None:
+                jobs.extra.append(Job("embedded_postgres", 5, self._keep_embedded_up, singleton=False))
             await jobs.heartbeat()
+            self._configured = [ctx, dispatcher, service, inbox, ingestor, jobs, providers]
             served = anyio.Event()
+            dispatched = anyio.Event()
+
+            async def dispatch() -> None:
+                try:
+                    await dispatcher.run(s.dispatch_interval_s)
+                finally:
+                    dispatched.set()
 
             async def serve() -> None:
                 try:
@@ -175,17 +209,24 @@ class Daemon:
                 if sandbox is not None:
                     await sandbox.start()
                 tg.start_soon(inbox.run)
-                tg.start_soon(dispatcher.run, s.dispatch_interval_s)
+                tg.start_soon(dispatch)
                 tg.start_soon(service.run_replayer)
                 tg.start_soon(webhooks.run)
+                tg.start_soon(providers.run)
                 jobs.start()
+                with anyio.move_on_after(30):
+                    while not server.started:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
                 log.info(
                     "dialer running",
                     extra={"listen": s.http_listen, "inbox": str(s.inbox),
                            "sandbox": s.sandbox_mode, "instance": self.instance_id},
                 )
+                self.notify.ready(f"running: listening on {s.http_listen}")
+                tg.start_soon(self.notify.watchdog, lambda: _status(dispatcher, spool))
                 await self._stop.wait()
                 log.info("draining")
+                self.notify.stopping("draining: intake stopped, finishing in-flight work")
                 ctx.draining = True
                 inbox.accepting = False
                 dispatcher.running = False
@@ -194,6 +235,8 @@ class Daemon:
                     # a file mid-ingest is resumable, but let a short one finish
                     while inbox.current is not None:  # noqa: ASYNC110
                         await anyio.sleep(0.05)
+                    dispatcher.wake()  # in-flight provider requests finish and settle
+                    await dispatched.wait()
                     if spool.depth:
                         with contextlib.suppress(Exception):
                             await service.replay_once()
@@ -213,14 +256,72 @@ class Daemon:
                     await client.close()
                 if webhooks is not None:
                     await webhooks.close()
+                if providers is not None:
+                    await providers.aclose()
                 await self.db.close()
             log.info("stopped")
+            self.notify.status("stopped")
+
+    async def _keep_embedded_up(self) -> None:
+        """Our own database server went away (killed, stopped by hand): bring it back."""
+        emb = self.db.embedded
+        if emb is not None and not emb.running():
+            log.error("embedded PostgreSQL is not running; restarting it")
+            await anyio.to_thread.run_sync(emb.start)
 
     async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                self._stop.set()
-                return
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for sig in signals:
+                if sig == signal.SIGHUP:
+                    self.reload()
+                elif self._stop.is_set():
+                    log.info("already draining")
+                else:
+                    self._stop.set()
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the configuration and swap in its targets (the rest needs a restart).
+
+        An invalid file is logged and the running configuration kept.
+        """
+        self.notify.reloading()
+        try:
+            new = load_settings(self.config_path)
+        except Exception as e:
+            log.error("config reload failed; keeping the running configuration", extra={"error": str(e)})
+            self.metrics.config_reload(False)
+            self.notify.ready("running: config reload failed, kept the running configuration")
+            return False
+        untouched = {"targets", "default_target"}
+        needs_restart = sorted(k for k in Settings.model_fields
+                               if k not in untouched and getattr(new, k) != getattr(self.settings, k))
+        if needs_restart:
+            log.warning("config reload: these keys need a restart to change",
+                        extra={"keys": needs_restart})
+        update = {"targets": new.targets, "default_target": new.default_target}
+        for obj in self._configured:
+            if getattr(obj, "settings", None) is not None:
+                obj.settings = obj.settings.model_copy(update=update)
+            if isinstance(obj, Dispatcher):
+                for name in new.targets:
+                    obj.breakers.setdefault(name, Breaker(self.clock))
+                if isinstance(obj.agents, StaticAgents):
+                    obj.agents.targets = new.targets
+            if isinstance(obj, Inbox):
+                obj.ensure_dirs()
+            if isinstance(obj, AppContext):
+                obj.wake_dispatch()
+        self.metrics.set_targets(new.targets)
+        self.metrics.config_reload(True)
+        log.info("config reloaded", extra={"targets": sorted(new.targets)})
+        self.notify.ready("running: configuration reloaded")
+        return True
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _status(dispatcher: Dispatcher, spool: Spool) -> str:
+    """The STATUS= line systemctl shows: calls in flight against each target's limit."""
+    paces = " ".join(f"{p.target} {p.in_flight}/{p.limit}" for p in dispatcher.paces.values())
+    return f"running: in flight {paces or 'none'}; spool {spool.depth}"

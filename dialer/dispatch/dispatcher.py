@@ -42,6 +42,7 @@ class Dispatcher:
         agents: AgentSource | None = None,
         rng: random.Random | None = None,
         on_send: Callable[[str, SendResult], None] | None = None,
+        on_settled: Callable[[outbox.Claimed, SendResult, str], None] | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
@@ -53,6 +54,7 @@ class Dispatcher:
         self.agent_source_name: Callable[[str], str] = lambda _t: "static"
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self.on_send = on_send
+        self.on_settled = on_settled  # (chunk, result, sent|retry|failed|rejected|uncertain): metrics
         self.breakers = {name: Breaker(clock) for name in settings.targets}
         self.paces: dict[str, Pace] = {}
         self._wake = anyio.Event()
@@ -127,13 +129,16 @@ class Dispatcher:
         now = self.clock.now()
         breaker = self.breakers.get(c.target) or Breaker(self.clock)
         response = {"status": r.status, "body": r.body, "error": r.error}
+        settled = "uncertain"
         async with self.pool.acquire() as conn, conn.transaction():
             if r.kind == "ok":
+                settled = "sent"
                 breaker.success()
                 await conn.execute(Q.chunk_sent, c.id, r.status, r.body, now)
                 await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.QUEUED, "submitted", now,
                                               {"chunk_id": c.id, "status": r.status})
             elif r.kind == "retry" and c.attempts < MAX_SEND_ATTEMPTS:
+                settled = "retry"
                 breaker.failure()
                 delay = r.retry_after_s if r.retry_after_s is not None else self._backoff(c.attempts)
                 await conn.execute(Q.chunk_retry_later, c.id, r.status, response, r.error,
@@ -142,11 +147,13 @@ class Dispatcher:
                             extra={"target": c.target, "chunk": c.id, "attempt": c.attempts,
                                    "error": r.error, "retry_in_s": round(delay, 2)})
             elif r.kind == "retry":
+                settled = "failed"
                 breaker.failure()
                 await conn.execute(Q.chunk_finish, c.id, "failed", r.status, response, r.error, now)
                 await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.PENDING, "send_failed", now,
                                               {"chunk_id": c.id, "error": r.error})
             elif r.kind == "rejected":
+                settled = "rejected"
                 if r.status in (401, 403):
                     breaker.failure()
                 await conn.execute(Q.chunk_finish, c.id, "rejected", r.status, response, r.error, now)
@@ -163,6 +170,8 @@ class Dispatcher:
                                               {"chunk_id": c.id, "error": r.error})
                 log.warning("provider send outcome unknown; calls wait as uncertain",
                             extra={"target": c.target, "chunk": c.id, "error": r.error})
+        if self.on_settled:
+            self.on_settled(c, r, settled)
 
     def _backoff(self, attempt: int) -> float:
         base = min(60.0, 0.5 * 2.0 ** max(0, attempt - 1))

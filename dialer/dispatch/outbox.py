@@ -79,7 +79,13 @@ async def record_chunk(
     held_ids: list[int] = []
     held_until: list[datetime] = []
     held_from: list[str] = []
+    dnc_ids: list[int] = []
+    dnc_from: list[str] = []
     for c in cands:
+        if c["on_dnc"]:  # listed since it was ingested (or since its last attempt)
+            dnc_ids.append(c["id"])
+            dnc_from.append(c["state"])
+            continue
         nxt = hours.check(c["e164"], c["timezone"], t.calling_hours, now)
         if nxt is None:
             if len(take) < n:
@@ -88,6 +94,10 @@ async def record_chunk(
             held_ids.append(c["id"])
             held_until.append(nxt)
             held_from.append(c["state"])
+    if dnc_ids:
+        await conn.execute(Q.calls_end, dnc_ids, State.CANCELLED, now, None)
+        await record_events(conn, dnc_ids, dnc_from, State.CANCELLED, "cancelled", now,
+                            {"rule": "dnc", "reason": "number is on the do-not-call list"})
     if held_ids:
         await conn.execute(Q.calls_hold, held_ids, held_until, now)
         new_holds = [(i, f, u) for i, f, u in zip(held_ids, held_from, held_until, strict=True)

@@ -164,8 +164,14 @@ def router(auth: Any) -> APIRouter:
             else:
                 good.append(e164)
         good = sorted(set(good))
-        async with ctx.pool.acquire() as conn:
-            rows = await conn.fetch(Q.dnc_add, good, "api", ctx.clock.now(), payload.expires_at)
+        now = ctx.clock.now()
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(Q.dnc_add, good, "api", now, payload.expires_at)
+            # calls not yet sent to these numbers end now, in every target
+            cancelled = await conn.fetch(Q.dnc_cancel_numbers, good, now)
+            await record_events(conn, [x["id"] for x in cancelled],
+                                [x["state"] for x in cancelled] or "pending",
+                                State.CANCELLED, "cancelled", now, {"rule": "dnc", "by": "api"})
         added = sum(1 for x in rows if x["inserted"])
         return DncOut(added=added, updated=len(rows) - added, invalid=invalid)
 

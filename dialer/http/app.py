@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.requests import Request
+from starlette.responses import Response
 
-from dialer import __version__
+from dialer import __version__, metrics
 from dialer.http import errors
 from dialer.http.api import router
 from dialer.http.auth import TokenCheck
@@ -61,6 +62,11 @@ def create_app(ctx: AppContext) -> FastAPI:
         ok = ok and not ctx.draining
         body = Health(status="ok" if ok else "not ready", checks=checks)
         return ORJSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        m = metrics.for_context(ctx)
+        return Response(await m.exposition(ctx), media_type=metrics.CONTENT_TYPE)
 
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema:

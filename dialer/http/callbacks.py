@@ -8,6 +8,7 @@ stored), 200 only once the event is durable (committed, or fsync'd to the spool)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -27,27 +28,30 @@ _OK = b'{"status":"ok"}'
 def routes(
     service: Callable[[], CallbackService | None],
     secret: bytes,
-    count: Callable[[str, str], None] | None = None,
+    count: Callable[[str, str, float], None] | None = None,
 ) -> list[Route]:
-    def counted(kind: str, result: str) -> None:
+    """``count(kind, result, seconds)`` is told what every callback was answered (metrics)."""
+
+    def counted(kind: str, result: str, t0: float) -> None:
         if count:
-            count(kind, result)
+            count(kind, result, time.perf_counter() - t0)
 
     async def ryng(request: Request) -> Response:
+        t0 = time.perf_counter()
         kind = request.path_params["kind"]
         if kind not in ("connect", "terminal"):
             return Response(b'{"error":{"code":"not_found","message":"unknown callback kind"}}', 404,
                             media_type="application/json")
         ident = read_token(secret, "chunk", request.path_params["token"])
         if ident is None or not ident.isdigit():
-            counted(kind, "forged")
+            counted(kind, "forged", t0)
             return Response(b'{"error":{"code":"unauthorized","message":"invalid callback token"}}',
                             401, media_type="application/json")
         body = b""
         async for part in request.stream():
             body += part
             if len(body) > MAX_CALLBACK_BYTES:
-                counted(kind, "too_large")
+                counted(kind, "too_large", t0)
                 return Response(b'{"error":{"code":"too_large","message":"callback body too large"}}',
                                 413, media_type="application/json")
         svc = service()
@@ -57,16 +61,16 @@ def routes(
         try:
             result = await svc.receive(int(ident), kind, body, request.headers.get("content-type", ""))
         except BadPayload as e:
-            counted(kind, "bad_payload")
+            counted(kind, "bad_payload", t0)
             msg = str(e).replace('"', "'")
             return Response(f'{{"error":{{"code":"invalid","message":"{msg}"}}}}'.encode(), 422,
                             media_type="application/json")
         except OSError as e:  # disk full while spooling: not durable, so not a 200
-            counted(kind, "unavailable")
+            counted(kind, "unavailable", t0)
             log.error("callback could not be made durable", extra={"error": str(e)})
             return Response(b'{"error":{"code":"unavailable","message":"try again"}}', 503,
                             media_type="application/json")
-        counted(kind, result)
+        counted(kind, result, t0)
         return Response(_OK, 200, media_type="application/json")
 
     return [Route("/callbacks/ryng/{kind}/{token}", ryng, methods=["POST"])]

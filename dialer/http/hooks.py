@@ -125,8 +125,8 @@ def routes(
             return _error(503, "not_ready", "starting")
         if request.method == "GET":  # one call in the query (the PUT page speaks of a GET request)
             q = request.query_params
-            payload: object = {"queueId": q.get("queueId"),
-                               "calls": [{"callId": q.get("callId"), "from": q.get("from"), "to": q.get("to")}]}
+            call = {"callId": q.get("callId"), "from": q.get("from"), "to": q.get("to")}
+            payload: object = {"queueId": q.get("queueId"), "calls": [call]}
         else:
             body = await _body(request)
             if body is None:

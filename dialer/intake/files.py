@@ -18,6 +18,7 @@ import anyio
 import asyncpg
 import orjson
 
+from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.errors import FileUnreadable
@@ -186,6 +187,7 @@ class FileIngestor:
             )
             state = "filed" if source != "inbox" else "ingested"
             await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())
+        metrics.current().leads(target, source, out.counts)
         out.kind = "ingested"
         return out
 

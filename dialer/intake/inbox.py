@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 
+from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.intake.files import FileIngestor, FileOutcome
@@ -143,6 +144,7 @@ class Inbox:
         Rows already committed are kept, so a later attempt resumes where this one stopped.
         """
         tries = self._retry.get(path, (0, 0.0))[0] + 1
+        metrics.current().inbox_file(target, "retry")
         delay = min(60.0, 0.5 * 2**tries)
         self._retry[path] = (tries, self.clock.monotonic() + delay)
         log.warning(
@@ -165,6 +167,7 @@ class Inbox:
     async def _file(self, path: Path, outcome: FileOutcome) -> None:
         if outcome.kind == "busy":
             return
+        metrics.current().inbox_file(outcome.target, outcome.kind)
         if outcome.kind == "failed":
             dest_dir = self.root / "failed"
             dest_dir.mkdir(parents=True, exist_ok=True)

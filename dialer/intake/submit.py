@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import asyncpg
 
+from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.errors import Conflict, FileUnreadable, InvalidInput, TooLarge
@@ -104,6 +105,7 @@ async def submit(
         }
         if key is not None:
             await conn.execute(Q.idempotency_put, key, sub.request_sha256, 202, body, now)
+    metrics.current().leads(sub.target, "api", counts)
     return 202, body
 
 

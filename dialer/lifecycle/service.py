@@ -39,8 +39,10 @@ class CallbackService:
         on_applied: Callable[[events.Applied], None] | None = None,
         on_spooled: Callable[[str], None] | None = None,
         settings: Settings | None = None,
+        on_event: Callable[[str, int, events.Applied], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_event = on_event  # (kind, chunk_id, applied) once committed: metrics
         self.pool = pool
         self.clock = clock
         self.dispositions = dispositions
@@ -57,6 +59,8 @@ class CallbackService:
                     and result.call_id is not None:
                 result.effects = await ended.after_end(conn, self.settings, self.dispositions,
                                                        result.call_id, cb.disposition, now)
+        if self.on_event:
+            self.on_event(kind, chunk_id, result)
         if self.on_applied:
             self.on_applied(result)
         return result

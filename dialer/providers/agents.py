@@ -80,8 +80,12 @@ class AgentSelector:
             return None, "it knows no agent status yet"
         return ready, None
 
+    def _kind(self, target: str) -> str:
+        t = self.settings.targets.get(target)
+        return t.agents_source if t is not None else "static"
+
     def ready(self, target: str) -> set[str] | None:
-        kind = self.settings.targets[target].agents_source
+        kind = self._kind(target)
         if kind == "static":
             return self.static.ready(target)
         ready, why = self._decide(target)
@@ -100,7 +104,7 @@ class AgentSelector:
 
     def fallback(self, target: str) -> bool:
         """True while the target's configured source is not used (for a metric)."""
-        if self.settings.targets[target].agents_source == "static":
+        if self._kind(target) == "static":
             return False
         return self._decide(target)[1] is not None
 
@@ -108,14 +112,14 @@ class AgentSelector:
         return {name: self.fallback(name) for name in self.settings.targets}
 
     def source_name(self, target: str) -> str:
-        kind = self.settings.targets[target].agents_source
+        kind = self._kind(target)
         if kind == "static":
             return "static"
         return FALLBACK_NAME if self.fallback(target) else kind
 
     def depth(self, target: str) -> int | None:
         """Callers waiting in the target's provider queue (PortSIP /waiting, ringme counters)."""
-        kind = self.settings.targets[target].agents_source
+        kind = self._kind(target)
         order = [kind] + [k for k in self.sources if k != kind]
         for k in order:
             src = self.sources.get(k)
@@ -130,7 +134,7 @@ class Providers:
 
     def __init__(self, settings: Settings, clock: Clock, *, state_dir: Path | None = None,
                  on_request: RequestObserver | None = None) -> None:
-        self.settings = settings
+        self._settings = settings
         self.clock = clock
         for secret in (settings.portsip_token, settings.ringme_token, settings.stringee_key_secret):
             if secret is not None:
@@ -154,6 +158,21 @@ class Providers:
         if self.portsip is not None:
             sources["portsip"] = self.portsip
         self.selector = AgentSelector(settings, clock, sources)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, new: Settings) -> None:
+        """A config reload (new targets) reaches every source."""
+        self._settings = new
+        self.selector.settings = new
+        if isinstance(self.selector.static, StaticAgents):
+            self.selector.static = StaticAgents(new.targets)
+        self.ringme.settings = new
+        if self.portsip is not None:
+            self.portsip.settings = new
 
     async def run(self) -> None:
         """Run the polls until cancelled (nothing to run: returns at once)."""

@@ -219,7 +219,8 @@ class RingmeReadiness:
     def ready(self, target: str) -> set[str] | None:
         if self._event_heard is None and not self._agents:
             return None
-        agents = self.settings.targets[target].agents
+        t = self.settings.targets.get(target)
+        agents = t.agents if t is not None else []
         avail = self.available()
         return avail & set(agents) if agents else avail
 

@@ -240,7 +240,8 @@ class StringeeRouter:
         self.settings = settings
 
     def targets(self) -> list[str]:
-        return list(self.settings.stringee.targets) or list(self.settings.targets)
+        known = self.settings.targets
+        return [t for t in self.settings.stringee.targets if t in known] or list(known)
 
     def queue_agents(self) -> list[str]:
         s = self.settings
@@ -296,3 +297,24 @@ class StringeeRouter:
             agents = agents or everyone
             out.append({"callId": call_id, "agents": [self.agent_entry(a) for a in dict.fromkeys(agents)]})
         return {"version": 2, "calls": out}
+
+
+async def sync_queue_command(settings: Settings, hook_url: str) -> str:
+    """``dialer stringee sync-queue``: a line for the operator; DialerError on failure."""
+    from dialer.errors import ConfigError, DialerError
+
+    st = settings.stringee
+    if not st.key_sid or settings.stringee_key_secret is None:
+        raise ConfigError("stringee.key_sid and DIALER_STRINGEE_KEY_SECRET are both needed")
+    client = StringeeClient(st.api_base, st.key_sid, settings.stringee_key_secret.get_secret_value(),
+                            timeout=st.timeout_s)
+    try:
+        action, qid = await sync_queue(settings, client, hook_url)
+    except StringeeError as e:
+        raise DialerError(e.message) from None
+    finally:
+        await client.close()
+    line = f"{action} Stringee queue {st.queue.name!r}: {qid}"
+    if action == "created" and not st.queue_id:
+        line += f'\nset queue_id = "{qid}" under [stringee] to pin it'
+    return line

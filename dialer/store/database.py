@@ -74,7 +74,7 @@ class Database:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
-        if self.embedded is not None and stop_embedded:
+        if self.embedded is not None and stop_embedded and self.embedded.started_here:
             await anyio.to_thread.run_sync(self.embedded.stop)
 
 

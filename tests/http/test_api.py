@@ -195,3 +195,19 @@ async def test_not_found_uses_error_shape(api: httpx.AsyncClient) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = await api.get("/v1/calls/999", headers=AUTH)
     assert r.status_code == 404
+
+
+async def test_dnc_add_cancels_pending_calls_and_cancel_batch(api: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    out = (await api.post("/v1/batches", json=leads("+14155550100", "+14155550101", "+14155550102"),
+                          headers=AUTH)).json()
+    r = await api.post("/v1/dnc", json={"numbers": ["+14155550100"]}, headers=AUTH)
+    assert r.status_code == 200
+    async with pool.acquire() as conn:
+        st = dict(await conn.fetch("SELECT e164, state FROM calls"))
+    assert st["+14155550100"] == "cancelled" and st["+14155550101"] == "pending"
+    c = await api.post(f"/v1/batches/{out['batch_id']}/cancel", headers=AUTH)
+    assert c.status_code == 200 and c.json()["cancelled"] == 2
+    b = (await api.get(f"/v1/batches/{out['batch_id']}", headers=AUTH)).json()
+    assert b["state"] == "cancelled" and b["calls_by_state"] == {"cancelled": 3}
+    call = (await api.get("/v1/calls", params={"external_id": "x"}, headers=AUTH)).json()
+    assert call == {"calls": []}

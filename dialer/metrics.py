@@ -1,0 +1,456 @@
+"""Prometheus metrics: one ``Metrics`` per daemon, on its own ``CollectorRegistry``.
+
+Every name starts with ``dialer_``; every label is bounded (target, provider, endpoint,
+status class, kind, result, outcome, reason, state, source) — never a number, lead,
+call or batch id. Targets not in the configuration are reported as ``other``.
+
+Two kinds of numbers:
+
+* **Counters and histograms** of things that happened in this process (leads taken,
+  provider requests, callbacks, call outcomes…), incremented where they happen. Outcome
+  counters only move on an *applied* terminal transition, so a duplicate or late
+  callback never counts twice.
+* **Gauges of state** (calls by state, in flight, pacing limit, ready agents, paused,
+  webhook backlog, callback wait) are rebuilt from the database at scrape time by
+  :meth:`Metrics.refresh`, so they are right after a restart and equal across instances
+  sharing one database (aggregate them with ``max``, not ``sum``).
+
+Deep call sites (intake) reach the daemon's instance through :func:`current`; the
+daemon wires the rest through the hooks its components already offer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dialer import __version__
+from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
+
+if TYPE_CHECKING:
+    from dialer.dispatch.outbox import Claimed
+    from dialer.http.context import AppContext
+    from dialer.lifecycle.events import Applied
+    from dialer.lifecycle.spool import Spool
+    from dialer.providers.ryng.client import SendResult
+
+log = logging.getLogger(__name__)
+
+disable_created_metrics()  # no *_created series: they double the output and nobody queries them
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Label values: closed sets, pre-initialised so every series exists from the first scrape.
+LIVE_STATES = tuple(sql_list(LIVE))
+OUTCOMES = tuple(sql_list(TERMINAL))
+SOURCES = ("inbox", "api", "cli")
+REJECT_REASONS = ("invalid", "duplicate", "dnc")
+INBOX_RESULTS = ("ingested", "duplicate", "failed", "retry")
+CHUNK_RESULTS = ("sent", "retry", "failed", "rejected", "uncertain")
+STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
+CALLBACK_KINDS = ("connect", "terminal")
+CALLBACK_RESULTS = ("stored", "spooled", "forged", "bad_payload", "too_large", "unavailable")
+EVENT_RESULTS = ("applied", "duplicate", "unmatched")
+RECYCLE_REASONS = ("no_answer", "busy", "unreachable")
+WEBHOOK_RESULTS = ("delivered", "retry", "failed")
+RYNG_ENDPOINTS = {"queue": ("queue_append",), "campaign": ("campaign", "campaign_sheet")}
+
+# Calls waiting for the provider's next callback: handed over, or ringing an agent.
+WAITING_FOR_CALLBACK = ["queued", "assigned"]
+
+# Scrape-time queries (read-only, on partial indexes; candidates for queries.sql).
+SQL_CALLBACK_WAIT = """
+SELECT target, extract(epoch FROM $1::timestamptz - min(updated_at))::float8 AS age
+FROM calls WHERE state = ANY($2::text[]) GROUP BY target
+"""
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CALLBACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SUBMIT_TO_END_BUCKETS = (5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1800, 3600, 7200, 14400)
+
+
+def status_class(status: int | None) -> str:
+    """``2xx``/``4xx``/``5xx`` for an HTTP answer, ``error`` when none came back."""
+    if status is None or not 100 <= status < 600:
+        return "error"
+    if status < 300:
+        return "2xx"
+    if status < 500:
+        return "4xx"
+    return "5xx"
+
+
+class _Breakers(Collector):
+    """Circuit-breaker openings, read from the dispatcher's breakers at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily("dialer_breaker_opens", "Times a target's circuit breaker opened "
+                                "after repeated provider failures", labels=["target"])
+        g = GaugeMetricFamily("dialer_target_breaker_open", "1 while a target's circuit breaker is "
+                              "open or half-open (sending paused by repeated provider failures)",
+                              labels=["target"])
+        breakers = getattr(self.m.dispatcher, "breakers", None) or {}
+        for name in self.m.targets:
+            b = breakers.get(name)
+            c.add_metric([name], float(b.opened_total if b is not None else 0))
+            g.add_metric([name], 1.0 if b is not None and b.state != "closed" else 0.0)
+        yield c
+        yield g
+
+
+class Metrics:
+    def __init__(self, targets: Iterable[str] = (), *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.targets: list[str] = []
+        self.dispatcher: Any = None
+        self._kinds: dict[str, str] = {}
+        self._lock = anyio.Lock()
+        self._refreshed = 0.0
+        self.min_refresh_s = 0.5
+        self.refresh_timeout_s = 3.0
+        self._chunk_sent: OrderedDict[int, float] = OrderedDict()  # chunk id -> monotonic send time
+
+        # -- intake ------------------------------------------------------------------
+        self.leads_ingested = Counter(
+            "dialer_leads_ingested", "Leads accepted for dialing at intake", ["target", "source"],
+            registry=r)
+        self.leads_rejected = Counter(
+            "dialer_leads_rejected", "Leads rejected at intake, by reason class (invalid number, "
+            "duplicate, do-not-call)", ["target", "reason"], registry=r)
+        self.inbox_files = Counter(
+            "dialer_inbox_files", "Inbox files handled, by result (retry: an internal error, the "
+            "file is tried again)", ["target", "result"], registry=r)
+        # -- dispatch ----------------------------------------------------------------
+        self.chunks = Counter(
+            "dialer_chunks", "Chunk send attempts to the provider, by result", ["target", "result"],
+            registry=r)
+        self.calls_submitted = Counter(
+            "dialer_calls_submitted", "Calls handed to the provider (in chunks it accepted)",
+            ["target"], registry=r)
+        self.provider_requests = Counter(
+            "dialer_provider_requests", "HTTP requests to providers, by status class (error: no "
+            "answer)", ["provider", "endpoint", "status"], registry=r)
+        self.provider_latency = Histogram(
+            "dialer_provider_request_duration_seconds", "Provider request latency",
+            ["provider", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        # -- callbacks -----------------------------------------------------------------
+        self.callbacks = Counter(
+            "dialer_callbacks", "Provider callbacks received, by what we answered: stored "
+            "(committed), spooled (fsync'd locally), or refused", ["kind", "result"], registry=r)
+        self.callback_latency = Histogram(
+            "dialer_callback_duration_seconds", "Time to make a callback durable and answer it",
+            ["kind"], buckets=CALLBACK_BUCKETS, registry=r)
+        self.callback_events = Counter(
+            "dialer_callback_events", "Callbacks applied to calls in the database (also after a "
+            "spool replay): applied, duplicate/late (recorded only), unmatched", ["kind", "result"],
+            registry=r)
+        self.last_callback = Gauge(
+            "dialer_last_callback_timestamp_seconds", "Unix time of the last callback received",
+            registry=r)
+        # -- lifecycle -------------------------------------------------------------------
+        self.outcomes = Counter(
+            "dialer_call_outcomes", "Calls that reached a terminal state, by outcome (counted once "
+            "per call)", ["target", "outcome"], registry=r)
+        self.submit_to_end = Histogram(
+            "dialer_call_submit_to_end_seconds", "Time from handing a call to the provider to its "
+            "end", ["target"], buckets=SUBMIT_TO_END_BUCKETS, registry=r)
+        self.recycles = Counter(
+            "dialer_recycles", "Re-dials scheduled by a target's recycle rule", ["target", "reason"],
+            registry=r)
+        self.webhooks = Counter(
+            "dialer_webhook_deliveries", "Result webhook delivery attempts, by result",
+            ["result"], registry=r)
+        # -- state, rebuilt from the database at scrape time ------------------------------
+        self.calls = Gauge("dialer_calls", "Live calls by state", ["target", "state"], registry=r)
+        self.in_flight = Gauge(
+            "dialer_calls_in_flight", "Calls handed to the provider and not ended", ["target"],
+            registry=r)
+        self.pacing_limit = Gauge(
+            "dialer_pacing_limit", "Calls allowed in flight: ready agents x calls_per_agent",
+            ["target"], registry=r)
+        self.ready_agents = Gauge(
+            "dialer_ready_agents", "Agents ready for a target's calls (not in wrap-up)", ["target"],
+            registry=r)
+        self.wrapup_agents = Gauge(
+            "dialer_wrapup_agents", "Agents in wrap-up (max_dispose_s after a call)", ["target"],
+            registry=r)
+        self.paused = Gauge(
+            "dialer_target_paused", "1 while a target is paused through the API", ["target"],
+            registry=r)
+        self.callback_wait = Gauge(
+            "dialer_callback_wait_seconds", "Age of the oldest call waiting for its next callback "
+            "(queued at the provider or ringing an agent); 0 when none", ["target"], registry=r)
+        self.webhook_backlog = Gauge(
+            "dialer_webhook_backlog", "Result webhooks waiting to be delivered", registry=r)
+        self.db_up = Gauge(
+            "dialer_db_up", "1 when the last scrape-time database read succeeded", registry=r)
+        self.refresh_seconds = Gauge(
+            "dialer_metrics_refresh_seconds", "Time the last scrape-time database read took",
+            registry=r)
+        # -- process and resources ------------------------------------------------------------
+        self.spool_depth = Gauge(
+            "dialer_spool_depth", "Callbacks in the local spool waiting for the database", registry=r)
+        self.pool_size = Gauge("dialer_db_pool_size", "Database pool connections open", registry=r)
+        self.pool_idle = Gauge("dialer_db_pool_idle", "Database pool connections idle", registry=r)
+        self.pool_max = Gauge("dialer_db_pool_max", "Database pool size limit", registry=r)
+        self.draining = Gauge("dialer_draining", "1 while the daemon drains for shutdown", registry=r)
+        self.reloads = Counter(
+            "dialer_config_reloads", "Configuration reloads (SIGHUP), by result", ["result"],
+            registry=r)
+        self.build_info = Gauge("dialer_build_info", "Build information", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        self.start_time = Gauge("dialer_start_time_seconds", "Unix time the daemon started",
+                                registry=r)
+        self.start_time.set(time.time())
+        for result in WEBHOOK_RESULTS:
+            self.webhooks.labels(result)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        for kind in CALLBACK_KINDS:
+            self.callback_latency.labels(kind)
+            for result in CALLBACK_RESULTS:
+                self.callbacks.labels(kind, result)
+            for result in EVENT_RESULTS:
+                self.callback_events.labels(kind, result)
+        r.register(_Breakers(self))
+        ProcessCollector(namespace="dialer", registry=r)
+        self.set_targets(targets)
+
+    # -- wiring -------------------------------------------------------------------------
+    def set_targets(self, targets: Iterable[str] | Mapping[str, Any]) -> None:
+        """Known targets (their series exist from the first scrape); again after a reload."""
+        items = targets.items() if isinstance(targets, Mapping) else ((t, None) for t in targets)
+        for name, cfg in items:
+            kind = str(getattr(cfg, "kind", "queue"))
+            self._kinds[name] = kind
+            if name in self.targets:
+                continue
+            self.targets.append(name)
+            for source in SOURCES:
+                self.leads_ingested.labels(name, source)
+            for reason in REJECT_REASONS:
+                self.leads_rejected.labels(name, reason)
+            for result in INBOX_RESULTS:
+                self.inbox_files.labels(name, result)
+            for result in CHUNK_RESULTS:
+                self.chunks.labels(name, result)
+            self.calls_submitted.labels(name)
+            for outcome in OUTCOMES:
+                self.outcomes.labels(name, outcome)
+            self.submit_to_end.labels(name)
+            for reason in RECYCLE_REASONS:
+                self.recycles.labels(name, reason)
+            for state in LIVE_STATES:
+                self.calls.labels(name, state)
+            for g in (self.in_flight, self.pacing_limit, self.ready_agents, self.wrapup_agents,
+                      self.paused, self.callback_wait):
+                g.labels(name)
+        for kind in set(self._kinds.values()):
+            for endpoint in RYNG_ENDPOINTS.get(kind, ()):
+                self.provider_latency.labels("ryng", endpoint)
+                for status in STATUS_CLASSES:
+                    self.provider_requests.labels("ryng", endpoint, status)
+
+    def target(self, name: str | None) -> str:
+        return name if name in self._kinds else "other"
+
+    def watch_pool(self, pool: Any) -> None:
+        """An asyncpg pool: size and idle connections, read at scrape time."""
+        self.pool_size.set_function(lambda: float(pool.get_size()))
+        self.pool_idle.set_function(lambda: float(pool.get_idle_size()))
+        self.pool_max.set_function(lambda: float(pool.get_max_size()))
+
+    def watch_spool(self, spool: Spool) -> None:
+        self.spool_depth.set_function(lambda: float(spool.depth))
+
+    def watch_dispatcher(self, dispatcher: Any) -> None:
+        self.dispatcher = dispatcher
+
+    # -- intake -------------------------------------------------------------------------
+    def leads(self, target: str, source: str, counts: Mapping[str, int]) -> None:
+        """A batch finalised: ``counts`` as intake reports them (accepted, invalid, …)."""
+        t = self.target(target)
+        src = source if source in SOURCES else "api"
+        if counts.get("accepted"):
+            self.leads_ingested.labels(t, src).inc(counts["accepted"])
+        for reason in REJECT_REASONS:
+            if counts.get(reason):
+                self.leads_rejected.labels(t, reason).inc(counts[reason])
+
+    def inbox_file(self, target: str, result: str) -> None:
+        if result in INBOX_RESULTS:
+            self.inbox_files.labels(self.target(target), result).inc()
+
+    # -- providers ----------------------------------------------------------------------
+    def provider_request(self, provider: str, endpoint: str, status: int | None, seconds: float) -> None:
+        self.provider_requests.labels(provider, endpoint, status_class(status)).inc()
+        self.provider_latency.labels(provider, endpoint).observe(seconds)
+
+    def on_send(self, target: str, r: SendResult) -> None:
+        """``Dispatcher.on_send``: one request to Ryng."""
+        self.provider_request("ryng", r.endpoint or "unknown", r.status, r.elapsed_s)
+
+    def chunk_settled(self, c: Claimed, r: SendResult, result: str) -> None:
+        """``Dispatcher.on_settled``: a chunk's send attempt is committed with this result."""
+        t = self.target(c.target)
+        if result in CHUNK_RESULTS:
+            self.chunks.labels(t, result).inc()
+        if result == "sent":
+            self.calls_submitted.labels(t).inc(c.rows)
+            self._chunk_sent[c.id] = time.monotonic()
+            while len(self._chunk_sent) > 200_000:
+                self._chunk_sent.popitem(last=False)
+        elif result == "rejected":
+            self.outcomes.labels(t, "rejected_by_provider").inc(c.rows)
+
+    # -- callbacks ----------------------------------------------------------------------
+    def callback(self, kind: str, result: str, seconds: float | None = None) -> None:
+        """What the callback endpoint answered (``routes(count=...)``)."""
+        if kind not in CALLBACK_KINDS:
+            return
+        self.callbacks.labels(kind, result if result in CALLBACK_RESULTS else "other").inc()
+        if seconds is not None:
+            self.callback_latency.labels(kind).observe(seconds)
+        if result in ("stored", "spooled"):
+            self.last_callback.set(time.time())
+
+    def callback_event(self, kind: str, chunk_id: int, a: Applied) -> None:
+        """``CallbackService.on_event``: a callback reached the database."""
+        if kind in CALLBACK_KINDS:
+            self.callback_events.labels(kind, a.result if a.result in EVENT_RESULTS else "other").inc()
+        if a.result != "applied" or not a.terminal or a.to_state is None:
+            return  # duplicates and late callbacks never count twice
+        t = self.target(a.target)
+        self.outcomes.labels(t, a.to_state).inc()
+        if a.submitted_at is not None:
+            took = (datetime.now(UTC) - a.submitted_at).total_seconds()
+            self.submit_to_end.labels(t).observe(max(0.0, took))
+        elif chunk_id in self._chunk_sent:  # until Applied carries submitted_at
+            self.submit_to_end.labels(t).observe(time.monotonic() - self._chunk_sent[chunk_id])
+        effects = a.effects
+        nxt = getattr(effects, "recycled_to", None)
+        if nxt is not None and a.to_state in RECYCLE_REASONS:
+            self.recycles.labels(t, a.to_state).inc()
+        cancelled = getattr(effects, "cancelled", None) or ()
+        if cancelled:  # a DNC disposition stopped this number's other waiting calls
+            self.outcomes.labels(t, "cancelled").inc(len(cancelled))
+
+    def call_ended(self, target: str, outcome: str, n: int = 1) -> None:
+        """Calls ended outside a callback (reaper, cancel, caps): count them here."""
+        if n > 0 and outcome in OUTCOMES:
+            self.outcomes.labels(self.target(target), outcome).inc(n)
+
+    # -- results / ops ------------------------------------------------------------------
+    def webhook(self, result: str) -> None:
+        if result in WEBHOOK_RESULTS:
+            self.webhooks.labels(result).inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "failed").inc()
+
+    # -- scrape -------------------------------------------------------------------------
+    async def refresh(self, ctx: AppContext) -> None:
+        """Rebuild the state gauges from the database (at most every ``min_refresh_s``)."""
+        async with self._lock:
+            if time.monotonic() - self._refreshed < self.min_refresh_s:
+                return
+            start = time.perf_counter()
+            self.draining.set(1 if ctx.draining else 0)
+            try:
+                with anyio.fail_after(self.refresh_timeout_s):
+                    await self._read_db(ctx)
+            except Exception as e:
+                self.db_up.set(0)
+                log.warning("metrics: database read failed", extra={"error": type(e).__name__})
+            else:
+                self.db_up.set(1)
+            self._refreshed = time.monotonic()
+            self.refresh_seconds.set(time.perf_counter() - start)
+
+    async def _read_db(self, ctx: AppContext) -> None:
+        from dialer.dispatch.pacing import StaticAgents, measure
+        from dialer.store.queries import Q
+
+        settings = ctx.settings
+        self.set_targets(settings.targets)
+        d = ctx.dispatcher or self.dispatcher
+        agents = d.agents if d is not None else StaticAgents(settings.targets)
+        now = ctx.clock.now()
+        async with ctx.pool.acquire() as conn:
+            by_state: dict[tuple[str, str], int] = {
+                (x["target"], x["state"]): x["n"] for x in await conn.fetch(Q.target_counts)}
+            paused = {x["target"]: bool(x["paused"]) for x in await conn.fetch(Q.target_state_all)}
+            waits = {x["target"]: x["age"] for x in
+                     await conn.fetch(SQL_CALLBACK_WAIT, now, WAITING_FOR_CALLBACK)}
+            paces = {}
+            for name, t in settings.targets.items():
+                source = d.agent_source_name(name) if d is not None else "static"
+                paces[name] = await measure(conn, name, t, agents, now, source)
+            backlog = await conn.fetchval(Q.webhook_backlog)
+        for name in self.targets:
+            for state in LIVE_STATES:
+                self.calls.labels(name, state).set(by_state.get((name, state), 0))
+            self.paused.labels(name).set(1 if paused.get(name) else 0)
+            self.callback_wait.labels(name).set(max(0.0, float(waits.get(name) or 0.0)))
+            pace = paces.get(name)
+            if pace is not None:
+                self.in_flight.labels(name).set(pace.in_flight)
+                self.pacing_limit.labels(name).set(pace.limit)
+                self.ready_agents.labels(name).set(pace.ready_agents)
+                self.wrapup_agents.labels(name).set(pace.wrapup_agents)
+        self.webhook_backlog.set(int(backlog or 0))
+
+    async def exposition(self, ctx: AppContext | None = None) -> bytes:
+        if ctx is not None:
+            await self.refresh(ctx)
+        return generate_latest(self.registry)
+
+
+_current: Metrics | None = None
+_fallback: Metrics | None = None
+
+
+def install(m: Metrics) -> Metrics:
+    """Make ``m`` the process's metrics (the daemon does this once at start-up)."""
+    global _current
+    _current = m
+    return m
+
+
+def current() -> Metrics:
+    """The daemon's metrics; outside a daemon, a private instance nobody scrapes."""
+    global _fallback
+    if _current is not None:
+        return _current
+    if _fallback is None:
+        _fallback = Metrics()
+    return _fallback
+
+
+def for_context(ctx: AppContext) -> Metrics:
+    """The metrics an app serves: the daemon's, else one per app (tests build many)."""
+    m = ctx.extra.get("metrics")
+    if not isinstance(m, Metrics):
+        m = Metrics(ctx.settings.targets)
+        ctx.extra["metrics"] = m
+    return m
