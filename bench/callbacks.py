@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 DEFAULT_SECONDS = 15
 DEFAULT_CALLS = 400_000
@@ -187,8 +187,7 @@ def measure(
     cpu_server = common.CpuMeter(proc.pid)
     cpu_pg = common.CpuMeter(server.postmaster_pid())
     if args.profile:
-        common.psql(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        common.psql(dsn, "SELECT pg_stat_statements_reset()")
+        common.reset_statement_stats(dsn)
     spy = None
     if spy_on:
         spy = start_profiler(proc.pid, args.seconds, tmp / f"{name}.pyspy.txt")
@@ -223,21 +222,8 @@ def measure(
         "ids_exhausted": int(w["generated"]) >= span,
     }
     if args.profile:
-        res["statements"] = statement_stats(dsn, name)
+        res["statements"] = common.statement_stats(dsn, f"bench_{name}")
     return res
-
-
-def statement_stats(dsn: str, dbname: str) -> list[dict[str, Any]]:
-    """What the server ran for this database during the run (pg_stat_statements)."""
-    rows = common.psql(dsn, (
-        "SELECT coalesce(json_agg(t ORDER BY t.calls DESC), '[]') FROM ("
-        " SELECT s.calls, s.rows, round(s.total_exec_time::numeric, 1) AS exec_ms,"
-        " regexp_replace(s.query, '\\s+', ' ', 'g') AS query"
-        " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
-        f" WHERE d.datname = 'bench_{dbname}' AND s.query NOT LIKE '%pg_stat_statements%') t"
-    ))
-    out: list[dict[str, Any]] = json.loads(rows)
-    return out
 
 
 def _machine_busy(since: Any = None) -> Any:
@@ -359,7 +345,7 @@ def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]
         raise SystemExit(f"--profile needs py-spy in the virtualenv: {sys.executable} -m pip install py-spy")
     return subprocess.Popen(
         [str(spy), "record", "--pid", str(pid), "--rate", "250", "--duration", str(seconds),
-         "--format", "raw", "--native", "--output", str(out)],
+         "--format", "raw", "--nonblocking", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -398,7 +384,7 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
         frames = stack.split(";")
         total += n
         leaf = frames[-1]
-        if "select" in leaf and ("selectors" in leaf or "run_forever" in leaf) or "epoll" in leaf:
+        if ("select" in leaf and ("selectors" in leaf or "run_forever" in leaf)) or "epoll" in leaf:
             idle += n
         self_fn[_short(leaf)] += n
         for f in set(frames):
@@ -452,10 +438,11 @@ def print_statements(limit: dict[str, Any], ours: dict[str, Any]) -> None:
         n = max(r["ok_2xx"], 1)
         stmts = r.get("statements") or []
         total = sum(s["calls"] for s in stmts)
+        exec_ms = sum(float(s["exec_ms"]) for s in stmts)
         print(f"  {label}: {total / n:.2f} statements per callback, "
-              f"{sum(float(s['exec_ms']) for s in stmts) / n * 1000:.0f} ms exec per 1,000")
+              f"{exec_ms / n * 1000:.0f} ms exec per 1,000")
         for st in stmts:
-            if st["calls"] >= n / 20:
+            if st["calls"] >= n / 20 or float(st["exec_ms"]) >= exec_ms / 50:
                 print(f"    {st['calls'] / n:5.2f}  {float(st['exec_ms']) / n * 1000:7.1f}  {st['query'][:100]}")
 
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -128,6 +129,24 @@ def settle(dsn: str, table: str) -> None:
     psql(dsn, "CHECKPOINT")
 
 
+def reset_statement_stats(dsn: str) -> None:
+    psql(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    psql(dsn, "SELECT pg_stat_statements_reset()")
+
+
+def statement_stats(dsn: str, dbname: str) -> list[dict[str, Any]]:
+    """What the server ran for one database since the reset (pg_stat_statements)."""
+    rows = psql(dsn, (
+        "SELECT coalesce(json_agg(t ORDER BY t.exec_ms DESC), '[]') FROM ("
+        " SELECT s.calls, s.rows, round(s.total_exec_time::numeric, 1) AS exec_ms,"
+        " regexp_replace(s.query, '\\s+', ' ', 'g') AS query"
+        " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+        f" WHERE d.datname = '{dbname}' AND s.query NOT LIKE '%pg_stat_statements%') t"
+    ))
+    out: list[dict[str, Any]] = json.loads(rows)
+    return out
+
+
 # -- processes -------------------------------------------------------------------------------
 
 
@@ -183,7 +202,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: 
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before {url} was ready:\n"
                                f"{tail(log_path)}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
                 last = f"HTTP {r.status}"
@@ -196,7 +215,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: 
 
 
 def get_json(url: str, timeout: float = 30.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
 
 
@@ -204,21 +223,25 @@ def get_json(url: str, timeout: float = 30.0) -> Any:
 
 
 class CpuMeter:
-    """CPU seconds (user + system) used by a process tree between two snapshots.
+    """CPU seconds (user + system) used by a process tree between ``start`` and ``stop``.
 
-    Processes that start between the snapshots count in full; one that exits before the
-    second snapshot is lost (none should, here: servers and pool connections outlive a run).
+    A thread re-reads the tree every 0.1 s, so processes that come and go in between
+    (PostgreSQL backends of a pool that closes) are counted up to their last reading.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid = pid
-        self.before: dict[int, float] = {}
+        self.interval = interval
+        self.before: dict[Any, float] = {}
+        self.last: dict[Any, float] = {}
         self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _snapshot(self) -> dict[int, float]:
+    def _snapshot(self) -> dict[Any, float]:
         import psutil
 
-        out: dict[int, float] = {}
+        out: dict[Any, float] = {}
         try:
             root = psutil.Process(self.pid)
             procs = [root, *root.children(recursive=True)]
@@ -227,15 +250,26 @@ class CpuMeter:
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
-                out[p.pid] = t.user + t.system
+                out[(p.pid, p.create_time())] = t.user + t.system
         return out
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.last.update(self._snapshot())
 
     def start(self) -> None:
         self.before = self._snapshot()
+        self.last = dict(self.before)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
 
     def stop(self) -> float:
-        after = self._snapshot()
-        self.seconds = sum(v - self.before.get(pid, 0.0) for pid, v in after.items())
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.last.update(self._snapshot())
+        self.seconds = sum(v - self.before.get(key, 0.0) for key, v in self.last.items())
         return self.seconds
 
 

@@ -33,6 +33,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_dates(v: list[str]) -> list[str]:
+    from datetime import date
+
+    for d in v:
+        try:
+            date.fromisoformat(d)
+        except ValueError:
+            raise ValueError(f"{d!r} is not a date like 2026-12-25") from None
+    return v
+
+
+def _check_ics(v: str | None) -> str | None:
+    if v is not None and not Path(v).is_file():
+        raise ValueError(f"{v!r} is not a readable file")
+    return v
+
+
 class RecycleRule(_Strict):
     after_min: float = Field(gt=0)
     max: int = Field(ge=0)
@@ -59,6 +76,8 @@ class Target(_Strict):
     recycle: dict[Literal["no_answer", "busy", "unreachable"], RecycleRule] = Field(
         default_factory=dict
     )
+    holidays: list[str] = Field(default_factory=list)  # on top of [compliance] holidays
+    holidays_ics: str | None = None
     # who is ready (see [portsip]/[ringme]); silent longer than this -> the static `agents` list
     agents_source: Literal["static", "portsip", "ringme"] = "static"
     agents_silence_s: float | None = Field(default=None, gt=0)
@@ -69,6 +88,9 @@ class Target(_Strict):
         if not _HOURS.match(v):
             raise ValueError("must look like 09:00-20:00")
         return v
+
+    _dates = field_validator("holidays")(_check_dates)
+    _ics = field_validator("holidays_ics")(_check_ics)
 
     @field_validator("default_region")
     @classmethod
@@ -99,6 +121,19 @@ class Compliance(_Strict):
     holidays_ics: str | None = None
     dnc_dispositions: list[str] = Field(default_factory=lambda: ["DNC", "DO_NOT_CALL"])
     calling_hours_by_region: dict[str, str] = Field(default_factory=dict)
+
+    _dates = field_validator("holidays")(_check_dates)
+    _ics = field_validator("holidays_ics")(_check_ics)
+
+    @field_validator("calling_hours_by_region")
+    @classmethod
+    def _regions(cls, v: dict[str, str]) -> dict[str, str]:
+        for region, hours in v.items():
+            if not re.match(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$", region):
+                raise ValueError(f"{region!r} is not an ISO 3166 country or subdivision like US-TX")
+            if not _HOURS.match(hours):
+                raise ValueError(f"{region}: {hours!r} must look like 09:00-20:00")
+        return v
 
 
 def _default_targets() -> dict[str, Target]:

@@ -18,7 +18,7 @@ import asyncpg
 
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.dispatch import outbox
+from dialer.dispatch import compliance, outbox
 from dialer.dispatch.breaker import Breaker
 from dialer.dispatch.pacing import AgentSource, Pace, StaticAgents, measure
 from dialer.lifecycle.states import State
@@ -56,6 +56,7 @@ class Dispatcher:
         self.on_send = on_send
         self.on_settled = on_settled  # (chunk, result, sent|retry|failed|rejected|uncertain): metrics
         self.breakers = {name: Breaker(clock) for name in settings.targets}
+        self.rules = compliance.Rules(settings)
         self.paces: dict[str, Pace] = {}
         self._wake = anyio.Event()
         self.running = True
@@ -79,7 +80,7 @@ class Dispatcher:
             if state is not None and state["paused"]:
                 return 0
             return await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
-                                             self.settings.targets[name].chunk_size)
+                                             self.settings.targets[name].chunk_size, self.rules)
 
     async def fill_all(self) -> int:
         total = 0

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from dialer.config import Settings, Target
-from dialer.dispatch import chunker, hours
+from dialer.dispatch import chunker, compliance
 from dialer.dispatch.pacing import Pace
 from dialer.lifecycle.states import State
 from dialer.signing import make_token
@@ -65,6 +65,7 @@ async def record_chunk(
     pace: Pace,
     now: datetime,
     max_rows: int,
+    rules: compliance.Rules | None = None,
 ) -> int:
     """Claim up to ``max_rows`` dispatchable calls into a recorded chunk; returns rows claimed.
 
@@ -75,39 +76,56 @@ async def record_chunk(
     if n <= 0:
         return 0
     cands = await conn.fetch(Q.dispatch_candidates, name, now, n * 2 + 20)
+    rules = rules or compliance.Rules(settings)
     take: list[asyncpg.Record] = []
-    held_ids: list[int] = []
-    held_until: list[datetime] = []
-    held_from: list[str] = []
+    holds: list[tuple[asyncpg.Record, compliance.Hold]] = []
     dnc_ids: list[int] = []
     dnc_from: list[str] = []
+    numbers_taken: set[str] = set()
     for c in cands:
         if c["on_dnc"]:  # listed since it was ingested (or since its last attempt)
             dnc_ids.append(c["id"])
             dnc_from.append(c["state"])
             continue
-        nxt = hours.check(c["e164"], c["timezone"], t.calling_hours, now)
-        if nxt is None:
-            if len(take) < n:
-                take.append(c)
-        else:
-            held_ids.append(c["id"])
-            held_until.append(nxt)
-            held_from.append(c["state"])
+        hold = rules.check(name, t, c["e164"], c["timezone"], c["fields"], now)
+        if hold is not None:
+            holds.append((c, hold))
+        elif len(take) < n and c["e164"] not in numbers_taken:
+            take.append(c)
+            numbers_taken.add(c["e164"])  # one attempt per number per chunk (caps count them)
+    capped: list[asyncpg.Record] = []
+    if rules.caps and take:
+        over = await compliance.cap_holds(conn, rules.caps, [c["e164"] for c in take], now)
+        if over:
+            keep = []
+            for c in take:
+                h = over.get(c["e164"])
+                if h is None:
+                    keep.append(c)
+                elif c["attempt"] > 1:
+                    capped.append(c)  # a re-dial the cap forbids: its recycle budget ends here
+                    holds.append((c, h))
+                else:
+                    holds.append((c, h))
+            take = keep
     if dnc_ids:
         await conn.execute(Q.calls_end, dnc_ids, State.CANCELLED, now, None)
         await record_events(conn, dnc_ids, dnc_from, State.CANCELLED, "cancelled", now,
                             {"rule": "dnc", "reason": "number is on the do-not-call list"})
-    if held_ids:
-        await conn.execute(Q.calls_hold, held_ids, held_until, now)
-        new_holds = [(i, f, u) for i, f, u in zip(held_ids, held_from, held_until, strict=True)
-                     if f != "scheduled"]
-        if new_holds:
-            await record_events(
-                conn, [h[0] for h in new_holds], [h[1] for h in new_holds], State.SCHEDULED,
-                "hold", now, {"rule": "calling_hours", "window": t.calling_hours,
-                              "until": min(h[2] for h in new_holds).isoformat()},
-            )
+    capped_ids = {c["id"] for c in capped}
+    if capped:
+        ids = [c["id"] for c in capped]
+        await conn.execute(Q.calls_end, ids, State.CAPPED, now, None)
+        for c, h in holds:
+            if c["id"] in capped_ids:
+                await record_events(conn, [c["id"]], c["state"], State.CAPPED, "capped", now,
+                                    {"rule": h.rule, **h.detail, "until": h.until.isoformat()})
+    waiting = [(c, h) for c, h in holds if c["id"] not in capped_ids]
+    if waiting:
+        await conn.execute(Q.calls_hold, [c["id"] for c, _ in waiting], [h.until for _, h in waiting], now)
+        for c, h in waiting:
+            await record_events(conn, [c["id"]], c["state"], State.SCHEDULED, "hold", now,
+                                {"rule": h.rule, **h.detail, "until": h.until.isoformat()})
     if not take:
         return 0
     names: set[str] = set()

@@ -189,7 +189,7 @@ ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index + 1
 RETURNING rr_index - 1 AS idx
 
 -- name: dispatch_candidates
-SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone,
+SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
@@ -227,7 +227,8 @@ INSERT INTO chunks (id, target, token, state, rows, request, kind, agent, create
 VALUES ($1, $2, $3, 'recorded', $4, $5, $6, $7, $8)
 
 -- name: calls_submitting
-UPDATE calls SET state = 'submitting', chunk_id = $2, updated_at = $3
+-- submitted_at is the attempt's time for the per-number caps, so it is set at the claim
+UPDATE calls SET state = 'submitting', chunk_id = $2, updated_at = $3, submitted_at = $3
 WHERE id = ANY($1::bigint[])
 
 -- name: chunk_claim
@@ -249,7 +250,7 @@ WHERE id = $1 AND state = 'sending'
 -- name: chunk_calls_moved
 -- Every call of a chunk still in from_state moves to to_state; returns the ids moved.
 UPDATE calls SET state = $3::text, updated_at = $4::timestamptz,
-       submitted_at = CASE WHEN $3::text IN ('queued', 'uncertain') THEN $4::timestamptz ELSE submitted_at END,
+       submitted_at = CASE WHEN $3::text = 'pending' THEN NULL ELSE submitted_at END,
        ended_at = CASE WHEN $5::boolean THEN $4::timestamptz ELSE ended_at END,
        chunk_id = CASE WHEN $3::text = 'pending' THEN NULL ELSE chunk_id END
 WHERE chunk_id = $1 AND state = $2
@@ -442,3 +443,13 @@ WITH old AS (
 UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
 FROM old WHERE c.id = old.id
 RETURNING c.id, old.state
+
+-- ---------------------------------------------------------------- compliance
+
+-- name: number_locks
+SELECT pg_advisory_xact_lock(hashtext('dialer.number:' || n)) FROM unnest($1::text[]) AS n
+
+-- name: attempts_since
+-- Attempts count from the moment a call is claimed for sending, in every target.
+SELECT e164, submitted_at FROM calls
+WHERE e164 = ANY($1::text[]) AND submitted_at > $2

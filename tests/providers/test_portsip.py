@@ -198,7 +198,7 @@ def test_config_needs_a_queue_and_base_url_for_a_portsip_target() -> None:
     from dialer.errors import ConfigError
 
     base = {"targets": {"sales": {"queue_id": "1", "agents_source": "portsip"}}}
-    with pytest.raises(ConfigError, match="portsip.base_url"):
+    with pytest.raises(ConfigError, match=r"portsip\.base_url"):
         load_settings(None, environ={}, overrides=base)
     with pytest.raises(ConfigError, match=r"\[portsip.queues.sales\]"):
         load_settings(None, environ={}, overrides={**base, "portsip": {"base_url": "http://pbx:8887"}})

@@ -34,14 +34,14 @@ from dialer.providers.stringee import (
 SID, KEY = "SK_test_key_sid", "stringee-test-key-secret"
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
-STRINGEE = {
+STRINGEE: dict[str, Any] = {
     "key_sid": SID, "routing_type": 1, "answer_timeout": 20, "targets": ["sales"],
     "agents": {"alice": {"user_id": "agent_alice", "phone_number": "84909992666", "routing_type": 2},
                "bob": {"user_id": "agent_bob", "answer_timeout": 10},
                "carol": {}},
     "queue": {"name": "Dialer callbacks", "record_calls": False, "wait_agent_answer_timeout": 15},
 }
-TARGETS = {
+TARGETS: dict[str, Any] = {
     "sales": {"queue_id": "42", "agents": ["alice", "bob", "carol"], "default_region": "VN"},
     "other": {"queue_id": "43", "agents": ["zed"]},
 }

@@ -1,0 +1,293 @@
+"""The per-target agent source with its static fallback, and the issue's end-to-end check:
+ringme logouts lower the real Dispatcher's pacing limit within one tick."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from dialer.clock import FakeClock
+from dialer.config import Settings, load_settings
+from dialer.http import hooks
+from dialer.logs import scrub
+from dialer.providers.agents import FALLBACK_NAME, AgentSelector, Providers
+from dialer.providers.fakes import FakePortSip, FakeRingme, serve
+from tests.conftest import await_for
+from tests.stack import running_stack
+
+
+class Stub:
+    """A provider source whose answers the test sets."""
+
+    def __init__(self, silence: float | None = 30.0) -> None:
+        self.heard: float | None = None
+        self.agents: set[str] | None = None
+        self.silence = silence
+        self.waiting: int | None = None
+
+    def ready(self, target: str) -> set[str] | None:
+        return None if self.agents is None else set(self.agents)
+
+    def last_heard(self, target: str) -> float | None:
+        return self.heard
+
+    def depth(self, target: str) -> int | None:
+        return self.waiting
+
+    def silence_default(self, target: str) -> float | None:
+        return self.silence
+
+
+def settings(**targets: dict[str, Any]) -> Settings:
+    base = {"queue_id": "1", "agents": ["alice", "bob", "carol"]}
+    return load_settings(None, environ={}, overrides={
+        "targets": {name: {**base, **t} for name, t in targets.items()},
+        "default_target": next(iter(targets)),
+        "portsip": {"base_url": "http://pbx.invalid:8887",
+                    "queues": {n: {"queue": "8000"} for n, t in targets.items()
+                               if t.get("agents_source") == "portsip"}},
+    })
+
+
+def test_a_static_target_uses_its_list() -> None:
+    sel = AgentSelector(settings(sales={}), FakeClock(), {})
+    assert sel.ready("sales") == {"alice", "bob", "carol"}
+    assert not sel.fallback("sales") and sel.source_name("sales") == "static"
+
+
+def test_falls_back_while_silent_and_comes_back_when_the_source_speaks(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    src = Stub(silence=30)
+    sel = AgentSelector(settings(sales={"agents_source": "portsip"}), clock, {"portsip": src})
+    with caplog.at_level(logging.INFO, logger="dialer.providers.agents"):
+        # never heard: the static list, flagged, one log line however often pacing asks
+        for _ in range(3):
+            assert sel.ready("sales") == {"alice", "bob", "carol"}
+        assert sel.fallback("sales") and sel.source_name("sales") == FALLBACK_NAME
+        assert [r.getMessage() for r in caplog.records] == [
+            "agent source unavailable; pacing falls back to the static agents list"]
+        assert caplog.records[0].__dict__["reason"] == "no word from it yet"
+        caplog.clear()
+
+        src.heard, src.agents = clock.monotonic(), {"bob"}
+        assert sel.ready("sales") == {"bob"} and not sel.fallback("sales")
+        assert sel.source_name("sales") == "portsip"
+        clock.advance(30)  # exactly the limit: still live
+        assert sel.ready("sales") == {"bob"}
+        clock.advance(1)
+        assert sel.ready("sales") == {"alice", "bob", "carol"} and sel.fallback("sales")
+        assert "silent for 31 s" in caplog.records[-1].__dict__["reason"]
+        src.heard = clock.monotonic()
+        assert sel.ready("sales") == {"bob"} and sel.fallbacks() == {"sales": False}
+    assert [r.getMessage() for r in caplog.records] == [
+        "agent source speaks again; pacing follows it",
+        "agent source unavailable; pacing falls back to the static agents list",
+        "agent source speaks again; pacing follows it"]
+
+
+def test_the_target_threshold_wins_over_the_source_default() -> None:
+    clock = FakeClock()
+    src = Stub(silence=300)
+    sel = AgentSelector(settings(sales={"agents_source": "portsip", "agents_silence_s": 5}), clock,
+                        {"portsip": src})
+    src.heard, src.agents = clock.monotonic(), set()
+    assert sel.ready("sales") == set()  # everyone logged out: nobody is ready, not a fallback
+    assert sel.silence_s("sales") == 5
+    clock.advance(6)
+    assert sel.ready("sales") == {"alice", "bob", "carol"}
+
+
+def test_an_event_source_with_no_poll_never_goes_stale_once_heard() -> None:
+    clock = FakeClock()
+    src = Stub(silence=None)
+    sel = AgentSelector(settings(sales={"agents_source": "ringme"}), clock, {"ringme": src})
+    src.heard, src.agents = clock.monotonic(), {"carol"}
+    clock.advance(10 * 24 * 3600)
+    assert sel.ready("sales") == {"carol"} and not sel.fallback("sales")
+
+
+def test_a_source_that_knows_no_agent_yet_and_a_missing_source_fall_back() -> None:
+    clock = FakeClock()
+    src = Stub()
+    src.heard = clock.monotonic()  # e.g. only the counters poll answered
+    s = settings(a={"agents_source": "ringme"}, b={"agents_source": "portsip", "agents": []})
+    sel = AgentSelector(s, clock, {"ringme": src})
+    assert sel.ready("a") == {"alice", "bob", "carol"} and sel.fallback("a")
+    assert sel.ready("b") is None  # no static list either: pacing's one-agent floor applies
+    assert sel.fallback("b") and sel.source_name("b") == FALLBACK_NAME
+
+
+def test_depth_comes_from_the_targets_source() -> None:
+    p, r = Stub(), Stub()
+    p.waiting, r.waiting = 7, 2
+    s = settings(a={"agents_source": "portsip"}, b={"agents_source": "ringme"}, c={})
+    sel = AgentSelector(s, FakeClock(), {"portsip": p, "ringme": r})
+    assert (sel.depth("a"), sel.depth("b")) == (7, 2)
+    p.waiting = r.waiting = None
+    assert sel.depth("c") is None
+
+
+def test_providers_build_what_is_configured_and_follow_a_reload(tmp_path: Path) -> None:
+    bare = load_settings(None, environ={"DIALER_STATE_DIR": str(tmp_path)})
+    p = Providers(bare, FakeClock())
+    assert p.portsip is None and p.ringme.client is None
+    assert set(p.selector.sources) == {"ringme"}
+
+    s = load_settings(None, environ={"DIALER_STATE_DIR": str(tmp_path), "DIALER_PORTSIP_TOKEN": "pbx-secret-9",
+                                     "DIALER_RINGME_TOKEN": "rm-secret-77"},
+                      overrides={"targets": {"sales": {"queue_id": "1", "agents": ["a"], "agents_source": "portsip"}},
+                                 "portsip": {"base_url": "http://pbx:8887/api", "queues": {"sales": {"queue": "8000"}}},
+                                 "ringme": {"base_url": "http://rm/api/ver1.0", "queues": {"sales": "370"}}})
+    p = Providers(s, FakeClock())
+    assert p.portsip is not None and p.portsip.client.base_url == "http://pbx:8887"
+    assert p.ringme.client is not None
+    assert scrub("token pbx-secret-9 and rm-secret-77") == "token *** and ***"
+    new = s.model_copy(update={"targets": {**s.targets, "new": s.targets["sales"].model_copy(
+        update={"agents": ["z"], "agents_source": "static"})}})
+    p.settings = new
+    assert p.selector.ready("new") == {"z"} and p.ringme.settings is new and p.portsip.settings is new
+
+
+async def test_portsip_silence_falls_back_and_recovers_with_the_real_poll() -> None:
+    pbx = FakePortSip("tok")
+    qid = pbx.add_queue("Sales", "8000", {"101": "READY", "102": "NOT_READY"})
+    clock = FakeClock()
+    s = load_settings(None, environ={"DIALER_PORTSIP_TOKEN": "tok"}, overrides={
+        "targets": {"sales": {"queue_id": "1", "agents": ["alice", "bob", "carol"], "agents_source": "portsip"}},
+        "portsip": {"poll_s": 5, "queues": {"sales": {"queue": "8000", "agents": {"101": "alice", "102": "bob"}}},
+                    "base_url": "http://placeholder"}})
+    async with pbx.running() as url:
+        s = s.model_copy(update={"portsip": s.portsip.model_copy(update={"base_url": url})})
+        p = Providers(s, clock)
+        try:
+            sel = p.selector
+            assert sel.ready("sales") == {"alice", "bob", "carol"} and sel.fallback("sales")
+            assert p.portsip is not None
+            await p.portsip.poll_once()
+            assert sel.ready("sales") == {"alice"} and sel.source_name("sales") == "portsip"
+            pbx.fail_with = 500
+            for _ in range(6):  # 30 s of failed polls: still within max(30, 4 x 5)
+                clock.advance(5)
+                await p.portsip.poll_once()
+            assert sel.ready("sales") == {"alice"}
+            clock.advance(5)
+            await p.portsip.poll_once()
+            assert sel.ready("sales") == {"alice", "bob", "carol"} and sel.fallback("sales")
+            pbx.fail_with = None
+            pbx.set_status(qid, "102", "READY")
+            await p.portsip.poll_once()
+            assert sel.ready("sales") == {"alice", "bob"} and not sel.fallback("sales")
+        finally:
+            await p.aclose()
+
+
+async def test_providers_run_polls_until_cancelled_and_survive_a_bug(monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    pbx = FakePortSip("tok")
+    qid = pbx.add_queue("Sales", "8000", {"101": "READY"})
+    async with pbx.running() as url:
+        s = load_settings(None, environ={"DIALER_PORTSIP_TOKEN": "tok"}, overrides={
+            "targets": {"sales": {"queue_id": "1", "agents": ["alice"], "agents_source": "portsip"}},
+            "portsip": {"poll_s": 0.02, "base_url": url, "queues": {"sales": {"queue": "8000"}}}})
+        p = Providers(s, FakeClock())
+        assert p.portsip is not None
+        real = p.portsip.poll_once
+        calls = 0
+
+        async def flaky() -> dict[str, bool]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug")
+            return await real()
+
+        monkeypatch.setattr(p.portsip, "poll_once", flaky)
+        try:
+            with caplog.at_level(logging.ERROR, logger="dialer.providers.agents"):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(p.run)
+                    await await_for(lambda: p.selector.ready("sales") == {"101"}, 10, "first good poll")
+                    pbx.set_status(qid, "101", "BREAK")
+                    await await_for(lambda: p.selector.ready("sales") == set(), 10, "status change seen")
+                    tg.cancel_scope.cancel()
+            assert "provider poll failed" in caplog.text
+        finally:
+            await p.aclose()
+
+
+# -- the issue's check, with the real Dispatcher and PostgreSQL ---------------------------------------
+TARGETS = {
+    "sales": {"queue_id": "42", "agent_mapping": "global", "agents": ["alice", "bob", "carol"],
+              "calling_hours": "00:00-24:00", "calls_per_agent": 2, "chunk_size": 50, "max_dispose_s": 0,
+              "agents_source": "ringme"},
+}
+RINGME_AGENTS = {"136": "alice", "137": "bob", "138": "carol"}
+
+
+@contextlib.asynccontextmanager
+async def ringme_hook(providers: Providers, settings: Settings) -> AsyncIterator[tuple[FakeRingme, str]]:
+    secret = settings.secret()
+    app = Starlette(routes=hooks.routes(secret, providers.ringme, None))
+    fake = FakeRingme("rm-token")
+    for agent_id in RINGME_AGENTS:
+        fake.add_local_agent(agent_id, f"000*{agent_id}@ringme.ru")
+    async with serve(app) as base, fake.running():
+        url = base + hooks.ringme_url(settings, secret).removeprefix(settings.base_url)
+        async with httpx.AsyncClient(base_url=fake.api_url, headers={"authorization": "Bearer rm-token"}) as api:
+            for agent_id in RINGME_AGENTS:
+                for event_type in ("agent-login", "agent-logout"):
+                    r = await api.post(f"/client/12/agent/local/{agent_id}/event/",
+                                       json={"url": url, "method": "POST", "event_type": event_type})
+                    assert r.status_code == 200
+        yield fake, url
+
+
+async def set_status(fake: FakeRingme, agent_ids: list[str], status: str) -> None:
+    async with httpx.AsyncClient(base_url=fake.api_url, headers={"authorization": "Bearer rm-token"}) as api:
+        for agent_id in agent_ids:
+            assert (await api.put(f"/client/12/agent/local/{agent_id}", json={"status": status})).status_code == 200
+    await fake.drain()
+    assert all(d.status == 200 for d in fake.deliveries)
+
+
+async def test_ringme_logouts_lower_the_pacing_limit_within_one_tick(pool: asyncpg.Pool,
+                                                                     make_settings: Callable[..., Settings]) -> None:
+    async with running_stack(pool, make_settings, targets=TARGETS, ringme={"agents": RINGME_AGENTS}) as st:
+        st.sandbox.configure(time_scale=1000.0)  # calls stay in flight: only the limit moves
+        providers = Providers(st.settings, st.clock)
+        st.dispatcher.agents = providers.selector
+        st.dispatcher.agent_source_name = providers.selector.source_name
+        async with ringme_hook(providers, st.settings) as (fake, _):
+            await st.post([f"+1415{2000000 + i:07d}" for i in range(30)])
+            await st.dispatcher.tick()
+            pace = st.dispatcher.paces["sales"]
+            assert (pace.limit, pace.source) == (6, FALLBACK_NAME)  # no event yet: the static list
+
+            await set_status(fake, ["136", "137", "138"], "available")
+            await st.dispatcher.tick()
+            pace = st.dispatcher.paces["sales"]
+            assert (pace.limit, pace.in_flight, pace.source) == (6, 6, "ringme")
+
+            await set_status(fake, ["137", "138"], "logged_out")  # agent-logout for two of three
+            await st.dispatcher.tick()
+            pace = st.dispatcher.paces["sales"]
+            assert (pace.ready_agents, pace.limit, pace.agents) == (1, 2, ["alice"])
+            assert pace.in_flight == 6  # nothing new was sent past the lower limit
+            assert [d.event_type for d in fake.deliveries[-2:]] == ["agent-logout", "agent-logout"]
+
+            await set_status(fake, ["137", "138"], "available")  # agent-login
+            await st.dispatcher.tick()
+            pace = st.dispatcher.paces["sales"]
+            assert (pace.ready_agents, pace.limit) == (3, 6)
+            states = await st.states()
+            assert states.get("pending", 0) == 24
