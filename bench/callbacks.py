@@ -50,7 +50,7 @@ OURS_LABEL = "dialer callbacks"
 # -- the seeded database ---------------------------------------------------------------------
 
 
-async def _seed(dsn: str, calls: int) -> dict[str, int]:
+async def _seed(dsn: str, calls: int, target: str) -> dict[str, int]:
     from dialer.store.database import create_pool
 
     await common.migrate(dsn)
@@ -59,27 +59,27 @@ async def _seed(dsn: str, calls: int) -> dict[str, int]:
         async with pool.acquire() as c, c.transaction():
             batch = uuid.uuid4()
             await c.execute("INSERT INTO batches (id, target, source, state, ingested_at) "
-                            "VALUES ($1, 'sales', 'cli', 'ingested', now())", batch)
-            await c.execute("INSERT INTO chunks (id, target, token, state) VALUES ($1, 'sales', 'x', 'sent')",
-                            CHUNK_ID)
+                            "VALUES ($1, $2, 'cli', 'ingested', now())", batch, target)
+            await c.execute("INSERT INTO chunks (id, target, token, state) VALUES ($1, $2, 'x', 'sent')",
+                            CHUNK_ID, target)
             await c.execute("SELECT setval(pg_get_serial_sequence('chunks', 'id'), $1)", CHUNK_ID)
             await c.execute(
                 "INSERT INTO calls (batch_id, target, line, e164, state, chunk_id) "
-                "SELECT $1, 'sales', g, '+1415' || (2000000 + g), 'queued', $3 FROM generate_series(1, $2) g",
-                batch, calls, CHUNK_ID)
+                "SELECT $1, $4, g, '+1415' || (2000000 + g), 'queued', $3 FROM generate_series(1, $2) g",
+                batch, calls, CHUNK_ID, target)
             lo, hi = await c.fetchrow("SELECT min(id), max(id) FROM calls")
     finally:
         await pool.close()
     return {"first_id": int(lo), "last_id": int(hi)}
 
 
-def seed(server: common.Server, calls: int) -> dict[str, int]:
+def seed(server: common.Server, calls: int, target: str) -> dict[str, int]:
     import asyncio
 
     common.psql(server.dsn, "CREATE DATABASE bench_seed")
     dsn = server.database("bench_seed")
     t0 = time.perf_counter()
-    ids = asyncio.run(_seed(dsn, calls))
+    ids = asyncio.run(_seed(dsn, calls, target))
     common.psql(dsn, "VACUUM (ANALYZE) calls")
     common.log(f"seeded {calls:,} queued calls in {time.perf_counter() - t0:.1f} s")
     return ids
@@ -191,13 +191,13 @@ def measure(
     spy = None
     if spy_on:
         spy = start_profiler(proc.pid, args.seconds, tmp / f"{name}.pyspy.txt")
-    machine0 = _machine_busy()
+    machine0 = common.machine_busy()
     cpu_server.start()
     cpu_pg.start()
     w = run_wrk(wrk, port, script, args.seconds, tmp / f"{name}.wrk.txt")
     cpu_server.stop()
     cpu_pg.stop()
-    machine = _machine_busy(machine0)
+    machine = common.machine_busy(machine0)
     if spy is not None:
         spy.wait(60)
     rows = answered_settled(dsn)
@@ -224,18 +224,6 @@ def measure(
     if args.profile:
         res["statements"] = common.statement_stats(dsn, f"bench_{name}")
     return res
-
-
-def _machine_busy(since: Any = None) -> Any:
-    """Machine-wide CPU busy fraction since a snapshot (every core, every process)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    if since is None:
-        return t
-    total = sum(t) - sum(since)
-    idle = (t.idle - since.idle) + (getattr(t, "iowait", 0.0) - getattr(since, "iowait", 0.0))
-    return round(1 - idle / total, 3) if total > 0 else 0.0
 
 
 def run_limit(server: common.Server, ids: dict[str, int], args: argparse.Namespace, wrk: str,
@@ -449,7 +437,8 @@ def print_statements(limit: dict[str, Any], ours: dict[str, Any]) -> None:
 # -- report ----------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: dict[str, Any],
+           before: dict[str, float]) -> dict[str, Any]:
     ratio = ours["callbacks_per_s"] / limit["callbacks_per_s"] if limit["callbacks_per_s"] else 0.0
     ratio_ok = ratio >= RATIO_TARGET
     p99_ok = ours["p99_ms"] <= P99_TARGET_MS
@@ -472,7 +461,8 @@ def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: di
 
     print()
     print(f"callbacks benchmark: {args.seconds} s per side, wrk {THREADS} thread {CONNECTIONS} connections, "
-          f"{os.cpu_count()} cores, {calls:,} queued calls seeded")
+          f"{os.cpu_count()} cores, {calls:,} queued calls of target {args.target!r} seeded")
+    print(f"machine before the run: {before['busy']:.0%} busy, load average {before['load1']:.2f}")
     print(f"{'':26} {'callbacks/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'ratio':>6}")
     for label, r, tail in ((LIMIT_LABEL, limit, ""),
                            (OURS_LABEL, ours,
@@ -504,6 +494,8 @@ def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: di
         "threads": THREADS,
         "cores": os.cpu_count(),
         "calls_seeded": calls,
+        "target": args.target,
+        "machine_before": before,
         "limit": side(limit),
         "ours": side(ours),
         "ratio": round(ratio, 3),
@@ -525,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="wrk duration per side (default %(default)s)")
     p.add_argument("--calls", type=int, default=None,
                    help=f"queued calls seeded (default {DEFAULT_CALLS:,}, or more for long runs)")
+    p.add_argument("--target", default="sales",
+                   help="target of the seeded calls (default %(default)s, the daemon's default target, "
+                        "which its dispatcher paces; any other name leaves the dispatcher out)")
     p.add_argument("--keep", action="store_true", help="leave PostgreSQL running with the databases")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     p.add_argument("--profile", action="store_true",
@@ -540,19 +535,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--seconds must be at least 1")
     calls = args.calls or max(DEFAULT_CALLS, 25_000 * args.seconds)
     wrk = common.ensure_wrk()
+    before = common.machine_before()
 
     figures: dict[str, Any] = {}
     with common.throwaway_server("dialer-bench-callbacks-", keep=args.keep) as server:
         tmp = server.tmp
         if args.profile:
             server.enable_statement_stats()
-        ids = seed(server, calls)
+        ids = seed(server, calls, args.target)
         common.log(f"limit: minimal endpoint, wrk for {args.seconds} s ...")
         limit = run_limit(server, ids, args, wrk, tmp)
         common.log(f"limit: {limit['callbacks_per_s']:,.0f}/s; ours: python -m dialer run, "
                    f"wrk for {args.seconds} s ...")
         ours = run_ours(server, ids, args, wrk, tmp)
-        figures = report(args, calls, limit, ours)
+        figures = report(args, calls, limit, ours, before)
         if args.profile:
             print_statements(limit, ours)
             prof = summarise_profile(Path(ours["profile_file"]))

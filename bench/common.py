@@ -273,6 +273,30 @@ class CpuMeter:
         return self.seconds
 
 
+def machine_busy(since: Any = None) -> Any:
+    """Machine-wide CPU busy fraction since a snapshot (every core, every process)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    if since is None:
+        return t
+    total = sum(t) - sum(since)
+    idle = (t.idle - since.idle) + (getattr(t, "iowait", 0.0) - getattr(since, "iowait", 0.0))
+    return round(1 - idle / total, 3) if total > 0 else 0.0
+
+
+def machine_before(seconds: float = 2.0) -> dict[str, float]:
+    """How busy the machine is before we start: other work skews every figure."""
+    t0 = machine_busy()
+    time.sleep(seconds)
+    busy = machine_busy(t0)
+    load = os.getloadavg()[0]
+    if busy > 0.15:
+        log(f"warning: the machine is already {busy:.0%} busy (load average {load:.2f}) before the "
+            "benchmark starts; figures will be low and noisy")
+    return {"busy": busy, "load1": round(load, 2)}
+
+
 # -- load generator --------------------------------------------------------------------------
 
 

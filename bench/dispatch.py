@@ -321,10 +321,12 @@ def run_ours(server: common.Server, calls: int, args: argparse.Namespace) -> dic
         cpu_fake = common.CpuMeter(fake.pid)
         cpu_pg.start()
         cpu_fake.start()
+        machine0 = common.machine_busy()
         child = common.spawn([sys.executable, str(Path(__file__).resolve()), "--_ours", json.dumps(spec)],
                              tmp / "ours.log")
         spy = start_profiler(child.pid, tmp / "ours.pyspy.txt") if args.profile else None
         code = child.wait()
+        machine = common.machine_busy(machine0)
         cpu_pg.stop()
         cpu_fake.stop()
         if spy is not None:
@@ -335,6 +337,7 @@ def run_ours(server: common.Server, calls: int, args: argparse.Namespace) -> dic
         fake_stats = common.get_json(f"http://127.0.0.1:{port}/_stats")
     finally:
         common.stop(fake, 10)
+    res["machine_busy"] = machine
     res["cpu_postgres"] = cpu_pg.seconds
     res["cpu_fake"] = cpu_fake.seconds
     res["fake"] = fake_stats
@@ -396,7 +399,8 @@ def verify(calls: int, ours: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     }
 
 
-def report(calls: int, limit: dict[str, Any], one: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+def report(calls: int, limit: dict[str, Any], one: dict[str, Any], ours: dict[str, Any],
+           before: dict[str, float]) -> dict[str, Any]:
     checks = verify(calls, ours)
     checks["the limit queued every call"] = (limit["queued"] == calls and one["queued"] == calls,
                                             f"{limit['queued']:,} and {one['queued']:,}")
@@ -409,6 +413,8 @@ def report(calls: int, limit: dict[str, Any], one: dict[str, Any], ours: dict[st
     print()
     print(f"dispatch benchmark: {calls:,} pending calls, chunks of {CHUNK_SIZE}, {os.cpu_count()} cores, "
           f"fake Ryng on loopback")
+    print(f"machine before the run: {before['busy']:.0%} busy, load average {before['load1']:.2f}; "
+          f"during ours: {ours['machine_busy']:.0%} busy")
     print(f"{'':32} {'seconds':>8} {'calls/s':>9} {'ratio':>6}")
     print(f"{LIMIT_LABEL:32} {limit_s:8.2f} {calls / limit_s:9,.0f} {1:6.2f}")
     print(f"  {UPDATE_LABEL:30} {one['seconds']:8.2f} {calls / one['seconds']:9,.0f}")
@@ -435,6 +441,8 @@ def report(calls: int, limit: dict[str, Any], one: dict[str, Any], ours: dict[st
         "calls": calls,
         "chunk_size": CHUNK_SIZE,
         "cores": os.cpu_count(),
+        "machine_before": before,
+        "machine_busy_ours": ours["machine_busy"],
         "limit_seconds": round(limit_s, 3),
         "limit_calls_per_s": round(calls / limit_s),
         "limit_phases_seconds": {k: round(v, 3) for k, v in limit["phases"].items()},
@@ -511,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1:
         p.error("--calls must be at least 1")
 
+    before = common.machine_before()
     figures: dict[str, Any] = {}
     with common.throwaway_server("dialer-bench-dispatch-", keep=args.keep) as server:
         if args.profile:
@@ -522,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         common.log(f"limit: {limit['seconds']:.2f} s (one UPDATE {one['seconds']:.2f} s); "
                    "ours: the Dispatcher against a fake Ryng ...")
         ours = run_ours(server, args.calls, args)
-        figures = report(args.calls, limit, one, ours)
+        figures = report(args.calls, limit, one, ours, before)
         if args.profile:
             print_statements(args.calls, ours["statements"])
             figures["statements"] = ours["statements"][:20]

@@ -188,6 +188,64 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dnc_import(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dialer.clock import SystemClock
+    from dialer.intake import dnc
+
+    s = _settings(args)
+    logs.setup(s.log_format, "warning")
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} is not a file", file=sys.stderr)
+        return 2
+    region = (args.region or s.targets[s.default_target].default_region).upper()
+    expiry = datetime.fromisoformat(args.expires_at) if args.expires_at else None
+    console = Console(stderr=True)
+    size = path.stat().st_size
+
+    async def go(pool: Any) -> int:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                      TimeElapsedColumn(), console=console,
+                      disable=not console.is_terminal and not args.progress) as progress:
+            task = progress.add_task(f"importing {path.name}", total=size)
+            with path.open("rb") as f:  # noqa: ASYNC230 - a one-shot CLI process
+                report = await dnc.import_stream(
+                    pool, f, region=region, source=args.source or path.name, now=SystemClock().now(),
+                    default_expiry=expiry, on_progress=lambda _n: progress.update(task, completed=f.tell()),
+                )
+        print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+
+    return anyio.run(_with_db, s, go)
+
+
+def cmd_dnc_export(args: argparse.Namespace) -> int:
+    from dialer.store.queries import Q
+
+    s = _settings(args)
+    logs.setup(s.log_format, "warning")
+
+    async def go(pool: Any) -> int:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: ASYNC230
+        try:
+            out.write("number,source,added_at,expires_at\n")
+            async with pool.acquire() as conn, conn.transaction():
+                async for r in conn.cursor(Q.dnc_export, prefetch=5000):
+                    exp = r["expires_at"].isoformat() if r["expires_at"] else ""
+                    out.write(f"{r['e164']},{r['source']},{r['added_at'].isoformat()},{exp}\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return 0
+
+    return anyio.run(_with_db, s, go)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     s = _settings(args)
     print(orjson.dumps(s.redacted(), option=orjson.OPT_INDENT_2).decode())
@@ -247,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--time-scale", type=float, default=None,
                     help="multiply every vendor duration (e.g. 0.01 for a fast demo)")
     sb.set_defaults(fn=cmd_sandbox)
+    dn = sub.add_parser("dnc", help="import or export the do-not-call list")
+    dsub = dn.add_subparsers(dest="dnc_command", metavar="ACTION", required=True)
+    di = dsub.add_parser("import", help="add numbers from a file (one per line, or number,expires_at)")
+    di.add_argument("file")
+    di.add_argument("--region", help="region for national numbers (default: the default target's)")
+    di.add_argument("--source", help="recorded as the entries' source (default: the file name)")
+    di.add_argument("--expires-at", help="expiry for entries that don't carry one (ISO date/time)")
+    di.add_argument("--progress", action="store_true", help="show progress even when not a TTY")
+    di.set_defaults(fn=cmd_dnc_import)
+    de = dsub.add_parser("export", help="write the list as CSV (stdout or --output)")
+    de.add_argument("--output", "-o")
+    de.set_defaults(fn=cmd_dnc_export)
+    for sp in (dn, di, de):
+        sp.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     stg = sub.add_parser("stringee", help="Stringee ICC queue")
     stg_sub = stg.add_subparsers(dest="stringee_command", metavar="ACTION", required=True)
     sq = stg_sub.add_parser("sync-queue", help="create or update the queue from [stringee] (POST/PUT)")

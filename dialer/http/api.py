@@ -30,6 +30,7 @@ from dialer.http.models import (
     TargetList,
     TargetOut,
 )
+from dialer.intake import dnc as dnc_import
 from dialer.intake import phones
 from dialer.intake.submit import Submission, submit
 from dialer.lifecycle.states import WAITING, State, sql_list
@@ -149,10 +150,48 @@ def router(auth: Any) -> APIRouter:
             calls = [c for c in [await _call(conn, i) for i in ids] if c is not None]
         return CallList(calls=calls)
 
-    @r.post("/dnc", response_model=DncOut, summary="Add numbers to the do-not-call list")
-    async def add_dnc(payload: DncIn, ctx: Ctx) -> Any:
+    @r.post(
+        "/dnc", response_model=DncOut,
+        summary="Add numbers to the do-not-call list (JSON, or a text/plain file: one per line)",
+        responses={413: {"model": ErrorOut, "description": "Body over the limit"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DncIn"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def add_dnc(
+        request: Request,
+        ctx: Ctx,
+        region: Annotated[str | None, Query(max_length=8)] = None,
+    ) -> Any:
         s = ctx.settings
-        region = (payload.region or s.targets[s.default_target].default_region).upper()
+        body = await read_body(request, s.max_body_bytes)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype in ("text/plain", "text/csv"):
+            reg = (region or s.targets[s.default_target].default_region).upper()
+            if not phones.is_supported_region(reg):
+                raise InvalidInput(f"region: unknown region {reg!r}")
+            rep = await dnc_import.import_bytes(ctx.pool, body, region=reg, source="api",
+                                                now=ctx.clock.now())
+            return DncOut(
+                added=rep.added, updated=rep.updated,
+                invalid=[{"index": x["line"], "number": x["value"], "reason": x["reason"] or "invalid"}
+                         for x in rep.invalid_samples],
+            )
+        try:
+            payload = DncIn.model_validate(orjson.loads(body))
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(f"body is not valid JSON: {e}") from None
+        except ValidationError as e:
+            details = validation_details(list(e.errors()))
+            raise InvalidInput(f"{details[0]['field']}: {details[0]['message']}", details) from None
+        region = (payload.region or region or s.targets[s.default_target].default_region).upper()
         if not phones.is_supported_region(region):
             raise InvalidInput(f"region: unknown region {region!r}")
         good: list[str] = []

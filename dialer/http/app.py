@@ -15,7 +15,7 @@ from dialer.http.api import router
 from dialer.http.auth import TokenCheck
 from dialer.http.context import AppContext
 from dialer.http.errors import ORJSONResponse
-from dialer.http.models import BatchIn, Health
+from dialer.http.models import BatchIn, DncIn, Health
 from dialer.store import migrate
 
 DESCRIPTION = """
@@ -79,6 +79,10 @@ def create_app(ctx: AppContext) -> FastAPI:
         for name, sub in extra.pop("$defs", {}).items():
             comps.setdefault(name, sub)
         comps["BatchIn"] = extra
+        dnc = DncIn.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in dnc.pop("$defs", {}).items():
+            comps.setdefault(name, sub)
+        comps["DncIn"] = dnc
         schema["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}
         }

@@ -453,3 +453,45 @@ SELECT pg_advisory_xact_lock(hashtext('dialer.number:' || n)) FROM unnest($1::te
 -- Attempts count from the moment a call is claimed for sending, in every target.
 SELECT e164, submitted_at FROM calls
 WHERE e164 = ANY($1::text[]) AND submitted_at > $2
+
+-- ---------------------------------------------------------------- do-not-call lists
+
+-- name: dnc_import_table
+CREATE TEMP TABLE dnc_import (line integer, e164 text, expires_at timestamptz) ON COMMIT DROP
+
+-- name: dnc_import_merge
+-- Deduplicated (the latest expiry wins within the file), merged into the list.
+WITH src AS (
+    SELECT DISTINCT ON (e164) e164, expires_at FROM dnc_import
+    ORDER BY e164, expires_at DESC NULLS FIRST
+), up AS (
+    INSERT INTO dnc (e164, source, added_at, expires_at)
+    SELECT e164, $1, $2, expires_at FROM src
+    ON CONFLICT (e164) DO UPDATE SET source = EXCLUDED.source, expires_at = EXCLUDED.expires_at
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted)::int AS added, count(*) FILTER (WHERE NOT inserted)::int AS updated
+FROM up
+
+-- name: dnc_import_cancel
+-- Calls not yet sent to a newly listed number end as cancelled, in every target.
+WITH old AS (
+    SELECT c.id, c.state FROM calls c
+    WHERE c.state IN ('pending', 'scheduled', 'retry_wait')
+      AND c.e164 IN (SELECT e164 FROM dnc_import)
+    FOR UPDATE OF c
+), moved AS (
+    UPDATE calls c SET state = 'cancelled', ended_at = $1, updated_at = $1, reason = 'dnc'
+    FROM old WHERE c.id = old.id
+    RETURNING c.id, old.state
+), ev AS (
+    INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
+    SELECT id, $1, 'cancelled', state, 'cancelled', true, '{"rule": "dnc", "by": "import"}'::jsonb FROM moved
+)
+SELECT count(*)::int FROM moved
+
+-- name: dnc_export
+SELECT e164, source, added_at, expires_at FROM dnc ORDER BY e164
+
+-- name: dnc_search
+SELECT e164, source, added_at, expires_at FROM dnc WHERE e164 LIKE $1 ORDER BY e164 LIMIT $2
