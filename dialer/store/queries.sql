@@ -495,3 +495,63 @@ SELECT e164, source, added_at, expires_at FROM dnc ORDER BY e164
 
 -- name: dnc_search
 SELECT e164, source, added_at, expires_at FROM dnc WHERE e164 LIKE $1 ORDER BY e164 LIMIT $2
+
+-- ---- ui
+-- The sales-ops console (dialer/ui): paged lists and searches the JSON API has no use for.
+
+-- name: ui_batches_page
+SELECT id, target, source, source_name, state, counts, rows_read, error,
+       created_at, ingested_at, ended_at
+FROM batches
+ORDER BY created_at DESC, id DESC
+LIMIT $1 OFFSET $2
+
+-- name: ui_batches_total
+SELECT count(*)::int FROM batches
+
+-- name: ui_batches_call_counts
+SELECT batch_id, state, count(*)::int AS n FROM calls
+WHERE batch_id = ANY($1::uuid[]) AND state NOT IN ('invalid', 'duplicate', 'dnc')
+GROUP BY batch_id, state
+
+-- name: ui_batch_rejected_page
+-- The report's rejected rows, by line, a page at a time (keyset on line).
+SELECT line, state, reason, raw_number
+FROM calls
+WHERE batch_id = $1 AND attempt = 1 AND state IN ('invalid', 'duplicate', 'dnc') AND line > $2
+ORDER BY line
+LIMIT $3
+
+-- name: ui_batch_calls_after
+-- $4: NULL, or an ILIKE pattern matched against the number as typed, E.164 and external id;
+-- $5: the search normalised to E.164 (or NULL).
+SELECT id, e164, raw_number, state, outcome, attempt, agent, external_id, line,
+       created_at, updated_at, ended_at
+FROM calls
+WHERE batch_id = $1 AND id > $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
+  AND ($4::text IS NULL OR e164 = $5::text OR e164 ILIKE $4 OR raw_number ILIKE $4
+       OR external_id ILIKE $4)
+ORDER BY id
+LIMIT $3
+
+-- name: ui_batch_calls_before
+SELECT * FROM (
+    SELECT id, e164, raw_number, state, outcome, attempt, agent, external_id, line,
+           created_at, updated_at, ended_at
+    FROM calls
+    WHERE batch_id = $1 AND id < $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
+      AND ($4::text IS NULL OR e164 = $5::text OR e164 ILIKE $4 OR raw_number ILIKE $4
+           OR external_id ILIKE $4)
+    ORDER BY id DESC
+    LIMIT $3
+) page ORDER BY id
+
+-- name: ui_dnc_page
+-- $1: a LIKE pattern on E.164; keyset paging on the number.
+SELECT e164, source, added_at, expires_at FROM dnc
+WHERE e164 LIKE $1 AND e164 > $2
+ORDER BY e164
+LIMIT $3
+
+-- name: ui_dnc_total
+SELECT count(*)::int FROM dnc

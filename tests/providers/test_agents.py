@@ -291,3 +291,37 @@ async def test_ringme_logouts_lower_the_pacing_limit_within_one_tick(pool: async
             assert (pace.ready_agents, pace.limit) == (3, 6)
             states = await st.states()
             assert states.get("pending", 0) == 24
+
+
+def test_the_daemon_serves_both_hooks_and_paces_from_ringme(daemon_env: dict[str, str], daemon: Any,
+                                                           tmp_path: Path) -> None:
+    """The wiring in dialer.daemon: hooks mounted, the selector in the Dispatcher."""
+    from tests.conftest import wait_for
+
+    cfg = tmp_path / "dialer.toml"
+    cfg.write_text(
+        '[targets.sales]\nqueue_id = "42"\nagent_mapping = "global"\nagents = ["alice", "bob", "carol"]\n'
+        'calling_hours = "00:00-24:00"\nagents_source = "ringme"\n'
+        '[ringme.agents]\n"136" = "alice"\n"137" = "bob"\n"138" = "carol"\n')
+    daemon_env["DIALER_CONFIG"] = str(cfg)
+    d = daemon.start()
+    s = load_settings(None, environ=daemon_env)
+    ringme, stringee = hooks.ringme_url(s, s.secret()), hooks.stringee_url(s, s.secret())
+    with d.client() as c:
+        sales = next(t for t in c.get("/v1/targets").json()["targets"] if t["name"] == "sales")
+        assert (sales["agents_source"], sales["limit"]) == (FALLBACK_NAME, 6)
+        r = httpx.get(ringme, params={"agent_id": "136", "agent_status": "available", "agent_type": "local"})
+        assert r.status_code == 200 and r.json()["result"] == "changed"
+        r = httpx.post(ringme, data={"agent_id": "137", "agent_status": "logged_out"})
+        assert r.status_code == 200
+
+        def paced() -> bool:
+            t = next(t for t in c.get("/v1/targets").json()["targets"] if t["name"] == "sales")
+            return bool(t["agents_source"] == "ringme" and t["ready_agents"] == 1 and t["limit"] == 2)
+
+        wait_for(paced, 10, "pacing from ringme")
+    assert httpx.get(ringme[:-4] + "0000", params={"agent_id": "1"}).status_code == 401
+    r = httpx.post(stringee, json={"calls": [{"callId": "c1", "from": "84986776777", "to": "1"}]})
+    assert r.status_code == 200
+    assert r.json() == {"version": 2, "calls": [{"callId": "c1", "agents": [
+        {"stringee_user_id": a, "routing_type": 1, "answer_timeout": 15} for a in ("alice", "bob", "carol")]}]}

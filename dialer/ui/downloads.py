@@ -1,0 +1,115 @@
+"""Files a batch page offers: report.json, results.csv and results.xlsx.
+
+Each is written to a temporary file under the state dir by the same code the inbox uses
+(``FileIngestor.write_report``, ``write_results_csv``) or, for Excel, from the same
+``batch_results`` rows through openpyxl's write-only mode; memory stays flat whatever
+the batch size. The caller streams the file and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Font
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+
+from dialer.intake.files import FileIngestor, FileOutcome
+from dialer.intake.readers import detect_format
+from dialer.results.files import COLUMNS, write_results_csv
+from dialer.store.queries import Q
+
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+_ROWS_PER_STEP = 2000
+_WIDTHS = {"A": 18, "B": 18, "C": 14, "D": 16, "E": 10, "F": 14, "G": 21}
+
+
+def outgoing_dir(state_dir: Path) -> Path:
+    d = state_dir / "uploads" / ".outgoing"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def temp_path(state_dir: Path, suffix: str) -> Path:
+    return outgoing_dir(state_dir) / f"{secrets.token_hex(12)}{suffix}"
+
+
+def base_name(batch: Any) -> str:
+    name = batch["source_name"]
+    if batch["source"] in ("inbox", "cli") or (name and name not in ("api", "api (text/csv)")):
+        return str(name or f"batch-{batch['id']}")
+    return f"batch-{batch['id']}"
+
+
+async def report_json(ingestor: FileIngestor, batch: Any, dest: Path) -> dict[str, Any]:
+    """The batch's report, as the inbox writes it beside a processed file."""
+    name = base_name(batch)
+    outcome = FileOutcome(
+        kind="ingested", name=name, target=batch["target"], batch_id=batch["id"],
+        sha256=batch["sha256"], counts=dict(batch["counts"] or {}), fmt=detect_format(name),
+    )
+    return await ingestor.write_report(outcome, dest)
+
+
+async def results_csv(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
+    return await write_results_csv(conn, batch_id, dest)
+
+
+def xlsx_row(r: Any) -> list[Any]:
+    """One lead, exactly the columns and values of results.csv (times as Excel dates, UTC)."""
+    ended = r["ended_at"]
+    if isinstance(ended, datetime):
+        ended = ended.astimezone(UTC).replace(tzinfo=None)
+    return [
+        r["e164"] or r["raw_number"] or "", r["external_id"] or "", r["state"], r["outcome"] or "",
+        r["attempts"], r["agent"] or "", ended,
+    ]
+
+
+def _append(ws: WriteOnlyWorksheet, rows: Sequence[list[Any]]) -> None:
+    for row in rows:
+        cells: list[Any] = row[:-1]
+        if row[-1] is not None:
+            c = WriteOnlyCell(ws, value=row[-1])
+            c.number_format = "yyyy-mm-dd hh:mm:ss"
+            cells.append(c)
+        else:
+            cells.append(None)
+        ws.append(cells)
+
+
+async def results_xlsx(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
+    """results.csv's rows as a real workbook (write-only mode: rows go to disk as added)."""
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("results")
+    for col, width in _WIDTHS.items():
+        ws.column_dimensions[col].width = width
+    ws.freeze_panes = "A2"
+    header = []
+    for name in COLUMNS:
+        c = WriteOnlyCell(ws, value="ended_at (UTC)" if name == "ended_at" else name)
+        c.font = Font(bold=True)
+        header.append(c)
+    ws.append(header)
+    n = 0
+    buf: list[list[Any]] = []
+    async with conn.transaction():
+        async for r in conn.cursor(Q.batch_results, batch_id, prefetch=_ROWS_PER_STEP):
+            buf.append(xlsx_row(r))
+            n += 1
+            if len(buf) >= _ROWS_PER_STEP:
+                rows, buf = buf, []
+                await anyio.to_thread.run_sync(_append, ws, rows)
+    await anyio.to_thread.run_sync(_append, ws, buf)
+    tmp = dest.with_name(dest.name + ".tmp")
+    await anyio.to_thread.run_sync(wb.save, str(tmp))
+    await anyio.Path(tmp).replace(dest)
+    return n
