@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -44,10 +46,31 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
+# a DNC file must hold at least one phone-number-like run of digits
+_PHONEISH_RE = "[0-9][0-9 ().+-]{5,}[0-9]"
+_PHONEISH = re.compile(_PHONEISH_RE.encode())
+
+
+async def known_query_only(request: Request) -> None:
+    """A misspelt query parameter is an error, not silently ignored."""
+    from fastapi.routing import APIRoute
+
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    allowed: set[str] = set()
+    todo = [route.dependant]
+    while todo:
+        dep = todo.pop()
+        allowed.update(p.alias for p in dep.query_params)
+        todo.extend(dep.dependencies)
+    unknown = sorted(k for k in request.query_params if k not in allowed)
+    if unknown:
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r}", {"allowed": sorted(allowed)})
 
 
 def router(auth: Any) -> APIRouter:
-    r = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=_ERRORS)
+    r = APIRouter(prefix="/v1", dependencies=[Depends(auth), Depends(known_query_only)], responses=_ERRORS)
 
     @r.post(
         "/batches",
@@ -63,7 +86,12 @@ def router(auth: Any) -> APIRouter:
                 "required": True,
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/BatchIn"}},
-                    "text/csv": {"schema": {"type": "string"}},
+                    "text/csv": {"schema": {
+                        "type": "string",
+                        "description": "A CSV whose header names a number column",
+                        # a header line naming the number column ("," ";" or tab separated)
+                        "pattern": "^\\ufeff?(?i:number|phone|mobile)\\r?\\n",
+                    }},
                 },
             }
         },
@@ -77,6 +105,8 @@ def router(auth: Any) -> APIRouter:
         ] = None,
     ) -> Any:
         s = ctx.settings
+        if target is not None and target not in s.targets:
+            raise InvalidInput(f"target: unknown target {target!r}", {"targets": sorted(s.targets)})
         body = await read_body(request, s.max_body_bytes)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         digest = hashlib.sha256(
@@ -143,7 +173,7 @@ def router(auth: Any) -> APIRouter:
 
     @r.get("/calls", response_model=CallList, summary="Calls by your external_id")
     async def find_calls(
-        ctx: Ctx, external_id: Annotated[str, Query(min_length=1, max_length=4000)]
+        ctx: Ctx, external_id: Annotated[str, Query(min_length=1, max_length=4000, pattern=r"^[^\x00]+$")]
     ) -> Any:
         async with ctx.pool.acquire() as conn:
             ids = [x["id"] for x in await conn.fetch(Q.calls_by_external_id, external_id)]
@@ -159,8 +189,8 @@ def router(auth: Any) -> APIRouter:
                 "required": True,
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/DncIn"}},
-                    "text/plain": {"schema": {"type": "string"}},
-                    "text/csv": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string", "pattern": _PHONEISH_RE}},
+                    "text/csv": {"schema": {"type": "string", "pattern": _PHONEISH_RE}},
                 },
             }
         },
@@ -171,9 +201,13 @@ def router(auth: Any) -> APIRouter:
         region: Annotated[str | None, Query(max_length=8)] = None,
     ) -> Any:
         s = ctx.settings
+        if region is not None and not phones.is_supported_region(region, exact=True):
+            raise InvalidInput(f"region: unknown region {region!r} (ISO 3166 code, upper case)")
         body = await read_body(request, s.max_body_bytes)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype in ("text/plain", "text/csv"):
+            if _PHONEISH.search(body) is None:
+                raise InvalidInput("body: no phone number in it: send one number per line")
             reg = (region or s.targets[s.default_target].default_region).upper()
             if not phones.is_supported_region(reg):
                 raise InvalidInput(f"region: unknown region {reg!r}")
@@ -185,12 +219,12 @@ def router(auth: Any) -> APIRouter:
                          for x in rep.invalid_samples],
             )
         try:
-            payload = DncIn.model_validate(orjson.loads(body))
-        except orjson.JSONDecodeError as e:
-            raise InvalidInput(f"body is not valid JSON: {e}") from None
+            payload = DncIn.model_validate(loads(body))
         except ValidationError as e:
             details = validation_details(list(e.errors()))
             raise InvalidInput(f"{details[0]['field']}: {details[0]['message']}", details) from None
+        if payload.region is not None and not phones.is_supported_region(payload.region, exact=True):
+            raise InvalidInput(f"region: unknown region {payload.region!r} (ISO 3166 code, upper case)")
         region = (payload.region or region or s.targets[s.default_target].default_region).upper()
         if not phones.is_supported_region(region):
             raise InvalidInput(f"region: unknown region {region!r}")
@@ -217,9 +251,9 @@ def router(auth: Any) -> APIRouter:
     @r.delete("/dnc/{number}", status_code=204, summary="Remove a number from the do-not-call list")
     async def delete_dnc(number: Annotated[str, PathParam(max_length=64)], ctx: Ctx) -> Response:
         s = ctx.settings
-        e164, why = phones.normalise(number, s.targets[s.default_target].default_region)
-        if e164 is None:
-            raise InvalidInput(f"number: {why}")
+        e164, _ = phones.normalise(number, s.targets[s.default_target].default_region)
+        if e164 is None:  # not a phone number, so certainly not on the list
+            raise NotFound("that number is not on the do-not-call list")
         async with ctx.pool.acquire() as conn:
             gone = await conn.fetchval(Q.dnc_delete, e164)
         if gone is None:
@@ -324,11 +358,30 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _json_submission(body: bytes, target: str | None, default: str, max_leads: int) -> Submission:
+def _clean(v: Any) -> Any:
+    if isinstance(v, str):
+        # lone UTF-16 surrogates are legal in JSON text but not storable: replace them
+        return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, dict):
+        return {_clean(k): _clean(x) for k, x in v.items()}
+    return v
+
+
+def loads(body: bytes) -> Any:
+    """orjson, with a slow path for JSON that carries unpaired surrogate escapes."""
     try:
-        data = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"body is not valid JSON: {e}") from None
+        try:
+            return _clean(json.loads(body))
+        except ValueError:
+            raise InvalidInput(f"body is not valid JSON: {e}") from None
+
+
+def _json_submission(body: bytes, target: str | None, default: str, max_leads: int) -> Submission:
+    data = loads(body)
     if isinstance(data, dict) and isinstance(data.get("leads"), list):
         if len(data["leads"]) > max_leads:
             raise TooLarge(f"a batch holds at most {max_leads} leads", {"limit": max_leads})

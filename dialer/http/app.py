@@ -85,6 +85,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         for name, sub in dnc.pop("$defs", {}).items():
             comps.setdefault(name, sub)
         comps["DncIn"] = dnc
+        _known_values(schema, sorted(ctx.settings.targets))
         schema["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}
         }
@@ -97,3 +98,28 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
     return app
+
+
+def _known_values(schema: dict[str, Any], targets: list[str]) -> None:
+    """Say in the schema which targets and regions exist, so a client (or a fuzzer) knows
+    that any other value is refused."""
+    import phonenumbers
+
+    regions = sorted(phonenumbers.SUPPORTED_REGIONS)
+    comps = schema["components"]["schemas"]
+    comps["BatchIn"]["properties"]["target"] = {
+        "anyOf": [{"type": "string", "enum": targets}, {"type": "null"}],
+        "description": "Target name; default_target if absent",
+    }
+    comps["DncIn"]["properties"]["region"] = {
+        "anyOf": [{"type": "string", "enum": regions}, {"type": "null"}],
+        "description": "Region for national numbers (default: the default target's)",
+    }
+    for path, ops in schema.get("paths", {}).items():
+        for op in ops.values():
+            for p in op.get("parameters", []):
+                if p.get("name") == "target" or (p.get("name") == "name" and "/targets/" in path):
+                    p["schema"] = {"anyOf": [{"type": "string", "enum": targets}, {"type": "null"}]} \
+                        if p.get("in") == "query" else {"type": "string", "enum": targets}
+                elif p.get("name") == "region" and p.get("in") == "query":
+                    p["schema"] = {"anyOf": [{"type": "string", "enum": regions}, {"type": "null"}]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,6 +55,12 @@ def install(app: FastAPI) -> None:
         return error_response(
             422, "invalid_request", f"{first['field']}: {first['message']}", details
         )
+
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def _text(_: Request, exc: Exception) -> ORJSONResponse:
+        return error_response(422, "invalid", "text contains a character PostgreSQL cannot store "
+                              "(such as NUL)", None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FieldValue = str | int | float | bool | None
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+FieldValue = str | Int64 | float | bool | None
 
 
 class _Strict(BaseModel):
@@ -21,7 +22,7 @@ class LeadIn(_Strict):
     agents: list[str] | str | None = Field(
         default=None, description="Agent usernames (list, or ';' '|' ',' separated)"
     )
-    external_id: str | int | None = Field(default=None, description="Your id for the lead")
+    external_id: str | Int64 | None = Field(default=None, description="Your id for the lead")
     fields: dict[str, FieldValue] | None = Field(default=None, description="Custom fields")
     timezone: str | None = Field(default=None, description="IANA zone overriding the number's")
 

@@ -60,5 +60,5 @@ def mask(number: str | None) -> str:
     return number[:5] + "***" + number[-4:]
 
 
-def is_supported_region(region: str) -> bool:
-    return region.upper() in _reference.SUPPORTED_REGIONS
+def is_supported_region(region: str, *, exact: bool = False) -> bool:
+    return (region if exact else region.upper()) in _reference.SUPPORTED_REGIONS

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import orjson
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
@@ -52,6 +53,12 @@ def base_name(batch: Any) -> str:
 async def report_json(ingestor: FileIngestor, batch: Any, dest: Path) -> dict[str, Any]:
     """The batch's report, as the inbox writes it beside a processed file."""
     name = base_name(batch)
+    if batch["state"] == "failed":  # nothing was kept of it: say why, as the inbox's error.txt does
+        head = {"file": name, "target": batch["target"], "sha256": batch["sha256"],
+                "format": detect_format(name), "batch_id": str(batch["id"]), "result": "failed",
+                "error": batch["error"], "counts": {}, "rejected": []}
+        await anyio.Path(dest).write_bytes(orjson.dumps(head, option=orjson.OPT_INDENT_2))
+        return head
     outcome = FileOutcome(
         kind="ingested", name=name, target=batch["target"], batch_id=batch["id"],
         sha256=batch["sha256"], counts=dict(batch["counts"] or {}), fmt=detect_format(name),

@@ -160,7 +160,7 @@ def source_label(source: str, name: str | None) -> str:
         return f"inbox · {name}" if name else "inbox"
     if source == "cli":
         return f"command line · {name}" if name else "command line"
-    if name and not name.startswith("api"):
+    if name and name not in ("api", "api (text/csv)"):  # what the JSON/CSV API records
         return f"upload · {name}"
     return "API"
 

@@ -212,6 +212,8 @@ class Console:
             "b": b, "id": str(b["id"]), "source": source_label(b["source"], b["source_name"]),
             "counts": as_dict(b["counts"]), "by_state": by_state, "progress": p,
             "active": batch_active(b["state"], by_state),
+            # big batches cost more to count: poll them less often
+            "interval": 1500 if p.total < 50_000 else 5000,
             "rejected": sum(as_dict(b["counts"]).get(k, 0) for k in ("invalid", "duplicate", "dnc")),
         }
 
@@ -283,6 +285,7 @@ class Console:
             data: dict[str, Any] = dict(
                 items=items, page=page, pages=pages, total=total, active=any(i["active"] for i in items),
                 live_url=f"/ui/batches?page={page}&part=rows", inbox=str(self.ctx.settings.inbox),
+                default_target=self.ctx.settings.default_target,
                 nav="batches", title="Batches",
             )
             if request.query_params.get("part") == "rows":
@@ -529,6 +532,9 @@ class Console:
                 raise FormError(415, f"{filename}: only .csv, .xlsx, .json, .ndjson and .jsonl files "
                                      "can be uploaded")
 
+        if self.ctx.draining:  # intake has stopped: the daemon is shutting down
+            msg = "The daemon is shutting down and takes no new files. Try again once it is back."
+            return self._upload_page(request, Flash("error", msg), status=503)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":  # not a file upload at all: check the token, then say so
             fields = await self.small_form(request)
@@ -657,7 +663,7 @@ class Console:
         ok = total.get("added", 0) + total.get("updated", 0)
         kind = "ok" if ok and not total.get("invalid") else ("warn" if ok else "error")
         flash = Flash(kind, f"{total.get('added', 0):,} added, {total.get('updated', 0):,} already listed, "
-                            f"{total.get('invalid', 0):,} not valid numbers"
+                            f"{total.get('invalid', 0):,} not valid"
                             + (f"; {total['cancelled_calls']:,} calls not yet sent were cancelled"
                                if total.get("cancelled_calls") else "") + ".")
         return await self._dnc_page(request, flash, report=total)

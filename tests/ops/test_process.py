@@ -63,7 +63,7 @@ class Notifications:
             msg = data.decode()
             if "READY=1" in msg and not self.ready_probe and self.url:
                 try:  # READY must mean "serving": ask right away
-                    self.ready_probe.append(httpx.get(self.url + "/readyz", timeout=2).status_code)
+                    self.ready_probe.append(httpx.get(self.url + "/readyz", timeout=10).status_code)
                 except httpx.HTTPError:
                     self.ready_probe.append(0)
             self.got.append((time.monotonic(), msg))

@@ -190,3 +190,11 @@ async def test_a_csrf_token_belongs_to_one_session(bare_app: FastAPI, bare_conso
         await log_in(other)
         r = await other.post("/ui/targets/sales/pause", data={"csrf": console.csrf})
         assert r.status_code == 403
+
+
+async def test_login_only_redirects_inside_the_console(bare: httpx.AsyncClient) -> None:
+    for nxt, expected in [("//evil.example/x", "/ui/"), ("https://evil.example/", "/ui/"),
+                          ("/v1/batches", "/ui/"), ("/ui/dnc?q=1", "/ui/dnc?q=1"), ("/ui\\\\evil", "/ui/")]:
+        bare.cookies.clear()
+        r = await log_in(bare, next_=nxt)
+        assert r.status_code == 303 and r.headers["location"] == expected, nxt

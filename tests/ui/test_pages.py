@@ -47,7 +47,7 @@ async def test_upload_goes_through_intake_and_shows_its_report(console: Console,
     rows = re.findall(r'<td data-label="Line" class="num">(\d+)</td>', html.split('id="calls-h"')[0])
     assert rows == ["12", "13", "15", "16"]
     assert "12345" in html and "not a valid phone number" in html
-    assert "(empty)" in html and "number is empty" in html
+    assert "(empty)" in html and "number: missing" in html and "unknown agent(s) dave" in html
     assert "duplicate of line 2 in this batch" in html
     # calls: as typed and E.164
     assert "(415) 555-0101" in html and "+14155550101" in html
@@ -80,7 +80,9 @@ async def test_upload_goes_through_intake_and_shows_its_report(console: Console,
     xl_rows = [["" if v is None else str(v) for v in row] for row in ws.iter_rows(values_only=True)]
     assert xl_rows[0][:6] == list(COLUMNS[:6]) and xl_rows[0][6].startswith("ended_at")
     assert [r[:6] for r in xl_rows[1:]] == [r[:6] for r in csv_rows[1:]]
-    assert {r[1] for r in xl_rows[1:]} == {f"crm-{i}" for i in range(1001, 1016)}
+    assert len(xl_rows) == 16  # one row per lead of the file
+    assert {r[1] for r in xl_rows[1:]} - {""} <= {f"crm-{i}" for i in range(1001, 1016)}
+    assert {r[0] for r in xl_rows[1:]} >= {"+14155550101", "12345", "+442079460018"}
     assert not list((settings.state_dir / "uploads" / ".outgoing").iterdir())
 
     # the same content again: nothing new, the page points at the first batch
@@ -111,7 +113,7 @@ async def test_upload_refusals(pool: asyncpg.Pool, make_settings: object, clock:
 
         status, text = await post("big.csv", b"number\n" + b"+14155550100\n" * 2000)
         assert status == 413 and "over the 10 KB limit" in text
-        status, text = await post("notes.txt", b"number\n+14155550100\n")
+        status, text = await post("notes.pdf", b"number\n+14155550100\n")
         assert status == 415 and "only .csv, .xlsx" in text
         status, text = await post("leads.csv", b"number\n+14155550100\n", target="nope")
         assert status == 422 and "no target" in text
@@ -168,16 +170,18 @@ async def test_calls_search_and_paging(console: Console, pool: asyncpg.Pool, set
     back = (await console.c.get(f"/ui/batches/{bid}{prev.group(1)}")).text
     assert "+14155550100" in back and "+14155550150" not in back
     # by external id, by the number typed another way, by a part of it
+    hit = (await console.c.get(f"/ui/batches/{bid}", params={"q": "EXT-119"})).text
+    assert hit.count('data-label="E.164"') == 1 and "+14155550219" in hit
     hit = (await console.c.get(f"/ui/batches/{bid}", params={"q": "ext-7"})).text
-    assert hit.count('data-label="E.164"') == 1 and "+14155550107" in hit
+    assert hit.count('data-label="E.164"') == 11  # ext-7, ext-70 … ext-79
     hit = (await console.c.get(f"/ui/batches/{bid}", params={"q": "(415) 555-0199"})).text
     assert hit.count('data-label="E.164"') == 1 and "+14155550199" in hit
     hit = (await console.c.get(f"/ui/batches/{bid}", params={"q": "555021"})).text
     assert hit.count('data-label="E.164"') == 10
     miss = (await console.c.get(f"/ui/batches/{bid}", params={"q": "nobody%_"})).text
     assert "No call matches" in miss
-    frag = await console.c.get(f"/ui/batches/{bid}", params={"q": "ext-7", "part": "calls"})
-    assert frag.status_code == 200 and "<html" not in frag.text and "+14155550107" in frag.text
+    frag = await console.c.get(f"/ui/batches/{bid}", params={"q": "ext-119", "part": "calls"})
+    assert frag.status_code == 200 and "<html" not in frag.text and "+14155550219" in frag.text
     assert (await console.c.get("/ui/batches/not-a-uuid")).status_code == 404
     assert (await console.c.get("/ui/batches/00000000-0000-0000-0000-000000000000")).status_code == 404
 
@@ -249,3 +253,46 @@ def test_no_asset_comes_from_another_host(folder: str) -> None:
         text = f.read_text()
         text = text.replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert not re.search(r"(src|href|url)\s*[=(]\s*[\"']?(https?:)?//", text), f.name
+
+
+def test_progress_groups_chart_and_times() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from dialer.ui.render import batch_active, outcome_chart, progress, source_label, time_tag
+
+    p = progress({"answered": 2, "no_answer": 1, "queued": 1, "pending": 4})
+    assert (p.total, p.ended, p.live) == (8, 3, 5)
+    assert p.summary() == "3 of 8 calls ended (37%)"
+    assert abs(sum(s.pct for s in p.segments) - 100) < 1e-9
+    assert {s.key: s.n for s in p.segments if s.n} == {"answered": 2, "not_reached": 1, "sent": 1, "waiting": 4}
+    assert batch_active("ingested", {}) and batch_active("receiving", {})
+    assert batch_active("cancelled", {"queued": 1}) and not batch_active("cancelled", {"cancelled": 3})
+    assert not batch_active("done", {"answered": 1})
+
+    svg = str(outcome_chart({"answered": 3, "busy": 1, "pending": 5}))
+    assert svg.startswith('<svg class="chart"') and 'role="img"' in svg
+    assert "answered: 3, busy: 1" in svg and "pending" not in svg and "3 (75%)" in svg
+    assert "No call has ended yet" in str(outcome_chart({"pending": 2}))
+
+    t = datetime(2026, 3, 1, 9, 30, tzinfo=timezone(timedelta(hours=2)))
+    tag = str(time_tag(t))
+    assert 'datetime="2026-03-01T07:30:00Z"' in tag and "2026-03-01 07:30:00 UTC" in tag and "data-local" in tag
+    assert str(time_tag(None, "never")) == "never"
+    assert str(time_tag(datetime(2026, 3, 1, tzinfo=UTC))).count("2026-03-01 00:00:00 UTC") == 2
+
+    assert source_label("inbox", "a.csv") == "inbox · a.csv"
+    assert source_label("api", "api") == "API" and source_label("api", "api (text/csv)") == "API"
+    assert source_label("api", "leads.csv") == "upload · leads.csv"
+
+
+async def test_names_from_files_are_escaped(console: Console) -> None:
+    loc = await upload(console, "<img src=x onerror=alert(1)>.csv", b"number\n+14155550100\n")
+    page = (await console.c.get(loc)).text
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;.csv" in page
+    listing = (await console.c.get("/ui/batches")).text
+    assert "<img src=x" not in listing
+    bid = loc.split("/")[3].split("?")[0]
+    r = await console.c.get(f"/ui/batches/{bid}/results.csv")
+    disposition = r.headers["content-disposition"]
+    assert r.status_code == 200 and disposition.startswith('attachment; filename="')
+    assert disposition.count('"') == 2 and "\n" not in disposition

@@ -41,7 +41,9 @@
     if (marker) announce(key, marker.getAttribute("data-announce"));
 
     function delay() {
-      if (el.getAttribute("data-active") === "true") return 1500;
+      var m = el.querySelector("[data-live-state]");
+      var every = m && parseInt(m.getAttribute("data-interval") || "", 10);
+      if (el.getAttribute("data-active") === "true") return every || 1500;
       if (el.getAttribute("data-idle-poll") === "true") return 8000;
       return 0;
     }
