@@ -28,7 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     logs.setup(s.log_format, s.log_level)
-    anyio.run(Daemon(s).run, backend_options={"use_uvloop": True})
+    daemon = Daemon(s, config_path=Path(args.config) if args.config else None)
+    anyio.run(daemon.run, backend_options={"use_uvloop": True})
     return 0
 
 

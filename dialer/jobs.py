@@ -14,6 +14,7 @@ from datetime import timedelta
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.dispatch import outbox
@@ -80,9 +81,12 @@ class Jobs:
                 await conn.execute(Q.calls_end, ids, State.EXPIRED, now, None)
                 await outbox.record_events(conn, ids, State.QUEUED, State.EXPIRED, "reaped", now,
                                            {"reason": f"no callback for {self.settings.stale_after_h:g} h"})
-            return len(ids)
+            return [(r["target"], 1) for r in rows]
 
-        return await singleton(self.pool, "reaper", go)
+        out = await singleton(self.pool, "reaper", go)
+        for target, n in out or []:  # type: ignore[attr-defined]
+            metrics.current().call_ended(target, State.EXPIRED.value, n)
+        return out
 
     def jobs(self) -> list[Job]:
         return [

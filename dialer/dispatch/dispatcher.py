@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import asyncpg
 
+from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.dispatch import compliance, outbox
@@ -71,6 +72,14 @@ class Dispatcher:
         if self.breakers[name].state != "closed":
             return 0
         now = self.clock.now()
+        ended: list[tuple[str, int]] = []
+        try:
+            return await self._fill(name, now, ended)
+        finally:
+            for outcome, n in ended:  # only reached once the claim committed (or failed)
+                metrics.current().call_ended(name, outcome, n)
+
+    async def _fill(self, name: str, now: datetime, ended: list[tuple[str, int]]) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             state = await conn.fetchrow(Q.target_state_get, name)
             await conn.execute(Q.dispatch_lock_target, name)
@@ -79,8 +88,11 @@ class Dispatcher:
             self.paces[name] = pace
             if state is not None and state["paused"]:
                 return 0
-            return await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
-                                             self.settings.targets[name].chunk_size, self.rules)
+            done: list[tuple[str, int]] = []
+            n = await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
+                                          self.settings.targets[name].chunk_size, self.rules, done)
+        ended.extend(done)  # the transaction committed
+        return n
 
     async def fill_all(self) -> int:
         total = 0

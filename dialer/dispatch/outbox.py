@@ -66,6 +66,7 @@ async def record_chunk(
     now: datetime,
     max_rows: int,
     rules: compliance.Rules | None = None,
+    ended: list[tuple[str, int]] | None = None,
 ) -> int:
     """Claim up to ``max_rows`` dispatchable calls into a recorded chunk; returns rows claimed.
 
@@ -82,6 +83,7 @@ async def record_chunk(
     dnc_ids: list[int] = []
     dnc_from: list[str] = []
     numbers_taken: set[str] = set()
+    ended = ended if ended is not None else []  # calls ended without dialing, for metrics
     for c in cands:
         if c["on_dnc"]:  # listed since it was ingested (or since its last attempt)
             dnc_ids.append(c["id"])
@@ -110,12 +112,14 @@ async def record_chunk(
             take = keep
     if dnc_ids:
         await conn.execute(Q.calls_end, dnc_ids, State.CANCELLED, now, None)
+        ended.append((State.CANCELLED.value, len(dnc_ids)))
         await record_events(conn, dnc_ids, dnc_from, State.CANCELLED, "cancelled", now,
                             {"rule": "dnc", "reason": "number is on the do-not-call list"})
     capped_ids = {c["id"] for c in capped}
     if capped:
         ids = [c["id"] for c in capped]
         await conn.execute(Q.calls_end, ids, State.CAPPED, now, None)
+        ended.append((State.CAPPED.value, len(ids)))
         for c, h in holds:
             if c["id"] in capped_ids:
                 await record_events(conn, [c["id"]], c["state"], State.CAPPED, "capped", now,
@@ -209,7 +213,13 @@ async def requeue_uncertain(conn: asyncpg.Connection, now: datetime, after_min: 
             await record_events(conn, again, State.UNCERTAIN, State.PENDING, "requeued", now,
                                 {"reason": f"no callback within {after_min:g} min of an uncertain send"})
         if give_up:
+            from dialer import metrics
+
             await conn.execute(Q.calls_end, give_up, State.FAILED, now, None)
+            for r in due:
+                if r["requeued"] > 0:
+                    metrics.current().call_ended(r["target"], State.FAILED.value)
             await record_events(conn, give_up, State.UNCERTAIN, State.FAILED, "uncertain_failed", now,
                                 {"reason": "uncertain twice; not re-queued again"})
     return len(again), len(give_up)
+

@@ -13,8 +13,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 
+from dialer import metrics
 from dialer.dispatch.outbox import record_events
-from dialer.errors import InvalidInput, NotFound, TooLarge
+from dialer.errors import InvalidInput, NotFound, NotReady, TooLarge
 from dialer.http.context import AppContext, get_ctx
 from dialer.http.errors import validation_details
 from dialer.http.models import (
@@ -105,6 +106,8 @@ def router(auth: Any) -> APIRouter:
         ] = None,
     ) -> Any:
         s = ctx.settings
+        if ctx.draining:
+            raise NotReady("the daemon is shutting down: send this batch again in a moment")
         if target is not None and target not in s.targets:
             raise InvalidInput(f"target: unknown target {target!r}", {"targets": sorted(s.targets)})
         body = await read_body(request, s.max_body_bytes)
@@ -245,6 +248,8 @@ def router(auth: Any) -> APIRouter:
             await record_events(conn, [x["id"] for x in cancelled],
                                 [x["state"] for x in cancelled] or "pending",
                                 State.CANCELLED, "cancelled", now, {"rule": "dnc", "by": "api"})
+        for x in cancelled:
+            metrics.current().call_ended(x["target"], State.CANCELLED.value)
         added = sum(1 for x in rows if x["inserted"])
         return DncOut(added=added, updated=len(rows) - added, invalid=invalid)
 
@@ -271,6 +276,8 @@ def router(auth: Any) -> APIRouter:
             await conn.execute(Q.batch_mark_cancelled, batch_id, now)
             await record_events(conn, [x["id"] for x in rows], [x["state"] for x in rows] or "pending",
                                 State.CANCELLED, "cancelled", now, {"by": "api"})
+            target = (await conn.fetchrow(Q.batch_get, batch_id))["target"]
+        metrics.current().call_ended(target, State.CANCELLED.value, len(rows))
         return CancelOut(batch_id=str(batch_id), cancelled=len(rows))
 
     @r.get("/targets", response_model=TargetList, summary="Targets and their pacing state")

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import anyio
 import asyncpg
 
+from dialer import metrics
 from dialer.intake import phones
 from dialer.store.queries import Q
 
@@ -114,7 +115,10 @@ async def import_stream(
                 on_progress(report.lines)
         row = await conn.fetchrow(Q.dnc_import_merge, source, now)
         report.added, report.updated = row["added"], row["updated"]
-        report.cancelled_calls = int(await conn.fetchval(Q.dnc_import_cancel, now))
+        by_target = await conn.fetch(Q.dnc_import_cancel, now)
+        report.cancelled_calls = sum(r["n"] for r in by_target)
+    for r in by_target:
+        metrics.current().call_ended(r["target"], "cancelled", r["n"])
     return report
 
 

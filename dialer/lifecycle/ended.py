@@ -23,6 +23,7 @@ class EndEffects:
     recycled_to: int | None = None
     dnc_added: bool = False
     cancelled: list[int] = field(default_factory=list)
+    cancelled_targets: list[str] = field(default_factory=list)
     webhook: bool = False
 
 
@@ -64,6 +65,7 @@ async def after_end(
         out.dnc_added = True
         cancelled = await conn.fetch(Q.dnc_cancel_number, row["e164"], now)
         out.cancelled = [r["id"] for r in cancelled]
+        out.cancelled_targets = [r["target"] for r in cancelled]
         for r in cancelled:
             await conn.execute(Q.event_insert, r["id"], now, "cancelled", r["state"], State.CANCELLED.value,
                                True, {"rule": "dnc_dispositions", "disposition": disposition,

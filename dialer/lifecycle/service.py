@@ -9,6 +9,7 @@ from datetime import datetime
 import anyio
 import asyncpg
 
+from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.lifecycle import ended, events, payload
@@ -59,6 +60,9 @@ class CallbackService:
                     and result.call_id is not None:
                 result.effects = await ended.after_end(conn, self.settings, self.dispositions,
                                                        result.call_id, cb.disposition, now)
+        if isinstance(result.effects, ended.EndEffects):  # committed: count what it ended
+            for target in result.effects.cancelled_targets:
+                metrics.current().call_ended(target, "cancelled")
         if self.on_event:
             self.on_event(kind, chunk_id, result)
         if self.on_applied:

@@ -283,7 +283,7 @@ WHERE state = 'sending'
 RETURNING id
 
 -- name: calls_uncertain_due
-SELECT c.id, c.requeued FROM calls c JOIN chunks k ON k.id = c.chunk_id
+SELECT c.id, c.requeued, c.target FROM calls c JOIN chunks k ON k.id = c.chunk_id
 WHERE c.state = 'uncertain' AND coalesce(k.finished_at, k.claimed_at, k.created_at) <= $1
 ORDER BY c.id
 LIMIT 5000
@@ -328,7 +328,7 @@ RETURNING id
 
 -- name: calls_stale
 -- Queued with no callback for stale_after_h: the provider lost it, or we did.
-SELECT id FROM calls WHERE state = 'queued' AND updated_at < $1 ORDER BY id LIMIT 5000
+SELECT id, target FROM calls WHERE state = 'queued' AND updated_at < $1 ORDER BY id LIMIT 5000
 FOR UPDATE SKIP LOCKED
 
 -- name: batch_cancel_calls
@@ -432,7 +432,7 @@ WITH old AS (
 )
 UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
 FROM old WHERE c.id = old.id
-RETURNING c.id, old.state
+RETURNING c.id, old.state, c.target
 
 -- name: dnc_cancel_numbers
 WITH old AS (
@@ -442,7 +442,7 @@ WITH old AS (
 )
 UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
 FROM old WHERE c.id = old.id
-RETURNING c.id, old.state
+RETURNING c.id, old.state, c.target
 
 -- ---------------------------------------------------------------- compliance
 
@@ -483,12 +483,12 @@ WITH old AS (
 ), moved AS (
     UPDATE calls c SET state = 'cancelled', ended_at = $1, updated_at = $1, reason = 'dnc'
     FROM old WHERE c.id = old.id
-    RETURNING c.id, old.state
+    RETURNING c.id, old.state, c.target
 ), ev AS (
     INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
     SELECT id, $1, 'cancelled', state, 'cancelled', true, '{"rule": "dnc", "by": "import"}'::jsonb FROM moved
 )
-SELECT count(*)::int FROM moved
+SELECT target, count(*)::int AS n FROM moved GROUP BY target
 
 -- name: dnc_export
 SELECT e164, source, added_at, expires_at FROM dnc ORDER BY e164

@@ -10,6 +10,7 @@ width. A full-page screenshot of every page lands in ``<tmp_path>/screenshots`` 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -175,7 +176,8 @@ def test_console_end_to_end(sandbox_daemon: tuple[DaemonProcess, str], browser: 
     try:
         _walk_through(daemon, token, d, shot, tmp_path)
     finally:
-        shot("final-state")
+        with contextlib.suppress(Exception):  # never hide the failure behind a screenshot error
+            shot("final-state")
         copy_to = os.environ.get("DIALER_UI_SCREENSHOTS")
         if copy_to:
             shutil.copytree(shot.folder, copy_to, dirs_exist_ok=True)
