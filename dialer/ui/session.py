@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import secrets
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -133,7 +132,3 @@ class Sessions:
         if not nonce or not presented or len(nonce) > 64:
             return False
         return hmac.compare_digest(self.login_csrf(nonce).encode(), presented.encode())
-
-
-def unix_now() -> float:
-    return time.time()
