@@ -260,7 +260,7 @@ class Daemon:
                     await webhooks.close()
                 if providers is not None:
                     await providers.aclose()
-                await self.db.close()
+                await self.db.close(owner=True)
             log.info("stopped")
             self.notify.status("stopped")
 

@@ -91,6 +91,7 @@ class LeadEncoder:
         self._field: dict[str, str | None] = {}
         self.region = rules.default_region
         self.target = rules.name
+        self._ext: str | None = None
         # Every accepted number as an int (8 bytes each): tells finalise whether the
         # in-batch duplicate scan is needed at all.
         self._numbers: array[int] | None = array("q")
@@ -98,6 +99,7 @@ class LeadEncoder:
 
     def lead(self, line: int, values: dict[str, Any] | None, error: str | None) -> list[str | None]:
         """The COPY values for one row (None is NULL). Hot path: keep it flat."""
+        self._ext = None
         if values is None:
             return self._invalid(line, None, error or "unreadable row")
         number: Any = None
@@ -133,6 +135,11 @@ class LeadEncoder:
             else:
                 tz = val
         raw = number if type(number) is str else _text(number)
+        ext = None
+        if external_id is not None and external_id != "":
+            ext = (external_id if type(external_id) is str else _text(external_id)).strip()[
+                :_MAX_FIELD_CHARS] or None
+        self._ext = ext  # kept on invalid rows too: the results file names them
         if not raw or not raw.strip():
             return self._invalid(line, raw or None, "number: missing")
         e164, why = phones.normalise(raw, self.region)
@@ -165,10 +172,6 @@ class LeadEncoder:
             tz_name = (tz if type(tz) is str else _text(tz)).strip() or None
             if tz_name and tz_name not in _zones():
                 return self._invalid(line, raw, f"timezone: {tz_name!r} is not an IANA time zone")
-        ext = None
-        if external_id is not None and external_id != "":
-            ext = (external_id if type(external_id) is str else _text(external_id)).strip()[
-                :_MAX_FIELD_CHARS] or None
         if self._numbers is not None:
             self._numbers.append(int(e164[1:]))
             if len(self._numbers) > _TRACK_MAX:
@@ -189,7 +192,8 @@ class LeadEncoder:
     def _invalid(self, line: int, raw: str | None, reason: str) -> list[str | None]:
         self.invalid += 1
         raw = raw[:200] if raw else raw
-        return [self.batch_id, str(line), raw, None, "0", None, None, None, None, "invalid", reason,
+        ext, self._ext = self._ext, None
+        return [self.batch_id, str(line), raw, None, "0", None, ext, None, None, "invalid", reason,
                 self.target]
 
     @staticmethod

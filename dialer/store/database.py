@@ -68,13 +68,15 @@ class Database:
         async with self.pool.acquire() as conn:
             return await migrations.migrate(conn)
 
-    async def close(self, *, stop_embedded: bool = True) -> None:
+    async def close(self, *, stop_embedded: bool = True, owner: bool = False) -> None:
+        """Close the pool; stop the embedded server if we started it (or ``owner``: the
+        daemon, which owns the server even when it found it left running by a crash)."""
         import anyio
 
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
-        if self.embedded is not None and stop_embedded and self.embedded.started_here:
+        if self.embedded is not None and stop_embedded and (owner or self.embedded.started_here):
             await anyio.to_thread.run_sync(self.embedded.stop)
 
 

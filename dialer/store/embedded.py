@@ -107,6 +107,7 @@ class EmbeddedPostgres:
                 raise DialerError(f"initdb failed: {r.stderr.strip() or r.stdout.strip()}")
         if self.running():
             return self.uri
+        self.started_here = True
         # Sized for bulk intake on a small machine: room for WAL between checkpoints, so a
         # million-row file does not force checkpoints (and full-page writes) mid-ingest.
         opts = (

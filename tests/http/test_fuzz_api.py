@@ -59,7 +59,7 @@ def test_api_conforms_to_its_schema(daemon_url: str) -> None:
         for op, mode, strategy in strategies:
             try:
                 case = data.draw(strategy, label=f"{mode.value} {op.label}")
-            except Exception:  # noqa: BLE001 - an unsatisfiable negative strategy: nothing to send
+            except Exception:
                 continue
             text_body = case.media_type is not None and case.media_type.startswith("text/")
             excluded = [positive_data_acceptance, negative_data_rejection] if text_body else []
