@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from dialer.providers.ryng.sandbox import RyngSandbox, SandboxConfig
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess
 from tests.stack import free_port, serve
 
 SLOW = os.environ.get("DIALER_SLOW") == "1"
@@ -143,7 +144,7 @@ def all_ended(dsn: str) -> bool:
 
 
 def wait_all_ended(dsn: str, timeout: float, what: str = "every call ended") -> None:
-    wait_for(lambda: all_ended(dsn), timeout, what)
+    poll(lambda: all_ended(dsn), timeout, what, detail=lambda: call_states(dsn))
 
 
 def kill_all(daemons: list[DaemonProcess]) -> None:
@@ -156,3 +157,18 @@ def kill_all(daemons: list[DaemonProcess]) -> None:
 def iter_chunks(seq: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+def poll(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.5,
+         detail: Callable[[], Any] | None = None) -> Any:
+    """``wait_for`` at a gentler pace (each probe opens a DB connection), with a
+    ``detail`` snapshot in the failure message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            extra = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
+        time.sleep(every)

@@ -25,15 +25,16 @@ from tests.faults.harness import (
     SLOW,
     SandboxConfig,
     SandboxThread,
-    all_ended,
     call_states,
     instance_env,
     kill_all,
     log_errors,
     number,
+    poll,
     sql,
     sql_value,
     target_toml,
+    wait_all_ended,
 )
 
 VARIANTS = [pytest.param(2, 3_000, 500, id="short-2x3000")]
@@ -50,7 +51,7 @@ def test_instances_share_one_run(daemon_env: dict[str, str], tmp_path: Path, db_
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     base = {**daemon_env, "DIALER_RYNG_TOKEN": "sb-token", "DIALER_INBOX_DIR": str(inbox),
-            "DIALER_CONFIG": str(target_toml(tmp_path / "d.toml", agents, chunk_size=50, calls_per_agent=5)),
+            "DIALER_CONFIG": str(target_toml(tmp_path / "d.toml", agents, chunk_size=100, calls_per_agent=100)),
             "DIALER_INSTANCE_STALE_S": "5"}
     daemons: list[DaemonProcess] = []
     timeout = 60 if file_rows <= 5_000 else 900
@@ -78,11 +79,11 @@ def test_instances_share_one_run(daemon_env: dict[str, str], tmp_path: Path, db_
                 return bool(sql_value(db_url, "SELECT count(*) FROM batches WHERE source = 'inbox' "
                                               "AND state IN ('ingested', 'done')"))
 
-            wait_for(file_ingested, timeout, "the inbox file ingested")
+            poll(file_ingested, timeout, "the inbox file ingested", detail=lambda: sql(db_url, "SELECT * FROM batches"))
             with daemons[0].client() as c:
                 assert c.post("/v1/targets/sales/resume").status_code in (200, 202)
             started = time.monotonic()
-            wait_for(lambda: all_ended(db_url), timeout, "every call ended")
+            wait_all_ended(db_url, timeout)
             elapsed = time.monotonic() - started
             reports = sorted(p.name for p in (inbox / "processed").rglob("*.report.json"))
 
@@ -91,8 +92,8 @@ def test_instances_share_one_run(daemon_env: dict[str, str], tmp_path: Path, db_
 
             wait_for(results_written, 30, "results file written")
             # a last look after every instance had a chance at the completion/orphan jobs
-            wait_for(lambda: sql_value(db_url, "SELECT count(*) FROM batches WHERE state = 'done'") == 2,
-                     30, "both batches done")
+            poll(lambda: sql_value(db_url, "SELECT count(*) FROM batches WHERE state = 'done'") == 2,
+                 30, "both batches done", detail=lambda: sql(db_url, "SELECT id, state FROM batches"))
             stats = sb.stats()
             refs = sb.sandbox.submissions_by_ref("customField10")
         finally:
