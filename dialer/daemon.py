@@ -173,7 +173,8 @@ class Daemon:
                 on_applied=on_applied, settings=settings, on_event=self.metrics.callback_event,
             )
             webhooks = WebhookSender(pool, secret, self.clock, on_result=self.metrics.webhook)
-            app.router.routes.extend(callbacks.routes(lambda: service, secret, count=self.metrics.callback))
+            # first in the route table: the hot path should not walk the API's routes
+            app.router.routes[0:0] = callbacks.routes(lambda: service, secret, count=self.metrics.callback)
             app.router.routes.extend(hooks.routes(secret, providers.ringme, StringeeRouter(pool, settings)))
             sock = bind(s)
             config = uvicorn.Config(

@@ -218,3 +218,5 @@ class Dispatcher:
             with anyio.move_on_after(interval_s):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            # callbacks wake us up to thousands of times a second: refill at most ~20 times
+            await anyio.sleep(min(0.05, interval_s))

@@ -89,3 +89,30 @@ async def apply(
     await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, True, payload)
     return Applied("applied", row["id"], src.value, dst.value, row["target"], terminal,
                    agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"])
+
+
+ALLOWED_PAIRS = [f"{a.value}>{b.value}" for a in State for b in State if can_move(a, b)]
+
+
+async def apply_fast(
+    conn: asyncpg.Connection,
+    chunk_id: int,
+    call_id: int,
+    kind: str,
+    cb: CallbackData,
+    dst: State,
+    now: datetime,
+) -> Applied | None:
+    """The one-statement path (autocommit); None when the call is not this chunk's."""
+    terminal = dst in TERMINAL
+    row = await conn.fetchrow(
+        Q.callback_apply_fast, call_id, chunk_id, dst.value, now, cb.agent,
+        (cb.disposition or "unknown") if terminal else None, terminal, cb.call_id,
+        ALLOWED_PAIRS, f"callback_{kind}", {"chunk_id": chunk_id, "body": cb.raw},
+    )
+    if row is None:
+        return None
+    if not row["applied"]:
+        return Applied("duplicate", row["id"], row["state"], dst.value, row["target"])
+    return Applied("applied", row["id"], row["state"], dst.value, row["target"], terminal,
+                   agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"])

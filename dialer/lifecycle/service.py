@@ -15,6 +15,7 @@ from dialer.config import Settings
 from dialer.lifecycle import ended, events, payload
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.spool import Spool, Spooled
+from dialer.lifecycle.states import State
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class CallbackService:
         on_event: Callable[[str, int, events.Applied], None] | None = None,
     ) -> None:
         self.settings = settings
+
         self.on_event = on_event  # (kind, chunk_id, applied) once committed: metrics
         self.pool = pool
         self.clock = clock
@@ -54,12 +56,9 @@ class CallbackService:
     async def store(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                     now: datetime | None = None) -> events.Applied:
         now = now or self.clock.now()
-        async with self.pool.acquire(timeout=2) as conn, conn.transaction():
-            result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now)
-            if result.result == "applied" and result.terminal and self.settings is not None \
-                    and result.call_id is not None:
-                result.effects = await ended.after_end(conn, self.settings, self.dispositions,
-                                                       result.call_id, cb.disposition, now)
+        result = await self._store_fast(chunk_id, kind, cb, now)
+        if result is None:
+            result = await self._store_slow(chunk_id, kind, cb, now)
         if isinstance(result.effects, ended.EndEffects):  # committed: count what it ended
             for target in result.effects.cancelled_targets:
                 metrics.current().call_ended(target, "cancelled")
@@ -67,6 +66,34 @@ class CallbackService:
             self.on_event(kind, chunk_id, result)
         if self.on_applied:
             self.on_applied(result)
+        return result
+
+    @property
+    def _recycle_states(self) -> set[State]:
+        # read each time: a SIGHUP reload may add or drop re-dial rules
+        targets = self.settings.targets.values() if self.settings else []
+        return {State(k) for t in targets for k in t.recycle}
+
+    async def _store_fast(self, chunk_id: int, kind: str, cb: payload.CallbackData,
+                          now: datetime) -> events.Applied | None:
+        """One statement when nothing but the webhook follows the event (no re-dial rule
+        for the state it ends in, no DNC word)."""
+        if not cb.refs or self.settings is None:
+            return None
+        dst = events.target_state(kind, cb, self.dispositions)
+        if dst in self._recycle_states or self.dispositions.is_dnc(cb.disposition):
+            return None
+        async with self.pool.acquire(timeout=2) as conn:
+            return await events.apply_fast(conn, chunk_id, cb.refs[0], kind, cb, dst, now)
+
+    async def _store_slow(self, chunk_id: int, kind: str, cb: payload.CallbackData,
+                          now: datetime) -> events.Applied:
+        async with self.pool.acquire(timeout=2) as conn, conn.transaction():
+            result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now)
+            if result.result == "applied" and result.terminal and self.settings is not None \
+                    and result.call_id is not None:
+                result.effects = await ended.after_end(conn, self.settings, self.dispositions,
+                                                       result.call_id, cb.disposition, now)
         return result
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:

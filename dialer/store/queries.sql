@@ -555,3 +555,38 @@ LIMIT $3
 
 -- name: ui_dnc_total
 SELECT count(*)::int FROM dnc
+
+-- name: callback_apply_fast
+-- The common callback in one round trip: lock the call, check the move against the state
+-- table (passed in as allowed "from>to" pairs), update it, audit the event, and enqueue the
+-- batch's result webhook when the call ends. No row: not this chunk's call (slow path).
+-- $1 call, $2 chunk, $3 new state, $4 now, $5 agent, $6 outcome, $7 terminal,
+-- $8 provider call id, $9 allowed pairs, $10 event kind, $11 event payload
+WITH c AS (
+    SELECT id, state, target, batch_id, e164, external_id, attempt, agent
+    FROM calls WHERE id = $1 AND chunk_id = $2
+    FOR UPDATE
+), m AS (
+    UPDATE calls k SET state = $3::text, updated_at = $4::timestamptz, agent = coalesce($5, k.agent),
+           outcome = coalesce($6, k.outcome),
+           ended_at = CASE WHEN $7::boolean THEN $4::timestamptz ELSE k.ended_at END,
+           provider_call_id = coalesce($8, k.provider_call_id)
+    FROM c WHERE k.id = c.id AND (c.state || '>' || $3::text) = ANY($9::text[])
+    RETURNING k.id, k.agent, k.outcome, k.ended_at
+), e AS (
+    INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
+    SELECT c.id, $4::timestamptz, $10, c.state, $3::text, EXISTS (SELECT 1 FROM m), $11::jsonb FROM c
+), w AS (
+    INSERT INTO webhook_outbox (batch_id, call_id, url, body, next_attempt_at, created_at)
+    SELECT c.batch_id, c.id, b.result_webhook_url,
+           convert_to(jsonb_build_object(
+               'event', 'call.ended', 'batch_id', c.batch_id, 'call_id', c.id, 'number', c.e164,
+               'external_id', c.external_id, 'state', $3::text, 'outcome', m.outcome,
+               'attempt', c.attempt, 'agent', m.agent, 'ended_at', m.ended_at,
+               'will_retry', false, 'next_call_id', NULL)::text, 'UTF8'),
+           $4::timestamptz, $4::timestamptz
+    FROM c JOIN m ON m.id = c.id JOIN batches b ON b.id = c.batch_id
+    WHERE $7::boolean AND b.result_webhook_url IS NOT NULL
+    ON CONFLICT (call_id) DO NOTHING
+)
+SELECT c.id, c.state, c.target, c.batch_id, c.agent, EXISTS (SELECT 1 FROM m) AS applied FROM c
