@@ -13,6 +13,7 @@ from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.lifecycle import ended, events, payload
+from dialer.lifecycle.batcher import CallbackBatcher
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.spool import Spool, Spooled
 from dialer.lifecycle.states import State
@@ -52,6 +53,7 @@ class CallbackService:
         self.spool = spool
         self.on_applied = on_applied
         self.on_spooled = on_spooled
+        self._batcher = CallbackBatcher(pool, clock.now)
 
     async def store(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                     now: datetime | None = None) -> events.Applied:
@@ -83,8 +85,7 @@ class CallbackService:
         dst = events.target_state(kind, cb, self.dispositions)
         if dst in self._recycle_states or self.dispositions.is_dnc(cb.disposition):
             return None
-        async with self.pool.acquire(timeout=2) as conn:
-            return await events.apply_fast(conn, chunk_id, cb.refs[0], kind, cb, dst, now)
+        return await self._batcher.apply(chunk_id, cb.refs[0], kind, cb, dst)
 
     async def _store_slow(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                           now: datetime) -> events.Applied:

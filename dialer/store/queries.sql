@@ -590,3 +590,46 @@ WITH c AS (
     ON CONFLICT (call_id) DO NOTHING
 )
 SELECT c.id, c.state, c.target, c.batch_id, c.agent, EXISTS (SELECT 1 FROM m) AS applied FROM c
+
+-- name: callback_apply_batch
+-- Many callbacks in one statement and one commit (the same work as callback_apply_fast,
+-- set-based). Rows are locked in id order, so concurrent batches cannot deadlock. A batch
+-- never holds two callbacks for one call. Input rows with no matching call of their chunk
+-- return nothing (the caller takes the slow path for them).
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::boolean[], $7::text[], $8::text[], $9::jsonb[], $10::int[])
+        AS u(call_id, chunk_id, dst, agent, outcome, terminal, pcid, kind, payload, ord)
+), c AS (
+    SELECT k.id, k.state, k.target, k.batch_id, k.e164, k.external_id, k.attempt,
+           k.agent AS old_agent, i.dst, i.agent, i.outcome, i.terminal, i.pcid, i.kind, i.payload, i.ord
+    FROM calls k JOIN input i ON i.call_id = k.id AND k.chunk_id = i.chunk_id
+    ORDER BY k.id
+    FOR UPDATE OF k
+), m AS (
+    UPDATE calls k SET state = c.dst, updated_at = $11::timestamptz, agent = coalesce(c.agent, k.agent),
+           outcome = coalesce(c.outcome, k.outcome),
+           ended_at = CASE WHEN c.terminal THEN $11::timestamptz ELSE k.ended_at END,
+           provider_call_id = coalesce(c.pcid, k.provider_call_id)
+    FROM c WHERE k.id = c.id AND (c.state || '>' || c.dst) = ANY($12::text[])
+    RETURNING k.id, k.agent, k.outcome, k.ended_at
+), e AS (
+    INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
+    SELECT c.id, $11::timestamptz, c.kind, c.state, c.dst, m.id IS NOT NULL, c.payload
+    FROM c LEFT JOIN m ON m.id = c.id
+    ORDER BY c.ord
+), w AS (
+    INSERT INTO webhook_outbox (batch_id, call_id, url, body, next_attempt_at, created_at)
+    SELECT c.batch_id, c.id, b.result_webhook_url,
+           convert_to(jsonb_build_object(
+               'event', 'call.ended', 'batch_id', c.batch_id, 'call_id', c.id, 'number', c.e164,
+               'external_id', c.external_id, 'state', c.dst, 'outcome', m.outcome,
+               'attempt', c.attempt, 'agent', m.agent, 'ended_at', m.ended_at,
+               'will_retry', false, 'next_call_id', NULL)::text, 'UTF8'),
+           $11::timestamptz, $11::timestamptz
+    FROM c JOIN m ON m.id = c.id JOIN batches b ON b.id = c.batch_id
+    WHERE c.terminal AND b.result_webhook_url IS NOT NULL
+    ON CONFLICT (call_id) DO NOTHING
+)
+SELECT c.ord, c.id, c.state, c.target, c.batch_id, c.old_agent AS agent, m.id IS NOT NULL AS applied
+FROM c LEFT JOIN m ON m.id = c.id
