@@ -49,8 +49,23 @@ class Hold:
     detail: dict[str, Any]
 
 
-@lru_cache(maxsize=65536)
+_BY_PREFIX: dict[str, str | None] = {}
+
+
 def region_of_number(e164: str) -> str | None:
+    # NANP geography is decided by country code + NPA-NXX: compute once per prefix
+    if e164.startswith("+1") and len(e164) == 12:
+        key = e164[:8]
+        if key not in _BY_PREFIX:
+            if len(_BY_PREFIX) > 200_000:
+                _BY_PREFIX.clear()
+            _BY_PREFIX[key] = _region_of_number(e164)
+        return _BY_PREFIX[key]
+    return _region_of_number(e164)
+
+
+@lru_cache(maxsize=65536)
+def _region_of_number(e164: str) -> str | None:
     """ISO 3166 code for the number: a subdivision (US-TX) where the geography says, else
     the country (DE), else None."""
     try:
@@ -169,10 +184,12 @@ class Rules:
 
     def check(self, target_name: str, t: Target, e164: str, tz: str | None,
               fields: dict[str, Any] | None, now: datetime) -> Hold | None:
+        holidays = self.holidays.get(target_name, frozenset())
+        if not self.by_region and not holidays and t.calling_hours == "00:00-24:00":
+            return None  # nothing can hold this lead: skip the geography
         region = region_of(e164, fields, tz)
         win, rule = self.window_for(t, region)
         zones = hours.zones_for(e164, tz)
-        holidays = self.holidays.get(target_name, frozenset())
         if win is None:
             return Hold(now + timedelta(days=1), rule,
                         {"region": region, "reason": "no instant satisfies every window that may apply"})

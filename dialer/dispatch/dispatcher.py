@@ -205,8 +205,47 @@ class Dispatcher:
 
     # -- the loop ---------------------------------------------------------------------
     async def tick(self) -> dict[str, Any]:
-        filled = await self.fill_all()
-        sent = await self.send_all()
+        """Fill and send at once: each chunk goes out as soon as it is recorded, so the
+        database (recording) and the provider round trips (sending) overlap."""
+        filled = 0
+        filling = True
+        recorded = anyio.Event()
+        sent = 0
+
+        async def fill() -> None:
+            nonlocal filled, filling, recorded
+            try:
+                for name in self.settings.targets:
+                    while self.running:
+                        try:
+                            n = await self.fill_target(name)
+                        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                            log.warning("dispatch fill failed; will retry",
+                                        extra={"target": name, "error": str(e)})
+                            break
+                        filled += n
+                        recorded.set()
+                        recorded = anyio.Event()
+                        if n == 0:
+                            break
+            finally:
+                filling = False
+                recorded.set()
+
+        async def send() -> None:
+            nonlocal sent
+            while self.running:
+                if await self.send_one():
+                    sent += 1
+                    continue
+                if not filling:
+                    return
+                await recorded.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fill)
+            for _ in range(self.max_parallel_sends):
+                tg.start_soon(send)
         return {"filled": filled, "sent": sent}
 
     async def run(self, interval_s: float = 1.0) -> None:

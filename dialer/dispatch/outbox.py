@@ -76,7 +76,8 @@ async def record_chunk(
     n = min(max_rows, t.chunk_size, pace.free)
     if n <= 0:
         return 0
-    cands = await conn.fetch(Q.dispatch_candidates, name, now, n * 2 + 20)
+    # a margin for leads held back by calling hours or caps; the rest waits for the next chunk
+    cands = await conn.fetch(Q.dispatch_candidates, name, now, n + max(20, n // 5))
     rules = rules or compliance.Rules(settings)
     take: list[asyncpg.Record] = []
     holds: list[tuple[asyncpg.Record, compliance.Hold]] = []

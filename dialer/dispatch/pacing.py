@@ -64,13 +64,14 @@ async def measure(
         since = now - timedelta(seconds=t.max_dispose_s)
         wrap = {r["agent"] for r in await conn.fetch(Q.target_wrapup_agents, name, since)}
     available = ready - wrap
-    in_flight = await conn.fetchval(Q.target_in_flight, name)
+    limit = len(available) * t.calls_per_agent
+    in_flight = await conn.fetchval(Q.target_in_flight, name, limit + 1)
     return Pace(
         target=name,
         ready_agents=len(available),
         wrapup_agents=len(ready & wrap),
         in_flight=int(in_flight),
-        limit=len(available) * t.calls_per_agent,
+        limit=limit,
         source=source_name,
         agents=sorted(available),
     )

@@ -42,9 +42,24 @@ def _parse_reason(e: Exception) -> str:
     return msg.split(") ", 1)[-1].rstrip(".").lower() if ") " in msg else msg.lower()
 
 
-@lru_cache(maxsize=4096)
+_ZONES_BY_PREFIX: dict[str, tuple[str, ...]] = {}
+
+
 def time_zones(e164: str) -> tuple[str, ...]:
     """IANA zones the number may be in ('Etc/Unknown' when the library cannot tell)."""
+    if e164.startswith("+1") and len(e164) == 12:  # NANP: the zone follows NPA-NXX
+        key = e164[:8]
+        found = _ZONES_BY_PREFIX.get(key)
+        if found is None:
+            if len(_ZONES_BY_PREFIX) > 200_000:
+                _ZONES_BY_PREFIX.clear()
+            found = _ZONES_BY_PREFIX[key] = _time_zones(e164)
+        return found
+    return _time_zones(e164)
+
+
+@lru_cache(maxsize=4096)
+def _time_zones(e164: str) -> tuple[str, ...]:
     from phonenumbers import timezone
 
     num = _reference.parse(e164, None)

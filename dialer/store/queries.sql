@@ -162,8 +162,12 @@ WHERE sha256 = $1
 SELECT pg_advisory_xact_lock(hashtext('dialer.dispatch:' || $1))
 
 -- name: target_in_flight
-SELECT count(*)::int FROM calls
-WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
+-- Counted up to the limit + 1 only: pacing needs no more, and the count stays cheap.
+SELECT count(*)::int FROM (
+    SELECT 1 FROM calls
+    WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
+    LIMIT $2
+) s
 
 -- name: target_wrapup_agents
 -- Agents whose last call ended less than max_dispose_s ago and who are not on a call.
