@@ -57,7 +57,8 @@ CREATE TABLE calls (
 CREATE INDEX calls_batch_line ON calls (batch_id, line);
 -- dedupe and DNC look numbers up by equality only: a hash index is far cheaper to keep
 CREATE INDEX calls_e164 ON calls USING hash (e164);
-CREATE INDEX calls_external_id ON calls USING hash (external_id) WHERE external_id IS NOT NULL;
+-- btree, not hash: CRM ids usually arrive in order, and appending to a btree is cheap
+CREATE INDEX calls_external_id ON calls (external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX calls_dispatchable ON calls (target, priority DESC, id)
     WHERE state IN ('pending', 'scheduled', 'retry_wait');
 
