@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench sandbox clean
+.PHONY: run test lint bench soak sandbox clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/dispatch.py
 	$(PY) bench/callbacks.py
+
+# ten minutes of a steady stream (ingest + dispatch + callbacks); prints RSS, FDs, pool
+# use and p99 callback latency every minute, then a verdict on the trend
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -91,8 +91,9 @@ class Jobs:
     def jobs(self) -> list[Job]:
         return [
             Job("heartbeat", 5, self.heartbeat, singleton=False),
-            Job("orphans", 10, self.orphans),
-            Job("uncertain", 60, self.uncertain),
+            # often enough that the configured deadlines are honoured, not rounded up
+            Job("orphans", max(1.0, min(10.0, self.settings.instance_stale_s / 2)), self.orphans),
+            Job("uncertain", max(1.0, min(60.0, self.settings.uncertain_after_min * 30)), self.uncertain),
             Job("reaper", 300, self.reaper),
             *self.extra,
         ]

@@ -95,6 +95,7 @@ def build(
     terminal_url: str,
     chunk_id: int,
     named_agent: str | None = None,
+    agent_order: list[str] | None = None,
 ) -> Built:
     json_rows = [_row_json(r, slots, t) for r in rows]
     customer: dict[str, Any] = {
@@ -102,8 +103,8 @@ def build(
         "terminalCallbackUrl": terminal_url,
         "jsonData": json_rows,
     }
-    mapping = "global" if named_agent else t.agent_mapping
-    agents = _agents(t, named_agent)
+    mapping = "global" if (named_agent or agent_order) else t.agent_mapping
+    agents = [named_agent] if named_agent else (agent_order or _agents(t, None))
     if t.kind == "queue":
         body: dict[str, Any] = {"agentMapping": mapping}
         if agents:

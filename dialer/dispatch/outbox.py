@@ -146,18 +146,23 @@ async def record_chunk(
         for c in take
     ]
     named = None
-    if t.kind == "campaign" and len(rows) == 1 and not (t.agent_mapping == "inline" and rows[0].agents):
-        # Ryng round-robins only within a campaign: single-lead campaigns would all land
-        # on the first agent, so we rotate through the target's agents ourselves.
-        pool = [a for a in pace.agents if a != "*"] or list(t.agents)
-        if pool:
-            idx = int(await conn.fetchval(Q.target_next_agent, name))
-            named = pool[idx % len(pool)]
+    order: list[str] | None = None
+    inline_agents = t.agent_mapping == "inline" and any(r.agents for r in rows)
+    pool = [a for a in pace.agents if a != "*"] or list(t.agents)
+    if pool and not inline_agents and len(rows) < len(pool):
+        # Ryng round-robins only within one request, starting from the first agent each
+        # time: small chunks (a single-lead campaign, a one-slot refill) would all land on
+        # the first agent. We keep our own rotation across requests and start each
+        # request's agent list where the previous one stopped.
+        start = int(await conn.fetchval(Q.target_next_agent, name, len(rows))) % len(pool)
+        order = pool[start:] + pool[:start]
+        if t.kind == "campaign" and len(rows) == 1:
+            named = order[0]
     built = chunker.build(
         name, t, rows, slots,
         connect_url=f"{base}/callbacks/ryng/connect/{token}",
         terminal_url=f"{base}/callbacks/ryng/terminal/{token}",
-        chunk_id=chunk_id, named_agent=named,
+        chunk_id=chunk_id, named_agent=named, agent_order=order,
     )
     request: dict[str, Any] = {"kind": built.kind, "body": built.body}
     if built.sheet is not None:

@@ -29,6 +29,7 @@ DB_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,  # a connection broken mid-operation by a restart
 )
 
 

@@ -188,9 +188,10 @@ ON CONFLICT (target) DO UPDATE SET paused = $2, paused_reason = $3, updated_at =
 RETURNING *
 
 -- name: target_next_agent
-INSERT INTO target_state (target, rr_index) VALUES ($1, 1)
-ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index + 1
-RETURNING rr_index - 1 AS idx
+-- Our round-robin position for the target: returns where to start, moves on by $2.
+INSERT INTO target_state (target, rr_index) VALUES ($1, $2)
+ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index + $2
+RETURNING rr_index - $2 AS idx
 
 -- name: dispatch_candidates
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,

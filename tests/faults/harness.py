@@ -100,11 +100,11 @@ def number(i: int, base: int = 3_000_000, area: int = 415) -> str:
 
 
 def target_toml(path: Path, agents: list[str], *, chunk_size: int = 100, calls_per_agent: int = 10,
-                max_retries: int = 0) -> Path:
+                max_retries: int = 0, mapping: str = "global") -> Path:
     names = ", ".join(f'"{a}"' for a in agents)
     path.write_text(
         'default_target = "sales"\n\n[targets.sales]\nkind = "queue"\nqueue_id = "1"\n'
-        f'agent_mapping = "global"\nagents = [{names}]\ncalling_hours = "00:00-24:00"\n'
+        f'agent_mapping = "{mapping}"\nagents = [{names}]\ncalling_hours = "00:00-24:00"\n'
         f"calls_per_agent = {calls_per_agent}\nchunk_size = {chunk_size}\nmax_dispose_s = 0\n"
         f"max_retries = {max_retries}\nretry_interval_min = 0\ndedupe_window_h = 0\n")
     return path
