@@ -225,6 +225,7 @@ class Daemon:
                     extra={"listen": s.http_listen, "inbox": str(s.inbox),
                            "sandbox": s.sandbox_mode, "instance": self.instance_id},
                 )
+                _freeze_startup_objects()
                 self.notify.ready(f"running: listening on {s.http_listen}")
                 tg.start_soon(self.notify.watchdog, lambda: _status(dispatcher, spool))
                 await self._stop.wait()
@@ -328,3 +329,16 @@ def _status(dispatcher: Dispatcher, spool: Spool) -> str:
     """The STATUS= line systemctl shows: calls in flight against each target's limit."""
     paces = " ".join(f"{p.target} {p.in_flight}/{p.limit}" for p in dispatcher.paces.values())
     return f"running: in flight {paces or 'none'}; spool {spool.depth}"
+
+
+def _freeze_startup_objects() -> None:
+    """Keep the start-up heap (modules, phone-number metadata, settings) out of the
+    garbage collector's full passes: scanning it stalled the event loop for tens of ms."""
+    import gc
+
+    from dialer.intake import phones
+
+    phones.normalise("+14155550100", "US")  # load the metadata the hot paths use
+    phones.time_zones("+14155550100")
+    gc.collect()
+    gc.freeze()
