@@ -65,7 +65,8 @@ async def measure(
         wrap = {r["agent"] for r in await conn.fetch(Q.target_wrapup_agents, name, since)}
     available = ready - wrap
     limit = len(available) * t.calls_per_agent
-    in_flight = await conn.fetchval(Q.target_in_flight, name, limit + 1)
+    # exact up to a thousand (what operators read), bounded beyond: pacing needs no more
+    in_flight = await conn.fetchval(Q.target_in_flight, name, max(limit + 1, 1000))
     return Pace(
         target=name,
         ready_agents=len(available),

@@ -162,7 +162,7 @@ WHERE sha256 = $1
 SELECT pg_advisory_xact_lock(hashtext('dialer.dispatch:' || $1))
 
 -- name: target_in_flight
--- Counted up to the limit + 1 only: pacing needs no more, and the count stays cheap.
+-- Counted up to a bound ($2) only, so the count stays cheap however many are out.
 SELECT count(*)::int FROM (
     SELECT 1 FROM calls
     WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
