@@ -27,6 +27,7 @@ from dialer.dispatch.pacing import StaticAgents
 from dialer.http import callbacks, hooks
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
+from dialer.http.limits import HeaderLimit
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
 from dialer.jobs import Job, Jobs
@@ -178,7 +179,7 @@ class Daemon:
             app.router.routes.extend(hooks.routes(secret, providers.ringme, StringeeRouter(pool, settings)))
             sock = bind(s)
             config = uvicorn.Config(
-                app, log_config=None, access_log=False, lifespan="off",
+                HeaderLimit(app), log_config=None, access_log=False, lifespan="off",
                 timeout_keep_alive=15, timeout_graceful_shutdown=20,
                 h11_max_incomplete_event_size=64 * 1024,
             )

@@ -1,0 +1,29 @@
+"""Request-head limits in front of the whole app (plain ASGI: nothing to pay per request
+beyond a sum). Bodies are limited where they are read (API 50 MB, callbacks 256 KB)."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADERS = 100
+_REFUSED = b'{"error":{"code":"headers_too_large","message":"request headers are too large","details":null}}'
+
+
+class HeaderLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES, max_count: int = MAX_HEADERS) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            if len(headers) > self.max_count or sum(len(k) + len(v) for k, v in headers) > self.max_bytes:
+                await send({"type": "http.response.start", "status": 431,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(_REFUSED)).encode()),
+                                        (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": _REFUSED})
+                return
+        await self.app(scope, receive, send)
