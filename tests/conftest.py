@@ -88,20 +88,25 @@ def _create_db(admin: str) -> str:
     return name
 
 
-@pytest.fixture
-def db_url(pg_server: str, template_dsn: str) -> Iterator[str]:
-    """A fresh, migrated database for one test."""
-    name = _create_db(pg_server)
-    yield with_database(pg_server, name)
+def fresh_database(admin: str) -> Iterator[str]:
+    """A migrated database cloned from the template, dropped afterwards."""
+    name = _create_db(admin)
+    yield with_database(admin, name)
 
     async def drop() -> None:
-        conn = await asyncpg.connect(pg_server)
+        conn = await asyncpg.connect(admin)
         try:
             await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             await conn.close()
 
     asyncio.run(drop())
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    yield from fresh_database(pg_server)
 
 
 @pytest.fixture

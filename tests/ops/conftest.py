@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TOKEN, _create_db, free_port, wait_for, with_database
+from tests.conftest import ROOT, TOKEN, free_port, fresh_database, wait_for
 
 GRAFANA = ROOT / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "dialer.json"
@@ -153,17 +153,7 @@ def daemon_env_for(db_url: str, state_dir: Path, **extra: str) -> dict[str, str]
 @pytest.fixture(scope="module")
 def module_db_url(pg_server: str, template_dsn: str) -> Iterator[str]:
     """A fresh, migrated database for one test module."""
-    name = _create_db(pg_server)
-    yield with_database(pg_server, name)
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(pg_server)
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    yield from fresh_database(pg_server)
 
 
 def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
