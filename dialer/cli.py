@@ -23,6 +23,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(Path(args.config) if args.config else None)
 
 
+class _Usage(DialerError):
+    """A command-line mistake: exit 2 with the message."""
+
+
+def _input_file(arg: str) -> Path:
+    path = Path(arg)
+    if not path.is_file():
+        raise _Usage(f"{path} is not a file")
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dialer.daemon import Daemon
 
@@ -72,10 +83,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     logs.setup(s.log_format, "warning")
-    path = Path(args.file)
-    if not path.is_file():
-        print(f"error: {path} is not a file", file=sys.stderr)
-        return 2
+    path = _input_file(args.file)
     target = args.target or s.default_target
     console = Console(stderr=True)
 
@@ -200,10 +208,7 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     logs.setup(s.log_format, "warning")
-    path = Path(args.file)
-    if not path.is_file():
-        print(f"error: {path} is not a file", file=sys.stderr)
-        return 2
+    path = _input_file(args.file)
     region = (args.region or s.targets[s.default_target].default_region).upper()
     expiry = datetime.fromisoformat(args.expires_at) if args.expires_at else None
     console = Console(stderr=True)
@@ -214,7 +219,7 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
                       TimeElapsedColumn(), console=console,
                       disable=not console.is_terminal and not args.progress) as progress:
             task = progress.add_task(f"importing {path.name}", total=size)
-            with path.open("rb") as f:  # noqa: ASYNC230 - a one-shot CLI process
+            with path.open("rb") as f:
                 report = await dnc.import_stream(
                     pool, f, region=region, source=args.source or path.name, now=SystemClock().now(),
                     default_expiry=expiry, on_progress=lambda _n: progress.update(task, completed=f.tell()),
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return int(args.fn(args))
-    except ConfigError as e:
+    except (ConfigError, _Usage) as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2
     except DialerError as e:

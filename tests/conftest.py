@@ -178,6 +178,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_and_wait(argv: list[str], env: dict[str, str] | None, cwd: Path, log: Path, ready_url: str,
+                   what: str, timeout: float = 60) -> subprocess.Popen[bytes]:
+    """Start a child process (output to ``log``) and wait until ``ready_url`` answers 200."""
+    with log.open("ab") as logf:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            return httpx.get(ready_url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout, f"{what} {ready_url}")
+    return proc
+
+
 class DaemonProcess:
     """``python -m dialer run`` as a real child process."""
 
@@ -190,22 +208,8 @@ class DaemonProcess:
         self.log = cwd / "daemon.log"
 
     def start(self, timeout: float = 60) -> DaemonProcess:
-        logf = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dialer", "run"], env=self.env, cwd=self.cwd,
-            stdout=logf, stderr=subprocess.STDOUT,
-        )
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout, "daemon /readyz")
+        self.proc = start_and_wait([sys.executable, "-m", "dialer", "run"], self.env, self.cwd,
+                                   self.log, self.url + "/readyz", "daemon", timeout)
         return self
 
     def kill9(self) -> None:

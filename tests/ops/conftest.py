@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TOKEN, free_port, fresh_database, wait_for
+from tests.conftest import ROOT, TOKEN, free_port, fresh_database, start_and_wait
 
 GRAFANA = ROOT / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "dialer.json"
@@ -92,23 +92,11 @@ class Prometheus:
         }
         cfg = self.dir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(config))
-        logf = self.log.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = start_and_wait(
             [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=logf, stderr=subprocess.STDOUT, cwd=self.dir,
+            None, self.dir, self.log, self.url + "/-/ready", "prometheus", 30,
         )
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                return httpx.get(self.url + "/-/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 30, "prometheus /-/ready")
         return self
 
     def api(self, path: str, **params: str) -> Any:
@@ -188,3 +176,26 @@ def timed(limit_s: float, what: str) -> Iterator[None]:
     yield
     took = time.monotonic() - start
     assert took <= limit_s, f"{what} took {took:.1f}s (limit {limit_s}s)"
+
+
+DAEMON_TOML = """
+default_target = "sales"
+
+[sandbox]
+time_scale = 0.02
+
+[targets.sales]
+kind = "queue"
+queue_id = "42"
+agent_mapping = "global"
+agents = ["alice", "bob", "carol"]
+calling_hours = "00:00-24:00"
+max_dispose_s = 1
+calls_per_agent = {cpa}
+{extra}
+"""
+
+
+def daemon_toml(calls_per_agent: int = 2, extra: str = "") -> str:
+    """The ops tests' daemon config: the sandbox, one fast target, plus ``extra`` TOML."""
+    return DAEMON_TOML.format(cpa=calls_per_agent, extra=extra)

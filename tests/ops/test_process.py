@@ -19,25 +19,9 @@ import httpx
 import pytest
 
 from tests.conftest import DaemonProcess, wait_for
-from tests.ops.conftest import fetch
+from tests.ops.conftest import daemon_toml, fetch
 
 ROWS = 30_000
-TOML = """
-default_target = "sales"
-
-[sandbox]
-time_scale = 0.02
-
-[targets.sales]
-kind = "queue"
-queue_id = "42"
-agent_mapping = "global"
-agents = ["alice", "bob", "carol"]
-calling_hours = "00:00-24:00"
-max_dispose_s = 1
-calls_per_agent = {cpa}
-{extra}
-"""
 
 
 @dataclass
@@ -112,7 +96,7 @@ def test_sd_notify_ready_watchdog_status_reload_and_stopping(
     daemon: DaemonProcess, notify_socket: Notifications, tmp_path: Path
 ) -> None:
     conf = tmp_path / "dialer.toml"
-    conf.write_text(TOML.format(cpa=2, extra=""))
+    conf.write_text(daemon_toml(2, ""))
     daemon.env.update(NOTIFY_SOCKET=notify_socket.path, WATCHDOG_USEC="1000000", DIALER_CONFIG=str(conf))
     notify_socket.url = daemon.url
     daemon.start()
@@ -130,7 +114,7 @@ def test_sd_notify_ready_watchdog_status_reload_and_stopping(
 
     # SIGHUP: a changed calls_per_agent and a new target show in /v1/targets
     assert targets(daemon)["sales"]["calls_per_agent"] == 2
-    conf.write_text(TOML.format(cpa=5, extra='[targets.support]\nkind = "campaign"\nagents = ["dave"]\n'))
+    conf.write_text(daemon_toml(5, '[targets.support]\nkind = "campaign"\nagents = ["dave"]\n'))
     seen = len(notify_socket.messages())
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
@@ -144,7 +128,7 @@ def test_sd_notify_ready_watchdog_status_reload_and_stopping(
     assert (Path(daemon.env["DIALER_STATE_DIR"]) / "inbox" / "support").is_dir()
 
     # an invalid file: logged, the running configuration kept, the daemon still up
-    conf.write_text(TOML.format(cpa=7, extra="no_such_key = 1\n"))
+    conf.write_text(daemon_toml(7, "no_such_key = 1\n"))
     seen = len(notify_socket.messages())
     daemon.proc.send_signal(signal.SIGHUP)
     notify_socket.wait("READY=1", notify_socket.wait("RELOADING=1", seen))
@@ -167,7 +151,7 @@ def test_sd_notify_ready_watchdog_status_reload_and_stopping(
 def test_sigterm_drains_under_load_and_exits_0_within_30s(daemon: DaemonProcess, tmp_path: Path,
                                                         db_url: str) -> None:
     conf = tmp_path / "dialer.toml"
-    conf.write_text(TOML.format(cpa=4, extra=""))
+    conf.write_text(daemon_toml(4, ""))
     daemon.env["DIALER_CONFIG"] = str(conf)
     daemon.start()
     inbox = Path(daemon.env["DIALER_STATE_DIR"]) / "inbox"

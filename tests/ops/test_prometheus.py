@@ -30,27 +30,14 @@ from tests.ops.conftest import (
     DASHBOARD,
     Prometheus,
     daemon_env_for,
+    daemon_toml,
     fetch,
     sample_names,
     scrape,
 )
 from tests.ops.test_rules import dashboard_queries, grafana_to_promql
 
-CONFIG = """
-default_target = "sales"
-
-[sandbox]
-time_scale = 0.02
-
-[targets.sales]
-kind = "queue"
-queue_id = "42"
-agent_mapping = "global"
-agents = ["alice", "bob", "carol"]
-calling_hours = "00:00-24:00"
-max_dispose_s = 1
-calls_per_agent = 2
-
+CONFIG = daemon_toml(2, """
 [targets.sales.recycle]
 no_answer = { after_min = 0.01, max = 1 }
 
@@ -59,7 +46,7 @@ kind = "campaign"
 agents = ["dave"]
 calling_hours = "00:00-24:00"
 max_dispose_s = 1
-"""
+""")
 
 API_NUMBERS = [f"+1415555{1000 + i:04d}" for i in range(14)]
 INBOX_NUMBERS = [f"+1212555{2000 + i:04d}" for i in range(6)]
