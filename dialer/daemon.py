@@ -10,7 +10,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from dialer import metrics
 from dialer.clock import Clock, SystemClock
 from dialer.config import Settings, load_settings
+from dialer.dispatch import compliance
 from dialer.dispatch.breaker import Breaker
 from dialer.dispatch.dispatcher import Dispatcher
 from dialer.dispatch.pacing import StaticAgents
@@ -31,6 +32,7 @@ from dialer.http.limits import HeaderLimit
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
 from dialer.jobs import Job, Jobs
+from dialer.lifecycle import observe
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.events import Applied
 from dialer.lifecycle.service import CallbackService
@@ -44,6 +46,7 @@ from dialer.results.files import Completion
 from dialer.results.webhooks import WebhookSender
 from dialer.store.database import Database
 from dialer.store.queries import Q
+from dialer.supervisor import supervise
 
 log = logging.getLogger("dialer.daemon")
 
@@ -131,6 +134,7 @@ class Daemon:
         jobs: Jobs | None = None
         webhooks: WebhookSender | None = None
         providers: Providers | None = None
+        unsubscribe: Callable[[], None] | None = None
         try:
             self.notify.status("starting: applying migrations")
             applied = await self.db.migrate()
@@ -158,10 +162,16 @@ class Daemon:
             dispatcher.agent_source_name = providers.selector.source_name
             self.metrics.watch_dispatcher(dispatcher)
             ctx.dispatcher = dispatcher
-            ctx.wake_dispatch = dispatcher.wake
             spool = Spool(s.state_dir / "spool")
             self.metrics.watch_spool(spool)
             completion = Completion(pool, self.clock)
+            unsubscribe = observe.subscribe(completion.on_ended)
+
+            def ingested() -> None:
+                dispatcher.wake()
+                completion.sweep_soon()  # a batch with nothing to dial is done at once
+
+            ctx.wake_dispatch = ingested
 
             def on_applied(r: Applied) -> None:
                 if r.terminal:
@@ -185,7 +195,7 @@ class Daemon:
             )
             server = _Server(config)
             ingestor = FileIngestor(pool, settings, self.clock)
-            inbox = Inbox(settings, ingestor, self.clock, on_ingested=dispatcher.wake)
+            inbox = Inbox(settings, ingestor, self.clock, on_ingested=ingested)
             jobs = Jobs(pool, settings, self.clock, self.instance_id)
             jobs.extra.append(Job("completion", 2, completion.check, singleton=False))
             if self.db.embedded is not None:
@@ -197,7 +207,8 @@ class Daemon:
 
             async def dispatch() -> None:
                 try:
-                    await dispatcher.run(s.dispatch_interval_s)
+                    await supervise("dispatch", lambda: dispatcher.run(s.dispatch_interval_s),
+                                    running=lambda: dispatcher.running)
                 finally:
                     dispatched.set()
 
@@ -212,11 +223,13 @@ class Daemon:
                 tg.start_soon(serve)
                 if sandbox is not None:
                     await sandbox.start()
-                tg.start_soon(inbox.run)
+                # every background loop under the supervisor: a failure is logged, counted
+                # and the loop restarted; it never ends the daemon
+                tg.start_soon(supervise, "inbox", inbox.run)
                 tg.start_soon(dispatch)
-                tg.start_soon(service.run_replayer)
-                tg.start_soon(webhooks.run)
-                tg.start_soon(providers.run)
+                tg.start_soon(supervise, "spool_replayer", service.run_replayer)
+                tg.start_soon(supervise, "webhooks", webhooks.run)
+                tg.start_soon(supervise, "providers", providers.run)
                 jobs.start()
                 with anyio.move_on_after(30):
                     while not server.started:  # noqa: ASYNC110
@@ -228,7 +241,8 @@ class Daemon:
                 )
                 _freeze_startup_objects()
                 self.notify.ready(f"running: listening on {s.http_listen}")
-                tg.start_soon(self.notify.watchdog, lambda: _status(dispatcher, spool))
+                tg.start_soon(supervise, "watchdog",
+                              lambda: self.notify.watchdog(lambda: _status(dispatcher, spool)))
                 await self._stop.wait()
                 log.info("draining")
                 self.notify.stopping("draining: intake stopped, finishing in-flight work")
@@ -250,6 +264,8 @@ class Daemon:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                if unsubscribe is not None:
+                    unsubscribe()
                 if jobs is not None:
                     jobs.shutdown()
                     with contextlib.suppress(Exception):
@@ -308,6 +324,9 @@ class Daemon:
             if getattr(obj, "settings", None) is not None:
                 obj.settings = obj.settings.model_copy(update=update)
             if isinstance(obj, Dispatcher):
+                # rules hold each target's holidays (global ones included): rebuilt so a
+                # target added now obeys them too
+                obj.rules = compliance.Rules(obj.settings)
                 for name in new.targets:
                     obj.breakers.setdefault(name, Breaker(self.clock))
                 if isinstance(obj.agents, StaticAgents):

@@ -14,12 +14,16 @@ from datetime import timedelta
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from dialer import metrics
+from dialer import supervisor
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.dispatch import outbox
+from dialer.lifecycle import observe
+from dialer.lifecycle.moves import end_calls
+from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
 from dialer.store.queries import Q
+from dialer.store.retry import transient
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +39,15 @@ class Job:
 async def singleton(
     pool: asyncpg.Pool, name: str, fn: Callable[[asyncpg.Connection], Awaitable[object]]
 ) -> object:
-    """Run ``fn`` in a transaction only if no other instance is running this job now."""
-    async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval(Q.singleton_try, name):
-            return None
-        return await fn(conn)
+    """Run ``fn`` in a transaction only if no other instance is running this job now
+    (again, if it lost a race with another writer)."""
+    async def once() -> object:
+        async with pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(Q.singleton_try, name):
+                return None
+            return await fn(conn)
+
+    return await transient(once, f"job {name}")
 
 
 class Jobs:
@@ -58,7 +66,11 @@ class Jobs:
 
     async def orphans(self) -> object:
         async def go(conn: asyncpg.Connection) -> object:
-            ids = await outbox.orphaned_to_uncertain(conn, self.clock.now(), self.settings.instance_stale_s)
+            s = self.settings
+            # no request takes longer than its timeout: a claim older than that (plus slack
+            # for recording its outcome) is the sender's loss, whether or not it still beats
+            ids = await outbox.orphaned_to_uncertain(conn, self.clock.now(), s.instance_stale_s,
+                                                     claim_max_s=2 * s.ryng_timeout_s + 120)
             if ids:
                 log.warning("chunks left mid-send by a dead instance are now uncertain",
                             extra={"chunks": ids})
@@ -70,22 +82,22 @@ class Jobs:
         async def go(conn: asyncpg.Connection) -> object:
             return await outbox.requeue_uncertain(conn, self.clock.now(), self.settings.uncertain_after_min)
 
-        return await singleton(self.pool, "uncertain", go)
+        out = await singleton(self.pool, "uncertain", go)
+        if isinstance(out, tuple):
+            observe.ended(out[2])
+        return out
 
     async def reaper(self) -> object:
-        async def go(conn: asyncpg.Connection) -> object:
+        async def go(conn: asyncpg.Connection) -> list[Ended]:
             now = self.clock.now()
             rows = await conn.fetch(Q.calls_stale, now - timedelta(hours=self.settings.stale_after_h))
-            ids = [r["id"] for r in rows]
-            if ids:
-                await conn.execute(Q.calls_end, ids, State.EXPIRED, now, None)
-                await outbox.record_events(conn, ids, State.QUEUED, State.EXPIRED, "reaped", now,
-                                           {"reason": f"no callback for {self.settings.stale_after_h:g} h"})
-            return [(r["target"], 1) for r in rows]
+            return await end_calls(conn, [r["id"] for r in rows], [r["state"] for r in rows],
+                                   State.EXPIRED, "reaped", now,
+                                   {"reason": f"no callback for {self.settings.stale_after_h:g} h"})
 
         out = await singleton(self.pool, "reaper", go)
-        for target, n in out or []:  # type: ignore[attr-defined]
-            metrics.current().call_ended(target, State.EXPIRED.value, n)
+        if isinstance(out, list):
+            observe.ended(out)
         return out
 
     def jobs(self) -> list[Job]:
@@ -94,7 +106,8 @@ class Jobs:
             # often enough that the configured deadlines are honoured, not rounded up
             Job("orphans", max(1.0, min(10.0, self.settings.instance_stale_s / 2)), self.orphans),
             Job("uncertain", max(1.0, min(60.0, self.settings.uncertain_after_min * 30)), self.uncertain),
-            Job("reaper", 300, self.reaper),
+            # a short stale_after_h (tests, demos) is honoured, not rounded up to 5 minutes
+            Job("reaper", max(1.0, min(300.0, self.settings.stale_after_h * 3600 / 10)), self.reaper),
             *self.extra,
         ]
 
@@ -112,11 +125,12 @@ class Jobs:
 
 
 def _guarded(job: Job) -> Callable[[], Awaitable[None]]:
+    """A failed run is logged and counted; the next interval runs the job again."""
     async def run() -> None:
         try:
             await job.run()
-        except Exception:
-            log.exception("job failed", extra={"job": job.name})
+        except Exception as e:
+            supervisor.failed(f"job_{job.name}", e)
 
     run.__name__ = f"job_{job.name}"
     return run

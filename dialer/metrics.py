@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dialer import __version__
+from dialer import __version__, supervisor
+from dialer.lifecycle import observe
+from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
 
 if TYPE_CHECKING:
@@ -215,6 +217,9 @@ class Metrics:
         self.pool_idle = Gauge("dialer_db_pool_idle", "Database pool connections idle", registry=r)
         self.pool_max = Gauge("dialer_db_pool_max", "Database pool size limit", registry=r)
         self.draining = Gauge("dialer_draining", "1 while the daemon drains for shutdown", registry=r)
+        self.task_restarts = Counter(
+            "dialer_task_restarts", "Background loops (and periodic job runs) that failed and were "
+            "started again", ["task"], registry=r)
         self.reloads = Counter(
             "dialer_config_reloads", "Configuration reloads (SIGHUP), by result", ["result"],
             registry=r)
@@ -321,8 +326,6 @@ class Metrics:
             self._chunk_sent[c.id] = time.monotonic()
             while len(self._chunk_sent) > 200_000:
                 self._chunk_sent.popitem(last=False)
-        elif result == "rejected":
-            self.outcomes.labels(t, "rejected_by_provider").inc(c.rows)
 
     # -- callbacks ----------------------------------------------------------------------
     def callback(self, kind: str, result: str, seconds: float | None = None) -> None:
@@ -348,18 +351,19 @@ class Metrics:
             self.submit_to_end.labels(t).observe(max(0.0, took))
         elif chunk_id in self._chunk_sent:  # until Applied carries submitted_at
             self.submit_to_end.labels(t).observe(time.monotonic() - self._chunk_sent[chunk_id])
-        effects = a.effects
-        nxt = getattr(effects, "recycled_to", None)
+        nxt = getattr(a.effects, "recycled_to", None)
         if nxt is not None and a.to_state in RECYCLE_REASONS:
             self.recycles.labels(t, a.to_state).inc()
-        cancelled = getattr(effects, "cancelled", None) or ()
-        if cancelled:  # a DNC disposition stopped this number's other waiting calls
-            self.outcomes.labels(t, "cancelled").inc(len(cancelled))
+        # the calls a DNC disposition cancelled are counted once, under their own targets,
+        # by the callback service (calls_ended)
 
     def call_ended(self, target: str, outcome: str, n: int = 1) -> None:
         """Calls ended outside a callback (reaper, cancel, caps): count them here."""
         if n > 0 and outcome in OUTCOMES:
             self.outcomes.labels(self.target(target), outcome).inc(n)
+
+    def task_restarted(self, task: str) -> None:
+        self.task_restarts.labels(task).inc()
 
     # -- results / ops ------------------------------------------------------------------
     def webhook(self, result: str) -> None:
@@ -436,6 +440,17 @@ def install(m: Metrics) -> Metrics:
     global _current
     _current = m
     return m
+
+
+def _count_ended(items: Sequence[Ended]) -> None:
+    m = current()
+    for e in items:
+        m.call_ended(e.target, e.outcome, e.n)
+
+
+# every call ended outside a callback reaches the outcome counter this one way
+observe.subscribe(_count_ended)
+supervisor.on_restart(lambda task: current().task_restarted(task))
 
 
 def current() -> Metrics:

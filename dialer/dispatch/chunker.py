@@ -147,3 +147,30 @@ def build(
     if agents:
         body["agents"] = agents
     return Built("campaign", body)
+
+
+def without(request: dict[str, Any], ref_field: int, drop: set[int]) -> tuple[dict[str, Any], int]:
+    """The recorded request minus the rows whose call reference is in ``drop``; returns
+    (request, rows left). Used by the re-check just before a send."""
+    key = f"customField{ref_field}"
+    out = dict(request)
+    if "sheet" in request:
+        rows = list(csv.reader(io.StringIO(str(request["sheet"]))))
+        if not rows:
+            return out, 0
+        header, data = rows[0], rows[1:]
+        col = header.index(key) if key in header else -1
+        kept = [r for r in data if col < 0 or parse_ref(r[col]) not in drop]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(kept)
+        out["sheet"] = buf.getvalue()
+        return out, len(kept)
+    body = dict(request["body"])
+    customer = dict(body["customerData"])
+    kept_json = [r for r in customer.get("jsonData", []) if parse_ref(r.get(key)) not in drop]
+    customer["jsonData"] = kept_json
+    body["customerData"] = customer
+    out["body"] = body
+    return out, len(kept_json)

@@ -224,7 +224,7 @@ def next_open(zones: tuple[Any, ...], win: hours.Window, holidays: frozenset[dat
 
 
 async def cap_holds(conn: asyncpg.Connection, caps: list[tuple[int, timedelta]], numbers: list[str],
-                    now: datetime) -> dict[str, Hold]:
+                    now: datetime, exclude: Sequence[int] = ()) -> dict[str, Hold]:
     """Numbers a new attempt would push over a cap, with when the window allows again.
 
     Takes a transaction-scoped lock per number (in sorted order: no deadlocks), so two
@@ -235,7 +235,7 @@ async def cap_holds(conn: asyncpg.Connection, caps: list[tuple[int, timedelta]],
     uniq = sorted(set(numbers))
     await conn.execute(Q.number_locks, uniq)
     longest = max(w for _, w in caps)
-    rows = await conn.fetch(Q.attempts_since, uniq, now - longest)
+    rows = await conn.fetch(Q.attempts_since, uniq, now - longest, list(exclude))
     times: dict[str, list[datetime]] = {}
     for r in rows:
         times.setdefault(r["e164"], []).append(r["submitted_at"])

@@ -16,15 +16,20 @@ from typing import Any
 import anyio
 import asyncpg
 
-from dialer import metrics
+from dialer import supervisor
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.dispatch import compliance, outbox
 from dialer.dispatch.breaker import Breaker
 from dialer.dispatch.pacing import AgentSource, Pace, StaticAgents, measure
+from dialer.dispatch.recheck import recheck
+from dialer.lifecycle import observe
+from dialer.lifecycle.moves import chunk_calls, chunk_taken
+from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
 from dialer.providers.ryng.client import RyngClient, SendResult
 from dialer.store.queries import Q
+from dialer.store.retry import DB_DOWN, transient
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +74,32 @@ class Dispatcher:
     # -- filling -------------------------------------------------------------------
     async def fill_target(self, name: str) -> int:
         """Record one chunk for the target if pacing allows; returns calls claimed."""
-        if self.breakers[name].state != "closed":
+        breaker = self.breakers.setdefault(name, Breaker(self.clock))  # a target added by SIGHUP
+        if breaker.state != "closed":
             return 0
         now = self.clock.now()
-        ended: list[tuple[str, int]] = []
-        try:
-            return await self._fill(name, now, ended)
-        finally:
-            for outcome, n in ended:  # only reached once the claim committed (or failed)
-                metrics.current().call_ended(name, outcome, n)
+        ended: list[Ended] = []
 
-    async def _fill(self, name: str, now: datetime, ended: list[tuple[str, int]]) -> int:
+        async def fill() -> int:
+            ended.clear()
+            return await self._fill(name, now, ended)
+
+        n = await transient(fill, "dispatch fill")
+        observe.ended(ended)  # the claim committed
+        return n
+
+    async def _fill(self, name: str, now: datetime, ended: list[Ended]) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchrow(Q.target_state_get, name)
             await conn.execute(Q.dispatch_lock_target, name)
+            # read under the lock: a pause that committed before it is seen here
+            state = await conn.fetchrow(Q.target_state_get, name)
             pace = await measure(conn, name, self.settings.targets[name], self.agents, now,
                                  self.agent_source_name(name))
             self.paces[name] = pace
             if state is not None and state["paused"]:
                 return 0
-            done: list[tuple[str, int]] = []
-            n = await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
-                                          self.settings.targets[name].chunk_size, self.rules, done)
-        ended.extend(done)  # the transaction committed
-        return n
+            return await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
+                                             self.settings.targets[name].chunk_size, self.rules, ended)
 
     async def fill_all(self) -> int:
         total = 0
@@ -103,7 +110,7 @@ class Dispatcher:
                     total += n
                     if n == 0:
                         break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except DB_DOWN as e:
                 log.warning("dispatch fill failed; will retry", extra={"target": name, "error": str(e)})
         return total
 
@@ -115,7 +122,7 @@ class Dispatcher:
         if row is None:
             return False
         c = outbox.Claimed(row["id"], row["target"], row["token"], dict(row["request"]), row["kind"],
-                           row["attempts"], row["rows"])
+                           row["attempts"], row["rows"], row["created_at"])
         breaker = self.breakers.get(c.target)
         if breaker is not None and not breaker.allow():
             wait = float(str(breaker.snapshot()["retry_in_s"])) or 1.0
@@ -123,11 +130,42 @@ class Dispatcher:
                 await conn.execute(Q.chunk_retry_later, c.id, None, None, "circuit open",
                                    now + timedelta(seconds=wait))
             return True
-        result = await self._post(c)
+        checked = await self._recheck(c, now)
+        if checked is None:
+            return True
+        result = await self._post(checked)
         if self.on_send:
             self.on_send(c.target, result)
-        await self._settle(c, result)
+        await self._settle(checked, result)
         return True
+
+    async def _recheck(self, c: outbox.Claimed, now: datetime) -> outbox.Claimed | None:
+        """Take out the rows that may no longer be sent; None when nothing is left."""
+        async def go() -> outbox.Claimed | None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                checked = await recheck(conn, self.settings, self.rules, c, now)
+            observe.ended(checked.ended)
+            if checked.removed:
+                log.info("rows taken out of a chunk just before sending",
+                         extra={"target": c.target, "chunk": c.id, "removed": checked.removed,
+                                "left": checked.chunk.rows if checked.chunk else 0})
+            return checked.chunk
+
+        try:
+            return await transient(go, "send-time re-check")
+        except BaseException:
+            # not sent: give the chunk back so it is not left 'sending' until the orphan check
+            with anyio.CancelScope(shield=True):
+                await self._release(c)
+            raise
+
+    async def _release(self, c: outbox.Claimed) -> None:
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.execute(Q.chunk_retry_later, c.id, None, None, "re-check failed",
+                                   self.clock.now() + timedelta(seconds=1))
+        except Exception as e:  # the database is away: the orphan check will free it
+            log.warning("could not release an unsent chunk", extra={"chunk": c.id, "error": str(e)})
 
     async def _post(self, c: outbox.Claimed) -> SendResult:
         req = c.request
@@ -139,52 +177,70 @@ class Dispatcher:
         return await self.client.create_campaign(req["body"])
 
     async def _settle(self, c: outbox.Claimed, r: SendResult) -> None:
-        now = self.clock.now()
+        """Record the send's outcome. The request is out, so this must not be lost: a
+        database that is away is waited for (while the orphan check, which now also takes
+        chunks claimed too long ago, is the last resort)."""
         breaker = self.breakers.get(c.target) or Breaker(self.clock)
+        if r.kind == "ok":
+            breaker.success()
+        elif r.kind != "rejected" or r.status in (401, 403):
+            breaker.failure()
+        delay = 0.2
+        for attempt in range(1, 30):
+            try:
+                settled, ended = await transient(lambda: self._settle_once(c, r), "settle a send")
+                break
+            except DB_DOWN as e:
+                log.warning("cannot record a send's outcome yet; retrying",
+                            extra={"chunk": c.id, "error": type(e).__name__, "attempt": attempt})
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            log.error("gave up recording a send's outcome; the orphan check will settle it",
+                      extra={"chunk": c.id})
+            return
+        observe.ended(ended)
+        if self.on_settled:
+            self.on_settled(c, r, settled)
+
+    async def _settle_once(self, c: outbox.Claimed, r: SendResult) -> tuple[str, list[Ended]]:
+        now = self.clock.now()
         response = {"status": r.status, "body": r.body, "error": r.error}
-        settled = "uncertain"
+        ended: list[Ended] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if r.kind == "ok":
-                settled = "sent"
-                breaker.success()
-                await conn.execute(Q.chunk_sent, c.id, r.status, r.body, now)
-                await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.QUEUED, "submitted", now,
-                                              {"chunk_id": c.id, "status": r.status})
-            elif r.kind == "retry" and c.attempts < MAX_SEND_ATTEMPTS:
-                settled = "retry"
-                breaker.failure()
+                # applied whatever state the chunk is in now: a late 200 after the orphan
+                # check marked it uncertain still counts (SPEC §5)
+                await chunk_taken(conn, c.id, now, "provider answered", r.status, r.body)
+                return "sent", ended
+            if r.kind == "retry" and c.attempts < MAX_SEND_ATTEMPTS:
                 delay = r.retry_after_s if r.retry_after_s is not None else self._backoff(c.attempts)
                 await conn.execute(Q.chunk_retry_later, c.id, r.status, response, r.error,
                                    now + timedelta(seconds=delay))
                 log.warning("provider send will be retried",
                             extra={"target": c.target, "chunk": c.id, "attempt": c.attempts,
                                    "error": r.error, "retry_in_s": round(delay, 2)})
-            elif r.kind == "retry":
-                settled = "failed"
-                breaker.failure()
-                await conn.execute(Q.chunk_finish, c.id, "failed", r.status, response, r.error, now)
-                await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.PENDING, "send_failed", now,
-                                              {"chunk_id": c.id, "error": r.error})
-            elif r.kind == "rejected":
-                settled = "rejected"
-                if r.status in (401, 403):
-                    breaker.failure()
-                await conn.execute(Q.chunk_finish, c.id, "rejected", r.status, response, r.error, now)
-                await outbox.move_chunk_calls(
-                    conn, c.id, State.SUBMITTING, State.REJECTED_BY_PROVIDER, "rejected", now,
-                    {"chunk_id": c.id, "status": r.status, "response": r.body},
-                )
+                return "retry", ended
+            if r.kind == "retry":
+                if await conn.fetchval(Q.chunk_finish, c.id, "failed", r.status, response, r.error, now):
+                    await chunk_calls(conn, c.id, State.SUBMITTING, State.PENDING, "send_failed", now,
+                                      {"chunk_id": c.id, "error": r.error})
+                return "failed", ended
+            if r.kind == "rejected":
+                if await conn.fetchval(Q.chunk_finish, c.id, "rejected", r.status, response, r.error, now):
+                    ended = await chunk_calls(
+                        conn, c.id, State.SUBMITTING, State.REJECTED_BY_PROVIDER, "rejected", now,
+                        {"chunk_id": c.id, "status": r.status, "response": r.body})
                 log.error("provider rejected a chunk",
                           extra={"target": c.target, "chunk": c.id, "status": r.status})
-            else:  # unknown: it may have been taken; never resend blindly
-                breaker.failure()
-                await conn.execute(Q.chunk_finish, c.id, "uncertain", r.status, response, r.error, now)
-                await outbox.move_chunk_calls(conn, c.id, State.SUBMITTING, State.UNCERTAIN, "uncertain", now,
-                                              {"chunk_id": c.id, "error": r.error})
-                log.warning("provider send outcome unknown; calls wait as uncertain",
-                            extra={"target": c.target, "chunk": c.id, "error": r.error})
-        if self.on_settled:
-            self.on_settled(c, r, settled)
+                return "rejected", ended
+            # unknown: it may have been taken; never resend blindly
+            if await conn.fetchval(Q.chunk_finish, c.id, "uncertain", r.status, response, r.error, now):
+                await chunk_calls(conn, c.id, State.SUBMITTING, State.UNCERTAIN, "uncertain", now,
+                                  {"chunk_id": c.id, "error": r.error, "status": r.status})
+            log.warning("provider send outcome unknown; calls wait as uncertain",
+                        extra={"target": c.target, "chunk": c.id, "error": r.error, "status": r.status})
+            return "uncertain", ended
 
     def _backoff(self, attempt: int) -> float:
         base = min(60.0, 0.5 * 2.0 ** max(0, attempt - 1))
@@ -219,7 +275,7 @@ class Dispatcher:
                     while self.running:
                         try:
                             n = await self.fill_target(name)
-                        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                        except DB_DOWN as e:
                             log.warning("dispatch fill failed; will retry",
                                         extra={"target": name, "error": str(e)})
                             break
@@ -249,13 +305,21 @@ class Dispatcher:
         return {"filled": filled, "sent": sent}
 
     async def run(self, interval_s: float = 1.0) -> None:
+        """The loop. A tick that fails is logged and the next one tries again; the
+        supervisor around this loop is the last resort."""
         while self.running:
             try:
                 await self.tick()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                log.warning("dispatch tick failed; retrying", extra={"error": str(e)})
+            except Exception as e:  # an ExceptionGroup from the tick's task group included
+                if supervisor.only(e, DB_DOWN):
+                    log.warning("dispatch tick failed: database unreachable; retrying",
+                                extra={"error": str(e)})
+                else:
+                    log.exception("dispatch tick failed; retrying")
+                await anyio.sleep(interval_s)  # not woken early: callbacks would spin it
             with anyio.move_on_after(interval_s):
                 await self._wake.wait()
             self._wake = anyio.Event()
             # callbacks wake us up to thousands of times a second: refill at most ~20 times
             await anyio.sleep(min(0.05, interval_s))
+

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,9 +16,13 @@ import asyncpg
 from dialer.config import Settings, Target
 from dialer.dispatch import chunker, compliance
 from dialer.dispatch.pacing import Pace
+from dialer.lifecycle.moves import chunk_calls, chunk_taken, end_calls, record_events
+from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
 from dialer.signing import make_token
 from dialer.store.queries import Q
+
+__all__ = ["Claimed", "record_chunk", "record_events"]
 
 
 @dataclass(slots=True)
@@ -31,21 +34,7 @@ class Claimed:
     kind: str
     attempts: int
     rows: int
-
-
-async def record_events(
-    conn: asyncpg.Connection,
-    ids: Sequence[int],
-    from_state: str | Sequence[str],
-    to_state: str,
-    kind: str,
-    now: datetime,
-    payload: dict[str, Any] | None = None,
-) -> None:
-    if not ids:
-        return
-    froms = [from_state] * len(ids) if isinstance(from_state, str) else list(from_state)
-    await conn.execute(Q.events_bulk, list(ids), now, kind, to_state, payload, froms)
+    created_at: datetime | None = None
 
 
 async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set[str]) -> dict[str, int]:
@@ -66,7 +55,7 @@ async def record_chunk(
     now: datetime,
     max_rows: int,
     rules: compliance.Rules | None = None,
-    ended: list[tuple[str, int]] | None = None,
+    ended: list[Ended] | None = None,
 ) -> int:
     """Claim up to ``max_rows`` dispatchable calls into a recorded chunk; returns rows claimed.
 
@@ -84,7 +73,7 @@ async def record_chunk(
     dnc_ids: list[int] = []
     dnc_from: list[str] = []
     numbers_taken: set[str] = set()
-    ended = ended if ended is not None else []  # calls ended without dialing, for metrics
+    ended = ended if ended is not None else []  # calls ended without dialing: told after commit
     for c in cands:
         if c["on_dnc"]:  # listed since it was ingested (or since its last attempt)
             dnc_ids.append(c["id"])
@@ -111,20 +100,13 @@ async def record_chunk(
                 else:
                     holds.append((c, h))
             take = keep
-    if dnc_ids:
-        await conn.execute(Q.calls_end, dnc_ids, State.CANCELLED, now, None)
-        ended.append((State.CANCELLED.value, len(dnc_ids)))
-        await record_events(conn, dnc_ids, dnc_from, State.CANCELLED, "cancelled", now,
-                            {"rule": "dnc", "reason": "number is on the do-not-call list"})
+    ended.extend(await end_calls(conn, dnc_ids, dnc_from, State.CANCELLED, "cancelled", now,
+                                 {"rule": "dnc", "reason": "number is on the do-not-call list"}))
     capped_ids = {c["id"] for c in capped}
-    if capped:
-        ids = [c["id"] for c in capped]
-        await conn.execute(Q.calls_end, ids, State.CAPPED, now, None)
-        ended.append((State.CAPPED.value, len(ids)))
-        for c, h in holds:
-            if c["id"] in capped_ids:
-                await record_events(conn, [c["id"]], c["state"], State.CAPPED, "capped", now,
-                                    {"rule": h.rule, **h.detail, "until": h.until.isoformat()})
+    for c, h in holds:
+        if c["id"] in capped_ids:
+            ended.extend(await end_calls(conn, [c["id"]], c["state"], State.CAPPED, "capped", now,
+                                         {"rule": h.rule, **h.detail, "until": h.until.isoformat()}))
     waiting = [(c, h) for c, h in holds if c["id"] not in capped_ids]
     if waiting:
         await conn.execute(Q.calls_hold, [c["id"] for c, _ in waiting], [h.until for _, h in waiting], now)
@@ -177,55 +159,48 @@ async def record_chunk(
     return len(rows)
 
 
-async def move_chunk_calls(
-    conn: asyncpg.Connection,
-    chunk_id: int,
-    src: State,
-    dst: State,
-    kind: str,
-    now: datetime,
-    payload: dict[str, Any] | None = None,
-    outcome: str | None = None,
-) -> list[int]:
-    from dialer.lifecycle.states import TERMINAL
-
-    rows = await conn.fetch(Q.chunk_calls_moved, chunk_id, src, dst, now, dst in TERMINAL)
-    ids = [r["id"] for r in rows]
-    if outcome and ids:
-        await conn.execute(Q.calls_end, ids, dst, now, outcome)
-    await record_events(conn, ids, src, dst, kind, now, payload)
-    return ids
-
-
-async def orphaned_to_uncertain(conn: asyncpg.Connection, now: datetime, stale_s: float) -> list[int]:
-    """Chunks whose sender died mid-request: their calls wait as uncertain."""
+async def orphaned_to_uncertain(conn: asyncpg.Connection, now: datetime, stale_s: float,
+                                claim_max_s: float = 600.0) -> list[int]:
+    """Chunks whose sender died mid-request (or has held them past any request's time):
+    their calls wait as uncertain."""
     out: list[int] = []
     async with conn.transaction():
-        for r in await conn.fetch(Q.chunks_orphaned, now - timedelta(seconds=stale_s), now):
+        for r in await conn.fetch(Q.chunks_orphaned, now - timedelta(seconds=stale_s), now,
+                                  now - timedelta(seconds=claim_max_s)):
             out.append(r["id"])
-            await move_chunk_calls(conn, r["id"], State.SUBMITTING, State.UNCERTAIN, "uncertain", now,
-                                   {"chunk_id": r["id"], "reason": "sender died mid-request"})
+            await chunk_calls(conn, r["id"], State.SUBMITTING, State.UNCERTAIN, "uncertain", now,
+                              {"chunk_id": r["id"], "reason": "sender died mid-request"})
     return out
 
 
-async def requeue_uncertain(conn: asyncpg.Connection, now: datetime, after_min: float) -> tuple[int, int]:
-    """Uncertain calls with no callback after ``after_min``: re-queued once, then failed."""
+async def prove_unsettled(conn: asyncpg.Connection, now: datetime) -> list[int]:
+    """Chunks left uncertain although a callback had already proved them taken."""
+    ids = [r["id"] for r in await conn.fetch(Q.chunks_proved_unsettled)]
+    for chunk_id in ids:
+        async with conn.transaction():
+            await chunk_taken(conn, chunk_id, now, "proved taken by an earlier callback")
+    return ids
+
+
+async def requeue_uncertain(
+    conn: asyncpg.Connection, now: datetime, after_min: float
+) -> tuple[int, int, list[Ended]]:
+    """Uncertain calls with no callback after ``after_min``: re-queued once, then failed;
+    those of a cancelled batch are cancelled. Returns (re-queued, failed, ended)."""
+    await prove_unsettled(conn, now)
+    ended: list[Ended] = []
     async with conn.transaction():
         due = await conn.fetch(Q.calls_uncertain_due, now - timedelta(minutes=after_min))
-        again = [r["id"] for r in due if r["requeued"] == 0]
-        give_up = [r["id"] for r in due if r["requeued"] > 0]
+        cancel = [r["id"] for r in due if r["batch_cancelled"]]
+        again = [r["id"] for r in due if not r["batch_cancelled"] and r["requeued"] == 0]
+        give_up = [r["id"] for r in due if not r["batch_cancelled"] and r["requeued"] > 0]
         if again:
             await conn.execute(Q.calls_requeue, again, now)
             await record_events(conn, again, State.UNCERTAIN, State.PENDING, "requeued", now,
                                 {"reason": f"no callback within {after_min:g} min of an uncertain send"})
-        if give_up:
-            from dialer import metrics
-
-            await conn.execute(Q.calls_end, give_up, State.FAILED, now, None)
-            for r in due:
-                if r["requeued"] > 0:
-                    metrics.current().call_ended(r["target"], State.FAILED.value)
-            await record_events(conn, give_up, State.UNCERTAIN, State.FAILED, "uncertain_failed", now,
-                                {"reason": "uncertain twice; not re-queued again"})
-    return len(again), len(give_up)
-
+        ended += await end_calls(conn, give_up, State.UNCERTAIN, State.FAILED, "uncertain_failed", now,
+                                 {"reason": "uncertain twice; not re-queued again"})
+        ended += await end_calls(conn, cancel, State.UNCERTAIN, State.CANCELLED, "cancelled", now,
+                                 {"rule": "batch_cancelled",
+                                  "reason": "the batch was cancelled; not re-queued"})
+    return len(again), len(give_up), ended

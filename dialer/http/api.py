@@ -13,8 +13,6 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 
-from dialer import metrics
-from dialer.dispatch.outbox import record_events
 from dialer.errors import InvalidInput, NotFound, NotReady, TooLarge
 from dialer.http.context import AppContext, get_ctx
 from dialer.http.errors import validation_details
@@ -36,7 +34,8 @@ from dialer.http.models import (
 from dialer.intake import dnc as dnc_import
 from dialer.intake import phones
 from dialer.intake.submit import Submission, submit
-from dialer.lifecycle.states import WAITING, State, sql_list
+from dialer.lifecycle import moves, observe
+from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -245,11 +244,9 @@ def router(auth: Any) -> APIRouter:
             rows = await conn.fetch(Q.dnc_add, good, "api", now, payload.expires_at)
             # calls not yet sent to these numbers end now, in every target
             cancelled = await conn.fetch(Q.dnc_cancel_numbers, good, now)
-            await record_events(conn, [x["id"] for x in cancelled],
-                                [x["state"] for x in cancelled] or "pending",
-                                State.CANCELLED, "cancelled", now, {"rule": "dnc", "by": "api"})
-        for x in cancelled:
-            metrics.current().call_ended(x["target"], State.CANCELLED.value)
+            await moves.record_events(conn, [x["id"] for x in cancelled], [x["state"] for x in cancelled],
+                                      State.CANCELLED, "cancelled", now, {"rule": "dnc", "by": "api"})
+        observe.ended(observe.from_rows(cancelled, State.CANCELLED.value))
         added = sum(1 for x in rows if x["inserted"])
         return DncOut(added=added, updated=len(rows) - added, invalid=invalid)
 
@@ -272,13 +269,9 @@ def router(auth: Any) -> APIRouter:
         async with ctx.pool.acquire() as conn, conn.transaction():
             if await conn.fetchrow(Q.batch_get, batch_id) is None:
                 raise NotFound(f"no batch {batch_id}")
-            rows = await conn.fetch(Q.batch_cancel_calls, batch_id, now, sql_list(WAITING))
-            await conn.execute(Q.batch_mark_cancelled, batch_id, now)
-            await record_events(conn, [x["id"] for x in rows], [x["state"] for x in rows] or "pending",
-                                State.CANCELLED, "cancelled", now, {"by": "api"})
-            target = (await conn.fetchrow(Q.batch_get, batch_id))["target"]
-        metrics.current().call_ended(target, State.CANCELLED.value, len(rows))
-        return CancelOut(batch_id=str(batch_id), cancelled=len(rows))
+            ended = await moves.cancel_batch(conn, batch_id, now, "api")
+        observe.ended(ended)
+        return CancelOut(batch_id=str(batch_id), cancelled=len(ended))
 
     @r.get("/targets", response_model=TargetList, summary="Targets and their pacing state")
     async def targets(ctx: Ctx) -> Any:

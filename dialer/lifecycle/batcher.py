@@ -99,9 +99,11 @@ class CallbackBatcher:
             if r is None:
                 it.done.set_result(None)
             elif not r["applied"]:
-                it.done.set_result(Applied("duplicate", r["id"], r["state"], it.dst.value, r["target"]))
+                it.done.set_result(Applied("duplicate", r["id"], r["state"], it.dst.value, r["target"],
+                                           chunk_state=r["chunk_state"]))
             else:
                 it.done.set_result(Applied(
                     "applied", r["id"], r["state"], it.dst.value, r["target"], it.dst in TERMINAL,
                     agent=it.cb.agent or r["agent"], disposition=it.cb.disposition, batch_id=r["batch_id"],
+                    chunk_state=r["chunk_state"],
                 ))

@@ -14,6 +14,7 @@ import orjson
 from dialer.config import Settings
 from dialer.lifecycle import recycle
 from dialer.lifecycle.dispositions import Dispositions
+from dialer.lifecycle.observe import Ended, from_rows
 from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
@@ -23,7 +24,7 @@ class EndEffects:
     recycled_to: int | None = None
     dnc_added: bool = False
     cancelled: list[int] = field(default_factory=list)
-    cancelled_targets: list[str] = field(default_factory=list)
+    ended: list[Ended] = field(default_factory=list)  # told to observe.ended after commit
     webhook: bool = False
 
 
@@ -65,7 +66,7 @@ async def after_end(
         out.dnc_added = True
         cancelled = await conn.fetch(Q.dnc_cancel_number, row["e164"], now)
         out.cancelled = [r["id"] for r in cancelled]
-        out.cancelled_targets = [r["target"] for r in cancelled]
+        out.ended = from_rows(cancelled, State.CANCELLED.value)
         for r in cancelled:
             await conn.execute(Q.event_insert, r["id"], now, "cancelled", r["state"], State.CANCELLED.value,
                                True, {"rule": "dnc_dispositions", "disposition": disposition,

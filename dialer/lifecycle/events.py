@@ -29,6 +29,7 @@ class Applied:
     agent: str | None = None
     disposition: str | None = None
     batch_id: object = None
+    chunk_state: str | None = None  # the matched call's chunk, as read: not 'sent' → prove it
     effects: object = None  # dialer.lifecycle.ended.EndEffects after a terminal state
 
 
@@ -62,7 +63,7 @@ async def apply(
         call_id = ref
         break
     row = await conn.fetchrow(Q.call_for_update, call_id) if call_id is not None else None
-    if row is not None and row["chunk_id"] != chunk_id:
+    if row is not None and row["chunk_id"] != chunk_id and chunk_id not in (row["prev_chunks"] or ()):
         # a reference from another chunk under this chunk's token: don't trust it
         row = None
     if row is None and cb.number:
@@ -77,9 +78,11 @@ async def apply(
     dst = target_state(kind, cb, disp)
     src = State(row["state"])
     payload = {"chunk_id": chunk_id, "body": cb.raw}
+    chunk_state = await conn.fetchval(Q.chunk_state, chunk_id)
     if not can_move(src, dst):
         await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, False, payload)
-        return Applied("duplicate", row["id"], src.value, dst.value, row["target"])
+        return Applied("duplicate", row["id"], src.value, dst.value, row["target"],
+                       chunk_state=chunk_state)
     terminal = dst in TERMINAL
     outcome = (cb.disposition or "unknown") if terminal else None
     await conn.execute(
@@ -88,31 +91,8 @@ async def apply(
     )
     await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, True, payload)
     return Applied("applied", row["id"], src.value, dst.value, row["target"], terminal,
-                   agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"])
+                   agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"],
+                   chunk_state=chunk_state)
 
 
 ALLOWED_PAIRS = [f"{a.value}>{b.value}" for a in State for b in State if can_move(a, b)]
-
-
-async def apply_fast(
-    conn: asyncpg.Connection,
-    chunk_id: int,
-    call_id: int,
-    kind: str,
-    cb: CallbackData,
-    dst: State,
-    now: datetime,
-) -> Applied | None:
-    """The one-statement path (autocommit); None when the call is not this chunk's."""
-    terminal = dst in TERMINAL
-    row = await conn.fetchrow(
-        Q.callback_apply_fast, call_id, chunk_id, dst.value, now, cb.agent,
-        (cb.disposition or "unknown") if terminal else None, terminal, cb.call_id,
-        ALLOWED_PAIRS, f"callback_{kind}", {"chunk_id": chunk_id, "body": cb.raw},
-    )
-    if row is None:
-        return None
-    if not row["applied"]:
-        return Applied("duplicate", row["id"], row["state"], dst.value, row["target"])
-    return Applied("applied", row["id"], row["state"], dst.value, row["target"], terminal,
-                   agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"])

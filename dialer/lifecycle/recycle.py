@@ -37,6 +37,8 @@ async def maybe_recycle(
         return None
     due = now + timedelta(minutes=rule.after_min)
     row = await conn.fetchrow(Q.recycle_insert, call_id, ended_as.value, due, now)
+    if row is None:
+        return None  # the batch was cancelled
     payload = {"rule": f"recycle.{ended_as.value}", "after_min": rule.after_min,
                "recycle": done + 1, "max": rule.max, "until": due.isoformat(),
                "from_call": call_id}

@@ -9,14 +9,14 @@ from datetime import datetime
 import anyio
 import asyncpg
 
-from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.lifecycle import ended, events, payload
+from dialer.lifecycle import ended, events, moves, observe, payload
 from dialer.lifecycle.batcher import CallbackBatcher
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.spool import Spool, Spooled
 from dialer.lifecycle.states import State
+from dialer.store.retry import transient
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,32 @@ class CallbackService:
         result = await self._store_fast(chunk_id, kind, cb, now)
         if result is None:
             result = await self._store_slow(chunk_id, kind, cb, now)
-        if isinstance(result.effects, ended.EndEffects):  # committed: count what it ended
-            for target in result.effects.cancelled_targets:
-                metrics.current().call_ended(target, "cancelled")
+        if result.chunk_state is not None and result.chunk_state != "sent":
+            await self._prove(chunk_id, now)
+        if isinstance(result.effects, ended.EndEffects):  # committed: tell what it ended
+            observe.ended(result.effects.ended)
         if self.on_event:
             self.on_event(kind, chunk_id, result)
         if self.on_applied:
             self.on_applied(result)
         return result
+
+    async def _prove(self, chunk_id: int, now: datetime) -> None:
+        """Proof of life (SPEC §5): a callback for one row proves the provider took the whole
+        chunk. Its own transaction, after the callback's: the same lock order (chunk, then
+        calls) as the settle of a send. If this is lost, the uncertain job redoes it."""
+        async def go() -> int:
+            async with self.pool.acquire(timeout=2) as conn, conn.transaction():
+                return await moves.chunk_taken(conn, chunk_id, now, "proved taken by a callback")
+
+        try:
+            moved = await transient(go, "proof of life")
+        except DB_DOWN as e:
+            log.warning("proof of life deferred: database unreachable",
+                        extra={"chunk": chunk_id, "error": type(e).__name__})
+            return
+        if moved:
+            log.info("a callback proved a chunk taken", extra={"chunk": chunk_id, "calls_moved": moved})
 
     @property
     def _recycle_states(self) -> set[State]:

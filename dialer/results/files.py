@@ -10,13 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import asyncpg
 
 from dialer.clock import Clock
+from dialer.lifecycle import moves, observe
+from dialer.lifecycle.observe import Ended
 from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
@@ -53,32 +57,60 @@ async def write_results_csv(conn: asyncpg.Connection, batch_id: uuid.UUID, dest:
 
 
 class Completion:
-    """Notices batches whose calls have all ended."""
+    """Notices batches whose calls have all ended, whatever ended them (SPEC §6).
 
-    def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
+    Every ending reaches ``observe.ended`` after its commit and touches its batch; a
+    sweep of every open batch (at start-up, after an ingest, and every ``sweep_s``)
+    catches what ended elsewhere (another instance, an intake that rejected every row).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, sweep_s: float = 30.0) -> None:
         self.pool = pool
         self.clock = clock
+        self.sweep_s = sweep_s
         self.touched: set[uuid.UUID] = set()
-        self._all_checked = False
+        self._next_sweep = 0.0  # monotonic; 0: at the first check
 
     def touch(self, batch_id: object) -> None:
         if isinstance(batch_id, uuid.UUID):
             self.touched.add(batch_id)
 
+    def on_ended(self, items: Sequence[Ended]) -> None:
+        """``observe.subscribe``: look at the batches of calls that just ended."""
+        for e in items:
+            self.touch(e.batch_id)
+
+    def sweep_soon(self) -> None:
+        """A batch was just ingested (it may have nothing to dial): sweep at the next check."""
+        self._next_sweep = 0.0
+
     async def check(self) -> list[uuid.UUID]:
-        """Check touched batches (and, once after start-up, every open batch)."""
+        """Check touched batches (and, when a sweep is due, every open batch)."""
         async with self.pool.acquire() as conn:
-            if not self._all_checked:
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + self.sweep_s
                 self.touched.update(r["id"] for r in await conn.fetch(Q.batches_open))
-                self._all_checked = True
             ids, self.touched = list(self.touched), set()
             done = []
-            for bid in ids:
-                if await self.finish(conn, bid):
-                    done.append(bid)
+            try:
+                for bid in ids:
+                    if await self.finish(conn, bid):
+                        done.append(bid)
+            except BaseException:
+                self.touched.update(ids)  # not lost: looked at again next time
+                raise
         return done
 
     async def finish(self, conn: asyncpg.Connection, batch_id: uuid.UUID) -> bool:
+        b = await conn.fetchrow(Q.batch_get, batch_id)
+        if b is not None and b["state"] == "cancelled" and b["ended_at"] is None:
+            # a cancel reaches later attempts too (a recycle or re-queue made after it)
+            async with conn.transaction():
+                ended = await moves.cancel_batch(conn, batch_id, self.clock.now(), "cancel")
+            if ended:
+                observe.ended(ended)
+                log.info("cancelled later attempts of a cancelled batch",
+                         extra={"batch_id": str(batch_id), "calls": len(ended)})
         if await conn.fetchval(Q.batch_has_live_calls, batch_id):
             return False
         row = await conn.fetchrow(Q.batch_done, batch_id, self.clock.now())

@@ -246,28 +246,74 @@ WHERE id = (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id, target, token, request, kind, attempts, rows
+RETURNING id, target, token, request, kind, attempts, rows, created_at
 
--- name: chunk_sent
-UPDATE chunks SET state = 'sent', http_status = $2, response = $3, sent_at = $4, finished_at = $4
-WHERE id = $1 AND state = 'sending'
+-- name: chunk_taken
+-- Proof that the provider took a chunk — a 2xx answer, or any callback for any of its
+-- rows, whatever state the sender left it in (sending, uncertain, even failed): the chunk
+-- is sent and never sent again, and its calls still waiting on the send's outcome move to
+-- queued, including calls an uncertain re-queue or a failed send had put back to waiting.
+-- Lock order: the chunk, then its calls in id order (as every other writer).
+-- $1 chunk, $2 now, $3 HTTP status (NULL: proved by a callback), $4 response, $5 why
+WITH old AS (
+    SELECT id, state FROM chunks WHERE id = $1 AND state <> 'sent' FOR UPDATE
+), k AS (
+    UPDATE chunks SET state = 'sent', http_status = coalesce($3::int, chunks.http_status),
+           response = coalesce($4::jsonb, chunks.response), sent_at = coalesce(chunks.sent_at, $2),
+           finished_at = $2,
+           error = CASE WHEN old.state = 'sending' THEN NULL
+                        ELSE $5::text || ' (chunk was ' || old.state || ')' END
+    FROM old WHERE chunks.id = old.id
+    RETURNING chunks.id
+), c AS (
+    SELECT id, state FROM calls
+    WHERE ((chunk_id = $1 AND state IN ('submitting', 'uncertain'))
+           OR (prev_chunks @> ARRAY[$1::bigint]
+               AND state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain')))
+      AND EXISTS (SELECT 1 FROM k)
+    ORDER BY id
+    FOR UPDATE
+), m AS (
+    UPDATE calls SET state = 'queued', chunk_id = $1, updated_at = $2,
+           submitted_at = coalesce(calls.submitted_at, $2)
+    FROM c WHERE calls.id = c.id
+    RETURNING calls.id
+), e AS (
+    INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
+    SELECT c.id, $2, 'submitted', c.state, 'queued', true,
+           jsonb_build_object('chunk_id', $1, 'status', $3::int, 'proof', $5::text)
+    FROM c
+)
+SELECT (SELECT count(*) FROM k)::int AS chunks, (SELECT count(*) FROM c)::int AS calls
 
 -- name: chunk_calls_moved
--- Every call of a chunk still in from_state moves to to_state; returns the ids moved.
-UPDATE calls SET state = $3::text, updated_at = $4::timestamptz,
-       submitted_at = CASE WHEN $3::text = 'pending' THEN NULL ELSE submitted_at END,
-       ended_at = CASE WHEN $5::boolean THEN $4::timestamptz ELSE ended_at END,
-       chunk_id = CASE WHEN $3::text = 'pending' THEN NULL ELSE chunk_id END
-WHERE chunk_id = $1 AND state = $2
-RETURNING id
+-- Every call of a chunk still in from_state moves to to_state; returns the calls moved.
+-- Locked in id order first (as the callback batch does), so the two cannot deadlock. A
+-- call put back to waiting remembers the chunk (prev_chunks): a late callback of that
+-- send still finds it.
+WITH c AS (
+    SELECT id, state FROM calls WHERE chunk_id = $1 AND state = $2 ORDER BY id FOR UPDATE
+)
+UPDATE calls k SET state = $3::text, updated_at = $4::timestamptz,
+       submitted_at = CASE WHEN $3::text = 'pending' THEN NULL ELSE k.submitted_at END,
+       ended_at = CASE WHEN $5::boolean THEN $4::timestamptz ELSE k.ended_at END,
+       prev_chunks = CASE WHEN $3::text = 'pending' THEN array_append(k.prev_chunks, k.chunk_id)
+                          ELSE k.prev_chunks END,
+       chunk_id = CASE WHEN $3::text = 'pending' THEN NULL ELSE k.chunk_id END
+FROM c WHERE k.id = c.id AND k.state = $2
+RETURNING k.id, k.target, k.batch_id
 
 -- name: chunk_retry_later
 UPDATE chunks SET state = 'recorded', http_status = $2, response = $3, error = $4, next_attempt_at = $5
 WHERE id = $1 AND state = 'sending'
+RETURNING id
 
 -- name: chunk_finish
+-- Only a chunk still 'sending' (ours): a chunk the orphan check or a callback settled
+-- meanwhile keeps that outcome.
 UPDATE chunks SET state = $2, http_status = $3, response = $4, error = $5, finished_at = $6
 WHERE id = $1 AND state = 'sending'
+RETURNING id
 
 -- name: chunk_by_id
 SELECT * FROM chunks WHERE id = $1
@@ -280,27 +326,43 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = $2
 DELETE FROM instances WHERE id = $1
 
 -- name: chunks_orphaned
--- Chunks left 'sending' by an instance that stopped heartbeating: the request may be out.
+-- Chunks left 'sending' by an instance that stopped heartbeating, or claimed longer ago
+-- than any request can take ($3): the request may be out. A late answer is still applied.
 UPDATE chunks SET state = 'uncertain', error = 'sender died while the request was in flight',
        finished_at = $2
 WHERE state = 'sending'
-  AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT id FROM instances WHERE heartbeat_at > $1))
+  AND (claimed_by IS NULL OR claimed_at < $3
+       OR claimed_by NOT IN (SELECT id FROM instances WHERE heartbeat_at > $1))
 RETURNING id
 
 -- name: calls_uncertain_due
-SELECT c.id, c.requeued, c.target FROM calls c JOIN chunks k ON k.id = c.chunk_id
+SELECT c.id, c.requeued, c.target, c.batch_id,
+       (SELECT b.state = 'cancelled' FROM batches b WHERE b.id = c.batch_id) AS batch_cancelled
+FROM calls c JOIN chunks k ON k.id = c.chunk_id
 WHERE c.state = 'uncertain' AND coalesce(k.finished_at, k.claimed_at, k.created_at) <= $1
 ORDER BY c.id
 LIMIT 5000
 FOR UPDATE OF c SKIP LOCKED
 
+-- name: chunks_proved_unsettled
+-- Chunks not marked sent although a callback already moved one of their calls on (the
+-- daemon stopped between that callback's commit and its proof of life): settle them.
+SELECT DISTINCT c.chunk_id AS id FROM calls c
+WHERE c.state IN ('uncertain', 'submitting') AND c.chunk_id IS NOT NULL
+  AND EXISTS (SELECT 1 FROM chunks k WHERE k.id = c.chunk_id AND k.state IN ('uncertain', 'failed'))
+  AND EXISTS (SELECT 1 FROM calls s WHERE s.chunk_id = c.chunk_id
+              AND s.state NOT IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain'))
+LIMIT 1000
+
 -- name: calls_requeue
-UPDATE calls SET state = 'pending', chunk_id = NULL, requeued = requeued + 1, updated_at = $2
+UPDATE calls SET state = 'pending', prev_chunks = array_append(prev_chunks, chunk_id), chunk_id = NULL,
+       requeued = requeued + 1, updated_at = $2
 WHERE id = ANY($1::bigint[]) AND state = 'uncertain'
 
 -- name: calls_end
 UPDATE calls SET state = $2, ended_at = $3, updated_at = $3, outcome = coalesce($4, outcome)
 WHERE id = ANY($1::bigint[])
+RETURNING id, target, batch_id
 
 -- name: singleton_try
 SELECT pg_try_advisory_xact_lock(hashtext('dialer.job:' || $1))
@@ -308,7 +370,11 @@ SELECT pg_try_advisory_xact_lock(hashtext('dialer.job:' || $1))
 -- ---------------------------------------------------------------- callbacks
 
 -- name: call_for_update
-SELECT id, state, chunk_id, target, agent, attempt, batch_id, e164, lead_id FROM calls WHERE id = $1 FOR UPDATE
+SELECT id, state, chunk_id, prev_chunks, target, agent, attempt, batch_id, e164, lead_id
+FROM calls WHERE id = $1 FOR UPDATE
+
+-- name: chunk_state
+SELECT state FROM chunks WHERE id = $1
 
 -- name: call_ended_row
 SELECT id, batch_id, target, e164, external_id, state, outcome, attempt, agent, ended_at,
@@ -316,7 +382,8 @@ SELECT id, batch_id, target, e164, external_id, state, outcome, attempt, agent, 
 FROM calls WHERE id = $1
 
 -- name: call_by_chunk_number
-SELECT id FROM calls WHERE chunk_id = $1 AND e164 = ANY($2::text[]) ORDER BY id LIMIT 1
+SELECT id FROM calls WHERE (chunk_id = $1 OR prev_chunks @> ARRAY[$1::bigint]) AND e164 = ANY($2::text[])
+ORDER BY id LIMIT 1
 
 -- name: call_move
 UPDATE calls SET state = $2, updated_at = $3::timestamptz,
@@ -332,17 +399,19 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING id
 
 -- name: calls_stale
--- Queued with no callback for stale_after_h: the provider lost it, or we did.
-SELECT id, target FROM calls WHERE state = 'queued' AND updated_at < $1 ORDER BY id LIMIT 5000
+-- Live at the provider with no callback for stale_after_h: the provider lost it, or we did.
+SELECT id, target, state FROM calls
+WHERE state IN ('queued', 'assigned', 'connected') AND updated_at < $1
+ORDER BY id LIMIT 5000
 FOR UPDATE SKIP LOCKED
 
 -- name: batch_cancel_calls
 WITH old AS (
-    SELECT id, state FROM calls WHERE batch_id = $1 AND state = ANY($3::text[]) FOR UPDATE
+    SELECT id, state FROM calls WHERE batch_id = $1 AND state = ANY($3::text[]) ORDER BY id FOR UPDATE
 )
 UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2
 FROM old WHERE c.id = old.id
-RETURNING c.id, old.state
+RETURNING c.id, old.state, c.target, c.batch_id
 
 -- name: batch_mark_cancelled
 UPDATE batches SET state = 'cancelled' WHERE id = $1 AND state IN ('receiving', 'ingested') AND $2::timestamptz IS NOT NULL
@@ -359,11 +428,13 @@ GROUP BY target, state
 SELECT count(*)::int FROM calls WHERE lead_id = $1 AND reason = $2
 
 -- name: recycle_insert
+-- Nothing for a cancelled batch: a cancel reaches later attempts too.
 INSERT INTO calls (batch_id, target, line, lead_id, attempt, raw_number, e164, priority, agents,
                    external_id, timezone, fields, state, reason, not_before, created_at, updated_at)
-SELECT batch_id, target, line, coalesce(lead_id, id), attempt + 1, raw_number, e164, priority, agents,
-       external_id, timezone, fields, 'retry_wait', $2, $3, $4, $4
-FROM calls WHERE id = $1
+SELECT c.batch_id, c.target, c.line, coalesce(c.lead_id, c.id), c.attempt + 1, c.raw_number, c.e164,
+       c.priority, c.agents, c.external_id, c.timezone, c.fields, 'retry_wait', $2, $3, $4, $4
+FROM calls c JOIN batches b ON b.id = c.batch_id
+WHERE c.id = $1 AND b.state <> 'cancelled'
 RETURNING id, attempt
 
 -- name: batch_webhook_url
@@ -433,21 +504,23 @@ UPDATE batches SET results_path = $2 WHERE id = $1
 WITH old AS (
     SELECT id, state FROM calls
     WHERE e164 = $1 AND state IN ('pending', 'scheduled', 'retry_wait')
+    ORDER BY id
     FOR UPDATE
 )
 UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
 FROM old WHERE c.id = old.id
-RETURNING c.id, old.state, c.target
+RETURNING c.id, old.state, c.target, c.batch_id
 
 -- name: dnc_cancel_numbers
 WITH old AS (
     SELECT id, state FROM calls
     WHERE e164 = ANY($1::text[]) AND state IN ('pending', 'scheduled', 'retry_wait')
+    ORDER BY id
     FOR UPDATE
 )
 UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
 FROM old WHERE c.id = old.id
-RETURNING c.id, old.state, c.target
+RETURNING c.id, old.state, c.target, c.batch_id
 
 -- ---------------------------------------------------------------- compliance
 
@@ -455,9 +528,10 @@ RETURNING c.id, old.state, c.target
 SELECT pg_advisory_xact_lock(hashtext('dialer.number:' || n)) FROM unnest($1::text[]) AS n
 
 -- name: attempts_since
--- Attempts count from the moment a call is claimed for sending, in every target.
+-- Attempts count from the moment a call is claimed for sending, in every target
+-- ($3: calls not to count, e.g. the very attempts being re-checked).
 SELECT e164, submitted_at FROM calls
-WHERE e164 = ANY($1::text[]) AND submitted_at > $2
+WHERE e164 = ANY($1::text[]) AND submitted_at > $2 AND NOT (id = ANY($3::bigint[]))
 
 -- ---------------------------------------------------------------- do-not-call lists
 
@@ -561,44 +635,10 @@ LIMIT $3
 -- name: ui_dnc_total
 SELECT count(*)::int FROM dnc
 
--- name: callback_apply_fast
--- The common callback in one round trip: lock the call, check the move against the state
--- table (passed in as allowed "from>to" pairs), update it, audit the event, and enqueue the
--- batch's result webhook when the call ends. No row: not this chunk's call (slow path).
--- $1 call, $2 chunk, $3 new state, $4 now, $5 agent, $6 outcome, $7 terminal,
--- $8 provider call id, $9 allowed pairs, $10 event kind, $11 event payload
-WITH c AS (
-    SELECT id, state, target, batch_id, e164, external_id, attempt, agent
-    FROM calls WHERE id = $1 AND chunk_id = $2
-    FOR UPDATE
-), m AS (
-    UPDATE calls k SET state = $3::text, updated_at = $4::timestamptz, agent = coalesce($5, k.agent),
-           outcome = coalesce($6, k.outcome),
-           ended_at = CASE WHEN $7::boolean THEN $4::timestamptz ELSE k.ended_at END,
-           provider_call_id = coalesce($8, k.provider_call_id)
-    FROM c WHERE k.id = c.id AND (c.state || '>' || $3::text) = ANY($9::text[])
-    RETURNING k.id, k.agent, k.outcome, k.ended_at
-), e AS (
-    INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
-    SELECT c.id, $4::timestamptz, $10, c.state, $3::text, EXISTS (SELECT 1 FROM m), $11::jsonb FROM c
-), w AS (
-    INSERT INTO webhook_outbox (batch_id, call_id, url, body, next_attempt_at, created_at)
-    SELECT c.batch_id, c.id, b.result_webhook_url,
-           convert_to(jsonb_build_object(
-               'event', 'call.ended', 'batch_id', c.batch_id, 'call_id', c.id, 'number', c.e164,
-               'external_id', c.external_id, 'state', $3::text, 'outcome', m.outcome,
-               'attempt', c.attempt, 'agent', m.agent, 'ended_at', m.ended_at,
-               'will_retry', false, 'next_call_id', NULL)::text, 'UTF8'),
-           $4::timestamptz, $4::timestamptz
-    FROM c JOIN m ON m.id = c.id JOIN batches b ON b.id = c.batch_id
-    WHERE $7::boolean AND b.result_webhook_url IS NOT NULL
-    ON CONFLICT (call_id) DO NOTHING
-)
-SELECT c.id, c.state, c.target, c.batch_id, c.agent, EXISTS (SELECT 1 FROM m) AS applied FROM c
-
 -- name: callback_apply_batch
--- Many callbacks in one statement and one commit (the same work as callback_apply_fast,
--- set-based). Rows are locked in id order, so concurrent batches cannot deadlock. A batch
+-- Many callbacks in one statement and one commit: lock the calls, check each move against
+-- the state table (passed in as allowed "from>to" pairs), update, audit every event, and
+-- enqueue the batch's result webhook when a call ends. Rows are locked in id order, so concurrent batches cannot deadlock. A batch
 -- never holds two callbacks for one call. Input rows with no matching call of their chunk
 -- return nothing (the caller takes the slow path for them).
 WITH input AS (
@@ -606,9 +646,10 @@ WITH input AS (
                          $6::boolean[], $7::text[], $8::text[], $9::jsonb[], $10::int[])
         AS u(call_id, chunk_id, dst, agent, outcome, terminal, pcid, kind, payload, ord)
 ), c AS (
-    SELECT k.id, k.state, k.target, k.batch_id, k.e164, k.external_id, k.attempt,
+    SELECT k.id, k.state, k.target, k.batch_id, k.e164, k.external_id, k.attempt, i.chunk_id,
            k.agent AS old_agent, i.dst, i.agent, i.outcome, i.terminal, i.pcid, i.kind, i.payload, i.ord
-    FROM calls k JOIN input i ON i.call_id = k.id AND k.chunk_id = i.chunk_id
+    FROM calls k JOIN input i ON i.call_id = k.id
+        AND (k.chunk_id = i.chunk_id OR k.prev_chunks @> ARRAY[i.chunk_id])
     ORDER BY k.id
     FOR UPDATE OF k
 ), m AS (
@@ -636,5 +677,38 @@ WITH input AS (
     WHERE c.terminal AND b.result_webhook_url IS NOT NULL
     ON CONFLICT (call_id) DO NOTHING
 )
-SELECT c.ord, c.id, c.state, c.target, c.batch_id, c.old_agent AS agent, m.id IS NOT NULL AS applied
+SELECT c.ord, c.id, c.state, c.target, c.batch_id, c.old_agent AS agent, m.id IS NOT NULL AS applied,
+       (SELECT x.state FROM chunks x WHERE x.id = c.chunk_id) AS chunk_state
 FROM c LEFT JOIN m ON m.id = c.id
+
+-- ---------------------------------------------------------------- send-time re-check
+
+-- name: chunk_lock
+SELECT state FROM chunks WHERE id = $1 FOR UPDATE
+
+-- name: chunk_recheck_rows
+-- The calls of a chunk about to be sent, with what may have changed since it was
+-- recorded. Locked in id order, after the chunk (the common lock order).
+SELECT c.id, c.state, c.e164, c.timezone, c.fields, c.attempt, c.target, c.batch_id,
+       EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
+               AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc,
+       (SELECT b.state FROM batches b WHERE b.id = c.batch_id) AS batch_state
+FROM calls c
+WHERE c.chunk_id = $1
+ORDER BY c.id
+FOR UPDATE OF c
+
+-- name: calls_withdraw
+-- Rows taken out of a chunk before it was sent: back to waiting (scheduled until the hold
+-- clears, or pending), and no longer an attempt for the caps.
+UPDATE calls c SET state = CASE WHEN u.nb IS NULL THEN 'pending' ELSE 'scheduled' END,
+       not_before = u.nb, chunk_id = NULL, submitted_at = NULL, updated_at = $3
+FROM unnest($1::bigint[], $2::timestamptz[]) AS u(id, nb)
+WHERE c.id = u.id AND c.state = 'submitting'
+
+-- name: chunk_request_update
+UPDATE chunks SET request = $2, rows = $3 WHERE id = $1
+
+-- name: chunk_withdraw
+UPDATE chunks SET state = 'withdrawn', error = $2, finished_at = $3
+WHERE id = $1 AND state = 'sending'

@@ -23,7 +23,6 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.staticfiles import StaticFiles
 
 from dialer import __version__
-from dialer.dispatch.outbox import record_events
 from dialer.errors import DialerError
 from dialer.http.api import _targets, read_body
 from dialer.http.context import AppContext
@@ -31,7 +30,7 @@ from dialer.intake import phones
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.inbox import unique_path
 from dialer.intake.readers import detect_format
-from dialer.lifecycle.states import WAITING, State, sql_list
+from dialer.lifecycle import moves, observe
 from dialer.store.queries import Q
 from dialer.ui import downloads
 from dialer.ui.render import STATIC, as_dict, batch_active, environment, outcome_chart, progress, source_label
@@ -339,11 +338,9 @@ class Console:
             now = self.ctx.clock.now()
             async with self.ctx.pool.acquire() as conn, conn.transaction():
                 b = await self._batch(conn, batch_id)
-                rows = await conn.fetch(Q.batch_cancel_calls, b["id"], now, sql_list(WAITING))
-                await conn.execute(Q.batch_mark_cancelled, b["id"], now)
-                await record_events(conn, [x["id"] for x in rows], [x["state"] for x in rows] or "pending",
-                                    State.CANCELLED, "cancelled", now, {"by": "console"})
-            return RedirectResponse(f"/ui/batches/{b['id']}?cancelled={len(rows)}", status_code=303,
+                ended = await moves.cancel_batch(conn, b["id"], now, "console")
+            observe.ended(ended)  # counted in dialer_call_outcomes like an API cancel
+            return RedirectResponse(f"/ui/batches/{b['id']}?cancelled={len(ended)}", status_code=303,
                                     headers=SECURITY_HEADERS)
 
         @r.get("/ui/batches/{batch_id}/report.json")

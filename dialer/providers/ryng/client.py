@@ -4,10 +4,11 @@ Every send is classified so the outbox can decide safely:
 
 * ``ok``        — 2xx: Ryng took the calls.
 * ``retry``     — the request was certainly not processed (connection refused, connect
-                  timeout, 429, or a 5xx answer): send again after a backoff.
+                  timeout, 429, 503): send again after a backoff.
 * ``rejected``  — other 4xx: the provider refuses this body; never resend.
-* ``unknown``   — the request may have reached Ryng but no answer came back (read
-                  timeout, connection dropped mid-response): never resend blindly.
+* ``unknown``   — the request may have been taken (500, 502, 504 and other 5xx: a
+                  gateway or the app may have failed after queueing the calls; a read
+                  timeout; a connection dropped mid-response): never resend blindly.
 """
 
 from __future__ import annotations
@@ -105,8 +106,11 @@ class RyngClient:
         body = _body(resp)
         if 200 <= status < 300:
             return SendResult("ok", status, body, elapsed_s=elapsed, endpoint=endpoint)
-        if status == 429 or status >= 500:
+        if status in (429, 503):
             return SendResult("retry", status, body, _retry_after(resp.headers.get("retry-after")),
                               error=f"HTTP {status}", elapsed_s=elapsed, endpoint=endpoint)
+        if status >= 500:
+            return SendResult("unknown", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
+                              endpoint=endpoint)
         return SendResult("rejected", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
                           endpoint=endpoint)

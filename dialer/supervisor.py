@@ -1,0 +1,69 @@
+"""One supervisor for every background loop: a loop that fails is logged with its
+traceback, counted (``dialer_task_restarts_total{task}``) and started again with a
+backoff; the daemon itself never ends because a dependency failed.
+
+A loop that *returns* is done (the drain stops loops by asking them to return);
+cancellation passes through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from dialer.store.retry import DB_DOWN
+
+log = logging.getLogger(__name__)
+
+INITIAL_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a loop that ran this long before failing starts its backoff afresh
+
+_on_restart: list[Callable[[str], None]] = []
+
+
+def on_restart(fn: Callable[[str], None]) -> Callable[[], None]:
+    """Be told the name of every loop that failed (metrics); returns an unsubscribe."""
+    _on_restart.append(fn)
+    return lambda: _on_restart.remove(fn) if fn in _on_restart else None
+
+
+def failed(task: str, e: BaseException) -> None:
+    """Log and count one failure of ``task`` (a loop, or one run of a periodic job)."""
+    if only(e, DB_DOWN):
+        log.warning("task failed: database unreachable", extra={"task": task, "error": str(e)})
+    else:
+        log.error("task failed", exc_info=e, extra={"task": task})
+    for fn in list(_on_restart):
+        try:
+            fn(task)
+        except Exception:
+            log.exception("restart observer failed")
+
+
+def only(e: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """``e`` is one of ``kinds``, or an exception group of nothing else."""
+    if isinstance(e, BaseExceptionGroup):
+        return all(only(x, kinds) for x in e.exceptions)
+    return isinstance(e, kinds)
+
+
+async def supervise(task: str, loop: Callable[[], Awaitable[object]],
+                    running: Callable[[], bool] = lambda: True) -> None:
+    """Run ``loop`` until it returns (or ``running()`` turns false), restarting it on failure."""
+    delay = INITIAL_BACKOFF_S
+    while running():
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except Exception as e:  # an ExceptionGroup of Exceptions included; cancellation is not
+            failed(task, e)
+        if time.monotonic() - started > HEALTHY_AFTER_S:
+            delay = INITIAL_BACKOFF_S
+        log.info("restarting task", extra={"task": task, "in_s": delay})
+        await anyio.sleep(delay)
+        delay = min(delay * 2, MAX_BACKOFF_S)
