@@ -1,18 +1,20 @@
 """Named queries, loaded once from ``queries.sql`` (procrastinate's pattern).
 
-Each query starts with a ``-- name: <identifier>`` line; Python refers to it by name.
+Each query starts with a ``-- name: <identifier>`` line; Python refers to it by name. The
+file is package data read through ``importlib.resources``, so a wheel install has it too.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
-_PATH = Path(__file__).with_name("queries.sql")
+_PATH: Traversable = files("dialer.store").joinpath("queries.sql")
 _HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.M)
 
 
-def load(path: Path = _PATH) -> dict[str, str]:
+def load(path: Traversable = _PATH) -> dict[str, str]:
     text = path.read_text(encoding="utf-8")
     parts = _HEADER.split(text)
     out: dict[str, str] = {}
@@ -20,6 +22,8 @@ def load(path: Path = _PATH) -> dict[str, str]:
         if name in out:
             raise RuntimeError(f"query {name} defined twice in {path.name}")
         out[name] = body.strip().rstrip(";")
+    if not out:
+        raise RuntimeError(f"no named query in {path}: the package is incomplete")
     return out
 
 
