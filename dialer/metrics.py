@@ -45,6 +45,7 @@ from dialer import __version__, supervisor
 from dialer.lifecycle import observe
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
+from dialer.store.queries import Q
 
 if TYPE_CHECKING:
     from dialer.dispatch.outbox import Claimed
@@ -78,11 +79,6 @@ RYNG_ENDPOINTS = {"queue": ("queue_append",), "campaign": ("campaign", "campaign
 # Calls waiting for the provider's next callback: handed over, or ringing an agent.
 WAITING_FOR_CALLBACK = ["queued", "assigned"]
 
-# Scrape-time queries (read-only, on partial indexes; candidates for queries.sql).
-SQL_CALLBACK_WAIT = """
-SELECT target, extract(epoch FROM $1::timestamptz - min(updated_at))::float8 AS age
-FROM calls WHERE state = ANY($2::text[]) GROUP BY target
-"""
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CALLBACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -394,7 +390,6 @@ class Metrics:
 
     async def _read_db(self, ctx: AppContext) -> None:
         from dialer.dispatch.pacing import StaticAgents, measure
-        from dialer.store.queries import Q
 
         settings = ctx.settings
         self.set_targets(settings.targets)
@@ -406,7 +401,7 @@ class Metrics:
                 (x["target"], x["state"]): x["n"] for x in await conn.fetch(Q.target_counts)}
             paused = {x["target"]: bool(x["paused"]) for x in await conn.fetch(Q.target_state_all)}
             waits = {x["target"]: x["age"] for x in
-                     await conn.fetch(SQL_CALLBACK_WAIT, now, WAITING_FOR_CALLBACK)}
+                     await conn.fetch(Q.metrics_callback_wait, now, WAITING_FOR_CALLBACK)}
             paces = {}
             for name, t in settings.targets.items():
                 source = d.agent_source_name(name) if d is not None else "static"

@@ -52,9 +52,10 @@ def only(e: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
 
 
 async def supervise(task: str, loop: Callable[[], Awaitable[object]],
-                    running: Callable[[], bool] = lambda: True) -> None:
+                    running: Callable[[], bool] = lambda: True,
+                    initial_backoff_s: float = INITIAL_BACKOFF_S) -> None:
     """Run ``loop`` until it returns (or ``running()`` turns false), restarting it on failure."""
-    delay = INITIAL_BACKOFF_S
+    delay = initial_backoff_s
     while running():
         started = time.monotonic()
         try:
@@ -63,7 +64,7 @@ async def supervise(task: str, loop: Callable[[], Awaitable[object]],
         except Exception as e:  # an ExceptionGroup of Exceptions included; cancellation is not
             failed(task, e)
         if time.monotonic() - started > HEALTHY_AFTER_S:
-            delay = INITIAL_BACKOFF_S
+            delay = initial_backoff_s
         log.info("restarting task", extra={"task": task, "in_s": delay})
         await anyio.sleep(delay)
         delay = min(delay * 2, MAX_BACKOFF_S)

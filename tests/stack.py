@@ -24,6 +24,7 @@ from dialer.http import callbacks
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from dialer.intake.submit import Submission, submit
+from dialer.lifecycle import observe
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.service import CallbackService
 from dialer.lifecycle.spool import Spool
@@ -86,6 +87,7 @@ class Stack:
             self.spool, on_applied=on_applied, settings=settings,
         )
         self.webhooks = WebhookSender(pool, self.secret, clock)
+        self._unsubscribe = observe.subscribe(self.completion.on_ended)
 
     def another_dispatcher(self, instance: str) -> Dispatcher:
         return Dispatcher(self.pool, self.settings, self.clock, self.client, self.secret, instance)
@@ -105,6 +107,7 @@ class Stack:
         return {r["state"]: r["n"] for r in rows}
 
     async def close(self) -> None:
+        self._unsubscribe()
         await self.client.close()
         await self.webhooks.close()
         self.spool.close()

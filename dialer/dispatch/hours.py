@@ -82,16 +82,3 @@ def next_open(zones: tuple[ZoneInfo, ...], win: Window, now: datetime,
             return c
     return None
 
-
-def check(e164: str, tz: str | None, hours: str, now: datetime) -> datetime | None:
-    """None when the lead may be called now, else when it may next be called.
-
-    Returns ``now + 1 day`` when no instant within the horizon fits every zone, so the
-    lead waits rather than being dropped (an operator sees it ``scheduled``).
-    """
-    zones = zones_for(e164, tz)
-    win = window(hours)
-    if inside(zones, win, now):
-        return None
-    nxt = next_open(zones, win, now)
-    return nxt if nxt is not None else now + timedelta(days=1)

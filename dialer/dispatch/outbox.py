@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +16,7 @@ import asyncpg
 from dialer.config import Settings, Target
 from dialer.dispatch import chunker, compliance
 from dialer.dispatch.pacing import Pace
+from dialer.lifecycle import moves
 from dialer.lifecycle.moves import chunk_calls, chunk_taken, end_calls, record_events
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
@@ -46,6 +47,25 @@ async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set
     return existing
 
 
+@dataclass(slots=True)
+class Screened:
+    """What compliance made of the candidates: sent now, cancelled, capped, or held."""
+
+    take: list[asyncpg.Record] = field(default_factory=list)
+    dnc: list[asyncpg.Record] = field(default_factory=list)
+    capped: list[tuple[asyncpg.Record, compliance.Hold]] = field(default_factory=list)
+    held: list[tuple[asyncpg.Record, compliance.Hold]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Request:
+    chunk_id: int
+    token: str
+    body: dict[str, Any]
+    kind: str
+    named_agent: str | None
+
+
 async def record_chunk(
     conn: asyncpg.Connection,
     settings: Settings,
@@ -59,7 +79,8 @@ async def record_chunk(
 ) -> int:
     """Claim up to ``max_rows`` dispatchable calls into a recorded chunk; returns rows claimed.
 
-    Runs in the caller's transaction, which must hold the target's dispatch lock.
+    select → compliance → build → record, in the caller's transaction, which must hold the
+    target's dispatch lock. Calls ended on the way (DNC, caps) are added to ``ended``.
     """
     t = settings.targets[name]
     n = min(max_rows, t.chunk_size, pace.free)
@@ -67,61 +88,75 @@ async def record_chunk(
         return 0
     # a margin for leads held back by calling hours or caps; the rest waits for the next chunk
     cands = await conn.fetch(Q.dispatch_candidates, name, now, n + max(20, n // 5))
-    rules = rules or compliance.Rules(settings)
-    take: list[asyncpg.Record] = []
-    holds: list[tuple[asyncpg.Record, compliance.Hold]] = []
-    dnc_ids: list[int] = []
-    dnc_from: list[str] = []
+    screened = await screen(conn, rules or compliance.Rules(settings), name, t, cands, n, now)
+    done = await apply_screening(conn, screened, now)
+    if ended is not None:
+        ended.extend(done)
+    if not screened.take:
+        return 0
+    req = await build(conn, settings, secret, name, t, pace, screened.take)
+    await conn.execute(Q.chunk_insert, req.chunk_id, name, req.token, len(screened.take), req.body, req.kind,
+                       req.named_agent, now)
+    await moves.submit(conn, [c["id"] for c in screened.take], [c["state"] for c in screened.take],
+                       req.chunk_id, now)
+    return len(screened.take)
+
+
+async def screen(conn: asyncpg.Connection, rules: compliance.Rules, name: str, t: Target,
+                 cands: list[asyncpg.Record], n: int, now: datetime) -> Screened:
+    """DNC, calling hours, holidays and caps over the candidates; at most ``n`` taken,
+    one attempt per number per chunk (the caps count them)."""
+    out = Screened()
     numbers_taken: set[str] = set()
-    ended = ended if ended is not None else []  # calls ended without dialing: told after commit
     for c in cands:
         if c["on_dnc"]:  # listed since it was ingested (or since its last attempt)
-            dnc_ids.append(c["id"])
-            dnc_from.append(c["state"])
+            out.dnc.append(c)
             continue
         hold = rules.check(name, t, c["e164"], c["timezone"], c["fields"], now)
         if hold is not None:
-            holds.append((c, hold))
-        elif len(take) < n and c["e164"] not in numbers_taken:
-            take.append(c)
-            numbers_taken.add(c["e164"])  # one attempt per number per chunk (caps count them)
-    capped: list[asyncpg.Record] = []
-    if rules.caps and take:
-        over = await compliance.cap_holds(conn, rules.caps, [c["e164"] for c in take], now)
+            out.held.append((c, hold))
+        elif len(out.take) < n and c["e164"] not in numbers_taken:
+            out.take.append(c)
+            numbers_taken.add(c["e164"])
+    if rules.caps and out.take:
+        over = await compliance.cap_holds(conn, rules.caps, [c["e164"] for c in out.take], now)
         if over:
             keep = []
-            for c in take:
+            for c in out.take:
                 h = over.get(c["e164"])
                 if h is None:
                     keep.append(c)
                 elif c["attempt"] > 1:
-                    capped.append(c)  # a re-dial the cap forbids: its recycle budget ends here
-                    holds.append((c, h))
+                    out.capped.append((c, h))  # a re-dial the cap forbids: its recycle budget ends
                 else:
-                    holds.append((c, h))
-            take = keep
-    ended.extend(await end_calls(conn, dnc_ids, dnc_from, State.CANCELLED, "cancelled", now,
-                                 {"rule": "dnc", "reason": "number is on the do-not-call list"}))
-    capped_ids = {c["id"] for c in capped}
-    for c, h in holds:
-        if c["id"] in capped_ids:
-            ended.extend(await end_calls(conn, [c["id"]], c["state"], State.CAPPED, "capped", now,
-                                         {"rule": h.rule, **h.detail, "until": h.until.isoformat()}))
-    waiting = [(c, h) for c, h in holds if c["id"] not in capped_ids]
-    if waiting:
-        await conn.execute(Q.calls_hold, [c["id"] for c, _ in waiting], [h.until for _, h in waiting], now)
-        for c, h in waiting:
-            await record_events(conn, [c["id"]], c["state"], State.SCHEDULED, "hold", now,
-                                {"rule": h.rule, **h.detail, "until": h.until.isoformat()})
-    if not take:
-        return 0
+                    out.held.append((c, h))
+            out.take = keep
+    return out
+
+
+async def apply_screening(conn: asyncpg.Connection, s: Screened, now: datetime) -> list[Ended]:
+    """Cancel, cap and hold what compliance said; returns the calls that ended."""
+    ended = await end_calls(conn, [c["id"] for c in s.dnc], [c["state"] for c in s.dnc], State.CANCELLED,
+                            "cancelled", now, {"rule": "dnc", "reason": "number is on the do-not-call list"})
+    for c, h in s.capped:
+        ended += await end_calls(conn, [c["id"]], c["state"], State.CAPPED, "capped", now, _hold_detail(h))
+    await moves.hold(conn, [(c["id"], c["state"], h.until, _hold_detail(h)) for c, h in s.held], now)
+    return ended
+
+
+def _hold_detail(h: compliance.Hold) -> dict[str, Any]:
+    return {"rule": h.rule, **h.detail, "until": h.until.isoformat()}
+
+
+async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, name: str, t: Target,
+                pace: Pace, take: list[asyncpg.Record]) -> Request:
+    """The provider request for these calls, with its own signed callback URLs."""
     names: set[str] = set()
     for c in take:
         names.update((c["fields"] or {}).keys())
     slots = await slots_for(conn, name, t, names)
     chunk_id = int(await conn.fetchval(Q.chunk_next_id))
     token = make_token(secret, "chunk", chunk_id)
-    base = settings.base_url
     rows = [
         chunker.Row(c["id"], c["e164"], c["priority"], list(c["agents"]) if c["agents"] else None,
                     c["fields"])
@@ -140,6 +175,7 @@ async def record_chunk(
         order = pool[start:] + pool[:start]
         if t.kind == "campaign" and len(rows) == 1:
             named = order[0]
+    base = settings.base_url
     built = chunker.build(
         name, t, rows, slots,
         connect_url=f"{base}/callbacks/ryng/connect/{token}",
@@ -151,12 +187,7 @@ async def record_chunk(
         request["sheet"] = built.sheet.decode()
     if t.kind == "queue":
         request["queue_id"] = t.queue_id
-    await conn.execute(Q.chunk_insert, chunk_id, name, token, len(rows), request, built.kind, named, now)
-    ids = [r.call_id for r in rows]
-    await conn.execute(Q.calls_submitting, ids, chunk_id, now)
-    await record_events(conn, ids, [c["state"] for c in take], State.SUBMITTING, "chunked", now,
-                        {"chunk_id": chunk_id})
-    return len(rows)
+    return Request(chunk_id, token, request, built.kind, named)
 
 
 async def orphaned_to_uncertain(conn: asyncpg.Connection, now: datetime, stale_s: float,
@@ -194,10 +225,7 @@ async def requeue_uncertain(
         cancel = [r["id"] for r in due if r["batch_cancelled"]]
         again = [r["id"] for r in due if not r["batch_cancelled"] and r["requeued"] == 0]
         give_up = [r["id"] for r in due if not r["batch_cancelled"] and r["requeued"] > 0]
-        if again:
-            await conn.execute(Q.calls_requeue, again, now)
-            await record_events(conn, again, State.UNCERTAIN, State.PENDING, "requeued", now,
-                                {"reason": f"no callback within {after_min:g} min of an uncertain send"})
+        await moves.requeue(conn, again, now, f"no callback within {after_min:g} min of an uncertain send")
         ended += await end_calls(conn, give_up, State.UNCERTAIN, State.FAILED, "uncertain_failed", now,
                                  {"reason": "uncertain twice; not re-queued again"})
         ended += await end_calls(conn, cancel, State.UNCERTAIN, State.CANCELLED, "cancelled", now,

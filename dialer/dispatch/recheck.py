@@ -17,7 +17,7 @@ import asyncpg
 
 from dialer.config import Settings
 from dialer.dispatch import chunker, compliance
-from dialer.lifecycle.moves import end_calls, record_events
+from dialer.lifecycle.moves import end_calls, withdraw
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
 from dialer.store.queries import Q
@@ -88,11 +88,7 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
     out.ended += await end_calls(conn, [r["id"] for r in cancelled], State.SUBMITTING, State.CANCELLED,
                                  "cancelled", now, {**why, "rule": "batch_cancelled",
                                                     "reason": "the batch was cancelled"})
-    if holds:
-        await conn.execute(Q.calls_withdraw, [r["id"] for r, _, _ in holds], [u for _, u, _ in holds], now)
-        for r, until, detail in holds:
-            dst = State.PENDING if until is None else State.SCHEDULED
-            await record_events(conn, [r["id"]], State.SUBMITTING, dst, "hold", now, {**why, **detail})
+    await withdraw(conn, [(r["id"], until, {**why, **detail}) for r, until, detail in holds], now)
     if not keep:
         await conn.execute(Q.chunk_withdraw, c.id, "every row was taken out just before sending", now)
         return out

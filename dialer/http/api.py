@@ -35,7 +35,6 @@ from dialer.intake import dnc as dnc_import
 from dialer.intake import phones
 from dialer.intake.submit import Submission, submit
 from dialer.lifecycle import moves, observe
-from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -243,10 +242,8 @@ def router(auth: Any) -> APIRouter:
         async with ctx.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(Q.dnc_add, good, "api", now, payload.expires_at)
             # calls not yet sent to these numbers end now, in every target
-            cancelled = await conn.fetch(Q.dnc_cancel_numbers, good, now)
-            await moves.record_events(conn, [x["id"] for x in cancelled], [x["state"] for x in cancelled],
-                                      State.CANCELLED, "cancelled", now, {"rule": "dnc", "by": "api"})
-        observe.ended(observe.from_rows(cancelled, State.CANCELLED.value))
+            cancelled = await moves.cancel_for_dnc(conn, good, now, {"rule": "dnc", "by": "api"})
+        observe.ended(cancelled)
         added = sum(1 for x in rows if x["inserted"])
         return DncOut(added=added, updated=len(rows) - added, invalid=invalid)
 

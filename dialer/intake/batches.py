@@ -19,6 +19,7 @@ import asyncpg
 from dialer.config import Target
 from dialer.intake.leads import COPY_COLUMNS, TargetRules
 from dialer.intake.pipeline import Chunk
+from dialer.lifecycle import moves
 from dialer.store.queries import Q
 
 OUTCOMES = ("accepted", "invalid", "duplicate", "dnc")
@@ -72,9 +73,6 @@ async def copy_chunk(
         return int(rows_read)
 
 
-def _affected(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
-
 
 async def finalise(
     conn: asyncpg.Connection,
@@ -94,14 +92,10 @@ async def finalise(
     invalid counts), which spares full scans of a big batch.
     """
     await conn.execute(Q.batch_lock_target, target_name)
-    dup = 0
-    if in_file_duplicates is not False:
-        dup += _affected(await conn.execute(Q.finalise_collapse_in_batch, batch_id))
     window_start = now - timedelta(hours=target.dedupe_window_h)
-    dup += _affected(await conn.execute(Q.finalise_dedupe_target, batch_id, target_name, window_start))
-    dnc = 0
-    if await conn.fetchval(Q.dnc_any):
-        dnc = _affected(await conn.execute(Q.finalise_dnc, batch_id, now))
+    dup, dnc = await moves.classify_intake(conn, batch_id, target_name, window_start, now,
+                                           collapse=in_file_duplicates is not False,
+                                           dnc=bool(await conn.fetchval(Q.dnc_any)))
     if rows is not None and invalid is not None and in_file_duplicates is not None:
         counts = {"rows": rows, "accepted": rows - invalid - dup - dnc, "invalid": invalid,
                   "duplicate": dup, "dnc": dnc}
@@ -128,7 +122,7 @@ async def fail_batch(
     conn: asyncpg.Connection, batch_id: uuid.UUID, error: str, now: datetime
 ) -> None:
     async with conn.transaction():
-        await conn.execute(Q.batch_drop_calls, batch_id)
+        await moves.drop_batch_calls(conn, batch_id)
         await conn.execute(Q.batch_fail, batch_id, error, now)
 
 

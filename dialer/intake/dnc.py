@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 import anyio
 import asyncpg
 
-from dialer import metrics
 from dialer.intake import phones
+from dialer.lifecycle import moves, observe
 from dialer.store.queries import Q
 
 CHUNK = 50_000
@@ -115,10 +115,9 @@ async def import_stream(
                 on_progress(report.lines)
         row = await conn.fetchrow(Q.dnc_import_merge, source, now)
         report.added, report.updated = row["added"], row["updated"]
-        by_target = await conn.fetch(Q.dnc_import_cancel, now)
-        report.cancelled_calls = sum(r["n"] for r in by_target)
-    for r in by_target:
-        metrics.current().call_ended(r["target"], "cancelled", r["n"])
+        ended = await moves.cancel_for_dnc_import(conn, now)
+        report.cancelled_calls = sum(e.n for e in ended)
+    observe.ended(ended)
     return report
 
 

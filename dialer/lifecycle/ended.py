@@ -12,9 +12,9 @@ import asyncpg
 import orjson
 
 from dialer.config import Settings
-from dialer.lifecycle import recycle
+from dialer.lifecycle import moves, recycle
 from dialer.lifecycle.dispositions import Dispositions
-from dialer.lifecycle.observe import Ended, from_rows
+from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
@@ -23,8 +23,7 @@ from dialer.store.queries import Q
 class EndEffects:
     recycled_to: int | None = None
     dnc_added: bool = False
-    cancelled: list[int] = field(default_factory=list)
-    ended: list[Ended] = field(default_factory=list)  # told to observe.ended after commit
+    ended: list[Ended] = field(default_factory=list)  # calls it cancelled: told to observe.ended after commit
     webhook: bool = False
 
 
@@ -64,13 +63,9 @@ async def after_end(
         # the customer asked not to be called: list the number and stop its other calls
         await conn.execute(Q.dnc_add, [row["e164"]], "disposition", now, None)
         out.dnc_added = True
-        cancelled = await conn.fetch(Q.dnc_cancel_number, row["e164"], now)
-        out.cancelled = [r["id"] for r in cancelled]
-        out.ended = from_rows(cancelled, State.CANCELLED.value)
-        for r in cancelled:
-            await conn.execute(Q.event_insert, r["id"], now, "cancelled", r["state"], State.CANCELLED.value,
-                               True, {"rule": "dnc_dispositions", "disposition": disposition,
-                                      "from_call": call_id})
+        out.ended = await moves.cancel_for_dnc(conn, [row["e164"]], now,
+                                               {"rule": "dnc_dispositions", "disposition": disposition,
+                                                "from_call": call_id})
     elif target is not None:
         out.recycled_to = await recycle.maybe_recycle(conn, call_id, row["lead"], state, target, now)
     url = await conn.fetchval(Q.batch_webhook_url, row["batch_id"])

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
+from dialer.lifecycle import moves
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.payload import CallbackData
 from dialer.lifecycle.states import TERMINAL, State, can_move
@@ -85,10 +86,8 @@ async def apply(
                        chunk_state=chunk_state)
     terminal = dst in TERMINAL
     outcome = (cb.disposition or "unknown") if terminal else None
-    await conn.execute(
-        Q.call_move, row["id"], dst.value, now, cb.agent, outcome, terminal,
-        None, cb.call_id,  # ended_at: our clock, not the provider's (no skew in wrap-up)
-    )
+    # ended_at: our clock, not the provider's (no skew in wrap-up)
+    await moves.apply_callback(conn, row["id"], src, dst, now, cb.agent, outcome, cb.call_id)
     await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, True, payload)
     return Applied("applied", row["id"], src.value, dst.value, row["target"], terminal,
                    agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"],

@@ -37,6 +37,46 @@ async def record_events(
     await conn.execute(Q.events_bulk, list(ids), now, kind, to_state, payload, froms)
 
 
+async def hold(
+    conn: asyncpg.Connection,
+    items: Sequence[tuple[int, str, datetime, dict[str, Any]]],
+    now: datetime,
+) -> None:
+    """Waiting calls a rule holds back (calling hours, holiday, cap): ``scheduled`` until
+    the hold clears, each with an event naming the rule — (id, from state, until, detail)."""
+    if not items:
+        return
+    ids = [i[0] for i in items]
+    await conn.execute(Q.calls_hold, ids, [i[2] for i in items], now)
+    await conn.execute(Q.events_each, ids, now, "hold", State.SCHEDULED, [i[1] for i in items],
+                       [i[3] for i in items])
+
+
+async def withdraw(
+    conn: asyncpg.Connection,
+    items: Sequence[tuple[int, datetime | None, dict[str, Any]]],
+    now: datetime,
+) -> None:
+    """Calls taken out of a chunk just before it was sent: back to waiting — ``scheduled``
+    until the hold clears, or ``pending`` (no until: a paused target) — each with an event."""
+    if not items:
+        return
+    ids = [i[0] for i in items]
+    await conn.execute(Q.calls_withdraw, ids, [i[1] for i in items], now)
+    for dst in (State.PENDING, State.SCHEDULED):
+        part = [i for i in items if (i[1] is None) == (dst is State.PENDING)]
+        if part:
+            await conn.execute(Q.events_each, [i[0] for i in part], now, "hold", dst,
+                               [State.SUBMITTING.value] * len(part), [i[2] for i in part])
+
+
+async def submit(conn: asyncpg.Connection, ids: Sequence[int], from_states: Sequence[str], chunk_id: int,
+                 now: datetime) -> None:
+    """Waiting calls recorded in a chunk: ``submitting`` (an attempt, for the caps, from now)."""
+    await conn.execute(Q.calls_submitting, list(ids), chunk_id, now)
+    await record_events(conn, ids, from_states, State.SUBMITTING, "chunked", now, {"chunk_id": chunk_id})
+
+
 async def chunk_taken(
     conn: asyncpg.Connection,
     chunk_id: int,
@@ -93,3 +133,65 @@ async def cancel_batch(conn: asyncpg.Connection, batch_id: object, now: datetime
     await record_events(conn, [r["id"] for r in rows], [r["state"] for r in rows], State.CANCELLED,
                         "cancelled", now, {"by": by, "rule": "batch_cancelled"})
     return from_rows(rows, State.CANCELLED.value)
+
+
+async def cancel_for_dnc(conn: asyncpg.Connection, numbers: Sequence[str], now: datetime,
+                         detail: dict[str, Any]) -> list[Ended]:
+    """Numbers put on the do-not-call list: their calls not yet sent end ``cancelled``, in
+    every target (calls already recorded in a chunk are taken out at send time)."""
+    if not numbers:
+        return []
+    rows = await conn.fetch(Q.dnc_cancel_numbers, list(numbers), now)
+    await record_events(conn, [r["id"] for r in rows], [r["state"] for r in rows], State.CANCELLED,
+                        "cancelled", now, detail)
+    return from_rows(rows, State.CANCELLED.value)
+
+
+async def cancel_for_dnc_import(conn: asyncpg.Connection, now: datetime) -> list[Ended]:
+    """The same for every number of a DNC import (its temporary table), in one statement."""
+    rows = await conn.fetch(Q.dnc_import_cancel, now)
+    return [Ended(r["target"], State.CANCELLED.value, r["batch_id"], r["n"]) for r in rows]
+
+
+async def requeue(conn: asyncpg.Connection, ids: Sequence[int], now: datetime, reason: str) -> None:
+    """Uncertain calls no callback proved: back to ``pending`` once, remembering their chunk."""
+    if ids:
+        await conn.execute(Q.calls_requeue, list(ids), now)
+        await record_events(conn, ids, State.UNCERTAIN, State.PENDING, "requeued", now, {"reason": reason})
+
+
+async def new_attempt(conn: asyncpg.Connection, call_id: int, after: State, due: datetime,
+                      now: datetime) -> asyncpg.Record | None:
+    """The next attempt of a lead (a re-dial rule), waiting as ``retry_wait`` until ``due``;
+    None for a cancelled batch."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.recycle_insert, call_id, after.value, due, now)
+    return row
+
+
+async def apply_callback(conn: asyncpg.Connection, call_id: int, src: State, dst: State, now: datetime,
+                         agent: str | None, outcome: str | None, provider_call_id: str | None) -> None:
+    """One callback's move of one (locked) call; the caller checked ``can_move``."""
+    await conn.execute(Q.call_move, call_id, dst.value, now, agent, outcome, dst in TERMINAL, None,
+                       provider_call_id)
+
+
+async def classify_intake(conn: asyncpg.Connection, batch_id: object, target: str, window_start: datetime,
+                          now: datetime, collapse: bool, dnc: bool) -> tuple[int, int]:
+    """Rows of a batch still receiving: duplicates (in the batch, then against the target's
+    live or recent calls) and numbers on the DNC list. Returns (duplicates, dnc)."""
+    dup = 0
+    if collapse:
+        dup += _affected(await conn.execute(Q.finalise_collapse_in_batch, batch_id))
+    dup += _affected(await conn.execute(Q.finalise_dedupe_target, batch_id, target, window_start))
+    listed = _affected(await conn.execute(Q.finalise_dnc, batch_id, now)) if dnc else 0
+    return dup, listed
+
+
+async def drop_batch_calls(conn: asyncpg.Connection, batch_id: object) -> None:
+    """The rows of a batch whose input turned out unreadable: nothing of it is dialed."""
+    await conn.execute(Q.batch_drop_calls, batch_id)
+
+
+def _affected(status: str) -> int:
+    """Rows a command touched, from its status tag (``UPDATE 12``)."""
+    return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0

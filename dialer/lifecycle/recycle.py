@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from dialer.config import Target
+from dialer.lifecycle import moves
 from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
@@ -36,7 +37,7 @@ async def maybe_recycle(
     if done >= rule.max:
         return None
     due = now + timedelta(minutes=rule.after_min)
-    row = await conn.fetchrow(Q.recycle_insert, call_id, ended_as.value, due, now)
+    row = await moves.new_attempt(conn, call_id, ended_as, due, now)
     if row is None:
         return None  # the batch was cancelled
     payload = {"rule": f"recycle.{ended_as.value}", "after_min": rule.after_min,

@@ -72,8 +72,10 @@ _EXTRA: set[tuple[State, State]] = {
     (State.SCHEDULED, State.RETRY_WAIT),
     # an uncertain chunk's calls are re-queued once after uncertain_after_min
     (State.UNCERTAIN, State.PENDING),
-    # a send that failed before the provider took it goes back to waiting
+    # a send that failed before the provider took it goes back to waiting; so does a row the
+    # re-check at send time takes out (calling hours, holiday, cap: scheduled until then)
     (State.SUBMITTING, State.PENDING),
+    (State.SUBMITTING, State.SCHEDULED),
 }
 
 
@@ -86,6 +88,19 @@ def can_move(src: State | str, dst: State | str) -> bool:
     if d in TERMINAL:
         return True
     return _RANK[d] > _RANK[s]
+
+
+# Intake classifies rows it has just written (a duplicate, a number on the DNC list)
+# before the batch is open to dispatch.
+INTAKE_MOVES: frozenset[tuple[State, State]] = frozenset(
+    {(State.PENDING, State.DUPLICATE), (State.PENDING, State.DNC)})
+
+
+def allowed_moves() -> list[tuple[str, str]]:
+    """Every (from, to) the database accepts for ``calls.state`` (migration 0005's table)."""
+    pairs = {(a.value, b.value) for a in State for b in State if a != b and can_move(a, b)}
+    pairs |= {(a.value, b.value) for a, b in INTAKE_MOVES}
+    return sorted(pairs)
 
 
 def sql_list(states: frozenset[State]) -> list[str]:

@@ -32,22 +32,10 @@ import orjson
 import phonenumbers
 
 from dialer.config import Settings
+from dialer.lifecycle.states import INTAKE_OUTCOMES, TERMINAL, sql_list
+from dialer.store.queries import Q
 
 RequestObserver = Callable[[str, str, int | None, float], None]
-
-# One query for every number of a get_list_agents_url request: per number, the most recent
-# live call, else the most recent call ($1: E.164 numbers, $2: targets; empty = all targets).
-LEAD_OWNERS_SQL = """
-SELECT DISTINCT ON (e164) e164, target, agents
-FROM calls
-WHERE e164 = ANY($1::text[])
-  AND state NOT IN ('invalid', 'duplicate', 'dnc')
-  AND (cardinality($2::text[]) = 0 OR target = ANY($2::text[]))
-ORDER BY e164,
-         state IN ('answered', 'no_answer', 'busy', 'unreachable', 'failed', 'rejected_by_provider',
-                   'cancelled', 'expired', 'capped'),
-         created_at DESC, id DESC
-"""
 
 MAX_CALLS = 500
 
@@ -267,7 +255,8 @@ class StringeeRouter:
             return {}
         targets = list(self.settings.stringee.targets)
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(LEAD_OWNERS_SQL, numbers, targets)
+            rows = await conn.fetch(Q.stringee_lead_owners, numbers, targets, INTAKE_OUTCOMES,
+                                    sql_list(TERMINAL))
         return {r["e164"]: (r["target"], list(r["agents"] or [])) for r in rows}
 
     async def answer(self, payload: Any) -> dict[str, Any]:

@@ -216,6 +216,12 @@ INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, paylo
 SELECT u.id, $2, $3, u.from_state, $4, true, $5::jsonb
 FROM unnest($1::bigint[], $6::text[]) AS u(id, from_state)
 
+-- name: events_each
+-- One audit row per call, each with its own from-state and payload.
+INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
+SELECT u.id, $2, $3, u.from_state, $4, true, u.payload
+FROM unnest($1::bigint[], $5::text[], $6::jsonb[]) AS u(id, from_state, payload)
+
 -- name: fields_for_target
 SELECT name, slot FROM target_fields WHERE target = $1
 
@@ -314,9 +320,6 @@ RETURNING id
 UPDATE chunks SET state = $2, http_status = $3, response = $4, error = $5, finished_at = $6
 WHERE id = $1 AND state = 'sending'
 RETURNING id
-
--- name: chunk_by_id
-SELECT * FROM chunks WHERE id = $1
 
 -- name: instance_heartbeat
 INSERT INTO instances (id, started_at, heartbeat_at, http_listen) VALUES ($1, $2, $2, $3)
@@ -499,18 +502,6 @@ SELECT name, filed_path FROM inbox_files WHERE batch_id = $1
 -- name: batch_set_results_path
 UPDATE batches SET results_path = $2 WHERE id = $1
 
--- name: dnc_cancel_number
--- A number put on the DNC list: its calls not yet sent end as cancelled, in every target.
-WITH old AS (
-    SELECT id, state FROM calls
-    WHERE e164 = $1 AND state IN ('pending', 'scheduled', 'retry_wait')
-    ORDER BY id
-    FOR UPDATE
-)
-UPDATE calls c SET state = 'cancelled', ended_at = $2, updated_at = $2, reason = 'dnc'
-FROM old WHERE c.id = old.id
-RETURNING c.id, old.state, c.target, c.batch_id
-
 -- name: dnc_cancel_numbers
 WITH old AS (
     SELECT id, state FROM calls
@@ -562,18 +553,15 @@ WITH old AS (
 ), moved AS (
     UPDATE calls c SET state = 'cancelled', ended_at = $1, updated_at = $1, reason = 'dnc'
     FROM old WHERE c.id = old.id
-    RETURNING c.id, old.state, c.target
+    RETURNING c.id, old.state, c.target, c.batch_id
 ), ev AS (
     INSERT INTO call_events (call_id, at, kind, from_state, to_state, applied, payload)
     SELECT id, $1, 'cancelled', state, 'cancelled', true, '{"rule": "dnc", "by": "import"}'::jsonb FROM moved
 )
-SELECT target, count(*)::int AS n FROM moved GROUP BY target
+SELECT target, batch_id, count(*)::int AS n FROM moved GROUP BY target, batch_id
 
 -- name: dnc_export
 SELECT e164, source, added_at, expires_at FROM dnc ORDER BY e164
-
--- name: dnc_search
-SELECT e164, source, added_at, expires_at FROM dnc WHERE e164 LIKE $1 ORDER BY e164 LIMIT $2
 
 -- ---- ui
 -- The sales-ops console (dialer/ui): paged lists and searches the JSON API has no use for.
@@ -712,3 +700,21 @@ UPDATE chunks SET request = $2, rows = $3 WHERE id = $1
 -- name: chunk_withdraw
 UPDATE chunks SET state = 'withdrawn', error = $2, finished_at = $3
 WHERE id = $1 AND state = 'sending'
+
+-- ---------------------------------------------------------------- providers and metrics
+
+-- name: stringee_lead_owners
+-- One query for every number of a Stringee get_list_agents_url request: per number, the
+-- most recent live call, else the most recent call ($1: E.164 numbers, $2: targets, empty
+-- = all; $3: intake outcomes, $4: terminal states — both from lifecycle/states.py).
+SELECT DISTINCT ON (e164) e164, target, agents
+FROM calls
+WHERE e164 = ANY($1::text[])
+  AND NOT (state = ANY($3::text[]))
+  AND (cardinality($2::text[]) = 0 OR target = ANY($2::text[]))
+ORDER BY e164, state = ANY($4::text[]), created_at DESC, id DESC
+
+-- name: metrics_callback_wait
+-- Scrape time: per target, the age of the oldest call waiting for its next callback.
+SELECT target, extract(epoch FROM $1::timestamptz - min(updated_at))::float8 AS age
+FROM calls WHERE state = ANY($2::text[]) GROUP BY target

@@ -6,6 +6,8 @@ import pytest
 
 from dialer.dispatch import hours
 
+NINE_TO_EIGHT = hours.window("09:00-20:00")
+
 
 def at(h: int, m: int = 0) -> datetime:
     return datetime(2026, 1, 5, h, m, tzinfo=UTC)  # a Monday, standard time in the US
@@ -23,13 +25,14 @@ def at(h: int, m: int = 0) -> datetime:
     ],
 )
 def test_open_or_not(number: str, tz: str | None, now: datetime, expect_open: bool) -> None:
-    assert (hours.check(number, tz, "09:00-20:00", now) is None) is expect_open
+    assert hours.inside(hours.zones_for(number, tz), NINE_TO_EIGHT, now) is expect_open
 
 
 def test_closed_lead_waits_until_the_window_opens() -> None:
-    assert hours.check("+14155550100", None, "09:00-20:00", at(15)) == at(17)
+    sf = hours.zones_for("+14155550100", None)
+    assert hours.next_open(sf, NINE_TO_EIGHT, at(15)) == at(17)
     # 21:00 in SF → next morning 09:00 PST = 17:00 UTC the next day
-    nxt = hours.check("+14155550100", None, "09:00-20:00", datetime(2026, 1, 6, 5, tzinfo=UTC))
+    nxt = hours.next_open(sf, NINE_TO_EIGHT, datetime(2026, 1, 6, 5, tzinfo=UTC))
     assert nxt == datetime(2026, 1, 6, 17, tzinfo=UTC)
 
 
@@ -38,7 +41,7 @@ def test_a_number_spanning_zones_needs_every_zone_inside() -> None:
     zones = hours.zones_for("+18005550100", None)
     assert len(zones) > 5
     now = at(15)
-    assert hours.check("+18005550100", None, "09:00-20:00", now) is not None
+    assert not hours.inside(zones, NINE_TO_EIGHT, now)
     # a window wide enough to include all zones at some instant is found
     nxt = hours.next_open(zones, hours.window("00:00-24:00"), now)
     assert nxt == now

@@ -23,6 +23,7 @@ from dialer.clock import FakeClock
 from dialer.config import Settings
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
+from dialer.lifecycle import observe
 from dialer.lifecycle.events import Applied
 from dialer.notify import Notifier
 from dialer.providers.ryng.client import SendResult
@@ -120,11 +121,18 @@ def test_outcomes_count_once_per_call_and_never_for_duplicates() -> None:
     assert value(m, "dialer_callback_events_total", kind="terminal", result="unmatched") == 1
     assert value(m, "dialer_calls_submitted_total", target="sales") == 2
     assert value(m, "dialer_call_submit_to_end_seconds_count", target="sales") == 1
-    # a rejected chunk ends its calls as rejected_by_provider
+    # a rejected chunk: the chunk is counted here; its calls' ends come once, after commit,
+    # through observe.ended (as every ending outside a callback does)
     m.chunk_settled(SimpleNamespace(id=12, target="sales", rows=5), SendResult("rejected", 400, None),  # type: ignore[arg-type]
                     "rejected")
-    assert value(m, "dialer_call_outcomes_total", target="sales", outcome="rejected_by_provider") == 5
     assert value(m, "dialer_chunks_total", target="sales", result="rejected") == 1
+    assert value(m, "dialer_call_outcomes_total", target="sales", outcome="rejected_by_provider") == 0
+    metrics.install(m)
+    try:
+        observe.ended([observe.Ended("sales", "rejected_by_provider", None, 5)])
+    finally:
+        metrics._current = None
+    assert value(m, "dialer_call_outcomes_total", target="sales", outcome="rejected_by_provider") == 5
 
 
 def test_effects_of_an_end_count_recycles_and_dnc_cancels() -> None:
@@ -132,9 +140,12 @@ def test_effects_of_an_end_count_recycles_and_dnc_cancels() -> None:
     eff = SimpleNamespace(recycled_to=99, cancelled=[], dnc_added=False, webhook=False)
     m.callback_event("terminal", 1, applied("applied", "no_answer", True, effects=eff))
     assert value(m, "dialer_recycles_total", target="sales", reason="no_answer") == 1
-    eff = SimpleNamespace(recycled_to=None, cancelled=[5, 6], dnc_added=True, webhook=False)
+    # the calls a DNC disposition cancelled are not counted here (they may belong to other
+    # targets): the callback service tells observe.ended, once, under their own targets
+    eff = SimpleNamespace(recycled_to=None, ended=[observe.Ended("other", "cancelled", None, 2)],
+                          dnc_added=True, webhook=False)
     m.callback_event("terminal", 2, applied("applied", "failed", True, effects=eff))
-    assert value(m, "dialer_call_outcomes_total", target="sales", outcome="cancelled") == 2
+    assert value(m, "dialer_call_outcomes_total", target="sales", outcome="cancelled") == 0
 
 
 async def _insert_calls(pool: asyncpg.Pool, clock: FakeClock, rows: list[tuple[str, str, str | None, int]]) -> None:

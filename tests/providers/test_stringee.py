@@ -21,7 +21,6 @@ from dialer.http import hooks
 from dialer.providers.fakes import FakeStringee, serve
 from dialer.providers.fakes.stringee import ShapeError, check_agents_answer
 from dialer.providers.stringee import (
-    LEAD_OWNERS_SQL,
     StringeeClient,
     StringeeError,
     StringeeRouter,
@@ -30,6 +29,7 @@ from dialer.providers.stringee import (
     rest_token,
     sync_queue,
 )
+from dialer.store.queries import Q
 
 SID, KEY = "SK_test_key_sid", "stringee-test-key-secret"
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -305,8 +305,7 @@ async def test_the_lookup_is_one_query_for_the_whole_request(pool: asyncpg.Pool,
     router = StringeeRouter(counting, s)  # type: ignore[arg-type]
     answer = await router.answer({"calls": [{"callId": str(i), "from": f"8491{i:07d}"} for i in range(50)]})
     assert len(answer["calls"]) == 50
-    assert counting.queries == [LEAD_OWNERS_SQL]
-    assert "$1" in LEAD_OWNERS_SQL and "$2" in LEAD_OWNERS_SQL
+    assert counting.queries == [Q.stringee_lead_owners]
 
 
 def test_numbers_are_read_in_the_forms_stringee_sends() -> None:

@@ -92,8 +92,8 @@ Faults (``SandboxConfig``, also settable at run time) and admin
 connection; nothing is queued), ``throttle_rate`` (429 + ``Retry-After``),
 ``error_rate`` (500 JSON, 502 HTML or 503 text; nothing queued),
 ``accept_then_fail_rate`` (calls ARE queued, then — ``accept_then_fail_mode``
-mixed | 5xx | drop — a 5xx or a connection dropped mid-response: the "outcome
-unknown" case), ``duplicate_callback_rate``, ``late_callback_rate`` (a terminal
+mixed | 5xx | drop — a 500, 502 or 504, or a connection dropped mid-response: the
+"outcome unknown" case), ``duplicate_callback_rate``, ``late_callback_rate`` (a terminal
 callback held back 5 minutes, scaled). Faults are drawn before the token check, as
 a gateway would. A dropped connection sends the status line, headers and a third of
 the body, then the server closes it (uvicorn logs "ASGI callable returned without
@@ -445,8 +445,17 @@ class RyngSandbox:
                 mode = rng.choice(("5xx", "drop"))
             if mode == "drop":
                 return _DroppedResponse(200, orjson.dumps(payload))
-            return self._server_error()
+            return self._failed_after_taking()
         return _json(200, payload)
+
+    def _failed_after_taking(self) -> Response:
+        """The calls were queued, then something in front of (or behind) the app failed: a
+        500, a proxy's 502 or 504. Never a 503 or 429, which say the request was not taken."""
+        kind = self._rng.choice((500, 502, 504))
+        if kind == 500:
+            return _error(500, "internal server error")
+        return Response(f"<html><head><title>{kind} Bad Gateway</title></head><body></body></html>\n",
+                        status_code=kind, media_type="text/html")
 
     def _server_error(self) -> Response:
         kind = self._rng.choice((500, 502, 503))

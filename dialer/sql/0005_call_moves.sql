@@ -1,0 +1,133 @@
+-- Call state moves are checked by the database itself (as procrastinate's job functions
+-- do): a move not in this table — backwards, out of a terminal state, into a state no
+-- code knows — is refused, whatever statement tries it. The table is
+-- lifecycle/states.py's allowed_moves(); a test keeps the two equal.
+
+CREATE TABLE call_moves (
+    from_state  text NOT NULL,
+    to_state    text NOT NULL,
+    PRIMARY KEY (from_state, to_state)
+);
+
+INSERT INTO call_moves (from_state, to_state) VALUES
+    ('assigned', 'answered'),
+    ('assigned', 'busy'),
+    ('assigned', 'cancelled'),
+    ('assigned', 'capped'),
+    ('assigned', 'connected'),
+    ('assigned', 'expired'),
+    ('assigned', 'failed'),
+    ('assigned', 'no_answer'),
+    ('assigned', 'rejected_by_provider'),
+    ('assigned', 'unreachable'),
+    ('connected', 'answered'),
+    ('connected', 'busy'),
+    ('connected', 'cancelled'),
+    ('connected', 'capped'),
+    ('connected', 'expired'),
+    ('connected', 'failed'),
+    ('connected', 'no_answer'),
+    ('connected', 'rejected_by_provider'),
+    ('connected', 'unreachable'),
+    ('pending', 'answered'),
+    ('pending', 'assigned'),
+    ('pending', 'busy'),
+    ('pending', 'cancelled'),
+    ('pending', 'capped'),
+    ('pending', 'connected'),
+    ('pending', 'dnc'),
+    ('pending', 'duplicate'),
+    ('pending', 'expired'),
+    ('pending', 'failed'),
+    ('pending', 'no_answer'),
+    ('pending', 'queued'),
+    ('pending', 'rejected_by_provider'),
+    ('pending', 'retry_wait'),
+    ('pending', 'scheduled'),
+    ('pending', 'submitting'),
+    ('pending', 'uncertain'),
+    ('pending', 'unreachable'),
+    ('queued', 'answered'),
+    ('queued', 'assigned'),
+    ('queued', 'busy'),
+    ('queued', 'cancelled'),
+    ('queued', 'capped'),
+    ('queued', 'connected'),
+    ('queued', 'expired'),
+    ('queued', 'failed'),
+    ('queued', 'no_answer'),
+    ('queued', 'rejected_by_provider'),
+    ('queued', 'unreachable'),
+    ('retry_wait', 'answered'),
+    ('retry_wait', 'assigned'),
+    ('retry_wait', 'busy'),
+    ('retry_wait', 'cancelled'),
+    ('retry_wait', 'capped'),
+    ('retry_wait', 'connected'),
+    ('retry_wait', 'expired'),
+    ('retry_wait', 'failed'),
+    ('retry_wait', 'no_answer'),
+    ('retry_wait', 'pending'),
+    ('retry_wait', 'queued'),
+    ('retry_wait', 'rejected_by_provider'),
+    ('retry_wait', 'submitting'),
+    ('retry_wait', 'uncertain'),
+    ('retry_wait', 'unreachable'),
+    ('scheduled', 'answered'),
+    ('scheduled', 'assigned'),
+    ('scheduled', 'busy'),
+    ('scheduled', 'cancelled'),
+    ('scheduled', 'capped'),
+    ('scheduled', 'connected'),
+    ('scheduled', 'expired'),
+    ('scheduled', 'failed'),
+    ('scheduled', 'no_answer'),
+    ('scheduled', 'pending'),
+    ('scheduled', 'queued'),
+    ('scheduled', 'rejected_by_provider'),
+    ('scheduled', 'retry_wait'),
+    ('scheduled', 'submitting'),
+    ('scheduled', 'uncertain'),
+    ('scheduled', 'unreachable'),
+    ('submitting', 'answered'),
+    ('submitting', 'assigned'),
+    ('submitting', 'busy'),
+    ('submitting', 'cancelled'),
+    ('submitting', 'capped'),
+    ('submitting', 'connected'),
+    ('submitting', 'expired'),
+    ('submitting', 'failed'),
+    ('submitting', 'no_answer'),
+    ('submitting', 'pending'),
+    ('submitting', 'queued'),
+    ('submitting', 'rejected_by_provider'),
+    ('submitting', 'scheduled'),
+    ('submitting', 'uncertain'),
+    ('submitting', 'unreachable'),
+    ('uncertain', 'answered'),
+    ('uncertain', 'assigned'),
+    ('uncertain', 'busy'),
+    ('uncertain', 'cancelled'),
+    ('uncertain', 'capped'),
+    ('uncertain', 'connected'),
+    ('uncertain', 'expired'),
+    ('uncertain', 'failed'),
+    ('uncertain', 'no_answer'),
+    ('uncertain', 'pending'),
+    ('uncertain', 'queued'),
+    ('uncertain', 'rejected_by_provider'),
+    ('uncertain', 'unreachable');
+
+CREATE FUNCTION dialer_check_call_move() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM call_moves WHERE from_state = OLD.state AND to_state = NEW.state) THEN
+        RAISE EXCEPTION 'call %: % -> % is not an allowed move', OLD.id, OLD.state, NEW.state
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER calls_state_moves BEFORE UPDATE OF state ON calls
+    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION dialer_check_call_move();

@@ -1,0 +1,77 @@
+"""Every named query is used by the product, and SQL lives in queries.sql only."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+
+from dialer.store.queries import Q
+
+PACKAGE = Path(__file__).resolve().parents[2] / "dialer"
+
+
+def _sources() -> str:
+    return "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
+
+
+def test_every_named_query_is_used() -> None:
+    src = _sources()
+    unused = [n for n in Q.names() if not re.search(rf"\bQ\.{n}\b", src)]
+    assert unused == []
+
+
+def test_no_sql_statement_lives_outside_the_queries_file() -> None:
+    # a string literal that starts like a statement; the migrator's bookkeeping is the exception
+    stmt = re.compile(r"[\"']{1,3}\s*(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|WITH \w+ AS)\b")
+    found = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+             if stmt.search(p.read_text()) and p.name != "migrate.py"]
+    assert found == []
+
+
+async def test_the_database_accepts_exactly_the_moves_of_the_state_table(pool: asyncpg.Pool) -> None:
+    import asyncpg
+
+    from dialer.lifecycle.states import State, allowed_moves
+
+    allowed = set(allowed_moves())
+    async with pool.acquire() as conn:
+        assert {(r["from_state"], r["to_state"]) for r in await conn.fetch("SELECT * FROM call_moves")} == allowed
+        for a in State:
+            for b in State:
+                if a == b:
+                    continue
+                async with conn.transaction():
+                    cid = await conn.fetchval(
+                        "INSERT INTO calls (batch_id, target, line, state) "
+                        "VALUES (gen_random_uuid(), 'sales', 1, $1) RETURNING id", a.value)
+                    try:
+                        await conn.execute("UPDATE calls SET state = $2 WHERE id = $1", cid, b.value)
+                        moved = True
+                    except asyncpg.CheckViolationError as e:
+                        moved = False
+                        assert f"{a.value} -> {b.value} is not an allowed move" in str(e)
+                    assert moved == ((a.value, b.value) in allowed), (a, b)
+        # and a state no code knows is refused outright
+        import pytest
+
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO calls (batch_id, target, line, state) "
+                               "VALUES (gen_random_uuid(), 'sales', 1, 'ringing')")
+
+
+def test_only_the_door_writes_calls() -> None:
+    """Every named query that changes ``calls`` is run from lifecycle/moves.py alone (the
+    callback batch from the batcher, which is the same door for many callbacks at once)."""
+    import re as _re
+
+    text = (PACKAGE / "store" / "queries.sql").read_text()
+    parts = _re.split(r"^-- name: ([a-z_0-9]+)\s*$", text, flags=_re.M)
+    writers = [n for n, body in zip(parts[1::2], parts[2::2], strict=True)
+               if _re.search(r"\b(UPDATE calls|INSERT INTO calls|DELETE FROM calls)\b", body)]
+    assert writers
+    door = {PACKAGE / "lifecycle" / "moves.py", PACKAGE / "lifecycle" / "batcher.py"}
+    outside = {(str(p.relative_to(PACKAGE)), n) for p in PACKAGE.rglob("*.py") if p not in door
+               for n in writers if _re.search(rf"\bQ\.{n}\b", p.read_text())}
+    assert outside == set()

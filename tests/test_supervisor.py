@@ -1,0 +1,61 @@
+"""Every background loop runs under one supervisor: a failure — an exception group from a
+task group included — is logged, counted and the loop restarted; it never ends the daemon."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import asyncpg
+import pytest
+
+from dialer import metrics, supervisor
+
+
+async def test_a_failing_loop_is_logged_counted_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    m = metrics.Metrics()
+    metrics.install(m)
+    runs = 0
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            # what a task group raises when one of its tasks fails
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_raise, RuntimeError("a bad row"))
+        if runs == 2:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        # the third run returns: the loop is done (as at drain)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="dialer.supervisor"):
+            with anyio.fail_after(10):
+                await supervisor.supervise("dispatch", loop, initial_backoff_s=0.01)
+    finally:
+        metrics._current = None
+    assert runs == 3
+    assert m.registry.get_sample_value("dialer_task_restarts_total", {"task": "dispatch"}) == 2
+    failures = [r for r in caplog.records if r.getMessage() == "task failed"]
+    assert len(failures) == 2 and all(r.exc_info for r in failures)  # with the traceback
+
+
+async def test_a_database_outage_is_a_warning_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    group = ExceptionGroup("tick", [ConnectionRefusedError("refused"), asyncpg.CannotConnectNowError("x")])
+    with caplog.at_level(logging.WARNING, logger="dialer.supervisor"):
+        supervisor.failed("dispatch", group)
+    (rec,) = caplog.records
+    assert rec.levelno == logging.WARNING and rec.exc_info is None
+
+
+async def test_cancellation_passes_through() -> None:
+    async def forever() -> None:
+        await anyio.sleep_forever()
+
+    with anyio.move_on_after(0.05) as scope:
+        await supervisor.supervise("inbox", forever)
+    assert scope.cancelled_caught
+
+
+async def _raise(e: BaseException) -> None:
+    raise e
