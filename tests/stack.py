@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,18 +19,9 @@ from starlette.applications import Starlette
 from dialer.clock import Clock, SystemClock
 from dialer.config import Settings
 from dialer.dispatch.dispatcher import Dispatcher
-from dialer.http import callbacks
-from dialer.http.app import create_app
-from dialer.http.context import AppContext
 from dialer.intake.submit import Submission, submit
-from dialer.lifecycle import observe
-from dialer.lifecycle.dispositions import Dispositions
-from dialer.lifecycle.service import CallbackService
-from dialer.lifecycle.spool import Spool
-from dialer.providers.ryng.client import RyngClient
 from dialer.providers.ryng.sandbox import RyngSandbox, SandboxConfig
-from dialer.results.files import Completion
-from dialer.results.webhooks import WebhookSender
+from dialer.runtime import assemble
 
 
 def free_port() -> int:
@@ -63,6 +53,8 @@ async def serve(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
 
 
 class Stack:
+    """The daemon's parts (``dialer.runtime.assemble``) without its loops: tests drive them."""
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings, sandbox: RyngSandbox, ryng_url: str,
                  clock: Clock, instance: str = "test-1") -> None:
         self.pool = pool
@@ -70,24 +62,15 @@ class Stack:
         self.sandbox = sandbox
         self.clock = clock
         self.secret = settings.secret()
-        self.client = RyngClient(ryng_url, sandbox.config.token, timeout=5)
-        self.dispatcher = Dispatcher(pool, settings, clock, self.client, self.secret, instance)
-        self.spool = Spool(Path(settings.state_dir) / "spool")
-        self.completion = Completion(pool, clock)
-        self.applied: list[Any] = []
-
-        def on_applied(r: Any) -> None:
-            self.applied.append(r)
-            if r.terminal:
-                self.dispatcher.wake()
-                self.completion.touch(r.batch_id)
-
-        self.service = CallbackService(
-            pool, clock, Dispositions(settings.dispositions, settings.compliance.dnc_dispositions),
-            self.spool, on_applied=on_applied, settings=settings,
-        )
-        self.webhooks = WebhookSender(pool, self.secret, clock)
-        self._unsubscribe = observe.subscribe(self.completion.on_ended)
+        self.rt = assemble(settings, pool, clock, secret=self.secret, instance_id=instance,
+                           ryng_url=ryng_url, ryng_token=sandbox.config.token, keep_applied=True)
+        self.client = self.rt.client
+        self.dispatcher = self.rt.dispatcher
+        self.spool = self.rt.spool
+        self.completion = self.rt.completion
+        self.service = self.rt.service
+        self.webhooks = self.rt.webhooks
+        self.applied = self.rt.applied
 
     def another_dispatcher(self, instance: str) -> Dispatcher:
         return Dispatcher(self.pool, self.settings, self.clock, self.client, self.secret, instance)
@@ -107,10 +90,7 @@ class Stack:
         return {r["state"]: r["n"] for r in rows}
 
     async def close(self) -> None:
-        self._unsubscribe()
-        await self.client.close()
-        await self.webhooks.close()
-        self.spool.close()
+        await self.rt.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -118,13 +98,11 @@ async def running_stack(pool: asyncpg.Pool, make_settings: Any, *, clock: Clock 
                         sandbox_config: SandboxConfig | None = None,
                         **overrides: Any) -> AsyncIterator[Stack]:
     app_port, ryng_port = free_port(), free_port()
-    settings = make_settings(public_url=f"http://127.0.0.1:{app_port}", **overrides)
+    settings = make_settings(public_url=f"http://127.0.0.1:{app_port}", **{"ryng_timeout_s": 5, **overrides})
     sandbox = RyngSandbox(sandbox_config or SandboxConfig(time_scale=0.001, seed=7, ring_s=(1, 2),
                                                           talk_s=(5, 10)))
     stack = Stack(pool, settings, sandbox, f"http://127.0.0.1:{ryng_port}", clock or SystemClock())
-    app = create_app(AppContext(settings=settings, pool=pool, clock=stack.clock))
-    app.router.routes.extend(callbacks.routes(lambda: stack.service, stack.secret))
-    async with serve(app, app_port), serve(sandbox.app, ryng_port):
+    async with serve(stack.rt.app, app_port), serve(sandbox.app, ryng_port):
         await sandbox.start()
         try:
             yield stack
