@@ -72,6 +72,11 @@ class CallbackService:
         return result
 
     @property
+    def _ref_fields(self) -> set[int]:
+        # the slots our references travel in; read each time, like _recycle_states
+        return {t.ref_field for t in self.settings.targets.values()} if self.settings else set()
+
+    @property
     def _recycle_states(self) -> set[State]:
         # read each time: a SIGHUP reload may add or drop re-dial rules
         targets = self.settings.targets.values() if self.settings else []
@@ -100,7 +105,7 @@ class CallbackService:
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:
         """Make one callback durable; returns 'stored' or 'spooled'. Raises BadPayload, OSError."""
-        cb = payload.read(payload.decode(body, content_type))  # reject garbage before storing
+        cb = payload.read(payload.decode(body, content_type), self._ref_fields)  # garbage: not stored
         if self.spool.depth == 0:
             try:
                 await self.store(chunk_id, kind, cb)
@@ -113,7 +118,7 @@ class CallbackService:
         return "spooled"
 
     async def _replay_one(self, item: Spooled) -> None:
-        cb = payload.read(payload.decode(item.body, item.content_type))
+        cb = payload.read(payload.decode(item.body, item.content_type), self._ref_fields)
         received = datetime.fromisoformat(item.received_at)
         await self.store(item.chunk_id, item.kind, cb, now=max(received, self.clock.now()))
 
