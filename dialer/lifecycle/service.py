@@ -30,6 +30,10 @@ DB_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.InternalClientError,  # a connection broken mid-operation by a restart
+    asyncpg.TooManyConnectionsError,  # the server's (or role's) connection limit is reached
+    asyncpg.InsufficientResourcesError,  # the server's disk or memory is full, for now
+    asyncpg.DeadlockDetectedError,  # lost a lock race: the same callback goes through later
+    asyncpg.SerializationError,
 )
 
 
@@ -54,7 +58,7 @@ class CallbackService:
         self.spool = spool
         self.on_applied = on_applied
         self.on_spooled = on_spooled
-        self._batcher = CallbackBatcher(pool, clock.now)
+        self._batcher = CallbackBatcher(pool, clock.now, db_down=DB_DOWN)
 
     async def store(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                     now: datetime | None = None) -> events.Applied:
