@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -15,8 +16,9 @@ from dialer.config import Settings
 from dialer.lifecycle import ended, events, payload
 from dialer.lifecycle.batcher import CallbackBatcher
 from dialer.lifecycle.dispositions import Dispositions
-from dialer.lifecycle.spool import Spool, Spooled
+from dialer.lifecycle.spool import Quarantined, Spool, Spooled
 from dialer.lifecycle.states import State
+from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,29 @@ class CallbackService:
         received = datetime.fromisoformat(item.received_at)
         await self.store(item.chunk_id, item.kind, cb, now=max(received, self.clock.now()))
 
+    async def _quarantined(self, q: Quarantined) -> None:
+        """A spooled callback the database refused (not "unreachable"): count, log, audit."""
+        metrics.current().spool_quarantine()
+        item = q.item
+        log.error("spooled callback refused by the database; moved to the quarantine file",
+                  extra={"chunk_id": item.chunk_id if item else None, "error": q.error})
+        event = {
+            "chunk_id": item.chunk_id if item else None, "kind": item.kind if item else None,
+            "content_type": payload.storable(item.content_type) if item else None,
+            "received_at": payload.storable(item.received_at) if item else None,
+            "error": payload.storable(q.error),
+            # the body as bytes we cannot fail to store: it is what the database refused
+            "body_base64": base64.b64encode(item.body if item else q.line).decode(),
+        }
+        async with self.pool.acquire(timeout=2) as conn:
+            await conn.execute(Q.event_insert, None, self.clock.now(), "spool_quarantined",
+                               None, None, False, event)
+
     async def replay_once(self) -> int:
-        return await self.spool.replay(self._replay_one)
+        """Replay the spool. Safe beside the replayer (the daemon's drain calls it): the
+        spool runs one replay at a time, and this one replays whatever is left."""
+        return await self.spool.replay(
+            self._replay_one, refused=lambda e: not isinstance(e, DB_DOWN), on_quarantine=self._quarantined)
 
     async def run_replayer(self, retry_s: float = 1.0) -> None:
         while True:
@@ -143,6 +166,6 @@ class CallbackService:
                     log.exception("spool replay failed; will retry")
                     await anyio.sleep(retry_s)
                     continue
-            if self.spool.depth == 0:
+            if self.spool.depth <= 0:
                 self.spool.wake = anyio.Event()
                 await self.spool.wake.wait()

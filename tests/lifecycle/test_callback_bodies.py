@@ -11,6 +11,7 @@ import orjson
 from dialer.config import Settings
 from dialer.dispatch.chunker import call_ref
 from dialer.lifecycle.payload import storable
+from dialer.lifecycle.spool import QUARANTINE
 from tests.lifecycle.seeded import ended, endpoint, queued_calls, service, spooled, states
 
 FORM = "application/x-www-form-urlencoded"
@@ -46,6 +47,7 @@ async def test_a_nul_in_a_spooled_callback_is_stored_at_replay(pool: asyncpg.Poo
     await svc.spool.append(spooled(nul_form(a), FORM))  # spooled raw, as received
     assert await svc.replay_once() == 1
     assert await states(pool) == {a: "answered"}
+    assert not (tmp_path / "spool" / QUARANTINE).exists()
     svc.spool.close()
 
 
