@@ -209,6 +209,9 @@ class Metrics:
         # -- process and resources ------------------------------------------------------------
         self.spool_depth = Gauge(
             "dialer_spool_depth", "Callbacks in the local spool waiting for the database", registry=r)
+        self.spool_quarantined = Counter(
+            "dialer_spool_quarantined", "Spooled callbacks the database refused on replay (not for "
+            "being unreachable), moved to the spool's quarantine file", registry=r)
         self.pool_size = Gauge("dialer_db_pool_size", "Database pool connections open", registry=r)
         self.pool_idle = Gauge("dialer_db_pool_idle", "Database pool connections idle", registry=r)
         self.pool_max = Gauge("dialer_db_pool_max", "Database pool size limit", registry=r)
@@ -284,6 +287,9 @@ class Metrics:
 
     def watch_spool(self, spool: Spool) -> None:
         self.spool_depth.set_function(lambda: float(spool.depth))
+
+    def spool_quarantine(self) -> None:
+        self.spool_quarantined.inc()
 
     def watch_dispatcher(self, dispatcher: Any) -> None:
         self.dispatcher = dispatcher

@@ -4,6 +4,11 @@ Under load the callbacks that arrive while one statement runs form the next batc
 the database sees one round trip and one commit for many callbacks; when idle a batch
 is a single callback and adds no delay. Each caller is answered only after the commit
 that made its callback durable.
+
+One bad callback must not fail its neighbours: when a batch fails for any reason but
+the database being unreachable (``db_down``), each of its callbacks is run again alone,
+so only the bad one's caller gets the error. ``db_down`` goes to every caller (they
+spool).
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ class _Item:
 
 
 class CallbackBatcher:
-    def __init__(self, pool: asyncpg.Pool, now: Any) -> None:
+    def __init__(self, pool: asyncpg.Pool, now: Any,
+                 db_down: tuple[type[BaseException], ...] = ()) -> None:
         self.pool = pool
         self.now = now  # a clock's now()
+        self.db_down = db_down
         self._queue: list[_Item] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None
@@ -86,13 +93,20 @@ class CallbackBatcher:
                     [{"chunk_id": i.chunk_id, "body": i.cb.raw} for i in batch],
                     list(range(len(batch))), now, ALLOWED_PAIRS,
                 )
-        except BaseException as e:  # every caller learns (and spools on DB_DOWN)
+        except Exception as e:
+            if len(batch) > 1 and not isinstance(e, self.db_down):
+                for it in batch:  # find the bad one: the statement rolled back, nothing applied
+                    await self._run([it])
+                return
+            for it in batch:  # every caller learns (and spools on db_down)
+                if not it.done.done():
+                    it.done.set_exception(e)
+            return
+        except BaseException as e:  # cancelled: nobody waits forever
             for it in batch:
                 if not it.done.done():
                     it.done.set_exception(e)
-            if not isinstance(e, Exception):
-                raise
-            return
+            raise
         by_ord = {r["ord"]: r for r in rows}
         for n, it in enumerate(batch):
             r = by_ord.get(n)

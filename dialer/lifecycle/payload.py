@@ -5,10 +5,15 @@ form-encoded bodies and read, case-insensitively in camelCase or snake_case:
 ``event``, ``disposition``/``status``, ``agent``, ``callId``, ``attempts``,
 ``startTime``, ``endTime``, ``talkTime``/``duration``, ``recordingUrl``, ``number`` and
 every ``customField*``.
+
+Decoded strings are made storable: PostgreSQL refuses NUL in text and jsonb, and a lone
+surrogate cannot be encoded at all, so both become U+FFFD before anything reaches SQL
+(a ``%00`` in a form field would otherwise fail the callback on every path, forever).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,10 +45,38 @@ class CallbackData:
     talk_time_s: float | None = None
     recording_url: str | None = None
     number: str | None = None
-    refs: list[int] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)  # best first: see read()
+    ref_slots: dict[int, int] = field(default_factory=dict)  # ref -> the customField slot it came in
+
+
+def storable(s: str) -> str:
+    """``s`` with NUL and lone surrogates replaced by U+FFFD (PostgreSQL accepts the rest)."""
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates: pairs are joined, lone ones replaced
+        s = s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return s
+
+
+def _storable(v: Any) -> Any:
+    if isinstance(v, str):
+        return storable(v)
+    if isinstance(v, dict):
+        return {storable(str(k)): _storable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_storable(x) for x in v]
+    return v
 
 
 def decode(body: bytes, content_type: str) -> dict[str, Any]:
+    """The body as a dict whose every key and string is storable in PostgreSQL."""
+    data: dict[str, Any] = _storable(_decode(body, content_type))
+    return data
+
+
+def _decode(body: bytes, content_type: str) -> dict[str, Any]:
     ctype = content_type.split(";")[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
         try:
@@ -105,7 +138,15 @@ def _time(v: Any) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def read(data: dict[str, Any]) -> CallbackData:
+def _slot(key: str) -> int | None:
+    rest = key[len("customfield"):]
+    return int(rest) if rest.isdigit() and len(rest) <= 3 else None
+
+
+def read(data: dict[str, Any], ref_fields: Collection[int] = ()) -> CallbackData:
+    """``ref_fields``: the configured targets' ``ref_field`` slots. A reference found in one
+    of them comes first in ``refs``; other ``customField*`` values that look like a
+    reference (a CRM may store one of ours in its own field) are only a fallback."""
     keyed = {_key(str(k)): v for k, v in data.items()}
     out = CallbackData(raw=data)
     out.event = (_text(keyed.get("event")) or "").lower() or None
@@ -118,9 +159,16 @@ def read(data: dict[str, Any]) -> CallbackData:
     out.talk_time_s = _float(keyed.get("talktime", keyed.get("duration")))
     out.recording_url = _text(keyed.get("recordingurl"))
     out.number = _text(keyed.get("number") or keyed.get("customernumber") or keyed.get("phone"))
+    found: list[tuple[int | None, int]] = []
     for k, v in keyed.items():
         if k.startswith("customfield"):
             ref = parse_ref(v)
-            if ref is not None and ref not in out.refs:
-                out.refs.append(ref)
+            if ref is not None:
+                found.append((_slot(k), ref))
+    found.sort(key=lambda f: f[0] not in ref_fields)  # stable: body order within each group
+    for slot, ref in found:
+        if ref not in out.refs:
+            out.refs.append(ref)
+            if slot is not None:
+                out.ref_slots[ref] = slot
     return out

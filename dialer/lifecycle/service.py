@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -9,28 +10,23 @@ from datetime import datetime
 import anyio
 import asyncpg
 
+from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.lifecycle import ended, events, moves, observe, payload
 from dialer.lifecycle.batcher import CallbackBatcher
 from dialer.lifecycle.dispositions import Dispositions
-from dialer.lifecycle.spool import Spool, Spooled
+from dialer.lifecycle.spool import Quarantined, Spool, Spooled
 from dialer.lifecycle.states import State
+from dialer.store import retry
+from dialer.store.queries import Q
 from dialer.store.retry import transient
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the database is not there right now", not "this callback is bad".
-DB_DOWN: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.InternalClientError,  # a connection broken mid-operation by a restart
-)
+# Errors that mean "not now", not "this callback is bad": the database is away, or the
+# callback lost a lock race. Either way it is spooled and goes through later.
+DB_DOWN: tuple[type[BaseException], ...] = (*retry.DB_DOWN, *retry.RACE)
 
 
 class CallbackService:
@@ -54,7 +50,7 @@ class CallbackService:
         self.spool = spool
         self.on_applied = on_applied
         self.on_spooled = on_spooled
-        self._batcher = CallbackBatcher(pool, clock.now)
+        self._batcher = CallbackBatcher(pool, clock.now, db_down=DB_DOWN)
 
     async def store(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                     now: datetime | None = None) -> events.Applied:
@@ -90,6 +86,11 @@ class CallbackService:
             log.info("a callback proved a chunk taken", extra={"chunk": chunk_id, "calls_moved": moved})
 
     @property
+    def _ref_fields(self) -> set[int]:
+        # the slots our references travel in; read each time, like _recycle_states
+        return {t.ref_field for t in self.settings.targets.values()} if self.settings else set()
+
+    @property
     def _recycle_states(self) -> set[State]:
         # read each time: a SIGHUP reload may add or drop re-dial rules
         targets = self.settings.targets.values() if self.settings else []
@@ -118,7 +119,7 @@ class CallbackService:
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:
         """Make one callback durable; returns 'stored' or 'spooled'. Raises BadPayload, OSError."""
-        cb = payload.read(payload.decode(body, content_type))  # reject garbage before storing
+        cb = payload.read(payload.decode(body, content_type), self._ref_fields)  # garbage: not stored
         if self.spool.depth == 0:
             try:
                 await self.store(chunk_id, kind, cb)
@@ -131,12 +132,33 @@ class CallbackService:
         return "spooled"
 
     async def _replay_one(self, item: Spooled) -> None:
-        cb = payload.read(payload.decode(item.body, item.content_type))
+        cb = payload.read(payload.decode(item.body, item.content_type), self._ref_fields)
         received = datetime.fromisoformat(item.received_at)
         await self.store(item.chunk_id, item.kind, cb, now=max(received, self.clock.now()))
 
+    async def _quarantined(self, q: Quarantined) -> None:
+        """A spooled callback the database refused (not "unreachable"): count, log, audit."""
+        metrics.current().spool_quarantine()
+        item = q.item
+        log.error("spooled callback refused by the database; moved to the quarantine file",
+                  extra={"chunk_id": item.chunk_id if item else None, "error": q.error})
+        event = {
+            "chunk_id": item.chunk_id if item else None, "kind": item.kind if item else None,
+            "content_type": payload.storable(item.content_type) if item else None,
+            "received_at": payload.storable(item.received_at) if item else None,
+            "error": payload.storable(q.error),
+            # the body as bytes we cannot fail to store: it is what the database refused
+            "body_base64": base64.b64encode(item.body if item else q.line).decode(),
+        }
+        async with self.pool.acquire(timeout=2) as conn:
+            await conn.execute(Q.event_insert, None, self.clock.now(), "spool_quarantined",
+                               None, None, False, event)
+
     async def replay_once(self) -> int:
-        return await self.spool.replay(self._replay_one)
+        """Replay the spool. Safe beside the replayer (the daemon's drain calls it): the
+        spool runs one replay at a time, and this one replays whatever is left."""
+        return await self.spool.replay(
+            self._replay_one, refused=lambda e: not isinstance(e, DB_DOWN), on_quarantine=self._quarantined)
 
     async def run_replayer(self, retry_s: float = 1.0) -> None:
         while True:
@@ -152,6 +174,6 @@ class CallbackService:
                     log.exception("spool replay failed; will retry")
                     await anyio.sleep(retry_s)
                     continue
-            if self.spool.depth == 0:
+            if self.spool.depth <= 0:
                 self.spool.wake = anyio.Event()
                 await self.spool.wake.wait()

@@ -29,7 +29,8 @@ DB_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
+    asyncpg.TooManyConnectionsError,  # the server's (or a role's) connection limit is reached
+    asyncpg.InsufficientResourcesError,  # the server's disk or memory is full, for now
     asyncpg.InternalClientError,  # a connection broken mid-operation by a restart
 )
 

@@ -1,0 +1,75 @@
+"""Callback bodies PostgreSQL would refuse are stored anyway, and the reference is read
+from the target's ``ref_field`` before any other ``customField*``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from dialer.config import Settings
+from dialer.dispatch.chunker import call_ref
+from dialer.lifecycle.payload import storable
+from dialer.lifecycle.spool import QUARANTINE
+from tests.lifecycle.seeded import ended, endpoint, queued_calls, service, spooled, states
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def nul_form(call_id: int) -> bytes:
+    return (f"event=terminated&disposition=ANSWERED&agent=al%00ice&customField10={call_ref(call_id)}"
+            "&note=x%00y").encode()
+
+
+async def test_a_nul_in_a_callback_is_stored_on_the_database_path(pool: asyncpg.Pool, settings: Settings,
+                                                                  tmp_path: Path) -> None:
+    a, b = await queued_calls(pool, 2)
+    svc = service(pool, settings, tmp_path / "spool")
+    async with endpoint(svc, settings) as ep:
+        r1 = await ep.post(nul_form(a), FORM)
+        r2 = await ep.post(ended(b, **{"x\u0000": "\u0000"}))  # JSON: in a key and in a value
+    assert (r1.status_code, r2.status_code) == (200, 200), (r1.text, r2.text)
+    assert ep.answered == ["stored", "stored"]
+    assert await states(pool) == {a: "answered", b: "answered"}
+    async with pool.acquire() as conn:
+        agent = await conn.fetchval("SELECT agent FROM calls WHERE id = $1", a)
+        bodies = [r["payload"]["body"] for r in await conn.fetch("SELECT payload FROM call_events ORDER BY id")]
+    assert agent == "al\ufffdice"
+    assert bodies[0]["note"] == "x\ufffdy" and bodies[1]["x\ufffd"] == "\ufffd"
+    svc.spool.close()
+
+
+async def test_a_nul_in_a_spooled_callback_is_stored_at_replay(pool: asyncpg.Pool, settings: Settings,
+                                                               tmp_path: Path) -> None:
+    (a,) = await queued_calls(pool, 1)
+    svc = service(pool, settings, tmp_path / "spool")
+    await svc.spool.append(spooled(nul_form(a), FORM))  # spooled raw, as received
+    assert await svc.replay_once() == 1
+    assert await states(pool) == {a: "answered"}
+    assert not (tmp_path / "spool" / QUARANTINE).exists()
+    svc.spool.close()
+
+
+def test_nul_and_lone_surrogates_become_replacement_characters() -> None:
+    assert storable("a\x00b\ud800c") == "a\ufffdb\ufffdc"
+    assert storable("\ud83d\ude00") == "\U0001f600"  # a surrogate pair is one character
+    assert storable("plain") == "plain"
+
+
+async def test_the_reference_in_ref_field_wins_over_other_custom_fields(pool: asyncpg.Pool, settings: Settings,
+                                                                       tmp_path: Path) -> None:
+    """A CRM field (customField1) that happens to hold another call's reference of the
+    same chunk must not move that call: customField10 is the target's ref_field."""
+    a, b, c = await queued_calls(pool, 3)
+    svc = service(pool, settings, tmp_path / "spool")
+    assert settings.targets["sales"].ref_field == 10
+    body = orjson.dumps({"event": "terminated", "disposition": "ANSWERED",
+                         "customField1": call_ref(b), "customField10": call_ref(a)})
+    assert await svc.receive(1, "terminal", body, "application/json") == "stored"
+    assert await states(pool) == {a: "answered", b: "queued", c: "queued"}
+    # with no reference in ref_field, another customField's is still a fallback
+    body = orjson.dumps({"event": "terminated", "disposition": "BUSY", "customField3": call_ref(c)})
+    assert await svc.receive(1, "terminal", body, "application/json") == "stored"
+    assert await states(pool) == {a: "answered", b: "queued", c: "busy"}
+    svc.spool.close()
