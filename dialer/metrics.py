@@ -74,6 +74,9 @@ CALLBACK_RESULTS = ("stored", "spooled", "forged", "bad_payload", "too_large", "
 EVENT_RESULTS = ("applied", "duplicate", "unmatched")
 RECYCLE_REASONS = ("no_answer", "busy", "unreachable")
 WEBHOOK_RESULTS = ("delivered", "retry", "failed")
+SUPERVISED_TASKS = ("dispatch", "inbox", "spool_replayer", "webhooks", "providers", "watchdog")
+TASKS = (*SUPERVISED_TASKS, "job_heartbeat", "job_orphans", "job_uncertain", "job_reaper", "job_completion",
+         "job_embedded_postgres", "other")
 RYNG_ENDPOINTS = {"queue": ("queue_append",), "campaign": ("campaign", "campaign_sheet")}
 
 # Calls waiting for the provider's next callback: handed over, or ringing an agent.
@@ -229,6 +232,8 @@ class Metrics:
         self.start_time.set(time.time())
         for result in WEBHOOK_RESULTS:
             self.webhooks.labels(result)
+        for task in SUPERVISED_TASKS:  # the series exist (at 0) before anything fails
+            self.task_restarts.labels(task)
         for result in ("ok", "failed"):
             self.reloads.labels(result)
         for kind in CALLBACK_KINDS:
@@ -365,7 +370,7 @@ class Metrics:
             self.outcomes.labels(self.target(target), outcome).inc(n)
 
     def task_restarted(self, task: str) -> None:
-        self.task_restarts.labels(task).inc()
+        self.task_restarts.labels(task if task in TASKS else "other").inc()
 
     # -- results / ops ------------------------------------------------------------------
     def webhook(self, result: str) -> None:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 
+from dialer.dispatch.targets import set_paused
 from dialer.errors import InvalidInput, NotFound, NotReady, TooLarge
 from dialer.http.context import AppContext, get_ctx
 from dialer.http.errors import validation_details
@@ -288,8 +289,7 @@ def router(auth: Any) -> APIRouter:
 async def _set_paused(ctx: AppContext, name: str, paused: bool) -> TargetOut:
     if name not in ctx.settings.targets:
         raise NotFound(f"no target {name!r}")
-    async with ctx.pool.acquire() as conn:
-        await conn.execute(Q.target_pause, name, paused, "api" if paused else None, ctx.clock.now())
+    await set_paused(ctx.pool, name, paused, "api", ctx.clock.now())
     if not paused:
         ctx.wake_dispatch()
     return next(t for t in await _targets(ctx) if t.name == name)

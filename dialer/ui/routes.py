@@ -23,6 +23,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.staticfiles import StaticFiles
 
 from dialer import __version__
+from dialer.dispatch.targets import set_paused as pause_or_resume
 from dialer.errors import DialerError
 from dialer.http.api import _targets, read_body
 from dialer.http.context import AppContext
@@ -389,9 +390,7 @@ class Console:
             self.check_csrf(s, fields.get("csrf"))
             if name not in self.ctx.settings.targets:
                 raise UiError(404, f"There is no target {name!r}.")
-            async with self.ctx.pool.acquire() as conn:
-                await conn.execute(Q.target_pause, name, paused, "console" if paused else None,
-                                   self.ctx.clock.now())
+            await pause_or_resume(self.ctx.pool, name, paused, "console", self.ctx.clock.now())
             if not paused:
                 self.ctx.wake_dispatch()
             done = "paused" if paused else "resumed"

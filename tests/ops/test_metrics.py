@@ -36,6 +36,7 @@ BOUNDED = {
     "status": set(metrics.STATUS_CLASSES), "kind": set(metrics.CALLBACK_KINDS),
     "result": (set(metrics.INBOX_RESULTS) | set(metrics.CHUNK_RESULTS) | set(metrics.CALLBACK_RESULTS)
                | set(metrics.EVENT_RESULTS) | set(metrics.WEBHOOK_RESULTS) | {"ok", "other"}),
+    "task": set(metrics.TASKS),
 }
 
 
