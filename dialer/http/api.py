@@ -17,6 +17,7 @@ from dialer.dispatch.targets import set_paused
 from dialer.errors import InvalidInput, NotFound, NotReady, TooLarge
 from dialer.http.context import AppContext, get_ctx
 from dialer.http.errors import validation_details
+from dialer.http.limits import read_body
 from dialer.http.models import (
     BatchAccepted,
     BatchIn,
@@ -32,6 +33,7 @@ from dialer.http.models import (
     TargetList,
     TargetOut,
 )
+from dialer.http.targets import target_views
 from dialer.intake import dnc as dnc_import
 from dialer.intake import phones
 from dialer.intake.submit import Submission, submit
@@ -273,7 +275,7 @@ def router(auth: Any) -> APIRouter:
 
     @r.get("/targets", response_model=TargetList, summary="Targets and their pacing state")
     async def targets(ctx: Ctx) -> Any:
-        return TargetList(targets=await _targets(ctx))
+        return TargetList(targets=await target_views(ctx))
 
     @r.post("/targets/{name}/pause", response_model=TargetOut, summary="Stop sending calls for a target")
     async def pause(name: Annotated[str, PathParam(max_length=100)], ctx: Ctx) -> Any:
@@ -292,33 +294,7 @@ async def _set_paused(ctx: AppContext, name: str, paused: bool) -> TargetOut:
     await set_paused(ctx.pool, name, paused, "api", ctx.clock.now())
     if not paused:
         ctx.wake_dispatch()
-    return next(t for t in await _targets(ctx) if t.name == name)
-
-
-async def _targets(ctx: AppContext) -> list[TargetOut]:
-    from dialer.dispatch.pacing import StaticAgents, measure
-
-    d = ctx.dispatcher
-    out = []
-    async with ctx.pool.acquire() as conn:
-        states = {x["target"]: x for x in await conn.fetch(Q.target_state_all)}
-        waiting: dict[str, dict[str, int]] = {}
-        for x in await conn.fetch(Q.target_counts):
-            waiting.setdefault(x["target"], {})[x["state"]] = x["n"]
-        for name, t in ctx.settings.targets.items():
-            agents = d.agents if d is not None else StaticAgents(ctx.settings.targets)
-            source = d.agent_source_name(name) if d is not None else "static"
-            pace = await measure(conn, name, t, agents, ctx.clock.now(), source)
-            st = states.get(name)
-            breaker = d.breakers[name].snapshot() if d is not None else {"state": "closed"}
-            out.append(TargetOut(
-                name=name, kind=t.kind, paused=bool(st and st["paused"]),
-                paused_reason=st["paused_reason"] if st else None, breaker=breaker,
-                ready_agents=pace.ready_agents, wrapup_agents=pace.wrapup_agents,
-                agents_source=pace.source, calls_per_agent=t.calls_per_agent, limit=pace.limit,
-                in_flight=pace.in_flight, waiting=waiting.get(name, {}), calling_hours=t.calling_hours,
-            ))
-    return out
+    return next(t for t in await target_views(ctx) if t.name == name)
 
 
 def _summary(x: Any) -> CallSummary:
@@ -339,20 +315,6 @@ async def _call(conn: Any, call_id: int) -> CallOut | None:
         **base, batch_id=str(c["batch_id"]), target=c["target"], line=c["line"],
         fields=c["fields"], agents=c["agents"], timezone=c["timezone"], events=events,
     )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
-    chunks: list[bytes] = []
-    size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
-        chunks.append(part)
-    return b"".join(chunks)
 
 
 def _clean(v: Any) -> Any:

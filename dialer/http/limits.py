@@ -3,7 +3,10 @@ beyond a sum). Bodies are limited where they are read (API 50 MB, callbacks 256 
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dialer.errors import TooLarge
 
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
@@ -27,3 +30,18 @@ class HeaderLimit:
                 await send({"type": "http.response.body", "body": _REFUSED})
                 return
         await self.app(scope, receive, send)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused (413) past ``limit`` bytes: declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
+    chunks: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
+        chunks.append(part)
+    return b"".join(chunks)

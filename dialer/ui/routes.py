@@ -25,8 +25,9 @@ from starlette.staticfiles import StaticFiles
 from dialer import __version__
 from dialer.dispatch.targets import set_paused as pause_or_resume
 from dialer.errors import DialerError
-from dialer.http.api import _targets, read_body
 from dialer.http.context import AppContext
+from dialer.http.limits import read_body
+from dialer.http.targets import target_views
 from dialer.intake import phones
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.inbox import unique_path
@@ -373,7 +374,7 @@ class Console:
         # ---- targets ---------------------------------------------------------------------
         @r.get("/ui/targets")
         async def targets(request: Request, s: Sess) -> Response:
-            ts = await _targets(self.ctx)
+            ts = await target_views(self.ctx)
             comp = self.ctx.settings.compliance
             q = request.query_params
             flash = None
