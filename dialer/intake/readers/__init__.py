@@ -39,7 +39,7 @@ from dialer.intake.readers.common import FORMATS, Fingerprint, RawRow, RowReader
 from dialer.intake.readers.csvfile import CsvReader
 from dialer.intake.readers.jsonfile import JsonReader, NdjsonReader
 from dialer.intake.readers.text import decide_encoding, fingerprint, open_source, seekable, spool_stream
-from dialer.intake.readers.xlsxfile import XlsxReader
+from dialer.intake.readers.xlsxfile import XlsxReader, unpacked_size
 
 __all__ = [
     "FORMATS",
@@ -49,6 +49,7 @@ __all__ = [
     "detect_format",
     "fingerprint",
     "open_reader",
+    "unpacked_size",
 ]
 
 
