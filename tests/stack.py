@@ -57,7 +57,7 @@ class Stack:
             pool, clock, Dispositions(settings.dispositions, settings.compliance.dnc_dispositions),
             self.spool, on_applied=on_applied, settings=settings,
         )
-        self.webhooks = WebhookSender(pool, self.secret, clock)
+        self.webhooks = WebhookSender(pool, self.secret, clock, allow_private=settings.webhooks_to_private)
 
     def another_dispatcher(self, instance: str) -> Dispatcher:
         return Dispatcher(self.pool, self.settings, self.clock, self.client, self.secret, instance)
