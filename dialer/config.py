@@ -302,6 +302,8 @@ class Settings(_Strict):
     dispatch_interval_s: float = Field(default=1.0, gt=0)
     instance_stale_s: float = Field(default=20.0, gt=0)
     ryng_timeout_s: float = Field(default=30.0, gt=0)
+    # result webhooks to loopback/private/link-local addresses; unset: only in sandbox mode
+    webhook_allow_private: bool | None = None
 
     @field_validator("dispositions")
     @classmethod
@@ -360,6 +362,12 @@ class Settings(_Strict):
     @property
     def sandbox_mode(self) -> bool:
         return not self.ryng_base_url
+
+    @property
+    def webhooks_to_private(self) -> bool:
+        """May result webhooks go to non-public addresses? As configured; by default only in
+        sandbox mode, where the receiver is usually on 127.0.0.1."""
+        return self.sandbox_mode if self.webhook_allow_private is None else self.webhook_allow_private
 
     @property
     def max_body_bytes(self) -> int:

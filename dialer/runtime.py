@@ -135,7 +135,8 @@ def assemble(
         pool, clock, Dispositions(s.dispositions, s.compliance.dnc_dispositions), spool,
         on_applied=on_applied, settings=s, on_event=metrics.callback_event if metrics else None,
     )
-    webhooks = WebhookSender(pool, secret, clock, on_result=metrics.webhook if metrics else None)
+    webhooks = WebhookSender(pool, secret, clock, on_result=metrics.webhook if metrics else None,
+                             allow_private=s.webhooks_to_private)
     # first in the route table: the hot path should not walk the API's routes
     app.router.routes[0:0] = callbacks.routes(lambda: service, secret,
                                               count=metrics.callback if metrics else None)

@@ -7,13 +7,11 @@ HTTP, the dispatcher and the callback service.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import uvicorn
 from starlette.applications import Starlette
 
 from dialer.clock import Clock, SystemClock
@@ -22,34 +20,8 @@ from dialer.dispatch.dispatcher import Dispatcher
 from dialer.intake.submit import Submission, submit
 from dialer.providers.ryng.sandbox import RyngSandbox, SandboxConfig
 from dialer.runtime import assemble
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                          lifespan="off", access_log=False))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield server
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
+from tests.conftest import free_port
+from tests.fakes.server import serve
 
 
 class Stack:
@@ -112,4 +84,4 @@ async def running_stack(pool: asyncpg.Pool, make_settings: Any, *, clock: Clock 
             await stack.close()
 
 
-__all__ = ["SandboxConfig", "Stack", "Starlette", "running_stack"]
+__all__ = ["SandboxConfig", "Stack", "Starlette", "free_port", "running_stack", "serve"]

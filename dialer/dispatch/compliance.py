@@ -6,6 +6,7 @@ Every hold names its rule and until when, for the audit trail.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -40,6 +41,9 @@ _CA_PROVINCES = {
     "Prince Edward Island": "PE", "Quebec": "QC", "Saskatchewan": "SK", "Northwest Territories": "NT",
     "Nunavut": "NU", "Yukon": "YT",
 }
+_SUBDIVISIONS = {"US": frozenset(_US_STATES.values()), "CA": frozenset(_CA_PROVINCES.values())}
+_SUBDIVISION = re.compile(r"[A-Z0-9]{1,3}")
+UNRECOGNISED = "calling_hours_by_region.*(strictest: unrecognised region)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,24 @@ def region_of(e164: str, fields: dict[str, Any] | None, tz: str | None) -> str |
     return r
 
 
+@lru_cache(maxsize=1)
+def _countries() -> frozenset[str]:
+    return frozenset(phonenumbers.SUPPORTED_REGIONS) | frozenset(_zone_countries().values())
+
+
+def known_region(code: str) -> bool:
+    """An ISO 3166 country (DE) or subdivision (US-TX): the country must be one the phone
+    metadata or the zone table knows; a subdivision is checked for the US and Canada, its
+    shape elsewhere."""
+    country, dash, sub = code.partition("-")
+    if country not in _countries():
+        return False
+    if not dash:
+        return True
+    listed = _SUBDIVISIONS.get(country)
+    return sub in listed if listed is not None else _SUBDIVISION.fullmatch(sub) is not None
+
+
 def _intersect(windows: Sequence[hours.Window]) -> hours.Window | None:
     """The strictest window: every one of them must allow the instant (same-day windows)."""
     start = max(w.start for w in windows)
@@ -169,6 +191,9 @@ class Rules:
             return own, "calling_hours"
         if region and region in self.by_region:
             return self.by_region[region], f"calling_hours_by_region.{region}"
+        if region and not known_region(region):
+            # a lead's region we cannot place (a typo, a name): any window may apply to it
+            return _intersect([own, *self.by_region.values()]), UNRECOGNISED
         country = region.split("-")[0] if region else None
         if region and "-" in region and country in self.by_region:
             return self.by_region[country], f"calling_hours_by_region.{country}"

@@ -38,6 +38,7 @@ from dialer.intake import dnc as dnc_import
 from dialer.intake import phones
 from dialer.intake.submit import Submission, submit
 from dialer.lifecycle import moves, observe
+from dialer.results import destinations
 from dialer.store.queries import Q
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -119,7 +120,8 @@ def router(auth: Any) -> APIRouter:
         if ctype in ("text/csv", "application/csv", "text/plain"):
             sub = Submission(target=target or s.default_target, csv=body)
         elif ctype in ("application/json", ""):
-            sub = _json_submission(body, target, s.default_target, s.max_batch_leads)
+            sub = _json_submission(body, target, s.default_target, s.max_batch_leads,
+                                   allow_private=s.webhooks_to_private)
         else:
             raise InvalidInput(
                 f"content-type {ctype!r} is not supported: send application/json or text/csv"
@@ -339,7 +341,8 @@ def loads(body: bytes) -> Any:
             raise InvalidInput(f"body is not valid JSON: {e}") from None
 
 
-def _json_submission(body: bytes, target: str | None, default: str, max_leads: int) -> Submission:
+def _json_submission(body: bytes, target: str | None, default: str, max_leads: int, *,
+                     allow_private: bool) -> Submission:
     data = loads(body)
     if isinstance(data, dict) and isinstance(data.get("leads"), list):
         if len(data["leads"]) > max_leads:
@@ -350,6 +353,11 @@ def _json_submission(body: bytes, target: str | None, default: str, max_leads: i
         details = validation_details(list(e.errors()))
         first = details[0]
         raise InvalidInput(f"{first['field']}: {first['message']}", details) from None
+    if batch.result_webhook_url is not None:
+        why = destinations.url_refusal(batch.result_webhook_url, allow_private=allow_private)
+        if why is not None:
+            raise InvalidInput(f"result_webhook_url: {why}",
+                               [{"field": "result_webhook_url", "message": why}])
     rows: list[dict[str, Any]] = [
         lead.model_dump(exclude_none=True) for lead in batch.leads
     ]

@@ -32,7 +32,8 @@ class BatchIn(_Strict):
     leads: list[LeadIn]
     result_webhook_url: str | None = Field(
         default=None, pattern=r"^https?://", max_length=2000,
-        description="Receives one signed POST per ended call",
+        description="Receives one signed POST per ended call: http(s), to a public address "
+        "(loopback, private, link-local and other non-public addresses are refused)",
     )
 
 

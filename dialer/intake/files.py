@@ -24,13 +24,20 @@ from dialer.config import Settings
 from dialer.errors import FileUnreadable
 from dialer.intake import batches
 from dialer.intake.pipeline import ParseJob, chunks_from_process, chunks_from_thread
-from dialer.intake.readers import Fingerprint, detect_format, fingerprint
+from dialer.intake.readers import Fingerprint, detect_format, fingerprint, unpacked_size
 from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
 
 # Below this size a child process costs more than it saves.
 PROCESS_THRESHOLD_BYTES = 2 << 20
+
+
+def survey(path: Path, fmt: str) -> tuple[Fingerprint, int]:
+    """The file's fingerprint, and how many bytes its parser will see: a workbook's parts are
+    read unpacked (its shared strings whole), so a small .xlsx may still need the worker."""
+    fp = fingerprint(path, fmt)
+    return fp, (max(fp.size, unpacked_size(path)) if fmt == "xlsx" else fp.size)
 
 
 @dataclass
@@ -78,7 +85,7 @@ class FileIngestor:
             return out
         out.fmt = fmt
         try:
-            fp: Fingerprint = await anyio.to_thread.run_sync(fingerprint, path, fmt)
+            fp, parse_size = await anyio.to_thread.run_sync(survey, path, fmt)
         except FileUnreadable as e:
             out.error = e.message
             return out
@@ -91,7 +98,7 @@ class FileIngestor:
                 out.kind = "busy"  # another instance is ingesting this content
                 return out
             try:
-                return await self._ingest_locked(conn, path, fp, out, source, on_progress)
+                return await self._ingest_locked(conn, path, fp, parse_size, out, source, on_progress)
             finally:
                 await conn.execute(Q.file_unlock, fp.sha256)
 
@@ -100,6 +107,7 @@ class FileIngestor:
         conn: asyncpg.Connection,
         path: Path,
         fp: Fingerprint,
+        parse_size: int,
         out: FileOutcome,
         source: str,
         on_progress: Callable[[int], None] | None,
@@ -160,7 +168,7 @@ class FileIngestor:
         )
         chunks = (
             chunks_from_process(path, job)
-            if fp.size >= PROCESS_THRESHOLD_BYTES
+            if parse_size >= PROCESS_THRESHOLD_BYTES
             else chunks_from_thread(path, job)
         )
         dups: bool | None = None

@@ -3,7 +3,9 @@
 Each ended call of a batch that named a ``result_webhook_url`` gets one POST whose
 body is signed: ``X-Dialer-Signature: sha256=<hex HMAC-SHA256 of the body>``. Delivery
 is retried with exponential backoff for up to 24 h; rows are claimed with
-``FOR UPDATE SKIP LOCKED`` so several instances share the work.
+``FOR UPDATE SKIP LOCKED`` so several instances share the work. A URL that may never
+receive one (not http(s), or a host that is or resolves to a non-public address, see
+``destinations``) fails at once, with the reason as its last error.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncpg
 import httpx
 
 from dialer.clock import Clock
+from dialer.results import destinations
 from dialer.signing import body_signature
 from dialer.store.queries import Q
 
@@ -39,11 +42,14 @@ class WebhookSender:
         rng: random.Random | None = None,
         on_result: Callable[[str], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        allow_private: bool = False,
     ) -> None:
         self.pool = pool
         self.secret = secret
         self.clock = clock
         self.batch = batch
+        self.timeout_s = timeout_s
+        self.allow_private = allow_private  # Settings.webhooks_to_private
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self.on_result = on_result
         self.http = httpx.AsyncClient(timeout=timeout_s, transport=transport,
@@ -67,19 +73,35 @@ class WebhookSender:
                 tg.start_soon(self._one, row)
         return len(rows)
 
+    async def _post(self, url: str, body: bytes) -> httpx.Response:
+        """POST to the first route that connects (see ``destinations.routes``)."""
+        with anyio.fail_after(self.timeout_s):
+            routes = await destinations.routes(url, allow_private=self.allow_private)
+        headers = {"content-type": "application/json",
+                   "x-dialer-signature": body_signature(self.secret, body)}
+        for route in routes[:-1]:
+            try:
+                return await self.http.post(route.url, content=body, headers={**headers, **route.headers},
+                                            extensions=route.extensions)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                continue  # the other address family may connect
+        last = routes[-1]
+        return await self.http.post(last.url, content=body, headers={**headers, **last.headers},
+                                    extensions=last.extensions)
+
     async def _one(self, row: asyncpg.Record) -> None:
         body: bytes = row["body"]
         status: int | None = None
         error: str | None = None
+        refused = False
         try:
-            resp = await self.http.post(
-                row["url"], content=body,
-                headers={"content-type": "application/json",
-                         "x-dialer-signature": body_signature(self.secret, body)},
-            )
-            status = resp.status_code
+            status = (await self._post(row["url"], body)).status_code
+        except destinations.Refused as e:
+            error, refused = f"refused: {e.message}"[:500], True
         except httpx.HTTPError as e:
             error = f"{type(e).__name__}: {e}"[:500]
+        except (OSError, TimeoutError) as e:  # the name did not resolve (in time)
+            error = f"DNS lookup failed: {e or type(e).__name__}"[:500]
         now = self.clock.now()
         async with self.pool.acquire() as conn:
             if status is not None and 200 <= status < 300:
@@ -87,10 +109,12 @@ class WebhookSender:
                 self._count("delivered")
                 return
             nxt = now + self.backoff(row["attempts"])
-            give_up = nxt - row["created_at"] > MAX_AGE
+            give_up = refused or nxt - row["created_at"] > MAX_AGE
             await conn.execute(Q.webhook_retry, row["id"], status, error or f"HTTP {status}", nxt, give_up)
         self._count("failed" if give_up else "retry")
-        if give_up:
+        if refused:
+            log.warning("result webhook refused", extra={"webhook": row["id"], "error": error})
+        elif give_up:
             log.error("result webhook given up after 24 h", extra={"webhook": row["id"], "status": status})
 
     def _count(self, result: str) -> None:

@@ -58,6 +58,20 @@ def test_override_wins_and_unknown_region_takes_the_strictest() -> None:
     assert win is not None and (win.start.hour, win.end.hour) == (10, 19) and "strictest" in rule
 
 
+def test_an_unrecognised_region_takes_the_strictest_window() -> None:
+    r, t = rules(calling_hours_by_region={"US-TX": "09:00-21:00", "US-CA": "10:00-19:00"})
+    for value in ("Narnia", "TX", "US-ZZ9Z", "XX-1"):
+        region = compliance.region_of("+12145550100", {"region": value}, None)
+        assert not compliance.known_region(region or "")
+        win, rule = r.window_for(t, region)
+        assert win is not None and (win.start.hour, win.end.hour) == (10, 19)
+        assert rule == "calling_hours_by_region.*(strictest: unrecognised region)"
+    # recognised codes keep their own answer
+    assert r.window_for(t, "US-TX")[1] == "calling_hours_by_region.US-TX"
+    assert r.window_for(t, "FR")[1] == "calling_hours"  # a country with no override: the target's own
+    assert "US-*" in r.window_for(t, "US-NY")[1]  # a US state without its own: the US windows
+
+
 def test_holidays_from_dates_and_ics(tmp_path: Path) -> None:
     ics = tmp_path / "h.ics"
     ics.write_text("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\nUID:1\r\n"
@@ -104,6 +118,34 @@ async def test_caps_hold_across_targets_and_two_instances(pool: asyncpg.Pool, ma
         async with pool.acquire() as conn:
             sent = await conn.fetchval("SELECT count(*) FROM calls WHERE submitted_at IS NOT NULL")
         assert sent == 4
+
+
+async def test_a_lead_with_an_unrecognised_region_waits_for_the_strictest_window(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    # 20:30 in Dallas: inside the target's hours and Texas's, outside California's 10:00-19:00
+    clock = FakeClock(datetime(2026, 6, 2, 1, 30, tzinfo=UTC))
+    target = {**TARGET, "queue_id": "1", "calling_hours": "08:00-21:00"}
+    regions = {"calling_hours_by_region": {"US-TX": "09:00-21:00", "US-CA": "10:00-19:00"}}
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": target},
+                             compliance=regions) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
+        await st.post(["+12145550100"], region="US-TX")
+        await st.post(["+12145550101"], region="Narnia")
+        await st.dispatcher.tick()
+        async with pool.acquire() as conn:
+            sent = await conn.fetchval("SELECT e164 FROM calls WHERE submitted_at IS NOT NULL")
+            held = await conn.fetchrow("SELECT c.e164, c.state, e.payload FROM calls c "
+                                       "JOIN call_events e ON e.call_id = c.id AND e.kind = 'hold'")
+        assert sent == "+12145550100"  # Texas's own window allows it
+        assert (held["e164"], held["state"]) == ("+12145550101", "scheduled")
+        assert held["payload"]["rule"] == "calling_hours_by_region.*(strictest: unrecognised region)"
+        assert held["payload"]["region"] == "NARNIA" and held["payload"]["window"] == "10:00-19:00"
+        opens = datetime(2026, 6, 2, 15, 0, tzinfo=UTC)  # 10:00 CDT the next morning
+        assert held["payload"]["until"] == opens.isoformat()
+        clock.advance((opens - clock.now()).total_seconds() + 60)
+        await st.dispatcher.tick()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM calls WHERE submitted_at IS NOT NULL") == 2
 
 
 async def test_dnc_import_streams_flat(pool: asyncpg.Pool, tmp_path: Path) -> None:

@@ -211,3 +211,35 @@ async def test_dnc_add_cancels_pending_calls_and_cancel_batch(api: httpx.AsyncCl
     assert b["state"] == "cancelled" and b["calls_by_state"] == {"cancelled": 3}
     call = (await api.get("/v1/calls", params={"external_id": "x"}, headers=AUTH)).json()
     assert call == {"calls": []}
+
+
+@pytest.mark.parametrize(
+    ("url", "sandbox", "allow", "status"),
+    [
+        ("http://127.0.0.1:9000/hook", False, None, 422),
+        ("http://169.254.169.254/latest/meta-data/", False, None, 422),
+        ("http://[fd12::1]/hook", False, None, 422),
+        ("http://localhost/hook", False, None, 422),
+        ("https://crm.example/hook", False, None, 202),
+        ("http://127.0.0.1:9000/hook", False, True, 202),  # webhook_allow_private = true
+        ("http://127.0.0.1:9000/hook", True, None, 202),  # sandbox mode allows it by default
+        ("http://127.0.0.1:9000/hook", True, False, 422),
+    ],
+)
+async def test_result_webhook_url_must_be_a_public_address(
+        pool: asyncpg.Pool, make_settings: Any, clock: FakeClock, url: str, sandbox: bool,
+        allow: bool | None, status: int) -> None:
+    s = make_settings(ryng_base_url=None if sandbox else "https://acme.ryng.example",
+                      webhook_allow_private=allow)
+    app = create_app(AppContext(settings=s, pool=pool, clock=clock))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api:
+        r = await api.post("/v1/batches", json={**leads("+14155550100"), "result_webhook_url": url},
+                           headers=AUTH)
+    assert r.status_code == status, r.text
+    if status == 422:
+        err = r.json()["error"]
+        assert err["code"] == "invalid" and err["message"].startswith("result_webhook_url: ")
+        assert "address: result webhooks go only to public addresses" in err["message"]
+        assert err["details"] == [{"field": "result_webhook_url", "message": err["message"][20:]}]
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM batches") == 0

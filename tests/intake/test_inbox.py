@@ -15,6 +15,8 @@ from dialer.clock import FakeClock
 from dialer.config import Settings
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
+from dialer.intake.readers.xlsxfile import MAX_SHARED_STRINGS_BYTES
+from tests.intake.workbooks import workbook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,6 +158,19 @@ async def test_unreadable_files_go_to_failed_with_a_reason(inbox: Inbox, clock: 
     assert needle.lower() in err.lower()
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM calls") == 0
+        assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_a_workbook_bomb_goes_to_failed_with_the_limit_it_broke(inbox: Inbox, clock: FakeClock,
+                                                                     pool: asyncpg.Pool) -> None:
+    data = workbook(MAX_SHARED_STRINGS_BYTES + (16 << 20))  # about 200 KB on disk, 80 MiB unpacked
+    drop(inbox, "bomb.xlsx", data)
+    await settle_and_scan(inbox, clock)
+    assert (inbox.root / "failed" / "bomb.xlsx").exists()
+    err = (inbox.root / "failed" / "bomb.xlsx.error.txt").read_text()
+    assert "shared-strings table (xl/sharedStrings.xml) unpacks to" in err
+    assert f"over the {MAX_SHARED_STRINGS_BYTES:,}-byte limit" in err
+    async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM leads") == 0
 
 

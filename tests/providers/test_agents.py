@@ -20,8 +20,8 @@ from dialer.config import Settings, load_settings
 from dialer.http import hooks
 from dialer.logs import scrub
 from dialer.providers.agents import FALLBACK_NAME, AgentSelector, Providers
-from dialer.providers.fakes import FakePortSip, FakeRingme, serve
 from tests.conftest import await_for
+from tests.fakes import FakePortSip, FakeRingme, serve
 from tests.stack import running_stack
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from dialer.clock import FakeClock
 from dialer.config import Settings, load_settings
-from dialer.providers.fakes import FakePortSip
 from dialer.providers.portsip import PortSipClient, PortSipError, PortSipReadiness
+from tests.fakes import FakePortSip
 
 TOKEN = "portsip-test-token"
 

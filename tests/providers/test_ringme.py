@@ -15,8 +15,8 @@ from starlette.applications import Starlette
 from dialer.clock import FakeClock
 from dialer.config import Settings, load_settings
 from dialer.http import hooks
-from dialer.providers.fakes import FakeRingme, serve
 from dialer.providers.ringme import RingmeClient, RingmeError, RingmeReadiness
+from tests.fakes import FakeRingme, serve
 
 SECRET = b"hook-secret"
 TOKEN = "ringme-test-token"

@@ -18,8 +18,6 @@ from starlette.applications import Starlette
 
 from dialer.config import Settings
 from dialer.http import hooks
-from dialer.providers.fakes import FakeStringee, serve
-from dialer.providers.fakes.stringee import ShapeError, check_agents_answer
 from dialer.providers.stringee import (
     StringeeClient,
     StringeeError,
@@ -30,6 +28,8 @@ from dialer.providers.stringee import (
     sync_queue,
 )
 from dialer.store.queries import Q
+from tests.fakes import FakeStringee, serve
+from tests.fakes.stringee import ShapeError, check_agents_answer
 
 SID, KEY = "SK_test_key_sid", "stringee-test-key-secret"
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dialer.providers.fakes.server import FakeServer
+from tests.fakes.server import FakeServer
 
 PREFIX = "/api/ver1.0"
 EVENT_TYPES = ("agent-login", "agent-logout")
@@ -58,7 +58,7 @@ class Delivery:
 
 
 class FakeRingme(FakeServer):
-    def __init__(self, token: str = "ringme-test-token",  # noqa: S107
+    def __init__(self, token: str = "ringme-test-token",
                  client_id: str = "12", max_events: int = 20) -> None:
         self.token = token
         self.client_id = client_id

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dialer.providers.fakes.server import FakeServer
+from tests.fakes.server import FakeServer
 
 STATUSES = ("READY", "NOT_READY", "WRAP_UP", "BREAK", "LUNCH", "LOGGED_IN", "LOGGED_OUT")
 _ids = itertools.count(700551909773148160)
@@ -33,7 +33,7 @@ def _error(status: int, message: str) -> Response:
 
 
 class FakePortSip(FakeServer):
-    def __init__(self, token: str = "portsip-test-token") -> None:  # noqa: S107
+    def __init__(self, token: str = "portsip-test-token") -> None:
         self.token = token
         self.queues: dict[str, dict[str, Any]] = {}
         self.agents: dict[str, dict[str, dict[str, Any]]] = {}  # queue id -> extension -> agent

@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dialer.providers.fakes.server import FakeServer
 from dialer.providers.stringee import decode_token
+from tests.fakes.server import FakeServer
 
 _BOOL_FIELDS = ("record_calls", "agent_wrap_up_after_calls")
 _INT_FIELDS = ("wrap_up_time_limit", "schedule", "wait_agent_answer_timeout", "maximum_queue_size",

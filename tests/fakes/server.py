@@ -1,4 +1,7 @@
-"""Serve a Starlette app with uvicorn on a free loopback port, for as long as a block runs."""
+"""Serve an ASGI app with uvicorn on a loopback port, for as long as a block runs.
+
+The one server helper of the tests: the fakes, the Ryng sandbox and our own app in
+``tests/stack.py`` all run under it."""
 
 from __future__ import annotations
 
@@ -18,13 +21,17 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, host: str = "127.0.0.1", start_timeout: float = 10.0) -> AsyncIterator[str]:
-    """``async with serve(app) as base_url``: the app answers on a real socket meanwhile."""
+async def serve(app: Any, port: int = 0, *, host: str = "127.0.0.1",
+                start_timeout: float = 10.0) -> AsyncIterator[str]:
+    """``async with serve(app) as base_url``: the app answers on a real socket meanwhile.
+
+    ``port=0`` takes a free one; pass a port when the URL must be known beforehand (or
+    stay the same across a restart)."""
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then (else
     # Nagle and delayed ACKs add ~40 ms to every keep-alive response)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)
     port = sock.getsockname()[1]

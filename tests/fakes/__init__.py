@@ -4,9 +4,9 @@ Each follows its vendor page (``../shared/reference/``) closely enough to test a
 auth, paging, the documented shapes, and the provider's own calls to our hooks.
 """
 
-from dialer.providers.fakes.portsip import FakePortSip
-from dialer.providers.fakes.ringme import FakeRingme
-from dialer.providers.fakes.server import FakeServer, serve
-from dialer.providers.fakes.stringee import FakeStringee
+from tests.fakes.portsip import FakePortSip
+from tests.fakes.ringme import FakeRingme
+from tests.fakes.server import FakeServer, serve
+from tests.fakes.stringee import FakeStringee
 
 __all__ = ["FakePortSip", "FakeRingme", "FakeServer", "FakeStringee", "serve"]

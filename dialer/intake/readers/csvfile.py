@@ -1,0 +1,175 @@
+"""CSV: the delimiter sniffed from the header line, a ``str.split`` fast path while the
+file has no quotes, ``csv.reader`` from the first quote on."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Iterator
+from itertools import chain, repeat
+from typing import BinaryIO
+
+from dialer.errors import FileUnreadable
+from dialer.intake.readers.common import RawRow, RowReader, dict_builder, unique_names
+from dialer.intake.readers.text import text_pieces
+
+_QUOTED = re.compile(r'"[^"]*"')
+_SENTINEL = "\x00"  # stands for an unreadable physical line inside the csv.reader feed
+_OVERLONG, _NUL = "L", "N"
+
+
+class CsvReader(RowReader):
+    def __init__(
+        self, raw: BinaryIO, owned: bool, encoding: str, max_line_bytes: int, skip_rows: int
+    ) -> None:
+        super().__init__("csv", raw, owned, skip_rows)
+        self._max = max_line_bytes
+        self._overlong = f"line is longer than {max_line_bytes} bytes"
+        # A quoted field may span lines: the field limit bounds what an unbalanced quote
+        # can swallow.  It is process-wide; every reader sets it to its own line limit.
+        csv.field_size_limit(max_line_bytes + 2)
+        pieces = text_pieces(raw, encoding, max_line_bytes)
+        self._line = 0  # physical lines consumed
+        seen_any = False
+        for piece in pieces:
+            seen_any = True
+            if piece is None:
+                raise FileUnreadable(
+                    f"no CSV header: line {self._line + 1} is longer than {max_line_bytes} bytes"
+                )
+            pos = 0
+            for text in io.StringIO(piece, newline=""):
+                self._line += 1
+                pos += len(text)
+                names = self._parse_header(text.rstrip("\r\n"))
+                if names is not None:
+                    self.header = names
+                    rest = piece[pos:]
+                    self._pieces: Iterator[str | None] = chain((rest,), pieces) if rest else pieces
+                    return
+        if not seen_any:
+            raise FileUnreadable("file is empty")
+        raise FileUnreadable("no CSV header: the file has only empty lines")
+
+    def _parse_header(self, text: str) -> list[str] | None:
+        if not text.strip():
+            return None
+        if "\x00" in text:
+            raise FileUnreadable(f"NUL byte in the header line (line {self._line})")
+        bare = _QUOTED.sub("", text)
+        counts = [bare.count(d) for d in (",", ";", "\t")]
+        self._delim = (",", ";", "\t")[counts.index(max(counts))]
+        cells = next(csv.reader([text], delimiter=self._delim), [])
+        names = [c.strip().lstrip("\ufeff").strip() for c in cells]
+        if not any(names):
+            return None  # a line of bare delimiters is an empty line
+        names = unique_names(names, "CSV header")
+        self._width = len(names)
+        self._build = dict_builder(names)
+        return names
+
+    # -- rows
+
+    def _odd(self, line: int, row: list[str]) -> RawRow | None:
+        """A row whose cell count differs from the header's (or whose first cell is
+        empty): blank (every cell empty) → None; short → padded with ""; long → error
+        unless only empty cells overflow (trailing delimiters, as spreadsheets write)."""
+        w = self._width
+        n = len(row)
+        if n and row[0][:1] == _SENTINEL:
+            code = row[0][1:2]
+            return RawRow(line, None, self._overlong if code == _OVERLONG else "NUL byte in line")
+        if not any(row):
+            return None  # a blank line, or bare delimiters (spreadsheet padding)
+        if n < w:
+            return RawRow(line, self._build(row + [""] * (w - n)))
+        if n > w:
+            while n > w and not row[n - 1]:
+                n -= 1
+            if n > w:
+                return RawRow(line, None, f"{n} values but the header has {w} columns")
+            row = row[:w]
+        return RawRow(line, self._build(row))
+
+    def _rows(self) -> Iterator[RawRow]:
+        w = self._width
+        build = self._build
+        odd = self._odd
+        delim = self._delim
+        split = str.split
+        skip = self._skip
+        line = self._line
+        pieces = self._pieces
+        for piece in pieces:
+            if piece is None:
+                line += 1
+                if skip:
+                    skip -= 1
+                else:
+                    yield RawRow(line, None, self._overlong)
+                continue
+            if w > 1 and '"' not in piece and "\x00" not in piece:
+                if "\r" in piece:
+                    crlf = piece.count("\r\n")
+                    if piece.count("\r") != crlf:
+                        yield from self._csv_rows(chain((piece,), pieces), line, skip)
+                        return
+                    piece = piece.replace("\r\n", "\n")
+                lines = piece.split("\n")
+                if not lines[-1]:
+                    lines.pop()
+                for row in map(split, lines, repeat(delim)):
+                    line += 1
+                    if len(row) == w and row[0]:
+                        if skip:
+                            skip -= 1
+                        else:
+                            yield RawRow(line, build(row))
+                    else:
+                        raw_row = odd(line, row)
+                        if raw_row is not None:
+                            if skip:
+                                skip -= 1
+                            else:
+                                yield raw_row
+                continue
+            yield from self._csv_rows(chain((piece,), pieces), line, skip)
+            return
+
+    def _feed(self, piece: str | None) -> Iterable[str]:
+        """Lines for csv.reader; an unreadable line becomes a sentinel line that parses
+        into more cells than the header has, starting with NUL (never in real data)."""
+        if piece is None:
+            return (_SENTINEL + _OVERLONG + self._delim * self._width,)
+        if "\x00" not in piece:
+            return io.StringIO(piece, newline="")
+        nul = _SENTINEL + _NUL + self._delim * self._width
+        return [nul if "\x00" in text else text for text in io.StringIO(piece, newline="")]
+
+    def _csv_rows(self, pieces: Iterator[str | None], base: int, skip: int) -> Iterator[RawRow]:
+        w = self._width
+        build = self._build
+        odd = self._odd
+        reader = csv.reader(chain.from_iterable(map(self._feed, pieces)), delimiter=self._delim)
+        end = 0  # reader.line_num after the previous record
+        while True:
+            try:
+                for row in reader:
+                    line = base + end + 1
+                    end = reader.line_num
+                    raw_row = RawRow(line, build(row)) if len(row) == w and row[0] else odd(line, row)
+                    if raw_row is None:
+                        continue
+                    if skip:
+                        skip -= 1
+                    else:
+                        yield raw_row
+                return
+            except csv.Error as e:
+                line = base + end + 1
+                end = reader.line_num
+                if skip:
+                    skip -= 1
+                else:
+                    yield RawRow(line, None, f"malformed CSV: {e}")

@@ -1,0 +1,179 @@
+"""XLSX: the first worksheet of a workbook, read with openpyxl in read-only mode.
+
+openpyxl streams the worksheet but reads every other part whole, the shared-strings
+table above all, and a small zip can declare parts many times its own size. So the
+archive's directory is checked before openpyxl opens anything: each part's declared
+size against a limit, and against its compressed size (a zip bomb). Declared sizes are a
+real bound: ``zipfile`` never reads past one (a part that holds more fails its CRC).
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from dialer.errors import FileUnreadable
+from dialer.intake.readers.common import RawRow, RowReader, describe, dict_builder, unique_names
+
+MAX_SHARED_STRINGS_BYTES = 64 << 20  # held whole, as Python strings: several times this in memory
+MAX_SHEET_BYTES = 1 << 30  # streamed: this bounds the parse time, not memory
+MAX_PART_BYTES = 16 << 20  # any other XML part (workbook, styles, theme, relationships...)
+MAX_RATIO = 100  # real workbooks unpack 5-15 times their compressed size; deflate can reach ~1000
+_RATIO_FLOOR = 1 << 20  # below this, a part may compress as well as it likes
+
+_UNREADABLE = "not a readable .xlsx workbook"
+
+
+def unpacked_size(path: Path) -> int:
+    """The sum of the parts' declared sizes: what a parser would see (0 if it is no zip)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return sum(p.file_size for p in zf.infolist())
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+        return 0  # the reader says what is wrong with it
+
+
+def check_archive(raw: BinaryIO) -> None:
+    """Raise ``FileUnreadable`` for a part that would unpack past its limit or its ratio."""
+    from openpyxl.packaging.manifest import Manifest
+    from openpyxl.xml.constants import ARC_CONTENT_TYPES, SHARED_STRINGS, WORKSHEET_TYPE
+    from openpyxl.xml.functions import fromstring
+
+    with zipfile.ZipFile(raw) as zf:  # a file object passed in stays open
+        parts = zf.infolist()
+        types: dict[str, set[str]] = {}
+        strings = None
+        for p in parts:
+            if p.filename == ARC_CONTENT_TYPES:
+                _check_part(p, MAX_PART_BYTES, p.filename)
+        try:
+            listed = zf.read(ARC_CONTENT_TYPES)  # by name, as openpyxl reads it (the last one wins)
+        except KeyError:
+            listed = None  # openpyxl will say what is missing
+        if listed is not None:
+            manifest = Manifest.from_tree(fromstring(listed))
+            for o in manifest.Override:
+                types.setdefault(o.PartName[1:], set()).add(o.ContentType)
+            found = manifest.find(SHARED_STRINGS)  # the part openpyxl will load whole
+            strings = found.PartName[1:] if found is not None else None
+    for p in parts:
+        name = p.filename
+        if name == strings:
+            _check_part(p, MAX_SHARED_STRINGS_BYTES, f"its shared-strings table ({name})",
+                        ": save the sheet as CSV, or split it into smaller workbooks")
+        elif types.get(name) == {WORKSHEET_TYPE}:
+            _check_part(p, MAX_SHEET_BYTES, f"worksheet {name}")
+        elif name.lower().endswith((".xml", ".rels")):
+            _check_part(p, MAX_PART_BYTES, f"part {name}")
+        else:  # media and the like: openpyxl does not parse them in read-only mode
+            _check_part(p, None, f"part {name}")
+
+
+def _check_part(p: zipfile.ZipInfo, limit: int | None, what: str, hint: str = "") -> None:
+    size, packed = p.file_size, p.compress_size
+    if limit is not None and size > limit:
+        raise FileUnreadable(
+            f"{_UNREADABLE}: {what} unpacks to {size:,} bytes, over the {limit:,}-byte limit{hint}"
+        )
+    if size > _RATIO_FLOOR and size > MAX_RATIO * packed:
+        raise FileUnreadable(
+            f"{_UNREADABLE}: {what} unpacks to {size:,} bytes from {packed:,} "
+            f"({size // max(packed, 1):,} times), past the {MAX_RATIO} times of a real workbook: "
+            "refused as a zip bomb"
+        )
+
+
+def _cell(value: Any) -> Any:
+    if type(value) is float:
+        return int(value) if value.is_integer() else value
+    if isinstance(value, datetime):
+        if value.time() == time(0) and value.tzinfo is None:
+            return value.date().isoformat()
+        return value.isoformat()
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value)
+    return value
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+class XlsxReader(RowReader):
+    def __init__(self, raw: BinaryIO, owned: bool, skip_rows: int) -> None:
+        super().__init__("xlsx", raw, owned, skip_rows)
+        import openpyxl  # heavy: only when a workbook comes
+
+        try:
+            check_archive(raw)
+            raw.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._wb = openpyxl.load_workbook(raw, read_only=True, data_only=True)
+        except FileUnreadable:
+            raise
+        except Exception as e:
+            raise FileUnreadable(f"{_UNREADABLE}: {describe(e)}") from e
+        try:
+            sheets = self._wb.worksheets
+            if not sheets:
+                raise FileUnreadable(f"{_UNREADABLE}: it has no worksheet")
+            ws = sheets[0]
+            ws.reset_dimensions()  # a stale <dimension> must not cut rows or columns
+            self._sheet_rows: Iterator[tuple[int, tuple[Any, ...]]] = enumerate(
+                ws.iter_rows(min_row=1, values_only=True), 1
+            )
+            for _, row in self._sheet_rows:
+                names = ["" if v is None else str(_cell(v)).strip().lstrip("\ufeff").strip() for v in row]
+                if any(names):
+                    self.header = unique_names(names, "header row")
+                    break
+            else:
+                raise FileUnreadable("no header row: the first worksheet is empty")
+        except FileUnreadable:
+            self.close()
+            raise
+        except Exception as e:
+            self.close()
+            raise FileUnreadable(f"{_UNREADABLE}: {describe(e)}") from e
+
+    def _rows(self) -> Iterator[RawRow]:
+        assert self.header is not None
+        w = len(self.header)
+        build = dict_builder(self.header)
+        skip = self._skip
+        try:
+            for line, row in self._sheet_rows:
+                if all(map(_blank, row)):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                n = len(row)
+                while n > w and _blank(row[n - 1]):
+                    n -= 1
+                if n > w:
+                    yield RawRow(line, None, f"{n} values but the header has {w} columns")
+                    continue
+                cells = [_cell(v) for v in row[:n]]
+                if n < w:
+                    cells += [None] * (w - n)
+                yield RawRow(line, build(cells))
+        except Exception as e:
+            raise FileUnreadable(f"{_UNREADABLE}: {describe(e)}") from e
+
+    def close(self) -> None:
+        wb = getattr(self, "_wb", None)
+        if wb is not None:
+            self._wb = None
+            try:
+                wb.close()
+            except Exception:  # noqa: S110 - a broken archive: nothing more to release
+                pass
+        super().close()
