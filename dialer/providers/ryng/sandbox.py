@@ -84,7 +84,9 @@ Every ``customField{N}`` of the row is copied verbatim. Times are ISO 8601 UTC
 ``talkTime`` is the simulated talk duration in whole vendor seconds, unscaled, so
 with ``time_scale`` < 1 it exceeds ``endTime - startTime``. A call's callbacks go
 out in order (each waits for the previous one's first try). Terminal deliveries are
-retried twice, connect deliveries once, at 1-minute intervals (scaled), then given up.
+retried twice, connect deliveries once, at 1-minute intervals (scaled), then given up;
+``stats()`` counts them (``sent``, ``delivered``, ``failed``, ``retried``, ``given_up``)
+and how many are between a failure and their end (``retrying``).
 
 Faults (``SandboxConfig``, also settable at run time) and admin
 ---------------------------------------------------------------
