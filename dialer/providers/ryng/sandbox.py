@@ -84,7 +84,9 @@ Every ``customField{N}`` of the row is copied verbatim. Times are ISO 8601 UTC
 ``talkTime`` is the simulated talk duration in whole vendor seconds, unscaled, so
 with ``time_scale`` < 1 it exceeds ``endTime - startTime``. A call's callbacks go
 out in order (each waits for the previous one's first try). Terminal deliveries are
-retried twice, connect deliveries once, at 1-minute intervals (scaled), then given up.
+retried twice, connect deliveries once, at 1-minute intervals (scaled), then given up;
+``stats()`` counts them (``sent``, ``delivered``, ``failed``, ``retried``, ``given_up``)
+and how many are between a failure and their end (``retrying``).
 
 Faults (``SandboxConfig``, also settable at run time) and admin
 ---------------------------------------------------------------
@@ -92,7 +94,8 @@ Faults (``SandboxConfig``, also settable at run time) and admin
 connection; nothing is queued), ``throttle_rate`` (429 + ``Retry-After``),
 ``error_rate`` (500 JSON, 502 HTML or 503 text; nothing queued),
 ``accept_then_fail_rate`` (calls ARE queued, then — ``accept_then_fail_mode``
-mixed | 5xx | drop — a 500, 502 or 504, or a connection dropped mid-response: the
+mixed | 5xx | drop — a 5xx drawn from ``accept_then_fail_statuses`` (default 500,
+502, 504 — never 503, which says "not taken"; 504 is a gateway timeout page) or a connection dropped mid-response: the
 "outcome unknown" case), ``duplicate_callback_rate``, ``late_callback_rate`` (a terminal
 callback held back 5 minutes, scaled). Faults are drawn before the token check, as
 a gateway would. A dropped connection sends the status line, headers and a third of
@@ -169,6 +172,7 @@ class SandboxConfig:
     latency_s: float = 0.0
     accept_then_fail_rate: float = 0.0
     accept_then_fail_mode: str = "mixed"  # mixed | 5xx | drop
+    accept_then_fail_statuses: tuple[int, ...] = (500, 502, 504)  # what "5xx" answers after queuing
     duplicate_callback_rate: float = 0.0
     late_callback_rate: float = 0.0
     # callbacks and memory
@@ -185,9 +189,10 @@ _NON_NEGATIVE = ("answer_rate", "no_answer_rate", "busy_rate", "unreachable_rate
                  "agent_pickup_s", "default_max_dispose_s", "default_retry_interval_min", "timeout_hang_s",
                  "latency_s")
 _POSITIVE = ("time_scale", "callback_timeout_s")
+_SERVER_ERRORS = (500, 502, 503, 504)
 _RUNTIME = frozenset((*_RATES, *_NON_NEGATIVE, *_POSITIVE, "ring_s", "talk_s", "default_leg_direction",
                       "default_max_retries", "retry_after_s", "accept_then_fail_mode",
-                      "campaign_connect_termination", "keep_ended_calls"))
+                      "accept_then_fail_statuses", "campaign_connect_termination", "keep_ended_calls"))
 
 
 def _check(name: str, value: Any) -> Any:
@@ -226,6 +231,11 @@ def _check(name: str, value: Any) -> Any:
         if value not in ("mixed", "5xx", "drop"):
             raise ValueError(f"{name} must be one of mixed, 5xx, drop")
         return value
+    if name == "accept_then_fail_statuses":
+        if (not isinstance(value, list | tuple) or not value
+                or not all(v in _SERVER_ERRORS for v in value)):
+            raise ValueError(f"{name} must be a non-empty list of {', '.join(map(str, _SERVER_ERRORS))}")
+        return tuple(value)
     if name == "campaign_connect_termination":
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
@@ -445,25 +455,20 @@ class RyngSandbox:
                 mode = rng.choice(("5xx", "drop"))
             if mode == "drop":
                 return _DroppedResponse(200, orjson.dumps(payload))
-            return self._failed_after_taking()
+            return self._server_error(cfg.accept_then_fail_statuses)
         return _json(200, payload)
 
-    def _failed_after_taking(self) -> Response:
-        """The calls were queued, then something in front of (or behind) the app failed: a
-        500, a proxy's 502 or 504. Never a 503 or 429, which say the request was not taken."""
-        kind = self._rng.choice((500, 502, 504))
-        if kind == 500:
-            return _error(500, "internal server error")
-        return Response(f"<html><head><title>{kind} Bad Gateway</title></head><body></body></html>\n",
-                        status_code=kind, media_type="text/html")
-
-    def _server_error(self) -> Response:
-        kind = self._rng.choice((500, 502, 503))
+    def _server_error(self, statuses: tuple[int, ...] = (500, 502, 503)) -> Response:
+        kind = self._rng.choice(statuses)
         if kind == 500:
             return _error(500, "internal server error")
         if kind == 502:
             return Response("<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad "
                             "Gateway</h1></center></body></html>\n", status_code=502, media_type="text/html")
+        if kind == 504:
+            return Response("<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 "
+                            "Gateway Time-out</h1></center></body></html>\n", status_code=504,
+                            media_type="text/html")
         return Response("Service Unavailable\n", status_code=503, media_type="text/plain",
                         headers={"Retry-After": str(int(self.config.retry_after_s))})
 

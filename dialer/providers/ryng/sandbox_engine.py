@@ -336,6 +336,7 @@ class Engine:
     async def _deliver(self, kind: str, url: str, body: dict[str, Any], prev: asyncio.Event | None,
                        done: asyncio.Event, late: bool, duplicate: bool) -> None:
         stats = self.cb[kind]
+        retrying = False  # counted in stats["retrying"] from its first failure until it ends
         try:
             if prev is not None:
                 await prev.wait()
@@ -355,10 +356,15 @@ class Engine:
                         stats["duplicates"] += 1
                         await self._post(kind, url, payload)
                     return
+                if not retrying:
+                    retrying = True
+                    stats["retrying"] += 1
                 if i + 1 < tries:
                     await self._sleep(CALLBACK_RETRY_S)
             stats["given_up"] += 1
         finally:
+            if retrying:
+                stats["retrying"] -= 1
             done.set()
 
     async def _post(self, kind: str, url: str, payload: bytes) -> bool:
@@ -391,7 +397,7 @@ class Engine:
                 "readyInS": round(max(0.0, a.ready_at - now), 3) if a.ready_at is not None else None,
                 "attemptsHandled": a.handled, "waiting": len(a.ready), "retryWaiting": len(a.retry),
             }
-        callbacks = {k: {**{n: 0 for n in ("sent", "delivered", "failed", "retried", "given_up",
+        callbacks = {k: {**{n: 0 for n in ("sent", "delivered", "failed", "retried", "given_up", "retrying",
                                            "duplicates", "late", "no_url")},
                          **dict(v), "statuses": dict(self.cb_status[k])} for k, v in self.cb.items()}
         return {
