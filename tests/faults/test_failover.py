@@ -19,16 +19,22 @@ fails a few sends.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+from dialer.config import load_settings
 from dialer.dispatch.chunker import parse_ref
+from dialer.lifecycle.spool import QUARANTINE
+from dialer.store import migrate
+from dialer.store.database import create_pool
 from tests.conftest import DaemonProcess
 from tests.faults.harness import (
     SLOW,
@@ -44,6 +50,7 @@ from tests.faults.harness import (
     wait_all_ended,
 )
 from tests.faults.replication import Pair
+from tests.lifecycle.seeded import ended, endpoint, queued_calls, service, states
 
 ENDED_BY_CALLBACK = ("answered", "no_answer", "busy", "unreachable")
 
@@ -209,3 +216,41 @@ def test_failover_to_the_synchronous_standby_loses_nothing(daemon_env: dict[str,
 def test_failover_back_and_forth_under_faults(daemon_env: dict[str, str], tmp_path: Path) -> None:
     print(run(LONG, tmp_path, daemon_env))
 
+
+async def test_a_standby_that_takes_no_writes_is_away_not_a_bad_callback(tmp_path: Path) -> None:
+    """A DSN that lands on the standby (no ``target_session_attrs``: a DNS name or a pooler
+    still pointing there mid-failover) reaches a server that refuses writes
+    (``ReadOnlySQLTransactionError``). That is the database being away: the callback is
+    spooled and answered 200, replay waits instead of quarantining it, and once the standby
+    is promoted the same pool applies it."""
+    pair = Pair(tmp_path / "pg")
+    try:
+        await asyncio.to_thread(pair.start)
+        settings = load_settings(None, environ={"DIALER_STATE_DIR": str(tmp_path), "DIALER_API_TOKENS": "t",
+                                                "DIALER_CALLBACK_SECRET": "s3cret-s3cret"})
+        primary = await create_pool(pair.primary.uri, min_size=1, max_size=2)
+        async with primary.acquire() as conn:
+            await migrate.migrate(conn)
+        a, b = await queued_calls(primary, 2)  # committed on the standby too: it is synchronous
+        await primary.close()
+        on_standby = await create_pool(pair.standby.uri, min_size=1, max_size=2)
+        try:
+            svc = service(on_standby, settings, tmp_path / "spool")
+            async with endpoint(svc, settings) as ep:
+                r = await ep.post(ended(a))
+                assert r.status_code == 200, r.text
+                assert ep.answered == ["spooled"]
+                with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                    await svc.replay_once()  # still read-only: replay stops, keeps the item
+                assert svc.spool.depth == 1
+                assert not (svc.spool.dir / QUARANTINE).exists()
+                await asyncio.to_thread(pair.promote_standby)
+                assert await svc.replay_once() == 1
+                r = await ep.post(ended(b))  # and the next one goes straight in
+                assert ep.answered == ["spooled", "stored"]
+            assert await states(on_standby) == {a: "answered", b: "answered"}
+            svc.spool.close()
+        finally:
+            await on_standby.close()
+    finally:
+        await asyncio.to_thread(pair.destroy)
