@@ -149,7 +149,7 @@ def run(plan: Plan, tmp_path: Path, daemon_env: dict[str, str]) -> str:
                          and metric(d, "dialer_callbacks_total", result="spooled") > before,
                          plan.timeout_s, "callbacks spooled during the outage, then replayed", every=0.05)
                     spooled = metric(d, "dialer_callbacks_total", result="spooled") - spooled_before
-                    note(f"failover {n + 1}: {spooled:.0f} callbacks spooled during the outage, all replayed "
+                    note(f"failover {n + 1}: {spooled:.0f} callbacks spooled (the outage and its backlog), all replayed "
                          f"{time.monotonic() - promoted:.2f} s after the promotion")
                     if n + 1 < plan.failovers:
                         pair.rebuild_standby()
