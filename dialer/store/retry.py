@@ -2,8 +2,8 @@
 
 Two kinds: the database is *away* (connection refused or broken, shutting down, too many
 connections, a pool with no free connection in time, a server that takes no writes) —
-callers spool, wait, or let their loop's supervisor back off; and a transaction lost a *race* (deadlock, serialization
-failure) — run it again at once, a few times, with jitter.
+callers spool, wait, or let their loop's supervisor back off; and a transaction lost a
+*race* (deadlock, serialization failure) — run it again at once, a few times, with jitter.
 """
 
 from __future__ import annotations

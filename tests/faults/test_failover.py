@@ -155,6 +155,7 @@ def run(plan: Plan, tmp_path: Path, daemon_env: dict[str, str]) -> str:
                         pair.rebuild_standby()
                         note(f"failover {n + 1}: old primary rebuilt as the synchronous standby "
                              f":{pair.standby.port}")
+
                 def settled() -> bool:
                     # an uncertain call would wait uncertain_after_min (30): fail now, saying so
                     assert not sql_value(db(), "SELECT count(*) FROM calls WHERE state = 'uncertain'"), detail()
@@ -176,20 +177,20 @@ def run(plan: Plan, tmp_path: Path, daemon_env: dict[str, str]) -> str:
                 assert httpx.get(d.url + "/readyz", timeout=10).status_code == 200
                 stats = sb.stats()
                 dials = sb.sandbox.dials_by_number()
-                ended = sb.sandbox.calls(state="ended")
+                ended_calls = sb.sandbox.calls(state="ended")
                 refs = sb.sandbox.submissions_by_ref("customField10")
                 errors = log_errors(d, allowed=(POOL_FLOOR,))
             finally:
                 if d.proc is not None and d.proc.poll() is None:
                     d.stop()
-        return check(plan, db(), stats, dials, ended, refs, errors, notes)
+        return check(plan, db(), stats, dials, ended_calls, refs, errors, notes)
     except BaseException as e:
         raise AssertionError("\n".join(notes) + f"\n{type(e).__name__}: {e}") from e
     finally:
         pair.destroy()
 
 
-def check(plan: Plan, dsn: str, stats: dict[str, Any], dials: dict[str, int], ended: list[dict[str, Any]],
+def check(plan: Plan, dsn: str, stats: dict[str, Any], dials: dict[str, int], ended_calls: list[dict[str, Any]],
           refs: dict[str, int], errors: list[str], notes: list[str]) -> str:
     assert sql_value(dsn, "SELECT count(*) FROM calls WHERE attempt = 1") == plan.leads
     states = call_states(dsn)
@@ -203,7 +204,7 @@ def check(plan: Plan, dsn: str, stats: dict[str, Any], dials: dict[str, int], en
     # ---- no acknowledged callback lost: the sandbox gave none up, and what it ended is ended here
     term = stats["callbacks"]["terminal"]
     assert term["given_up"] == 0, stats["callbacks"]
-    at_sandbox = {parse_ref(c.get("customField10")): str(c["disposition"]).lower() for c in ended}
+    at_sandbox = {parse_ref(c.get("customField10")): str(c["disposition"]).lower() for c in ended_calls}
     in_db = {r["id"]: r["state"] for r in sql(dsn, "SELECT id, state FROM calls")}
     assert in_db == at_sandbox, (f"ended at the sandbox, not in the DB: {sorted(set(at_sandbox) - set(in_db))[:10]}; "
                                  f"different: {[(i, s, in_db.get(i)) for i, s in at_sandbox.items() if in_db.get(i) != s][:10]}")
