@@ -1,9 +1,9 @@
 """Which database errors are passing, and retrying where they happen.
 
 Two kinds: the database is *away* (connection refused or broken, shutting down, too many
-connections, a pool with no free connection in time) — callers spool, wait, or let their
-loop's supervisor back off; and a transaction lost a *race* (deadlock, serialization
-failure) — run it again at once, a few times, with jitter.
+connections, a pool with no free connection in time, a server that takes no writes) —
+callers spool, wait, or let their loop's supervisor back off; and a transaction lost a
+*race* (deadlock, serialization failure) — run it again at once, a few times, with jitter.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ DB_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,  # the server's (or a role's) connection limit is reached
     asyncpg.InsufficientResourcesError,  # the server's disk or memory is full, for now
     asyncpg.InternalClientError,  # a connection broken mid-operation by a restart
+    # a standby (or a demoted primary): the DSN reached a server that is not the primary
+    # right now, mid-failover. Never a bad statement: the daemon opens no read-only
+    # transaction of its own. It waits for the promotion like any other outage.
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 # A transaction that lost a race with another: running it again succeeds.
