@@ -37,7 +37,7 @@ from dialer.store.queries import Q
 from dialer.ui import downloads
 from dialer.ui.render import STATIC, as_dict, batch_active, environment, outcome_chart, progress, source_label
 from dialer.ui.session import COOKIE, COOKIE_PATH, LOGIN_COOKIE, LOGIN_TTL_S, Session, Sessions
-from dialer.ui.upload import FormError, StreamedForm, read_form
+from dialer.ui.forms import FormError, StreamedForm, read_form
 
 BATCHES_PER_PAGE = 20
 CALLS_PER_PAGE = 50
