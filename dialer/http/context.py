@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Request
+from fastapi import Depends, Request
 
 from dialer.clock import Clock
 from dialer.config import Settings
@@ -28,3 +28,6 @@ class AppContext:
 def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]

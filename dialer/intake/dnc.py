@@ -4,12 +4,17 @@ the 10-digit area-code files of national registries.
 Streamed: lines are normalised in chunks, COPY'd into a temporary table, then merged
 (deduplicated, latest expiry wins) with one statement; calls not yet sent to a newly
 listed number are cancelled in the same transaction. Memory stays flat on any size.
+
+What people and CRMs write to the list goes through here: these imports (``dialer dnc
+import``, the API's text body, the console), ``add_numbers`` for the API's JSON list, and
+``remove``. (A disposition that lists a number does it inside its callback's transaction,
+in ``lifecycle/ended.py``.)
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,3 +133,22 @@ async def import_file(pool: asyncpg.Pool, path: Path, **kwargs: Any) -> DncRepor
 
 async def import_bytes(pool: asyncpg.Pool, body: bytes, **kwargs: Any) -> DncReport:
     return await import_stream(pool, io.BytesIO(body), **kwargs)
+
+
+async def add_numbers(pool: asyncpg.Pool, numbers: Sequence[str], *, source: str, now: datetime,
+                      expires_at: datetime | None = None) -> tuple[int, int]:
+    """Numbers already in E.164 (the API's JSON list): listed, or their expiry replaced, and
+    their calls not yet sent cancelled in every target, in one transaction. Returns
+    (added, updated)."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(Q.dnc_add, list(numbers), source, now, expires_at)
+        cancelled = await moves.cancel_for_dnc(conn, numbers, now, {"rule": "dnc", "by": source})
+    observe.ended(cancelled)
+    added = sum(1 for x in rows if x["inserted"])
+    return added, len(rows) - added
+
+
+async def remove(pool: asyncpg.Pool, e164: str) -> bool:
+    """Take a number off the list; False if it was not on it."""
+    async with pool.acquire() as conn:
+        return await conn.fetchval(Q.dnc_delete, e164) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from dialer.ui.routes import Console, mount
+from dialer.ui.console import Console
+from dialer.ui.routes import mount
 
 __all__ = ["Console", "mount"]

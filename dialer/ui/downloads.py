@@ -1,36 +1,95 @@
-"""Files a batch page offers: report.json, results.csv and results.xlsx.
+"""Files a batch page offers: report.json, results.csv and results.xlsx, and their routes.
 
 Each is written to a temporary file under the state dir by the same code the inbox uses
 (``FileIngestor.write_report``, ``write_results_csv``) or, for Excel, from the same
 ``batch_results`` rows through openpyxl's write-only mode; memory stays flat whatever
-the batch size. The caller streams the file and removes it afterwards.
+the batch size. The routes below stream it and remove it once sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import asyncpg
 import orjson
+from fastapi import APIRouter
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse, Response
 
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.readers import detect_format
 from dialer.results.files import COLUMNS, write_results_csv
 from dialer.store.queries import Q
+from dialer.ui.batches import find_batch
+from dialer.ui.console import UI, Console, Sess
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _ROWS_PER_STEP = 2000
 _WIDTHS = {"A": 18, "B": 18, "C": 14, "D": 16, "E": 10, "F": 14, "G": 21}
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/ui/batches/{batch_id}/report.json")
+async def report(batch_id: str, ui: UI, s: Sess) -> Response:
+    async with ui.ctx.pool.acquire() as conn:
+        b = await find_batch(conn, batch_id)
+    dest = temp_path(ui.state_dir, ".json")
+    ing = FileIngestor(ui.ctx.pool, ui.ctx.settings, ui.ctx.clock)
+    await report_json(ing, b, dest)
+    return _file(dest, f"{base_name(b)}.report.json", "application/json")
+
+
+@router.get("/ui/batches/{batch_id}/results.csv")
+async def results_csv_file(batch_id: str, ui: UI, s: Sess) -> Response:
+    return await _results(ui, batch_id, ".csv", "text/csv; charset=utf-8", results_csv)
+
+
+@router.get("/ui/batches/{batch_id}/results.xlsx")
+async def results_xlsx_file(batch_id: str, ui: UI, s: Sess) -> Response:
+    return await _results(ui, batch_id, ".xlsx", XLSX_TYPE, results_xlsx)
+
+
+async def _results(ui: Console, batch_id: str, ext: str, media_type: str,
+                   write: Callable[[Any, uuid.UUID, Path], Awaitable[int]]) -> Response:
+    dest = temp_path(ui.state_dir, ext)
+    try:
+        async with ui.ctx.pool.acquire() as conn:
+            b = await find_batch(conn, batch_id)
+            await write(conn, b["id"], dest)
+    except BaseException:
+        _unlink(dest)
+        raise
+    return _file(dest, f"{base_name(b)}.results{ext}", media_type)
+
+
+def _file(path: Path, filename: str, media_type: str) -> Response:
+    """Stream ``path`` as an attachment named ``filename``; it is removed once sent."""
+    ascii_name = "".join(ch if 32 < ord(ch) < 127 and ch not in '"\\;' else "_" for ch in filename)
+    disposition = f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(filename)}'
+    return FileResponse(
+        path, media_type=media_type,
+        headers={"Content-Disposition": disposition, "Cache-Control": "no-store",
+                 "X-Content-Type-Options": "nosniff"},
+        background=BackgroundTask(_unlink, path),
+    )
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def outgoing_dir(state_dir: Path) -> Path:

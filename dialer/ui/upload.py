@@ -1,183 +1,101 @@
-"""Multipart forms read as a stream: small text fields in memory, the one file part
-written straight to disk as it arrives (never held whole in memory), with a size limit
-enforced while reading and a hook that vets the fields (the CSRF token) before a single
-byte of the file is stored.
+"""The Upload page: a lead file goes through the inbox's intake (``FileIngestor``) and is
+kept with its report beside it under ``uploads/<day>/``, as the inbox keeps processed files.
+
+The CSRF token is checked before a byte of the file is stored (``forms.read_form``'s
+``before_file`` hook), and again once the form is read.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from urllib.parse import urlencode
 
 import anyio
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from fastapi import APIRouter, Request
+from starlette.responses import Response
 
-MAX_FIELD_BYTES = 64 * 1024
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+from dialer.http.bodies import content_type
+from dialer.intake.files import FileIngestor, FileOutcome
+from dialer.intake.inbox import unique_path
+from dialer.intake.readers import detect_format
+from dialer.ui.console import UI, Console, Flash, Sess, see_other
+from dialer.ui.forms import FormError, StreamedForm, read_form
 
-
-class FormError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+router = APIRouter(include_in_schema=False)
 
 
-@dataclass
-class StreamedForm:
-    fields: dict[str, str] = field(default_factory=dict)
-    file_path: Path | None = None
-    filename: str | None = None
-    file_field: str | None = None
-    size: int = 0
-
-    def discard(self) -> None:
-        if self.file_path is not None:
-            with contextlib.suppress(OSError):
-                self.file_path.unlink()
-            self.file_path = None
+@router.get("/ui/upload")
+async def upload_form(request: Request, ui: UI, s: Sess) -> Response:
+    return _upload_page(ui, request)
 
 
-def safe_filename(raw: str) -> str:
-    """The base name only, without control characters or separators, at most 200 chars."""
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE.sub("", name).strip().lstrip(".")
-    if len(name) > 200:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[: 190 - len(ext)] + dot + ext) if dot and len(ext) <= 10 else name[:200]
-    return name or "upload"
+@router.post("/ui/upload")
+async def upload(request: Request, ui: UI, s: Sess) -> Response:
+    st = ui.ctx.settings
 
+    def vet(fields: dict[str, str], filename: str) -> None:
+        ui.check_csrf(s, fields.get("csrf") or request.headers.get("x-csrf-token"))
+        if detect_format(filename) is None:
+            raise FormError(415, f"{filename}: only .csv, .xlsx, .json, .ndjson and .jsonl files "
+                                 "can be uploaded")
 
-def _limit_text(limit: int) -> str:
-    mb = limit / (1024 * 1024)
-    return f"{mb:.0f} MB" if mb >= 1 else f"{limit // 1024} KB"
-
-
-async def read_form(
-    request: Request,
-    incoming: Path,
-    limit: int,
-    *,
-    before_file: Callable[[dict[str, str], str], None] | None = None,
-    file_fields: tuple[str, ...] = ("file",),
-) -> StreamedForm:
-    """Read a ``multipart/form-data`` body; the file (if any) lands in ``incoming``.
-
-    ``before_file(fields, filename)`` runs when a file part starts, with the fields read
-    so far; it raises ``FormError`` to refuse. The caller owns (and must remove or move)
-    ``form.file_path``.
-    """
-    ctype, params = parse_options_header(request.headers.get("content-type"))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise FormError(415, "expected a multipart/form-data form")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MAX_FIELD_BYTES:
-        raise FormError(413, f"the file is over the {_limit_text(limit)} limit")
-
-    events: list[tuple[str, Any]] = []
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_part_begin": lambda: events.append(("begin", None)),
-            "on_part_data": lambda d, s, e: events.append(("data", bytes(d[s:e]))),
-            "on_part_end": lambda: events.append(("end", None)),
-            "on_header_field": lambda d, s, e: events.append(("hfield", bytes(d[s:e]))),
-            "on_header_value": lambda d, s, e: events.append(("hvalue", bytes(d[s:e]))),
-            "on_header_end": lambda: events.append(("hend", None)),
-            "on_headers_finished": lambda: events.append(("headers", None)),
-        },
-    )
-    form = StreamedForm()
-    out: anyio.AsyncFile[bytes] | None = None
-    header_name = b""
-    header_value = b""
-    headers: dict[bytes, bytes] = {}
-    part: str | None = None  # "field" | "file" | "skip"
-    name = ""
-    value = bytearray()
-    total = 0
+    if ui.ctx.draining:  # intake has stopped: the daemon is shutting down
+        msg = "The daemon is shutting down and takes no new files. Try again once it is back."
+        return _upload_page(ui, request, Flash("error", msg), status=503)
+    if content_type(request) != "multipart/form-data":  # not a file upload: check the token, then say so
+        fields = await ui.small_form(request)
+        ui.check_csrf(s, fields.get("csrf"))
+        msg = "Send the file with the upload form (multipart/form-data)."
+        return _upload_page(ui, request, Flash("error", msg), status=415)
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit + MAX_FIELD_BYTES:
-                raise FormError(413, f"the file is over the {_limit_text(limit)} limit")
-            try:
-                parser.write(chunk)
-            except FormParserError as e:
-                raise FormError(400, f"the form could not be read: {e}") from None
-            pending: list[bytes] = []
-            for kind, data in events:
-                if kind == "begin":
-                    headers, header_name, header_value, part = {}, b"", b"", None
-                elif kind == "hfield":
-                    header_name += data
-                elif kind == "hvalue":
-                    header_value += data
-                elif kind == "hend":
-                    headers[header_name.lower()] = header_value
-                    header_name, header_value = b"", b""
-                elif kind == "headers":
-                    _, opts = parse_options_header(headers.get(b"content-disposition"))
-                    name = opts.get(b"name", b"").decode("utf-8", "replace")
-                    raw_filename = opts.get(b"filename")
-                    value = bytearray()
-                    if raw_filename is None:
-                        part = "field"
-                    elif not raw_filename or name not in file_fields:
-                        part = "skip"  # an empty file input, or a file where none belongs
-                    else:
-                        if form.file_path is not None:
-                            raise FormError(400, "send one file at a time")
-                        filename = safe_filename(raw_filename.decode("utf-8", "replace"))
-                        if before_file is not None:
-                            before_file(form.fields, filename)
-                        form.filename, form.file_field = filename, name
-                        await anyio.Path(incoming).mkdir(parents=True, exist_ok=True)
-                        form.file_path = incoming / f"{secrets.token_hex(12)}.part"
-                        out = await anyio.open_file(form.file_path, "wb")
-                        part = "file"
-                elif kind == "data":
-                    if part == "file":
-                        form.size += len(data)
-                        if form.size > limit:
-                            raise FormError(413, f"the file is over the {_limit_text(limit)} limit")
-                        pending.append(data)
-                    elif part == "field":
-                        value += data
-                        if len(value) > MAX_FIELD_BYTES:
-                            raise FormError(413, f"the field {name!r} is too long")
-                elif kind == "end":
-                    if part == "file" and out is not None:
-                        if pending:
-                            await out.write(b"".join(pending))
-                            pending = []
-                        await out.aclose()
-                        out = None
-                    elif part == "field":
-                        form.fields[name] = value.decode("utf-8", "replace")
-                    part = None
-            events.clear()
-            if pending and out is not None:
-                await out.write(b"".join(pending))
-        parser.finalize()
-        if out is not None:
-            raise FormError(400, "the upload was cut short: try again")
-    except ClientDisconnect:
-        form.discard()
-        raise FormError(400, "the browser stopped sending the file") from None
-    except BaseException:
-        form.discard()
-        raise
+        form = await read_form(request, ui.incoming, st.max_body_bytes, before_file=vet)
+    except FormError as e:
+        return _upload_page(ui, request, Flash("error", e.message), status=e.status)
+    try:
+        ui.check_csrf(s, form.fields.get("csrf") or request.headers.get("x-csrf-token"))
+        target = form.fields.get("target") or st.default_target
+        if form.file_path is None or form.filename is None:
+            msg = "Choose a file first (or drop one on the box)."
+            return _upload_page(ui, request, Flash("error", msg), status=422, target=target)
+        if target not in st.targets:
+            return _upload_page(ui, request, Flash("error", f"There is no target {target!r}."),
+                                status=422)
+        return await _ingest(ui, request, form, target)
     finally:
-        if out is not None:
-            with contextlib.suppress(Exception):
-                await out.aclose()
-            form.discard()
-    return form
+        form.discard()
+
+
+def _upload_page(ui: Console, request: Request, flash: Flash | None = None, status: int = 200,
+                 target: str | None = None, outcome: FileOutcome | None = None) -> Response:
+    st = ui.ctx.settings
+    return ui.page(request, "upload.html", status, nav="upload", title="Upload leads", flash=flash,
+                   targets=sorted(st.targets), selected=target or st.default_target,
+                   limit_mb=st.max_body_mb, inbox=str(st.inbox), outcome=outcome)
+
+
+async def _ingest(ui: Console, request: Request, form: StreamedForm, target: str) -> Response:
+    assert form.file_path is not None and form.filename is not None
+    ing = FileIngestor(ui.ctx.pool, ui.ctx.settings, ui.ctx.clock)
+    outcome = await ing.ingest(form.file_path, target, source="api", name=form.filename)
+    if outcome.kind == "busy":
+        return _upload_page(ui, request, Flash("warn", "The same file is being received right now "
+                                                       "(another upload or the inbox). Look for it on "
+                                                       "the Batches page in a moment."),
+                            status=409, target=target)
+    if outcome.kind == "failed" or outcome.batch_id is None:
+        msg = f"{form.filename} was not ingested: {outcome.error}. Nothing from it will be dialed."
+        return _upload_page(ui, request, Flash("error", msg), status=422, target=target, outcome=outcome)
+    # keep it, with its report beside it, as the inbox does with processed files
+    day = ui.ctx.clock.now().astimezone().date().isoformat()
+    dest_dir = ui.state_dir / "uploads" / day
+    await anyio.Path(dest_dir).mkdir(parents=True, exist_ok=True)
+    dest = unique_path(dest_dir, form.filename)
+    await ing.write_report(outcome, dest.with_name(dest.name + ".report.json"))
+    await anyio.Path(form.file_path).replace(dest)
+    form.file_path = None
+    if outcome.kind == "ingested":
+        if outcome.sha256:
+            await ing.mark_filed(outcome.sha256, dest)
+        ui.ctx.wake_dispatch()
+    q = urlencode({"upload": outcome.kind, "name": form.filename})
+    return see_other(f"/ui/batches/{outcome.batch_id}?{q}")
+

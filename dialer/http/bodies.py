@@ -1,0 +1,53 @@
+"""Request bodies of the API: their content type, JSON that may carry unpaired surrogate
+escapes, and a model's validation errors in the API's 422 shape. (Their size is limited
+where they are read: ``limits.read_body``.)"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from dialer.errors import InvalidInput
+from dialer.http.errors import validation_details
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def content_type(request: Request) -> str:
+    """The media type alone, lower case ("" when the request names none)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, str):
+        # lone UTF-16 surrogates are legal in JSON text but not storable: replace them
+        return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, dict):
+        return {_clean(k): _clean(x) for k, x in v.items()}
+    return v
+
+
+def loads(body: bytes) -> Any:
+    """orjson, with a slow path for JSON that carries unpaired surrogate escapes."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        try:
+            return _clean(json.loads(body))
+        except ValueError:
+            raise InvalidInput(f"body is not valid JSON: {e}") from None
+
+
+def validated(model: type[M], data: Any) -> M:
+    """``model`` from parsed JSON, or 422 naming the first bad field (all of them in details)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        details = validation_details(list(e.errors()))
+        raise InvalidInput(f"{details[0]['field']}: {details[0]['message']}", details) from None

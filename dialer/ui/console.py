@@ -1,0 +1,167 @@
+"""The console's core: sessions, CSRF, page rendering, errors and small forms.
+
+Every page needs a session (``Sess``); every form that changes something carries a CSRF
+token (403 without a good one). Route modules (``auth``, ``batches``, ``upload``,
+``targets``, ``dnc``) take the ``Console`` as a dependency (``UI``) and stay thin.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import Depends, Request
+from markupsafe import escape
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from dialer import __version__
+from dialer.errors import DialerError
+from dialer.http.bodies import content_type
+from dialer.http.context import AppContext
+from dialer.http.limits import read_body
+from dialer.ui.forms import read_form
+from dialer.ui.render import environment
+from dialer.ui.session import COOKIE, Session, Sessions
+
+SMALL_FORM = 64 * 1024
+
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+FRAGMENT_HEADER = "x-dialer-live"
+
+
+class UiError(Exception):
+    """Answered as an HTML page (or a short fragment for the live regions)."""
+
+    def __init__(self, status: int, message: str, title: str | None = None,
+                 location: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.title = title or {401: "Please log in", 403: "Not allowed", 404: "Not found",
+                               413: "Too large"}.get(status, "Something went wrong")
+        self.location = location
+
+
+@dataclass
+class Flash:
+    kind: str  # ok | warn | error
+    text: str
+
+
+def int_param(value: str | None, default: int = 0, lo: int = 0, hi: int = 2**62) -> int:
+    """A query parameter as an int in [lo, hi]; ``default`` when absent or not a number."""
+    try:
+        n = int(value) if value not in (None, "") else default
+    except ValueError:
+        return default
+    return max(lo, min(hi, n))
+
+
+def see_other(location: str) -> Response:
+    """The redirect after a form that worked (or a login)."""
+    return RedirectResponse(location, status_code=303, headers=SECURITY_HEADERS)
+
+
+class Console:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.env = environment()
+        self.sessions = Sessions(ctx.settings.secret())
+        # call counts by state of batches that cannot change any more (kept by ui.batches)
+        self.ended_counts: dict[uuid.UUID, dict[str, int]] = {}
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.ctx.settings.state_dir)
+
+    @property
+    def incoming(self) -> Path:
+        """Where form files land while they are read."""
+        return self.state_dir / "uploads" / ".incoming"
+
+    def now(self) -> float:
+        return self.ctx.clock.now().timestamp()
+
+    def tokens(self) -> list[str]:
+        return [t.get_secret_value() for t in self.ctx.settings.api_tokens]
+
+    # -- sessions and CSRF -------------------------------------------------------------
+    def session(self, request: Request) -> Session | None:
+        return self.sessions.read(request.cookies.get(COOKIE), self.now(), self.tokens())
+
+    async def need_session(self, request: Request) -> Session:
+        s = self.session(request)
+        if s is not None:
+            request.state.ui_session = s
+            return s
+        if request.headers.get(FRAGMENT_HEADER) or request.query_params.get("part"):
+            raise UiError(401, "Your session has ended. Log in again to keep watching.")
+        if request.method in ("GET", "HEAD"):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise UiError(303, "log in first", location="/ui/login?" + urlencode({"next": target}))
+        raise UiError(403, "Your session has ended, so this form was not accepted. Log in and try again.")
+
+    def check_csrf(self, s: Session, presented: str | None) -> None:
+        if not self.sessions.csrf_ok(s, presented):
+            raise UiError(403, "This form was stale or did not come from this console (CSRF check "
+                               "failed). Reload the page and try again.")
+
+    # -- forms, pages, errors ------------------------------------------------------------
+    async def small_form(self, request: Request, limit: int = SMALL_FORM) -> dict[str, str]:
+        ctype = content_type(request)
+        if ctype == "multipart/form-data":
+            form = await read_form(request, self.incoming, limit, file_fields=())
+            return form.fields
+        if ctype not in ("application/x-www-form-urlencoded", ""):
+            raise UiError(415, "expected a form")
+        try:
+            body = await read_body(request, limit)
+        except DialerError as e:
+            raise UiError(e.http_status, e.message) from None
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=50)
+        return {k: v[0] for k, v in parsed.items()}
+
+    def page(self, request: Request, template: str, status: int = 200, **data: Any) -> HTMLResponse:
+        s: Session | None = getattr(request.state, "ui_session", None)
+        ctx = self.ctx
+        data.setdefault("flash", None)
+        html = self.env.get_template(template).render(
+            request=request, session=s, csrf=self.sessions.csrf_token(s) if s else "",
+            version=__version__, sandbox=ctx.settings.sandbox_mode, nav=data.pop("nav", ""), **data,
+        )
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    async def on_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, UiError)
+        if exc.status in (302, 303) and exc.location:
+            return RedirectResponse(exc.location, status_code=exc.status, headers=SECURITY_HEADERS)
+        if request.headers.get(FRAGMENT_HEADER) or request.query_params.get("part"):
+            return HTMLResponse(f'<p class="flash error" role="alert">{escape(exc.message)}</p>',
+                                status_code=exc.status, headers=SECURITY_HEADERS)
+        return self.page(request, "error.html", exc.status, title=exc.title, message=exc.message,
+                         logged_in=self.session(request) is not None)
+
+
+def console_of(request: Request) -> Console:
+    console: Console = request.app.state.ui
+    return console
+
+
+async def _need_session(request: Request) -> Session:
+    return await console_of(request).need_session(request)
+
+
+UI = Annotated[Console, Depends(console_of)]
+Sess = Annotated[Session, Depends(_need_session)]
