@@ -190,6 +190,20 @@ async def test_malformed_events_are_a_400(pool: asyncpg.Pool) -> None:
         assert await w.ready("sales") == {"alice"}
 
 
+async def test_an_event_the_database_cannot_take_is_not_acknowledged(db_url: str) -> None:
+    from dialer.store.database import create_pool
+
+    s = make_settings()
+    p = await create_pool(db_url, min_size=1, max_size=1)
+    r = RingmeReadiness(s, FakeClock(), p)
+    await p.close()  # the database is away: ringme (or its relay) must not be told 200
+    app = Starlette(routes=hooks.routes(SECRET, r, None))
+    async with serve(app) as base, httpx.AsyncClient() as http:
+        url = base + hooks.ringme_url(s, SECRET).removeprefix(s.base_url)
+        resp = await http.get(url, params={"agent_id": "136", "agent_status": "available"})
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+
+
 async def test_the_fake_refuses_a_bad_token_and_limits_events() -> None:
     fake = FakeRingme(TOKEN, max_events=1)
     fake.add_local_agent("136", "000*094@ringme.ru")
