@@ -105,8 +105,8 @@ async def poll_turn(pool: asyncpg.Pool, source: str, instance: str, every_s: flo
         last = await conn.fetchval(Q.provider_poll_last, source)
         if last is not None:
             wait = every_s - (now - last).total_seconds()
-            if wait > 0.01:
-                return float(wait)  # polled by someone within the interval
+            if wait > 0.01:  # polled by someone within the interval (capped: a skewed clock)
+                return float(min(wait, every_s))
         await conn.execute(Q.provider_poll_done, source, now, instance)
         await poll(conn)
         return every_s
