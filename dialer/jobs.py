@@ -102,7 +102,10 @@ class Jobs:
 
     def jobs(self) -> list[Job]:
         return [
-            Job("heartbeat", 5, self.heartbeat, singleton=False),
+            # several beats per instance_stale_s: a live instance never looks dead between two
+            # (a small stale time — a test, a fast failover — would otherwise orphan its sends)
+            Job("heartbeat", max(0.5, min(5.0, self.settings.instance_stale_s / 3)), self.heartbeat,
+                singleton=False),
             # often enough that the configured deadlines are honoured, not rounded up
             Job("orphans", max(1.0, min(10.0, self.settings.instance_stale_s / 2)), self.orphans),
             Job("uncertain", max(1.0, min(60.0, self.settings.uncertain_after_min * 30)), self.uncertain),

@@ -415,8 +415,7 @@ class Metrics:
                      await conn.fetch(Q.metrics_callback_wait, now, WAITING_FOR_CALLBACK)}
             paces = {}
             for name, t in settings.targets.items():
-                source = d.agent_source_name(name) if d is not None else "static"
-                paces[name] = await measure(conn, name, t, agents, now, source)
+                paces[name] = await measure(conn, name, t, agents, now)
             backlog = await conn.fetchval(Q.webhook_backlog)
         for name in self.targets:
             for state in LIVE_STATES:

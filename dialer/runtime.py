@@ -113,12 +113,12 @@ def assemble(
         metrics.watch_pool(pool)
     app = create_app(ctx)
     client = RyngClient(ryng_url, ryng_token, timeout=s.ryng_timeout_s)
-    providers = Providers(s, clock, on_request=metrics.provider_request if metrics else None)
+    providers = Providers(s, clock, pool, instance_id=instance_id,
+                          on_request=metrics.provider_request if metrics else None)
     dispatcher = Dispatcher(pool, s, clock, client, secret, instance_id,
                             on_send=metrics.on_send if metrics else None,
                             on_settled=metrics.chunk_settled if metrics else None,
                             agents=providers.selector)
-    dispatcher.agent_source_name = providers.selector.source_name
     ctx.dispatcher = dispatcher
     spool = Spool(s.state_dir / "spool")
     completion = Completion(pool, clock)

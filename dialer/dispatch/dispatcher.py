@@ -57,7 +57,6 @@ class Dispatcher:
         self.secret = secret
         self.instance_id = instance_id
         self.agents: AgentSource = agents or StaticAgents(settings.targets)
-        self.agent_source_name: Callable[[str], str] = lambda _t: "static"
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self.on_send = on_send
         self.on_settled = on_settled  # (chunk, result, sent|retry|failed|rejected|uncertain): metrics
@@ -93,8 +92,7 @@ class Dispatcher:
             await conn.execute(Q.dispatch_lock_target, name)
             # read under the lock: a pause that committed before it is seen here
             state = await conn.fetchrow(Q.target_state_get, name)
-            pace = await measure(conn, name, self.settings.targets[name], self.agents, now,
-                                 self.agent_source_name(name))
+            pace = await measure(conn, name, self.settings.targets[name], self.agents, now)
             self.paces[name] = pace
             if state is not None and state["paused"]:
                 return 0

@@ -17,19 +17,29 @@ from dialer.config import Target
 from dialer.store.queries import Q
 
 
-class AgentSource(Protocol):
-    """Who is logged in and ready for a target right now (None: this source doesn't know)."""
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Who is ready for a target (None: the source doesn't know) and which source said so."""
 
-    def ready(self, target: str) -> set[str] | None: ...
+    agents: set[str] | None
+    source: str = "static"
+
+
+class AgentSource(Protocol):
+    """Who is logged in and ready for a target right now, read on the caller's connection
+    (the pacing transaction): shared agent state lives in the database, so every instance
+    paces on the same answer."""
+
+    async def ready(self, conn: asyncpg.Connection, target: str) -> Ready: ...
 
 
 class StaticAgents:
     def __init__(self, targets: dict[str, Target]) -> None:
         self.targets = targets
 
-    def ready(self, target: str) -> set[str] | None:
+    async def ready(self, conn: asyncpg.Connection, target: str) -> Ready:
         t = self.targets[target]
-        return set(t.agents) if t.agents else None
+        return Ready(set(t.agents) if t.agents else None, "static")
 
 
 @dataclass(slots=True)
@@ -53,9 +63,9 @@ async def measure(
     t: Target,
     source: AgentSource,
     now: datetime,
-    source_name: str = "static",
 ) -> Pace:
-    ready = source.ready(name)
+    said = await source.ready(conn, name)
+    ready = said.agents
     if ready is None:
         # all-agents mapping with no list: one agent's worth, the safe floor
         ready = set(t.agents) or {"*"}
@@ -73,6 +83,6 @@ async def measure(
         wrapup_agents=len(ready & wrap),
         in_flight=int(in_flight),
         limit=limit,
-        source=source_name,
+        source=said.source,
         agents=sorted(available),
     )

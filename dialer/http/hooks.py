@@ -3,8 +3,10 @@
 * ``GET|POST /hooks/ringme/agent-event/{token}`` — a ringme queue agent event: data in
   the query string (GET) or an ``application/x-www-form-urlencoded`` body (POST).
   ``agent_status=available`` makes the agent ready, ``logged_out`` not; a repeat changes
-  nothing. 200 ``{"status":"ok","result":"changed|repeat|unmapped"}``; 400 for an event
-  without ``agent_id`` or a known status.
+  nothing, nor does an event older than the agent's last one (``stale``). Statuses live in
+  PostgreSQL, so the event may land on any instance behind a load balancer. 200
+  ``{"status":"ok","result":"changed|repeat|stale|unmapped"}``; 400 for an event without
+  ``agent_id`` or a known status; 503 while the database is unreachable.
 * ``POST /hooks/stringee/agents/{token}`` — a Stringee queue's ``get_list_agents_url``:
   answers the agents of each call in the ``version: 2`` shape.
 
@@ -110,10 +112,15 @@ def routes(
             pairs.update({k: v for k, v in request.headers.items() if k in ("agent_id", "agent_status",
                           "agent_type", "agent_number", "extension_name", "event_source")})
         try:
-            applied = ringme.apply(event_data(pairs))
+            applied = await ringme.apply(event_data(pairs))
         except BadEvent as e:
             counted("ringme", "bad_event")
             return _error(400, "invalid", str(e))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            # not 200: ringme (or whoever relays its events) may deliver it again
+            counted("ringme", "unavailable")
+            log.error("ringme agent event: database unavailable", extra={"error": str(e)})
+            return _error(503, "unavailable", "try again")
         counted("ringme", applied.result)
         return _json(200, {"status": "ok", "result": applied.result})
 

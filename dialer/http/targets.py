@@ -62,8 +62,7 @@ async def target_views(ctx: AppContext) -> list[TargetOut]:
             waiting.setdefault(x["target"], {})[x["state"]] = x["n"]
         for name, t in ctx.settings.targets.items():
             agents = d.agents if d is not None else StaticAgents(ctx.settings.targets)
-            source = d.agent_source_name(name) if d is not None else "static"
-            pace = await measure(conn, name, t, agents, ctx.clock.now(), source)
+            pace = await measure(conn, name, t, agents, ctx.clock.now())
             st = states.get(name)
             br = d.breakers.get(name) if d is not None else None
             breaker = br.snapshot() if br is not None else {"state": "closed"}

@@ -8,7 +8,10 @@ the target, else no limit: events only come on changes), or has never spoken, pa
 falls back to the static list: one log line when it happens, ``fallback(target)`` true
 for a metric, and back again (another log line) as soon as the source speaks.
 
-``Providers`` builds the sources from the settings and runs their polls.
+What the sources say lives in PostgreSQL (``agent_state``) and is read on the pacing
+transaction's connection, so every instance behind a load balancer paces on the same
+ready agents. ``Providers`` builds the sources from the settings and runs their polls,
+each once per interval across instances.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+import asyncpg
 
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.dispatch.pacing import AgentSource, StaticAgents
+from dialer.dispatch.pacing import AgentSource, Ready, StaticAgents
 from dialer.logs import register_secret
+from dialer.providers import agent_state
+from dialer.providers.agent_state import SourceView
 from dialer.providers.portsip import PortSipClient, PortSipReadiness, RequestObserver
 from dialer.providers.ringme import RingmeClient, RingmeReadiness
 
@@ -33,13 +39,9 @@ FALLBACK_NAME = "static-fallback"
 
 
 class Readiness(Protocol):
-    """A provider's view of who is ready, with when it last spoke (``Clock.monotonic``)."""
+    """A provider's view of a target, read from the shared tables on the caller's connection."""
 
-    def ready(self, target: str) -> set[str] | None: ...
-
-    def last_heard(self, target: str) -> float | None: ...
-
-    def depth(self, target: str) -> int | None: ...
+    async def view(self, conn: asyncpg.Connection, target: str) -> SourceView: ...
 
     def silence_default(self, target: str) -> float | None: ...
 
@@ -62,68 +64,58 @@ class AgentSelector:
         src = self.sources.get(t.agents_source)
         return src.silence_default(target) if src is not None else None
 
-    def _decide(self, target: str) -> tuple[set[str] | None, str | None]:
+    def _decide(self, target: str, kind: str, view: SourceView | None) -> tuple[set[str] | None, str | None]:
         """(the source's ready set, None) when it is live, else (None, why not)."""
-        kind = self.settings.targets[target].agents_source
-        src = self.sources.get(kind)
-        if src is None:
+        if view is None:
             return None, f"{kind} is not configured"
-        heard = src.last_heard(target)
-        if heard is None:
+        if view.heard_at is None:
             return None, "no word from it yet"
         limit = self.silence_s(target)
-        quiet = self.clock.monotonic() - heard
+        quiet = (self.clock.now() - view.heard_at).total_seconds()
         if limit is not None and quiet > limit:
             return None, f"silent for {quiet:.0f} s (limit {limit:g} s)"
-        ready = src.ready(target)
-        if ready is None:
+        if view.ready is None:
             return None, "it knows no agent status yet"
-        return ready, None
+        return view.ready, None
 
     def _kind(self, target: str) -> str:
         t = self.settings.targets.get(target)
         return t.agents_source if t is not None else "static"
 
-    def ready(self, target: str) -> set[str] | None:
+    async def ready(self, conn: asyncpg.Connection, target: str) -> Ready:
         kind = self._kind(target)
         if kind == "static":
-            return self.static.ready(target)
-        ready, why = self._decide(target)
+            return await self.static.ready(conn, target)
+        src = self.sources.get(kind)
+        view = await src.view(conn, target) if src is not None else None
+        ready, why = self._decide(target, kind, view)
         was = self._fallback.get(target, False)
         if why is None:
             if was:
                 log.info("agent source speaks again; pacing follows it",
                          extra={"target": target, "source": kind})
             self._fallback[target] = False
-            return ready
+            return Ready(ready, kind)
         if not was:
             log.warning("agent source unavailable; pacing falls back to the static agents list",
                         extra={"target": target, "source": kind, "reason": why})
         self._fallback[target] = True
-        return self.static.ready(target)
+        return Ready((await self.static.ready(conn, target)).agents, FALLBACK_NAME)
 
     def fallback(self, target: str) -> bool:
-        """True while the target's configured source is not used (for a metric)."""
-        if self._kind(target) == "static":
-            return False
-        return self._decide(target)[1] is not None
+        """True while the target's configured source is not used, as last decided (a metric)."""
+        return self._kind(target) != "static" and self._fallback.get(target, True)
 
     def fallbacks(self) -> dict[str, bool]:
         return {name: self.fallback(name) for name in self.settings.targets}
 
-    def source_name(self, target: str) -> str:
-        kind = self._kind(target)
-        if kind == "static":
-            return "static"
-        return FALLBACK_NAME if self.fallback(target) else kind
-
-    def depth(self, target: str) -> int | None:
+    async def depth(self, conn: asyncpg.Connection, target: str) -> int | None:
         """Callers waiting in the target's provider queue (PortSIP /waiting, ringme counters)."""
         kind = self._kind(target)
         order = [kind] + [k for k in self.sources if k != kind]
         for k in order:
             src = self.sources.get(k)
-            d = src.depth(target) if src is not None else None
+            d = (await src.view(conn, target)).depth if src is not None else None
             if d is not None:
                 return d
         return None
@@ -132,10 +124,12 @@ class AgentSelector:
 class Providers:
     """The provider sources built from settings: clients, readiness, selector, polls."""
 
-    def __init__(self, settings: Settings, clock: Clock, *, state_dir: Path | None = None,
-                 on_request: RequestObserver | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock, pool: asyncpg.Pool, *, instance_id: str = "local",
+                 state_dir: Path | None = None, on_request: RequestObserver | None = None) -> None:
         self._settings = settings
         self.clock = clock
+        self.pool = pool
+        self.instance_id = instance_id
         for secret in (settings.portsip_token, settings.ringme_token, settings.stringee_key_secret):
             if secret is not None:
                 register_secret(secret.get_secret_value())
@@ -146,14 +140,14 @@ class Providers:
                 log.warning("PortSIP is configured but DIALER_PORTSIP_TOKEN is not set")
             token = settings.portsip_token.get_secret_value() if settings.portsip_token else ""
             client = PortSipClient(p.base_url, token, timeout=p.timeout_s, on_request=on_request)
-            self.portsip = PortSipReadiness(settings, clock, client)
+            self.portsip = PortSipReadiness(settings, clock, client, pool)
         r = settings.ringme
         ringme_client = None
         if r.base_url and r.queues:
             token = settings.ringme_token.get_secret_value() if settings.ringme_token else ""
             ringme_client = RingmeClient(r.base_url, token, timeout=r.timeout_s, on_request=on_request)
-        state = (state_dir or settings.state_dir) / "ringme_agents.json"
-        self.ringme = RingmeReadiness(settings, clock, ringme_client, state)
+        self.legacy_ringme_file = (state_dir or settings.state_dir) / "ringme_agents.json"
+        self.ringme = RingmeReadiness(settings, clock, pool, ringme_client)
         sources: dict[str, Readiness] = {"ringme": self.ringme}
         if self.portsip is not None:
             sources["portsip"] = self.portsip
@@ -175,26 +169,32 @@ class Providers:
             self.portsip.settings = new
 
     async def run(self) -> None:
-        """Run the polls until cancelled (nothing to run: returns at once)."""
+        """Run the polls until cancelled, each once per interval across instances (nothing
+        to poll: returns once an older version's ringme state file is imported)."""
+        await self.ringme.import_file(self.legacy_ringme_file)
         async with anyio.create_task_group() as tg:
             if self.portsip is not None:
-                tg.start_soon(_forever, "portsip poll", self.portsip.poll_once, self.settings.portsip.poll_s)
+                tg.start_soon(self._turns, self.portsip.name, self.portsip.poll_once,
+                              self.settings.portsip.poll_s)
             if self.ringme.client is not None:
-                tg.start_soon(_forever, "ringme poll", self.ringme.poll_once, self.settings.ringme.poll_s)
+                tg.start_soon(self._turns, self.ringme.name, self.ringme.poll_once,
+                              self.settings.ringme.poll_s)
+
+    async def _turns(self, source: str, poll: Callable[[asyncpg.Connection], Awaitable[object]],
+                     every_s: float) -> None:
+        while True:
+            try:
+                wait = await agent_state.poll_turn(self.pool, source, self.instance_id, every_s,
+                                                   self.clock, poll)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception:  # a bug in one poll must not stop the daemon: log it, poll again later
+                log.exception("provider poll failed", extra={"poll": source})
+                wait = every_s
+            await anyio.sleep(wait)
 
     async def aclose(self) -> None:
         if self.portsip is not None:
             await self.portsip.client.close()
         if self.ringme.client is not None:
             await self.ringme.client.close()
-
-
-async def _forever(name: str, poll: Callable[[], Awaitable[object]], every_s: float) -> None:
-    while True:
-        try:
-            await poll()
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception:  # a bug in one poll must not stop the daemon: log it, poll again later
-            log.exception("provider poll failed", extra={"poll": name})
-        await anyio.sleep(every_s)

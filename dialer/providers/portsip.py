@@ -12,6 +12,8 @@ Collections are paged with ``skip``/``top`` (``top`` at most 100) and answer
 
 ``PortSipReadiness`` polls these for every target mapped in ``[portsip.queues]``: the
 ``READY`` agents of the queue (mapped to our usernames) are the target's ready agents.
+The result is kept in PostgreSQL (``agent_state``); with several instances one of them
+polls per interval and all of them pace on what it saved.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import asyncpg
 import httpx
 
 from dialer.clock import Clock
 from dialer.config import Settings
+from dialer.providers import agent_state
+from dialer.providers.agent_state import SourceView
 
 log = logging.getLogger(__name__)
 
@@ -147,35 +152,28 @@ class PortSipClient:
 
 
 class PortSipReadiness:
-    """The READY agents of each target's PortSIP call queue, refreshed by polling."""
+    """The READY agents of each target's PortSIP call queue, refreshed by polling and kept in
+    PostgreSQL (``agent_state``): one instance polls, every instance paces on the result."""
 
     name = "portsip"
 
-    def __init__(self, settings: Settings, clock: Clock, client: PortSipClient, *,
+    def __init__(self, settings: Settings, clock: Clock, client: PortSipClient, pool: asyncpg.Pool, *,
                  status_concurrency: int = 8) -> None:
         self.settings = settings
         self.clock = clock
         self.client = client
+        self.pool = pool
         self.status_concurrency = status_concurrency
         self._queue_ids: dict[str, str] = {}  # configured ref -> id
-        self._ready: dict[str, set[str]] = {}
-        self._heard: dict[str, float] = {}
-        self._depth: dict[str, int] = {}
         self._failing: dict[str, str] = {}  # queue ref -> last error, while failing
         self.polls = 0
         self.errors = 0
 
-    # -- what the selector and metrics read ------------------------------------------------
-    def ready(self, target: str) -> set[str] | None:
-        r = self._ready.get(target)
-        return set(r) if r is not None else None
-
-    def last_heard(self, target: str) -> float | None:
-        return self._heard.get(target)
-
-    def depth(self, target: str) -> int | None:
-        """Callers waiting in the target's call queue at the last poll."""
-        return self._depth.get(target)
+    # -- what the selector reads --------------------------------------------------------------
+    async def view(self, conn: asyncpg.Connection, target: str) -> SourceView:
+        """The target's READY agents, callers waiting and when, at the last poll that worked."""
+        s = await agent_state.read(conn, self.name, target)
+        return SourceView(s.ready, s.heard_at, s.depth)
 
     def silence_default(self, target: str) -> float | None:
         return max(30.0, 4 * self.settings.portsip.poll_s)
@@ -209,8 +207,13 @@ class PortSipReadiness:
         waiting = await self.client.waiting(qid)
         return {ext for ext, st in statuses.items() if st == READY}, len(waiting)
 
-    async def poll_once(self) -> dict[str, bool]:
-        """Poll every mapped queue once; returns target -> whether its poll succeeded."""
+    async def poll_once(self, conn: asyncpg.Connection | None = None) -> dict[str, bool]:
+        """Poll every mapped queue once and save what it says for every instance (on ``conn``:
+        the poll's turn, when given); returns target -> whether its poll succeeded. A failed
+        poll saves nothing: the last view stays, and ages towards the static fallback."""
+        if conn is None:
+            async with self.pool.acquire() as c:
+                return await self.poll_once(c)
         self.polls += 1
         by_ref: dict[str, list[str]] = {}
         for target, q in self.settings.portsip.queues.items():
@@ -230,11 +233,10 @@ class PortSipReadiness:
                 continue
             if self._failing.pop(ref, None) is not None:
                 log.info("PortSIP poll works again", extra={"queue": ref})
-            now = self.clock.monotonic()
+            now = self.clock.now()
             for target in targets:
                 mapping = self.settings.portsip.queues[target].agents
-                self._ready[target] = {mapping.get(ext, ext) for ext in ready_ext}
-                self._depth[target] = depth
-                self._heard[target] = now
+                await agent_state.save_poll(conn, self.name, target, now,
+                                            ready={mapping.get(ext, ext) for ext in ready_ext}, depth=depth)
                 outcome[target] = True
         return outcome

@@ -14,7 +14,10 @@ its ``@domain`` — or ``agent_number``) to our username; with no mapping the ``
 is the username. A target's ready agents are its ``agents`` that are ``available``
 (every available agent when the target lists none). An agent we never heard of is not
 ready: events only come on changes, so the last known status of each agent is kept in
-``$STATE_DIR/ringme_agents.json`` across restarts.
+PostgreSQL (``agent_state``): across restarts, and for every instance behind a load
+balancer whichever one the event reached. An event is applied only when it is newer than
+the one the table holds (its ``event_time`` when it carries one — ringme sends none, a
+relay may — else when it reached us), so a late event never overrides a newer one.
 
 Optionally ``GET /extension/{extension_id}/queue/status/`` is polled for the queue
 counters (``answered_members``, ``trying_members``, ``waiting_members``).
@@ -23,19 +26,22 @@ counters (``answered_members``, ``trying_members``, ``waiting_members``).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+import asyncpg
 import httpx
 import orjson
 
 from dialer.clock import Clock
 from dialer.config import Settings
+from dialer.providers import agent_state
+from dialer.providers.agent_state import SourceView
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ AVAILABLE = "available"
 LOGGED_OUT = "logged_out"
 _EVENT_STATUS = {"agent-login": AVAILABLE, "agent-logout": LOGGED_OUT}
 FIELDS = ("agent_id", "agent_status", "agent_type", "agent_number", "extension_name", "event_source",
-          "event_type")
+          "event_type", "event_time")
 
 RequestObserver = Callable[[str, str, int | None, float], None]
 
@@ -107,68 +113,25 @@ class RingmeClient:
 
 @dataclass(slots=True)
 class Applied:
-    result: str  # changed | repeat | unmapped
+    result: str  # changed | repeat | stale | unmapped
     username: str | None
     status: str
 
 
-@dataclass(slots=True)
-class _Agent:
-    status: str
-    at: datetime
-    raw_id: str
-
-
 class RingmeReadiness:
-    """Agent statuses from ringme events (and optional queue counters from a poll)."""
+    """Agent statuses from ringme events (and optional queue counters from a poll), kept in
+    PostgreSQL (``agent_state``) so that every instance paces on them."""
 
     name = "ringme"
 
-    def __init__(self, settings: Settings, clock: Clock, client: RingmeClient | None = None,
-                 state_path: Path | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock, pool: asyncpg.Pool,
+                 client: RingmeClient | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        self.pool = pool
         self.client = client
-        self.state_path = state_path
-        self._agents: dict[str, _Agent] = {}
-        self._event_heard: float | None = None
-        self._poll_heard: dict[str, float] = {}
-        self._counters: dict[str, dict[str, int]] = {}
         self._poll_failing: dict[str, str] = {}
-        self.events = 0
-        self._load()
-
-    # -- persistence ---------------------------------------------------------------------------
-    def _load(self) -> None:
-        if self.state_path is None or not self.state_path.exists():
-            return
-        try:
-            data = orjson.loads(self.state_path.read_bytes())
-            newest: datetime | None = None
-            for user, a in data.get("agents", {}).items():
-                at = datetime.fromisoformat(a["at"])
-                self._agents[user] = _Agent(str(a["status"]), at, str(a.get("raw_id", "")))
-                newest = at if newest is None or at > newest else newest
-            if newest is not None:
-                age = max(0.0, (self.clock.now() - newest).total_seconds())
-                self._event_heard = self.clock.monotonic() - age
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ringme agent state file unreadable; starting empty",
-                        extra={"path": str(self.state_path), "error": str(e)})
-            self._agents.clear()
-
-    def _save(self) -> None:
-        if self.state_path is None:
-            return
-        data = {"agents": {u: {"status": a.status, "at": a.at.isoformat(), "raw_id": a.raw_id}
-                           for u, a in self._agents.items()}}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(orjson.dumps(data))
-            os.replace(tmp, self.state_path)
-        except OSError as e:
-            log.warning("ringme agent state not saved", extra={"error": str(e)})
+        self.events = 0  # events this instance received (all instances: the table)
 
     # -- events -------------------------------------------------------------------------------
     def username(self, data: Mapping[str, str]) -> str | None:
@@ -183,8 +146,9 @@ class RingmeReadiness:
                 return mapping[key]
         return None
 
-    def apply(self, data: Mapping[str, str]) -> Applied:
-        """One agent event. Repeats (same status again) change nothing."""
+    async def apply(self, data: Mapping[str, str]) -> Applied:
+        """One agent event, into the shared table. A repeat (same status again) changes
+        nothing; an event older than the one the table holds (``stale``) is not applied."""
         agent_id = (data.get("agent_id") or "").strip()
         status = (data.get("agent_status") or "").strip().lower()
         if not status:
@@ -193,48 +157,57 @@ class RingmeReadiness:
             raise BadEvent("agent_id is missing")
         if status not in (AVAILABLE, LOGGED_OUT):
             raise BadEvent(f"agent_status must be '{AVAILABLE}' or '{LOGGED_OUT}'")
+        now = self.clock.now()
+        at = event_time(data.get("event_time"), now)
         self.events += 1
-        self._event_heard = self.clock.monotonic()
         user = self.username(data)
         if user is None:
+            async with self.pool.acquire() as conn:
+                await agent_state.heard(conn, self.name, now)
             log.warning("ringme event for an agent not in [ringme.agents]; ignored",
                         extra={"agent_id": agent_id, "agent_status": status})
             return Applied("unmapped", None, status)
-        known = self._agents.get(user)
-        if known is not None and known.status == status:
-            return Applied("repeat", user, status)
-        self._agents[user] = _Agent(status, self.clock.now(), agent_id)
+        async with self.pool.acquire() as conn:
+            result = await agent_state.apply_event(conn, self.name, user, status, agent_id, at, now)
+        if result == agent_state.STALE:
+            log.info("ringme event older than the agent's last one; not applied",
+                     extra={"agent": user, "agent_status": status, "event_time": at.isoformat()})
+        if result != agent_state.CHANGED:
+            return Applied(result, user, status)
         if not any(user in t.agents for t in self.settings.targets.values()):
             log.warning("ringme agent is in no target's agents list (map it in [ringme.agents])",
                         extra={"agent": user})
         log.info("ringme agent status", extra={"agent": user, "agent_status": status,
                                                 "source": data.get("event_source")})
-        self._save()
-        return Applied("changed", user, status)
+        return Applied(agent_state.CHANGED, user, status)
 
-    # -- what the selector and metrics read -------------------------------------------------
-    def available(self) -> set[str]:
-        return {u for u, a in self._agents.items() if a.status == AVAILABLE}
+    async def import_file(self, path: Path) -> int:
+        """Statuses kept by an older version in ``$STATE_DIR/ringme_agents.json``: applied with
+        their own times (anything newer in the table wins), then the file is renamed
+        ``.imported``. Returns how many agents it held."""
+        rows = await anyio.to_thread.run_sync(_read_state_file, path)
+        if rows is None:
+            return 0
+        async with self.pool.acquire() as conn:
+            for user, status, raw_id, at in rows:
+                await agent_state.apply_event(conn, self.name, user, status, raw_id, at, self.clock.now())
+        await anyio.to_thread.run_sync(path.rename, path.with_name(path.name + ".imported"))
+        log.info("ringme agent statuses imported from the state file", extra={"agents": len(rows)})
+        return len(rows)
 
-    def ready(self, target: str) -> set[str] | None:
-        if self._event_heard is None and not self._agents:
-            return None
-        t = self.settings.targets.get(target)
-        agents = t.agents if t is not None else []
-        avail = self.available()
-        return avail & set(agents) if agents else avail
-
-    def last_heard(self, target: str) -> float | None:
-        heard = [h for h in (self._event_heard, self._poll_heard.get(target)) if h is not None]
-        return max(heard) if heard else None
-
-    def counters(self, target: str) -> dict[str, int] | None:
-        c = self._counters.get(target)
-        return dict(c) if c is not None else None
-
-    def depth(self, target: str) -> int | None:
-        c = self._counters.get(target)
-        return c["waiting_members"] if c is not None else None
+    # -- what the selector reads ----------------------------------------------------------------
+    async def view(self, conn: asyncpg.Connection, target: str) -> SourceView:
+        """A target's ready agents (its ``agents`` that are available; every available agent
+        when it lists none), when ringme last spoke, and the queue counters."""
+        s = await agent_state.read(conn, self.name, target, AVAILABLE)
+        heard = [h for h in (s.heard_at, s.source_heard_at) if h is not None]
+        ready: set[str] | None = None
+        if s.known or s.source_heard_at is not None:
+            t = self.settings.targets.get(target)
+            agents = t.agents if t is not None else []
+            ready = s.available & set(agents) if agents else set(s.available)
+        return SourceView(ready, max(heard) if heard else None,
+                          s.counters["waiting_members"] if s.counters else None, s.counters)
 
     def silence_default(self, target: str) -> float | None:
         """Events only come on changes: silence means something only while a poll runs."""
@@ -244,13 +217,18 @@ class RingmeReadiness:
         return None
 
     # -- optional counters poll -------------------------------------------------------------------
-    async def poll_once(self) -> dict[str, bool]:
+    async def poll_once(self, conn: asyncpg.Connection | None = None) -> dict[str, bool]:
+        """Poll every mapped queue's counters once and save them for every instance (on
+        ``conn``: the poll's turn, when given). Returns target -> whether its poll worked."""
+        if conn is None:
+            async with self.pool.acquire() as c:
+                return await self.poll_once(c)
         outcome: dict[str, bool] = {}
         if self.client is None:
             return outcome
         for target, ext in self.settings.ringme.queues.items():
             try:
-                self._counters[target] = await self.client.queue_status(ext)
+                counters = await self.client.queue_status(ext)
             except RingmeError as e:
                 if self._poll_failing.get(target) != e.message:
                     log.error("ringme queue status poll failed", extra={"target": target, "error": e.message})
@@ -259,9 +237,44 @@ class RingmeReadiness:
                 continue
             if self._poll_failing.pop(target, None) is not None:
                 log.info("ringme queue status poll works again", extra={"target": target})
-            self._poll_heard[target] = self.clock.monotonic()
+            await agent_state.save_poll(conn, self.name, target, self.clock.now(),
+                                        depth=counters["waiting_members"], counters=counters)
             outcome[target] = True
         return outcome
+
+
+def _read_state_file(path: Path) -> list[tuple[str, str, str, datetime]] | None:
+    """(user, status, raw id, time) of each agent in an older version's state file."""
+    if not path.exists():
+        return None
+    try:
+        agents = orjson.loads(path.read_bytes()).get("agents", {})
+        return [(str(u), str(a["status"]), str(a.get("raw_id", "")), datetime.fromisoformat(a["at"]))
+                for u, a in agents.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        log.warning("ringme agent state file unreadable; not imported",
+                    extra={"path": str(path), "error": str(e)})
+        return None
+
+
+def event_time(value: str | None, now: datetime) -> datetime:
+    """An event's own time when it carries one (``event_time``: ISO 8601 or Unix seconds;
+    ringme itself sends none), else ``now``. Never later than ``now``: an event stamped in
+    the future would otherwise outrank every real one after it."""
+    if not value:
+        return now
+    try:
+        at = datetime.fromtimestamp(float(value), UTC)
+    except ValueError:
+        try:
+            at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise BadEvent("event_time must be ISO 8601 or Unix seconds") from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+    except (OverflowError, OSError):
+        raise BadEvent("event_time is out of range") from None
+    return min(at, now)
 
 
 def event_data(pairs: Mapping[str, Any]) -> dict[str, str]:

@@ -718,3 +718,56 @@ ORDER BY e164, state = ANY($4::text[]), created_at DESC, id DESC
 -- Scrape time: per target, the age of the oldest call waiting for its next callback.
 SELECT target, extract(epoch FROM $1::timestamptz - min(updated_at))::float8 AS age
 FROM calls WHERE state = ANY($2::text[]) GROUP BY target
+
+-- ---------------------------------------------------------------- scale
+
+-- name: agent_status_lock
+-- The agent's row before an event, locked until the event is applied (same transaction).
+SELECT status, event_at FROM agent_status WHERE source = $1 AND agent = $2 FOR UPDATE
+
+-- name: agent_status_apply
+-- One agent event ($1 source, $2 agent, $3 status, $4 raw id, $5 event time, $6 now),
+-- applied only when it is newer than the row: (event_at, seq) past the row's, so a late
+-- event never overrides a newer one (a newer repeat moves event_at only). Returns a row
+-- only when it applied.
+INSERT INTO agent_status AS a (source, agent, status, raw_id, event_at, seq, updated_at)
+VALUES ($1, $2, $3, $4, $5, nextval('agent_event_seq'), $6)
+ON CONFLICT (source, agent) DO UPDATE
+    SET status = EXCLUDED.status, raw_id = EXCLUDED.raw_id, event_at = EXCLUDED.event_at,
+        seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
+    WHERE (a.event_at, a.seq) < (EXCLUDED.event_at, EXCLUDED.seq)
+RETURNING status
+
+-- name: agent_view_heard
+-- The source spoke ($1 source, $2 target or '' for the whole source, $3 when).
+INSERT INTO agent_views (source, target, heard_at) VALUES ($1, $2, $3)
+ON CONFLICT (source, target) DO UPDATE
+    SET heard_at = greatest(agent_views.heard_at, EXCLUDED.heard_at)
+
+-- name: agent_view_save
+-- A poll's result for one target: ready agents (NULL: the poll says nothing about
+-- agents), queue depth, counters, when.
+INSERT INTO agent_views (source, target, ready, depth, counters, heard_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (source, target) DO UPDATE
+    SET ready = EXCLUDED.ready, depth = EXCLUDED.depth, counters = EXCLUDED.counters,
+        heard_at = EXCLUDED.heard_at
+
+-- name: agent_view_read
+-- What a source says for a target, read where pacing is measured: the target's row, the
+-- source-wide row ('' target: when events last came), and the agents whose last status is
+-- $3 (ringme: 'available'), with whether any agent status is known at all.
+SELECT v.ready, v.depth, v.counters, v.heard_at, w.heard_at AS source_heard_at,
+       (SELECT coalesce(array_agg(s.agent ORDER BY s.agent), '{}') FROM agent_status s
+        WHERE s.source = $1 AND s.status = $3) AS available,
+       EXISTS (SELECT 1 FROM agent_status s WHERE s.source = $1) AS known
+FROM (SELECT 1) AS one
+LEFT JOIN agent_views v ON v.source = $1 AND v.target = $2
+LEFT JOIN agent_views w ON w.source = $1 AND w.target = ''
+
+-- name: provider_poll_last
+SELECT polled_at FROM provider_polls WHERE source = $1
+
+-- name: provider_poll_done
+INSERT INTO provider_polls (source, polled_at, polled_by) VALUES ($1, $2, $3)
+ON CONFLICT (source) DO UPDATE SET polled_at = EXCLUDED.polled_at, polled_by = EXCLUDED.polled_by

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import asyncpg
@@ -15,36 +16,42 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from dialer.clock import FakeClock
+from dialer.clock import FakeClock, SystemClock
 from dialer.config import Settings, load_settings
 from dialer.http import hooks
 from dialer.logs import scrub
+from dialer.providers import agent_state
+from dialer.providers.agent_state import SourceView
 from dialer.providers.agents import FALLBACK_NAME, AgentSelector, Providers
 from tests.conftest import await_for
 from tests.fakes import FakePortSip, FakeRingme, serve
 from tests.stack import running_stack
+
+NO_CONN = cast(asyncpg.Connection, None)  # the stubs read nothing from a connection
 
 
 class Stub:
     """A provider source whose answers the test sets."""
 
     def __init__(self, silence: float | None = 30.0) -> None:
-        self.heard: float | None = None
+        self.heard: datetime | None = None
         self.agents: set[str] | None = None
         self.silence = silence
         self.waiting: int | None = None
 
-    def ready(self, target: str) -> set[str] | None:
-        return None if self.agents is None else set(self.agents)
-
-    def last_heard(self, target: str) -> float | None:
-        return self.heard
-
-    def depth(self, target: str) -> int | None:
-        return self.waiting
+    async def view(self, conn: asyncpg.Connection, target: str) -> SourceView:
+        return SourceView(None if self.agents is None else set(self.agents), self.heard, self.waiting)
 
     def silence_default(self, target: str) -> float | None:
         return self.silence
+
+
+async def ready(sel: AgentSelector, target: str, conn: asyncpg.Connection = NO_CONN) -> set[str] | None:
+    return (await sel.ready(conn, target)).agents
+
+
+async def source(sel: AgentSelector, target: str, conn: asyncpg.Connection = NO_CONN) -> str:
+    return (await sel.ready(conn, target)).source
 
 
 def settings(**targets: dict[str, Any]) -> Settings:
@@ -58,13 +65,13 @@ def settings(**targets: dict[str, Any]) -> Settings:
     })
 
 
-def test_a_static_target_uses_its_list() -> None:
+async def test_a_static_target_uses_its_list() -> None:
     sel = AgentSelector(settings(sales={}), FakeClock(), {})
-    assert sel.ready("sales") == {"alice", "bob", "carol"}
-    assert not sel.fallback("sales") and sel.source_name("sales") == "static"
+    assert await ready(sel, "sales") == {"alice", "bob", "carol"}
+    assert not sel.fallback("sales") and await source(sel, "sales") == "static"
 
 
-def test_falls_back_while_silent_and_comes_back_when_the_source_speaks(
+async def test_falls_back_while_silent_and_comes_back_when_the_source_speaks(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     src = Stub(silence=30)
@@ -72,74 +79,74 @@ def test_falls_back_while_silent_and_comes_back_when_the_source_speaks(
     with caplog.at_level(logging.INFO, logger="dialer.providers.agents"):
         # never heard: the static list, flagged, one log line however often pacing asks
         for _ in range(3):
-            assert sel.ready("sales") == {"alice", "bob", "carol"}
-        assert sel.fallback("sales") and sel.source_name("sales") == FALLBACK_NAME
+            assert await ready(sel, "sales") == {"alice", "bob", "carol"}
+        assert sel.fallback("sales") and await source(sel, "sales") == FALLBACK_NAME
         assert [r.getMessage() for r in caplog.records] == [
             "agent source unavailable; pacing falls back to the static agents list"]
         assert caplog.records[0].__dict__["reason"] == "no word from it yet"
         caplog.clear()
 
-        src.heard, src.agents = clock.monotonic(), {"bob"}
-        assert sel.ready("sales") == {"bob"} and not sel.fallback("sales")
-        assert sel.source_name("sales") == "portsip"
+        src.heard, src.agents = clock.now(), {"bob"}
+        assert await ready(sel, "sales") == {"bob"} and not sel.fallback("sales")
+        assert await source(sel, "sales") == "portsip"
         clock.advance(30)  # exactly the limit: still live
-        assert sel.ready("sales") == {"bob"}
+        assert await ready(sel, "sales") == {"bob"}
         clock.advance(1)
-        assert sel.ready("sales") == {"alice", "bob", "carol"} and sel.fallback("sales")
+        assert await ready(sel, "sales") == {"alice", "bob", "carol"} and sel.fallback("sales")
         assert "silent for 31 s" in caplog.records[-1].__dict__["reason"]
-        src.heard = clock.monotonic()
-        assert sel.ready("sales") == {"bob"} and sel.fallbacks() == {"sales": False}
+        src.heard = clock.now()
+        assert await ready(sel, "sales") == {"bob"} and sel.fallbacks() == {"sales": False}
     assert [r.getMessage() for r in caplog.records] == [
         "agent source speaks again; pacing follows it",
         "agent source unavailable; pacing falls back to the static agents list",
         "agent source speaks again; pacing follows it"]
 
 
-def test_the_target_threshold_wins_over_the_source_default() -> None:
+async def test_the_target_threshold_wins_over_the_source_default() -> None:
     clock = FakeClock()
     src = Stub(silence=300)
     sel = AgentSelector(settings(sales={"agents_source": "portsip", "agents_silence_s": 5}), clock,
                         {"portsip": src})
-    src.heard, src.agents = clock.monotonic(), set()
-    assert sel.ready("sales") == set()  # everyone logged out: nobody is ready, not a fallback
+    src.heard, src.agents = clock.now(), set()
+    assert await ready(sel, "sales") == set()  # everyone logged out: nobody is ready, not a fallback
     assert sel.silence_s("sales") == 5
     clock.advance(6)
-    assert sel.ready("sales") == {"alice", "bob", "carol"}
+    assert await ready(sel, "sales") == {"alice", "bob", "carol"}
 
 
-def test_an_event_source_with_no_poll_never_goes_stale_once_heard() -> None:
+async def test_an_event_source_with_no_poll_never_goes_stale_once_heard() -> None:
     clock = FakeClock()
     src = Stub(silence=None)
     sel = AgentSelector(settings(sales={"agents_source": "ringme"}), clock, {"ringme": src})
-    src.heard, src.agents = clock.monotonic(), {"carol"}
+    src.heard, src.agents = clock.now(), {"carol"}
     clock.advance(10 * 24 * 3600)
-    assert sel.ready("sales") == {"carol"} and not sel.fallback("sales")
+    assert await ready(sel, "sales") == {"carol"} and not sel.fallback("sales")
 
 
-def test_a_source_that_knows_no_agent_yet_and_a_missing_source_fall_back() -> None:
+async def test_a_source_that_knows_no_agent_yet_and_a_missing_source_fall_back() -> None:
     clock = FakeClock()
     src = Stub()
-    src.heard = clock.monotonic()  # e.g. only the counters poll answered
+    src.heard = clock.now()  # e.g. only the counters poll answered
     s = settings(a={"agents_source": "ringme"}, b={"agents_source": "portsip", "agents": []})
     sel = AgentSelector(s, clock, {"ringme": src})
-    assert sel.ready("a") == {"alice", "bob", "carol"} and sel.fallback("a")
-    assert sel.ready("b") is None  # no static list either: pacing's one-agent floor applies
-    assert sel.fallback("b") and sel.source_name("b") == FALLBACK_NAME
+    assert await ready(sel, "a") == {"alice", "bob", "carol"} and sel.fallback("a")
+    assert await ready(sel, "b") is None  # no static list either: pacing's one-agent floor applies
+    assert sel.fallback("b") and await source(sel, "b") == FALLBACK_NAME
 
 
-def test_depth_comes_from_the_targets_source() -> None:
+async def test_depth_comes_from_the_targets_source() -> None:
     p, r = Stub(), Stub()
     p.waiting, r.waiting = 7, 2
     s = settings(a={"agents_source": "portsip"}, b={"agents_source": "ringme"}, c={})
     sel = AgentSelector(s, FakeClock(), {"portsip": p, "ringme": r})
-    assert (sel.depth("a"), sel.depth("b")) == (7, 2)
+    assert (await sel.depth(NO_CONN, "a"), await sel.depth(NO_CONN, "b")) == (7, 2)
     p.waiting = r.waiting = None
-    assert sel.depth("c") is None
+    assert await sel.depth(NO_CONN, "c") is None
 
 
-def test_providers_build_what_is_configured_and_follow_a_reload(tmp_path: Path) -> None:
+async def test_providers_build_what_is_configured_and_follow_a_reload(tmp_path: Path, pool: asyncpg.Pool) -> None:
     bare = load_settings(None, environ={"DIALER_STATE_DIR": str(tmp_path)})
-    p = Providers(bare, FakeClock())
+    p = Providers(bare, FakeClock(), pool)
     assert p.portsip is None and p.ringme.client is None
     assert set(p.selector.sources) == {"ringme"}
 
@@ -148,17 +155,17 @@ def test_providers_build_what_is_configured_and_follow_a_reload(tmp_path: Path) 
                       overrides={"targets": {"sales": {"queue_id": "1", "agents": ["a"], "agents_source": "portsip"}},
                                  "portsip": {"base_url": "http://pbx:8887/api", "queues": {"sales": {"queue": "8000"}}},
                                  "ringme": {"base_url": "http://rm/api/ver1.0", "queues": {"sales": "370"}}})
-    p = Providers(s, FakeClock())
+    p = Providers(s, FakeClock(), pool)
     assert p.portsip is not None and p.portsip.client.base_url == "http://pbx:8887"
     assert p.ringme.client is not None
     assert scrub("token pbx-secret-9 and rm-secret-77") == "token *** and ***"
     new = s.model_copy(update={"targets": {**s.targets, "new": s.targets["sales"].model_copy(
         update={"agents": ["z"], "agents_source": "static"})}})
     p.settings = new
-    assert p.selector.ready("new") == {"z"} and p.ringme.settings is new and p.portsip.settings is new
+    assert await ready(p.selector, "new") == {"z"} and p.ringme.settings is new and p.portsip.settings is new
 
 
-async def test_portsip_silence_falls_back_and_recovers_with_the_real_poll() -> None:
+async def test_portsip_silence_falls_back_and_recovers_with_the_real_poll(pool: asyncpg.Pool) -> None:
     pbx = FakePortSip("tok")
     qid = pbx.add_queue("Sales", "8000", {"101": "READY", "102": "NOT_READY"})
     clock = FakeClock()
@@ -166,63 +173,111 @@ async def test_portsip_silence_falls_back_and_recovers_with_the_real_poll() -> N
         "targets": {"sales": {"queue_id": "1", "agents": ["alice", "bob", "carol"], "agents_source": "portsip"}},
         "portsip": {"poll_s": 5, "queues": {"sales": {"queue": "8000", "agents": {"101": "alice", "102": "bob"}}},
                     "base_url": "http://placeholder"}})
-    async with pbx.running() as url:
+    async with pbx.running() as url, pool.acquire() as conn:
         s = s.model_copy(update={"portsip": s.portsip.model_copy(update={"base_url": url})})
-        p = Providers(s, clock)
+        p = Providers(s, clock, pool)
         try:
             sel = p.selector
-            assert sel.ready("sales") == {"alice", "bob", "carol"} and sel.fallback("sales")
+            assert await ready(sel, "sales", conn) == {"alice", "bob", "carol"} and sel.fallback("sales")
             assert p.portsip is not None
             await p.portsip.poll_once()
-            assert sel.ready("sales") == {"alice"} and sel.source_name("sales") == "portsip"
+            assert await ready(sel, "sales", conn) == {"alice"} and await source(sel, "sales", conn) == "portsip"
             pbx.fail_with = 500
             for _ in range(6):  # 30 s of failed polls: still within max(30, 4 x 5)
                 clock.advance(5)
                 await p.portsip.poll_once()
-            assert sel.ready("sales") == {"alice"}
+            assert await ready(sel, "sales", conn) == {"alice"}
             clock.advance(5)
             await p.portsip.poll_once()
-            assert sel.ready("sales") == {"alice", "bob", "carol"} and sel.fallback("sales")
+            assert await ready(sel, "sales", conn) == {"alice", "bob", "carol"} and sel.fallback("sales")
             pbx.fail_with = None
             pbx.set_status(qid, "102", "READY")
             await p.portsip.poll_once()
-            assert sel.ready("sales") == {"alice", "bob"} and not sel.fallback("sales")
+            assert await ready(sel, "sales", conn) == {"alice", "bob"} and not sel.fallback("sales")
         finally:
             await p.aclose()
 
 
 async def test_providers_run_polls_until_cancelled_and_survive_a_bug(monkeypatch: pytest.MonkeyPatch,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+                                                                      caplog: pytest.LogCaptureFixture,
+                                                                      pool: asyncpg.Pool) -> None:
     pbx = FakePortSip("tok")
     qid = pbx.add_queue("Sales", "8000", {"101": "READY"})
-    async with pbx.running() as url:
+    async with pbx.running() as url, pool.acquire() as conn:
         s = load_settings(None, environ={"DIALER_PORTSIP_TOKEN": "tok"}, overrides={
             "targets": {"sales": {"queue_id": "1", "agents": ["alice"], "agents_source": "portsip"}},
             "portsip": {"poll_s": 0.02, "base_url": url, "queues": {"sales": {"queue": "8000"}}}})
-        p = Providers(s, FakeClock())
+        p = Providers(s, SystemClock(), pool)
         assert p.portsip is not None
         real = p.portsip.poll_once
         calls = 0
 
-        async def flaky() -> dict[str, bool]:
+        async def flaky(c: asyncpg.Connection | None = None) -> dict[str, bool]:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise RuntimeError("a bug")
-            return await real()
+            return await real(c)
 
         monkeypatch.setattr(p.portsip, "poll_once", flaky)
         try:
             with caplog.at_level(logging.ERROR, logger="dialer.providers.agents"):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(p.run)
-                    await await_for(lambda: p.selector.ready("sales") == {"101"}, 10, "first good poll")
+                    async def ready_is(agents: set[str]) -> bool:
+                        return await ready(p.selector, "sales", conn) == agents
+
+                    await await_for(lambda: ready_is({"101"}), 10, "first good poll")
                     pbx.set_status(qid, "101", "BREAK")
-                    await await_for(lambda: p.selector.ready("sales") == set(), 10, "status change seen")
+                    await await_for(lambda: ready_is(set()), 10, "status change seen")
                     tg.cancel_scope.cancel()
             assert "provider poll failed" in caplog.text
         finally:
             await p.aclose()
+
+
+async def test_three_instances_poll_once_per_interval_and_all_see_the_result(pool: asyncpg.Pool) -> None:
+    """Providers of three instances on one database: one PBX poll per interval, whoever
+    runs it, and every instance's selector paces on its result."""
+    pbx = FakePortSip("tok")
+    qid = pbx.add_queue("Sales", "8000", {"101": "READY", "102": "READY"})
+    clock = FakeClock()
+    async with pbx.running() as url, pool.acquire() as conn:
+        s = load_settings(None, environ={"DIALER_PORTSIP_TOKEN": "tok"}, overrides={
+            "targets": {"sales": {"queue_id": "1", "agents": ["a"], "agents_source": "portsip"}},
+            "portsip": {"poll_s": 5, "base_url": url, "queues": {"sales": {"queue": "8000"}}}})
+        instances = [Providers(s, clock, pool, instance_id=f"i{i}") for i in range(3)]
+        try:
+            async def turn(p: Providers) -> float:
+                assert p.portsip is not None
+                return await agent_state.poll_turn(pool, "portsip", p.instance_id, 5, clock, p.portsip.poll_once)
+
+            waits = [0.0] * 3
+
+            async def one(i: int, p: Providers) -> None:
+                waits[i] = await turn(p)
+
+            for _ in range(3):
+
+                async with anyio.create_task_group() as tg:  # all three at once
+                    for i, p in enumerate(instances):
+                        tg.start_soon(one, i, p)
+                assert sorted(waits) == [5.0, 5.0, 5.0]  # the poller's interval, or the rest of it
+                clock.advance(2)
+                assert [await turn(p) for p in instances] == [3.0, 3.0, 3.0]  # not due: nobody polls
+                clock.advance(3)
+            assert pbx.count("/waiting") == 3  # three intervals, three polls, not nine
+            for p in instances:
+                assert await ready(p.selector, "sales", conn) == {"101", "102"}
+            pbx.set_status(qid, "101", "BREAK")
+            await turn(instances[2])
+            for p in instances:
+                assert await ready(p.selector, "sales", conn) == {"102"}
+            polled_by = await conn.fetchval("SELECT polled_by FROM provider_polls WHERE source = 'portsip'")
+            assert polled_by == "i2"
+        finally:
+            for p in instances:
+                await p.aclose()
 
 
 # -- the issue's check, with the real Dispatcher and PostgreSQL ---------------------------------------
@@ -264,9 +319,8 @@ async def test_ringme_logouts_lower_the_pacing_limit_within_one_tick(pool: async
                                                                      make_settings: Callable[..., Settings]) -> None:
     async with running_stack(pool, make_settings, targets=TARGETS, ringme={"agents": RINGME_AGENTS}) as st:
         st.sandbox.configure(time_scale=1000.0)  # calls stay in flight: only the limit moves
-        providers = Providers(st.settings, st.clock)
+        providers = Providers(st.settings, st.clock, pool)
         st.dispatcher.agents = providers.selector
-        st.dispatcher.agent_source_name = providers.selector.source_name
         async with ringme_hook(providers, st.settings) as (fake, _):
             await st.post([f"+1415{2000000 + i:07d}" for i in range(30)])
             await st.dispatcher.tick()

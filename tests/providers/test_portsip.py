@@ -1,4 +1,5 @@
-"""PortSIP: the client and the readiness poll against the fake PBX over real loopback HTTP."""
+"""PortSIP: the client and the readiness poll against the fake PBX over real loopback HTTP,
+the poll's result saved in the shared agent tables of a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from dialer.clock import FakeClock
 from dialer.config import Settings, load_settings
+from dialer.providers.agent_state import SourceView
 from dialer.providers.portsip import PortSipClient, PortSipError, PortSipReadiness
 from tests.fakes import FakePortSip
 
@@ -23,6 +26,11 @@ def settings(url: str, queues: dict[str, Any], **portsip: Any) -> Settings:
         "targets": targets, "default_target": next(iter(targets)),
         "portsip": {"base_url": url, "queues": queues, **portsip},
     })
+
+
+async def view(r: PortSipReadiness, target: str) -> SourceView:
+    async with r.pool.acquire() as conn:
+        return await r.view(conn, target)
 
 
 @pytest.fixture
@@ -85,7 +93,7 @@ async def test_a_queue_is_found_by_id_name_or_extension_number(pbx: FakePortSip,
         await client.resolve_queue("Nope")
 
 
-async def test_poll_maps_ready_agents_of_the_queue_to_the_target(pbx: FakePortSip,
+async def test_poll_maps_ready_agents_of_the_queue_to_the_target(pool: asyncpg.Pool, pbx: FakePortSip,
                                                                  client: PortSipClient) -> None:
     qid = pbx.add_queue("Sales", "8000", {"101": "READY", "102": "NOT_READY", "103": "READY",
                                           "104": "WRAP_UP", "105": "READY", "106": "LOGGED_OUT"})
@@ -93,42 +101,40 @@ async def test_poll_maps_ready_agents_of_the_queue_to_the_target(pbx: FakePortSi
     s = settings(pbx.url, {"sales": {"queue": "8000", "agents": {"101": "alice", "102": "bob",
                                                                   "103": "carol"}}})
     clock = FakeClock()
-    r = PortSipReadiness(s, clock, client)
-    assert r.ready("sales") is None and r.last_heard("sales") is None and r.depth("sales") is None
+    r = PortSipReadiness(s, clock, client, pool)
+    assert await view(r, "sales") == SourceView(None, None, None)
     assert await r.poll_once() == {"sales": True}
-    assert r.ready("sales") == {"alice", "carol", "105"}  # unmapped extensions keep their number
-    assert r.depth("sales") == 4
-    assert r.last_heard("sales") == clock.monotonic()
+    # unmapped extensions keep their number
+    assert await view(r, "sales") == SourceView({"alice", "carol", "105"}, clock.now(), 4)
 
     pbx.set_status(qid, "102", "READY")
     pbx.set_status(qid, "101", "LUNCH")
     pbx.set_waiting(qid, 0)
     clock.advance(5)
     await r.poll_once()
-    assert r.ready("sales") == {"bob", "carol", "105"}
-    assert r.depth("sales") == 0 and r.last_heard("sales") == clock.monotonic()
+    assert await view(r, "sales") == SourceView({"bob", "carol", "105"}, clock.now(), 0)
 
 
-async def test_two_targets_on_one_queue_poll_it_once(pbx: FakePortSip, client: PortSipClient) -> None:
+async def test_two_targets_on_one_queue_poll_it_once(pool: asyncpg.Pool, pbx: FakePortSip, client: PortSipClient) -> None:
     pbx.add_queue("Sales", "8000", {"101": "READY"})
     s = settings(pbx.url, {"a": {"queue": "Sales", "agents": {"101": "alice"}},
                            "b": {"queue": "Sales", "agents": {"101": "al"}}})
-    r = PortSipReadiness(s, FakeClock(), client)
+    r = PortSipReadiness(s, FakeClock(), client, pool)
     await r.poll_once()
-    assert r.ready("a") == {"alice"} and r.ready("b") == {"al"}
+    assert (await view(r, "a")).ready == {"alice"} and (await view(r, "b")).ready == {"al"}
     assert pbx.count("/agents") == 1 and pbx.count("/waiting") == 1
     await r.poll_once()
     assert pbx.count("/api/call_queues") == 1  # the queue id is resolved once
 
 
-async def test_poll_pages_through_a_large_queue(pbx: FakePortSip, client: PortSipClient) -> None:
+async def test_poll_pages_through_a_large_queue(pool: asyncpg.Pool, pbx: FakePortSip, client: PortSipClient) -> None:
     agents = {str(1000 + i): ("READY" if i % 5 else "NOT_READY") for i in range(150)}
     qid = pbx.add_queue("Big", "9000", agents)
     pbx.set_waiting(qid, 130)
-    r = PortSipReadiness(settings(pbx.url, {"sales": {"queue": qid}}), FakeClock(), client)
+    r = PortSipReadiness(settings(pbx.url, {"sales": {"queue": qid}}), FakeClock(), client, pool)
     await r.poll_once()
-    assert r.ready("sales") == {e for e, st in agents.items() if st == "READY"}
-    assert r.depth("sales") == 130
+    seen = await view(r, "sales")
+    assert seen.ready == {e for e, st in agents.items() if st == "READY"} and seen.depth == 130
     skips = [q["skip"] for m, p, q in pbx.requests if p.endswith("/agents")]
     assert skips == ["0", "100"]
 
@@ -142,41 +148,41 @@ async def test_a_server_that_ignores_paging_is_read_once_not_forever(pbx: FakePo
     assert pbx.count("/agents") == 2  # the second page repeated the first: stop
 
 
-async def test_a_failing_poll_keeps_the_last_view_and_logs_once(pbx: FakePortSip, client: PortSipClient,
+async def test_a_failing_poll_keeps_the_last_view_and_logs_once(pool: asyncpg.Pool, pbx: FakePortSip, client: PortSipClient,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     pbx.add_queue("Sales", "8000", {"101": "READY"})
     clock = FakeClock()
     r = PortSipReadiness(settings(pbx.url, {"sales": {"queue": "8000", "agents": {"101": "alice"}}}),
-                         clock, client)
+                         clock, client, pool)
     await r.poll_once()
-    heard = r.last_heard("sales")
+    heard = (await view(r, "sales")).heard_at
     pbx.fail_with = 503
     clock.advance(10)
     with caplog.at_level(logging.ERROR, logger="dialer.providers.portsip"):
         assert await r.poll_once() == {"sales": False}
         assert await r.poll_once() == {"sales": False}
-    assert r.ready("sales") == {"alice"} and r.last_heard("sales") == heard
+    assert await view(r, "sales") == SourceView({"alice"}, heard, 0)
     assert [rec.getMessage() for rec in caplog.records] == ["PortSIP poll failed"]
     assert r.errors == 2
     pbx.fail_with = None
     await r.poll_once()
-    assert r.last_heard("sales") == clock.monotonic()
+    assert (await view(r, "sales")).heard_at == clock.now()
 
 
-async def test_a_refused_token_is_a_failed_poll(pbx: FakePortSip) -> None:
+async def test_a_refused_token_is_a_failed_poll(pool: asyncpg.Pool, pbx: FakePortSip) -> None:
     pbx.add_queue("Sales", "8000", {"101": "READY"})
     bad = PortSipClient(pbx.url, "expired", timeout=5)
     try:
-        r = PortSipReadiness(settings(pbx.url, {"sales": {"queue": "8000"}}), FakeClock(), bad)
+        r = PortSipReadiness(settings(pbx.url, {"sales": {"queue": "8000"}}), FakeClock(), bad, pool)
         assert await r.poll_once() == {"sales": False}
-        assert r.ready("sales") is None and r.last_heard("sales") is None
+        assert await view(r, "sales") == SourceView(None, None, None)
     finally:
         await bad.close()
 
 
-async def test_an_unknown_queue_is_a_failed_poll_naming_it(pbx: FakePortSip, client: PortSipClient,
+async def test_an_unknown_queue_is_a_failed_poll_naming_it(pool: asyncpg.Pool, pbx: FakePortSip, client: PortSipClient,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    r = PortSipReadiness(settings(pbx.url, {"sales": {"queue": "Ghost"}}), FakeClock(), client)
+    r = PortSipReadiness(settings(pbx.url, {"sales": {"queue": "Ghost"}}), FakeClock(), client, pool)
     with caplog.at_level(logging.ERROR, logger="dialer.providers.portsip"):
         assert await r.poll_once() == {"sales": False}
     assert "Ghost" in caplog.records[0].__dict__["error"]

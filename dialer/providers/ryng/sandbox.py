@@ -95,7 +95,8 @@ connection; nothing is queued), ``throttle_rate`` (429 + ``Retry-After``),
 ``error_rate`` (500 JSON, 502 HTML or 503 text; nothing queued),
 ``accept_then_fail_rate`` (calls ARE queued, then — ``accept_then_fail_mode``
 mixed | 5xx | drop — a 5xx drawn from ``accept_then_fail_statuses`` (default 500,
-502, 504 — never 503, which says "not taken"; 504 is a gateway timeout page) or a connection dropped mid-response: the
+502, 504 — never 503, which says "not taken"; 504 is a gateway timeout page) or a
+connection dropped mid-response: the
 "outcome unknown" case), ``duplicate_callback_rate``, ``late_callback_rate`` (a terminal
 callback held back 5 minutes, scaled). Faults are drawn before the token check, as
 a gateway would. A dropped connection sends the status line, headers and a third of
