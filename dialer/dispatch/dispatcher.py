@@ -66,6 +66,7 @@ class Dispatcher:
         self._wake = anyio.Event()
         self.running = True
         self.max_parallel_sends = 4
+        self._unsent: set[int] = set()  # claimed, never sent, not yet given back
 
     def wake(self) -> None:
         self._wake.set()
@@ -114,6 +115,8 @@ class Dispatcher:
 
     # -- sending -------------------------------------------------------------------
     async def send_one(self) -> bool:
+        if self._unsent:
+            await self._release_unsent()
         now = self.clock.now()
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(Q.chunk_claim, self.instance_id, now)
@@ -158,12 +161,23 @@ class Dispatcher:
             raise
 
     async def _release(self, c: outbox.Claimed) -> None:
-        try:
-            async with self.pool.acquire(timeout=2) as conn:
-                await conn.execute(Q.chunk_retry_later, c.id, None, None, "re-check failed",
-                                   self.clock.now() + timedelta(seconds=1))
-        except Exception as e:  # the database is away: the orphan check will free it
-            log.warning("could not release an unsent chunk", extra={"chunk": c.id, "error": str(e)})
+        self._unsent.add(c.id)
+        await self._release_unsent()
+
+    async def _release_unsent(self) -> None:
+        """Chunks we claimed but never sent (the re-check failed, e.g. the database went
+        away): back to recorded, so they go out when it returns instead of waiting for the
+        orphan check to call them uncertain."""
+        for chunk_id in sorted(self._unsent):
+            try:
+                async with self.pool.acquire(timeout=2) as conn:
+                    await conn.execute(Q.chunk_retry_later, chunk_id, None, None, "not sent: re-check failed",
+                                       self.clock.now() + timedelta(seconds=1))
+            except Exception as e:  # still away: tried again before the next claim
+                log.warning("could not release an unsent chunk yet",
+                            extra={"chunk": chunk_id, "error": str(e)})
+                return
+            self._unsent.discard(chunk_id)
 
     async def _post(self, c: outbox.Claimed) -> SendResult:
         req = c.request

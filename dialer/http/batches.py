@@ -149,7 +149,7 @@ def _json_submission(body: bytes, target: str | None, default: str, max_leads: i
         lead.model_dump(exclude_none=True) for lead in batch.leads
     ]
     return Submission(
-        target=batch.target or target or default,
+        target=batch.target if batch.target is not None else (target or default),
         rows=rows,
         result_webhook_url=batch.result_webhook_url,
     )

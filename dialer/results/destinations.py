@@ -109,7 +109,9 @@ def url_refusal(url: str, *, allow_private: bool) -> str | None:
         return None  # not parseable: delivery fails it, with the parser's reason
     if parts.scheme.lower() not in ("http", "https"):
         return "must be an http or https URL"
-    if allow_private or not host:
+    if not host:
+        return "must name a host"
+    if allow_private:
         return None
     return host_refusal(host)
 

