@@ -31,7 +31,7 @@ class BatchIn(_Strict):
     target: str | None = Field(default=None, description="Target name; default_target if absent")
     leads: list[LeadIn]
     result_webhook_url: str | None = Field(
-        default=None, pattern=r"^https?://[^/?#\s]+", max_length=2000,
+        default=None, pattern=r"^https?://[^/]", max_length=2000,
         description="Receives one signed POST per ended call: http(s), to a public address "
         "(loopback, private, link-local and other non-public addresses are refused)",
     )

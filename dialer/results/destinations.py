@@ -109,10 +109,8 @@ def url_refusal(url: str, *, allow_private: bool) -> str | None:
         return None  # not parseable: delivery fails it, with the parser's reason
     if parts.scheme.lower() not in ("http", "https"):
         return "must be an http or https URL"
-    if not host:
-        return "must name a host"
-    if allow_private:
-        return None
+    if allow_private or not host:
+        return None  # no host (a schema-valid oddity): delivery fails it, with a clear error
     return host_refusal(host)
 
 
