@@ -45,7 +45,6 @@ from dialer import __version__, supervisor
 from dialer.lifecycle import observe
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
-from dialer.store.queries import Q
 
 if TYPE_CHECKING:
     from dialer.dispatch.outbox import Claimed
@@ -79,8 +78,6 @@ TASKS = (*SUPERVISED_TASKS, "job_heartbeat", "job_orphans", "job_uncertain", "jo
          "job_embedded_postgres", "other")
 RYNG_ENDPOINTS = {"queue": ("queue_append",), "campaign": ("campaign", "campaign_sheet")}
 
-# Calls waiting for the provider's next callback: handed over, or ringing an agent.
-WAITING_FOR_CALLBACK = ["queued", "assigned"]
 
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -400,35 +397,22 @@ class Metrics:
             self.refresh_seconds.set(time.perf_counter() - start)
 
     async def _read_db(self, ctx: AppContext) -> None:
-        from dialer.dispatch.pacing import StaticAgents, measure
+        from dialer import metrics_state  # reads the database; this module only sets numbers
 
-        settings = ctx.settings
-        self.set_targets(settings.targets)
-        d = ctx.dispatcher or self.dispatcher
-        agents = d.agents if d is not None else StaticAgents(settings.targets)
-        now = ctx.clock.now()
-        async with ctx.pool.acquire() as conn:
-            by_state: dict[tuple[str, str], int] = {
-                (x["target"], x["state"]): x["n"] for x in await conn.fetch(Q.target_counts)}
-            paused = {x["target"]: bool(x["paused"]) for x in await conn.fetch(Q.target_state_all)}
-            waits = {x["target"]: x["age"] for x in
-                     await conn.fetch(Q.metrics_callback_wait, now, WAITING_FOR_CALLBACK)}
-            paces = {}
-            for name, t in settings.targets.items():
-                paces[name] = await measure(conn, name, t, agents, now)
-            backlog = await conn.fetchval(Q.webhook_backlog)
+        self.set_targets(ctx.settings.targets)
+        r = await metrics_state.read(ctx, ctx.dispatcher or self.dispatcher, ctx.clock.now())
         for name in self.targets:
             for state in LIVE_STATES:
-                self.calls.labels(name, state).set(by_state.get((name, state), 0))
-            self.paused.labels(name).set(1 if paused.get(name) else 0)
-            self.callback_wait.labels(name).set(max(0.0, float(waits.get(name) or 0.0)))
-            pace = paces.get(name)
+                self.calls.labels(name, state).set(r.by_state.get((name, state), 0))
+            self.paused.labels(name).set(1 if r.paused.get(name) else 0)
+            self.callback_wait.labels(name).set(r.callback_wait_s.get(name, 0.0))
+            pace = r.paces.get(name)
             if pace is not None:
                 self.in_flight.labels(name).set(pace.in_flight)
                 self.pacing_limit.labels(name).set(pace.limit)
                 self.ready_agents.labels(name).set(pace.ready_agents)
                 self.wrapup_agents.labels(name).set(pace.wrapup_agents)
-        self.webhook_backlog.set(int(backlog or 0))
+        self.webhook_backlog.set(r.webhook_backlog)
 
     async def exposition(self, ctx: AppContext | None = None) -> bytes:
         if ctx is not None:

@@ -18,15 +18,13 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from random import Random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import orjson
 
+from dialer.providers.ryng.sandbox_config import SandboxConfig
 from dialer.providers.ryng.sandbox_requests import Row, Submission
-
-if TYPE_CHECKING:
-    from dialer.providers.ryng.sandbox import SandboxConfig
 
 ANSWERED, NO_ANSWER, BUSY, UNREACHABLE = "ANSWERED", "NO_ANSWER", "BUSY", "UNREACHABLE"
 SIGNAL_S = 1.0  # vendor seconds until a busy / unreachable signal comes back
