@@ -40,7 +40,8 @@ async def test_first_unanswered_second_dnc_third_answered(pool: asyncpg.Pool, ma
     clock = FakeClock(SystemClock().now())
     async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
         st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)  # our callbacks drive
-        bid = await st.post([N1], number2=N2, number3=N3, external_id="crm-7")
+        bid = await st.post([N1], number2=N2, number3=N3, external_id="crm-7",
+                            webhook="http://127.0.0.1:9/hook")
         await st.dispatcher.tick()
         async with pool.acquire() as conn:
             first = await conn.fetchrow("SELECT id, e164, state FROM calls")
@@ -62,7 +63,11 @@ async def test_first_unanswered_second_dnc_third_answered(pool: asyncpg.Pool, ma
             assert await conn.fetchval("SELECT count(*) FROM chunks") == 2  # nothing else sent
             dest = tmp_path / "r.csv"
             await write_results_csv(conn, bid, dest)  # type: ignore[arg-type]
+            hooks = [_payload(b)["body"] for b in await conn.fetch("SELECT body FROM webhook_outbox ORDER BY id")]
         assert calls == [{"e164": N1, "state": "no_answer"}, {"e164": N3, "state": "answered"}]
+        assert [(h["number"], h["state"], h["will_retry"], h["number_reached"]) for h in hooks] == [
+            (N1, "no_answer", True, None), (N3, "answered", False, N3)]
+        assert hooks[1]["attempts_per_number"] == {N1: 1, N2: 0, N3: 1} and hooks[1]["numbers"] == [N1, N2, N3]
         rows = list(csv.DictReader(dest.open()))
         assert len(rows) == 1
         assert rows[0]["number"] == N3 and rows[0]["number_reached"] == N3 and rows[0]["state"] == "answered"
@@ -99,5 +104,5 @@ async def test_every_number_used_up_ends_the_lead(pool: asyncpg.Pool, make_setti
         assert ev is not None and ev["payload"]["attempts_per_number"] == {N1: 2, N2: 2}
 
 
-def _payload(body: bytes) -> Any:
-    return orjson.loads(body)
+def _payload(row: Any) -> Any:
+    return {"body": orjson.loads(row["body"])}
