@@ -658,10 +658,12 @@ WHERE batch_id = ANY($1::uuid[]) AND state NOT IN ('invalid', 'duplicate', 'dnc'
 GROUP BY batch_id, state
 
 -- name: ui_batch_rejected_page
--- The report's rejected rows, by line, a page at a time (keyset on line).
-SELECT line, state, reason, raw_number
+-- The report's rejected rows, by line, a page at a time (keyset on line), with accepted
+-- leads some of whose numbers were left out.
+SELECT line, state, reason, raw_number, number_notes
 FROM calls
-WHERE batch_id = $1 AND attempt = 1 AND state IN ('invalid', 'duplicate', 'dnc') AND line > $2
+WHERE batch_id = $1 AND attempt = 1 AND line > $2
+  AND (state IN ('invalid', 'duplicate', 'dnc') OR jsonb_array_length(number_notes->'rejected') > 0)
 ORDER BY line
 LIMIT $3
 
@@ -669,7 +671,7 @@ LIMIT $3
 -- $4: NULL, or an ILIKE pattern matched against the number as typed, E.164 and external id;
 -- $5: the search normalised to E.164 (or NULL).
 SELECT id, e164, raw_number, state, outcome, attempt, agent, external_id, line,
-       created_at, updated_at, ended_at
+       created_at, updated_at, ended_at, numbers
 FROM calls
 WHERE batch_id = $1 AND id > $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
   AND ($4::text IS NULL OR e164 = $5::text OR e164 ILIKE $4 OR raw_number ILIKE $4
@@ -680,7 +682,7 @@ LIMIT $3
 -- name: ui_batch_calls_before
 SELECT * FROM (
     SELECT id, e164, raw_number, state, outcome, attempt, agent, external_id, line,
-           created_at, updated_at, ended_at
+           created_at, updated_at, ended_at, numbers
     FROM calls
     WHERE batch_id = $1 AND id < $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
       AND ($4::text IS NULL OR e164 = $5::text OR e164 ILIKE $4 OR raw_number ILIKE $4
