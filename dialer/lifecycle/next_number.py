@@ -25,12 +25,24 @@ from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
 
-async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: State, target: Target,
+async def after_dnc(conn: asyncpg.Connection, numbers: list[str], now: datetime) -> list[int]:
+    """Numbers just put on the DNC list cancelled some waiting attempts: a lead with several
+    numbers goes on to its next usable one (the others are another phone, not on the list).
+    Returns the new attempts. Caller's transaction, right after the cancel."""
+    out: list[int] = []
+    for r in await conn.fetch(Q.numbers_cancelled_for_dnc, numbers, now):
+        row = await conn.fetchrow(Q.call_ended_row, r["id"])
+        if row is not None and (new := await next_attempt(conn, row, State.CANCELLED, None, now)):
+            out.append(new)
+    return out
+
+
+async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: State, target: Target | None,
                        now: datetime) -> int | None:
     """Create the lead's next attempt, on its next usable number; returns its id, or None
     when every number is used up. Caller's transaction. ``row`` is ``call_ended_row``."""
     numbers: list[str] = list(row["numbers"])
-    rule = target.recycle.get(ended_as.value)  # type: ignore[call-overload]
+    rule = target.recycle.get(ended_as.value) if target is not None else None  # type: ignore[call-overload]
     per_number = 1 + (rule.max if rule is not None else 0)
     tried = {r["e164"]: r["n"] for r in await conn.fetch(Q.lead_number_attempts, row["lead"])}
     listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, numbers, now)}

@@ -488,6 +488,11 @@ SELECT e164, count(*)::int AS n FROM calls
 WHERE (id = $1 OR lead_id = $1) AND submitted_at IS NOT NULL
 GROUP BY e164
 
+-- name: numbers_cancelled_for_dnc
+-- Waiting attempts of several-number leads the DNC list has just cancelled ($2: that moment).
+SELECT id FROM calls
+WHERE e164 = ANY($1::text[]) AND state = 'cancelled' AND ended_at = $2 AND numbers IS NOT NULL
+
 -- name: recycle_count
 -- How many re-dials this lead already had after the given terminal state.
 SELECT count(*)::int FROM calls WHERE lead_id = $1 AND reason = $2

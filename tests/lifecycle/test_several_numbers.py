@@ -75,8 +75,11 @@ async def test_first_unanswered_second_dnc_third_answered(pool: asyncpg.Pool, ma
         async with httpx.AsyncClient(base_url=st.settings.base_url,
                                      headers={"Authorization": "Bearer test-token-0123456789"}) as api:
             call = (await api.get(f"/v1/calls/{answered}")).json()
+            page = (await api.get(f"/v1/batches/{bid}/calls")).json()["calls"]
         assert call["number"] == N3 and call["number_reached"] == N3
         assert call["numbers"] == [N1, N2, N3] and call["attempts_per_number"] == {N1: 1, N2: 0, N3: 1}
+        assert [(c["number"], c["number_reached"], c["attempts_per_number"]) for c in page] == [
+            (N1, None, {N1: 1, N2: 0, N3: 1}), (N3, N3, {N1: 1, N2: 0, N3: 1})]
 
 
 async def test_every_number_used_up_ends_the_lead(pool: asyncpg.Pool, make_settings: Any) -> None:
@@ -106,3 +109,21 @@ async def test_every_number_used_up_ends_the_lead(pool: asyncpg.Pool, make_setti
 
 def _payload(row: Any) -> Any:
     return {"body": orjson.loads(row["body"])}
+
+
+async def test_a_number_listed_while_its_attempt_waits_moves_the_lead_on(pool: asyncpg.Pool,
+                                                                          make_settings: Any) -> None:
+    clock = FakeClock(SystemClock().now())
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
+        await st.post([N1], number2=N2, number3=N3)
+        await st.dispatcher.tick()
+        await end_live_call(st, "NO_ANSWER")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT e164 FROM calls WHERE state = 'retry_wait'") == N2
+        await dnc.add_numbers(pool, [N2], source="api", now=clock.now())
+        await st.dispatcher.tick()
+        await end_live_call(st, "ANSWERED")
+        async with pool.acquire() as conn:
+            calls = [tuple(r) for r in await conn.fetch("SELECT e164, state, attempt FROM calls ORDER BY id")]
+        assert calls == [(N1, "no_answer", 1), (N2, "cancelled", 2), (N3, "answered", 3)]
