@@ -165,3 +165,36 @@ class TargetList(_Strict):
 class CancelOut(_Strict):
     batch_id: str
     cancelled: int
+
+
+# ISO 8601 date and time, with or without an offset (without: the lead's local time)
+ISO_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}:\d{2})?$"
+
+
+class ScheduleIn(_Strict):
+    at: str = Field(pattern=ISO_TIME, max_length=40,
+                    description="When to call back: ISO 8601; without an offset, in the lead's local time")
+    agent: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^\x00]+$",
+                              description="The agent who owns the callback (default: the call's agent)")
+
+
+class CallbackOut(_Strict):
+    call_id: int = Field(description="The callback's attempt")
+    lead_id: int
+    from_call: int
+    target: str
+    owner: str | None
+    number: str | None
+    external_id: str | None
+    state: str
+    status: str = Field(description="upcoming | due | overdue | dialed | ended")
+    asked_at: datetime
+    due_at: datetime
+    owner_grace_until: datetime
+    source: str
+    missed: int
+    created_at: datetime
+
+
+class CallbackList(_Strict):
+    callbacks: list[CallbackOut]
