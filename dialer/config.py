@@ -170,7 +170,8 @@ class SandboxSettings(_Strict):
     no_answer_rate: float = Field(default=0.2, ge=0)
     busy_rate: float = Field(default=0.1, ge=0)
     unreachable_rate: float = Field(default=0.1, ge=0)
-    # share of answered calls that end CALLBACK with a callbackAt this far ahead (real seconds)
+    # share of answered calls that end CALLBACK with a callbackAt this far ahead (vendor
+    # seconds, times time_scale)
     callback_rate: float = Field(default=0.0, ge=0, le=1)
     callback_after_s: float = Field(default=60.0, gt=0)
 
