@@ -13,7 +13,7 @@ from dialer.errors import Conflict, DialerError, InvalidInput, NotFound
 from dialer.http.bodies import loads, validated
 from dialer.http.context import Ctx
 from dialer.http.limits import read_body
-from dialer.http.models import ISO_TIME, CallbackList, CallbackOut, ErrorOut, ScheduleIn
+from dialer.http.models import CallbackList, CallbackOut, ErrorOut, ScheduleIn
 from dialer.lifecycle import callbacks_listing, callbacks_scheduled
 from dialer.lifecycle.callbacks_scheduled import Refused
 
@@ -49,7 +49,7 @@ async def schedule(call_id: Annotated[int, PathParam(ge=1, le=2**62)], request: 
     except Refused as e:
         raise http_error(e) from None
     async with ctx.pool.acquire() as conn:
-        rows = await callbacks_listing.listing(conn, callbacks_listing.Filter(start=done.due_at), now)
+        rows = await callbacks_listing.listing(conn, callbacks_listing.Filter(lead=done.lead_id), now)
     return _out(next(r for r in rows if r["call_id"] == done.call_id))
 
 
@@ -58,12 +58,16 @@ def _out(row: dict[str, Any]) -> CallbackOut:
 
 
 def _time(name: str, v: str | None) -> datetime | None:
+    """A filter's RFC 3339 time: an offset is required (whose midnight would it be?)."""
     if v is None:
         return None
     try:
-        return callbacks_scheduled.parse_time(v, callbacks_scheduled.lead_zone(None, "UTC"))
-    except ValueError as e:
-        raise InvalidInput(f"{name}: {e}") from None
+        t = datetime.fromisoformat(v[:-1] + "+00:00" if v[-1:] in ("Z", "z") else v)
+    except ValueError:
+        raise InvalidInput(f"{name}: {v!r} is not an RFC 3339 time like 2026-12-01T15:00:00Z") from None
+    if t.tzinfo is None:
+        raise InvalidInput(f"{name}: {v!r} has no offset (add Z or e.g. -06:00)")
+    return t
 
 
 @router.get("/callbacks", response_model=CallbackList, summary="Scheduled callbacks, soonest first")
@@ -72,13 +76,15 @@ async def list_callbacks(
     target: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]+$")] = None,
     agent: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]+$",
                                        description="The owner")] = None,
-    start: Annotated[str | None, Query(alias="from", pattern=ISO_TIME, max_length=40,
-                                       description="Due at or after (ISO 8601; no offset: UTC)")] = None,
-    end: Annotated[str | None, Query(alias="to", pattern=ISO_TIME, max_length=40,
-                                     description="Due before (ISO 8601; no offset: UTC)")] = None,
+    start: Annotated[str | None, Query(alias="from", max_length=64, json_schema_extra={"format": "date-time"},
+                                       description="Due at or after (RFC 3339, with its offset)")] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=64, json_schema_extra={"format": "date-time"},
+                                     description="Due before (RFC 3339, with its offset)")] = None,
     open_only: Annotated[bool, Query(alias="open", description="Only those not yet dialed")] = False,
     limit: Annotated[int, Query(ge=1, le=callbacks_listing.MAX_ROWS)] = 500,
 ) -> Any:
+    if target is not None and target not in ctx.settings.targets:
+        raise InvalidInput(f"target: unknown target {target!r}", {"targets": sorted(ctx.settings.targets)})
     f = callbacks_listing.Filter(target, agent, _time("from", start), _time("to", end), not open_only, limit)
     async with ctx.pool.acquire() as conn:
         rows = await callbacks_listing.listing(conn, f, ctx.clock.now())

@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+def _not_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # lax int would take true/false as 1/0; JSON Schema does not
+        raise ValueError("a boolean is not an integer")
+    return v
+
+
+# an id given as a number (an integral 5.0 is one, as in JSON Schema; true is not)
+StrictInt64 = Annotated[int, BeforeValidator(_not_bool), Field(ge=-(2**63), le=2**63 - 1)]
 FieldValue = str | Int64 | float | bool | None
 
 
@@ -22,7 +32,7 @@ class LeadIn(_Strict):
     agents: list[str] | str | None = Field(
         default=None, description="Agent usernames (list, or ';' '|' ',' separated)"
     )
-    external_id: str | Int64 | None = Field(default=None, description="Your id for the lead")
+    external_id: str | StrictInt64 | None = Field(default=None, description="Your id for the lead")
     fields: dict[str, FieldValue] | None = Field(default=None, description="Custom fields")
     timezone: str | None = Field(default=None, description="IANA zone overriding the number's")
 

@@ -23,6 +23,7 @@ class Filter:
     end: datetime | None = None  # due before
     include_done: bool = True
     limit: int = 500
+    lead: int | None = None
 
 
 def status(state: str, due_at: datetime, grace_until: datetime, now: datetime) -> str:
@@ -40,7 +41,7 @@ def status(state: str, due_at: datetime, grace_until: datetime, now: datetime) -
 
 async def listing(conn: asyncpg.Connection, f: Filter, now: datetime) -> list[dict[str, Any]]:
     rows = await conn.fetch(Q.callbacks_list, f.target, f.agent, f.start, f.end, f.include_done,
-                            min(max(f.limit, 1), MAX_ROWS))
+                            min(max(f.limit, 1), MAX_ROWS), f.lead)
     return [{
         "call_id": r["call_id"], "lead_id": r["lead_id"], "from_call": r["from_call"], "target": r["target"],
         "owner": r["owner"], "number": r["e164"], "external_id": r["external_id"], "state": r["state"],

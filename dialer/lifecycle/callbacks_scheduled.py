@@ -48,6 +48,7 @@ class Refused(ValueError):
 @dataclass(frozen=True, slots=True)
 class Scheduled:
     call_id: int
+    lead_id: int
     owner: str | None
     asked_at: datetime
     due_at: datetime
@@ -201,7 +202,7 @@ async def schedule(
                        {**payload, "next_call": new["id"]})
     if moved is not None:
         await conn.execute(Q.event_insert, new["id"], now, "callback_moved", None, None, True, moved)
-    return Scheduled(int(new["id"]), owner, asked, due, moved)
+    return Scheduled(int(new["id"]), int(row["lead"]), owner, asked, due, moved)
 
 
 async def after_disposition(conn: asyncpg.Connection, settings: Settings, call_id: int,

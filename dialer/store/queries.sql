@@ -839,7 +839,7 @@ LIMIT $4
 FOR UPDATE OF c SKIP LOCKED
 
 -- name: callbacks_list
--- Callbacks by target, owner and due time ($1..$4 optional), soonest first.
+-- Callbacks by target, owner, due time and lead ($1..$4, $7 optional), soonest first.
 SELECT k.call_id, k.lead_id, k.target, k.owner, k.asked_at, k.due_at, k.grace_until, k.source,
        k.from_call, k.missed, k.created_at, c.state, c.e164, c.external_id, c.not_before, c.agent,
        c.outcome, c.ended_at, c.batch_id
@@ -847,6 +847,7 @@ FROM callbacks k JOIN calls c ON c.id = k.call_id
 WHERE ($1::text IS NULL OR k.target = $1) AND ($2::text IS NULL OR k.owner = $2)
   AND ($3::timestamptz IS NULL OR k.due_at >= $3) AND ($4::timestamptz IS NULL OR k.due_at < $4)
   AND ($5::boolean OR c.state IN ('pending', 'scheduled', 'retry_wait'))
+  AND ($7::bigint IS NULL OR k.lead_id = $7)
 ORDER BY k.due_at, k.call_id
 LIMIT $6
 

@@ -32,8 +32,8 @@ async def test_a_crm_schedules_a_callback_and_lists_it(pool: asyncpg.Pool, make_
         assert cb["due_at"] == chicago(1, 16).isoformat().replace("+00:00", "Z")
         r = await http.post(f"/v1/calls/{first}/schedule", json={"at": "2026-12-01T17:00"})
         assert r.status_code == 409 and r.json()["error"]["details"] == {"live_call": cb["call_id"]}
-        for q, n in (("agent=bob", 1), ("agent=alice", 0), ("target=sales", 1), ("target=other", 0),
-                     ("from=2026-12-01T22:00:01Z", 0), ("from=2026-12-01T16:00", 1), ("to=2026-12-01T22:00:01Z", 1), ("open=true", 1)):
+        for q, n in (("agent=bob", 1), ("agent=alice", 0), ("target=sales", 1),
+                     ("from=2026-12-01T22:00:01Z", 0), ("from=2026-12-01T16:00-06:00", 1), ("to=2026-12-01T22:00:01Z", 1), ("open=true", 1)):
             r = await http.get(f"/v1/callbacks?{q}")
             assert r.status_code == 200 and len(r.json()["callbacks"]) == n, (q, r.text)
         clock.advance((chicago(1, 16) - clock.now()).total_seconds())
@@ -61,5 +61,8 @@ async def test_every_refusal_says_precisely_why(pool: asyncpg.Pool, make_setting
         r = await http.post("/v1/dnc", json={"numbers": [LEAD]})
         assert r.status_code == 200
         await refused({"at": "2026-12-01T16:00"}, 409, "dnc")
-        r = await http.get("/v1/callbacks?from=yesterday")
-        assert r.status_code == 422
+        for bad in ("yesterday", "2026-12-01T16:00"):
+            r = await http.get(f"/v1/callbacks?from={bad}")
+            assert r.status_code == 422, bad
+        r = await http.get("/v1/callbacks?target=other")
+        assert r.status_code == 422 and "unknown target" in r.json()["error"]["message"]
