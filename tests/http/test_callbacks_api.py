@@ -40,6 +40,9 @@ async def test_a_crm_schedules_a_callback_and_lists_it(pool: asyncpg.Pool, make_
         assert (await http.get("/v1/callbacks")).json()["callbacks"][0]["status"] == "due"
         clock.advance(15 * 60)
         assert (await http.get("/v1/callbacks")).json()["callbacks"][0]["status"] == "overdue"
+        scraped = (await http.get("/metrics")).text
+        assert 'dialer_scheduled_callbacks{status="overdue",target="sales"} 1.0' in scraped
+        assert 'dialer_scheduled_callbacks{status="due",target="sales"} 0.0' in scraped
 
 
 async def test_every_refusal_says_precisely_why(pool: asyncpg.Pool, make_settings: Any) -> None:
