@@ -166,25 +166,28 @@ async def schedule(
     now: datetime,
     missed: int = 0,
     rules: compliance.Rules | None = None,
+    from_provider: bool = False,
 ) -> Scheduled:
-    """The callback's attempt, in the caller's transaction; raises Refused."""
+    """The callback's attempt, in the caller's transaction; raises Refused. ``from_provider``:
+    the provider's word is taken — a time already past is dialed as soon as the rules allow
+    (its callback reached us late, or was replayed from the spool), and its agent is the
+    owner even if our config does not list it (then anyone takes it after the grace)."""
     row = await conn.fetchrow(Q.callback_source_row, from_call, now)
     if row is None:
         raise Refused("not_found", f"no call {from_call}")
     await conn.execute(Q.callback_lead_lock, row["lead"])
     row = await conn.fetchrow(Q.callback_source_row, from_call, now)  # as of the lock
     t = check_source(settings, row)
-    if asked < now - timedelta(minutes=1):
+    if asked < now - timedelta(minutes=1) and not from_provider:
         raise Refused("time_in_past", f"{asked.isoformat()} is in the past (now {now.isoformat()})",
                       {"at": asked.isoformat(), "now": now.isoformat()})
     if asked > now + HORIZON:
         raise Refused("time_too_far", f"{asked.isoformat()} is more than {HORIZON.days} days ahead")
-    if owner is not None and t.agents and owner not in t.agents:
+    if owner is not None and t.agents and owner not in t.agents and not from_provider:
         raise Refused("unknown_agent", f"agent {owner!r} is not one of target {row['target']}'s agents",
                       {"agents": list(t.agents)})
-    asked = max(asked, now)
     due, moved = into_hours(rules or compliance.Rules(settings), row["target"], t, row["e164"],
-                            row["timezone"], row["fields"], asked)
+                            row["timezone"], row["fields"], max(asked, now))
     grace = timedelta(minutes=t.callback_owner_grace_min)
     new = await moves.new_callback(conn, from_call, due, now)
     if new is None:
@@ -221,7 +224,8 @@ async def after_disposition(conn: asyncpg.Connection, settings: Settings, call_i
             asked = due_from(at, in_min, row["e164"], row["timezone"], now)
         except ValueError as e:
             raise Refused("invalid_time", str(e)) from None
-        done = await schedule(conn, settings, call_id, asked, agent or row["agent"], "disposition", now)
+        done = await schedule(conn, settings, call_id, asked, agent or row["agent"], "disposition", now,
+                              from_provider=True)
     except Refused as e:
         await conn.execute(Q.event_insert, call_id, now, "callback_refused", row["state"], None, True,
                            {"rule": "callback", "code": e.code, "reason": e.message,
@@ -249,7 +253,7 @@ async def after_missed(conn: asyncpg.Connection, settings: Settings, call_id: in
         return True, None
     try:
         done = await schedule(conn, settings, call_id, now + timedelta(minutes=rule.retry_after_min),
-                              cb["owner"], "missed", now, missed=cb["missed"] + 1)
+                              cb["owner"], "missed", now, missed=cb["missed"] + 1, from_provider=True)
     except Refused as e:
         await conn.execute(Q.event_insert, call_id, now, "callback_missed", state.value, None, True,
                            {**detail, "reason": e.message, "code": e.code})

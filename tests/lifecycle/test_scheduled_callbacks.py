@@ -198,3 +198,22 @@ async def test_a_missed_callback_follows_the_callback_missed_rule_then_ends(pool
             ev = await conn.fetchrow("SELECT payload FROM call_events WHERE call_id = $1 AND kind = 'callback_missed'",
                                      last)
         assert ev["payload"]["reason"] == "no retry left: the lead ends"
+
+
+async def test_a_provider_time_already_past_or_unreadable_never_fails_the_callback(pool: asyncpg.Pool,
+                                                                                   make_settings: Any) -> None:
+    clock = FakeClock(chicago(1, 10))
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        await dial_first(st)
+        first = await end_current(st, "CALLBACK", agent="bob", callbackAt="2026-12-01T09:30:00")  # late
+        cb = await callback_row(st)
+        assert cb["due_at"] == clock.now() and cb["owner"] == "bob"
+        async with pool.acquire() as conn:
+            asked = await conn.fetchval("SELECT asked_at FROM callbacks")
+        assert asked == chicago(1, 9, 30)  # what was asked is kept
+        await st.dispatcher.tick()
+        assert (await sent_agents(st))[-1] == ["bob"]
+        assert "callback_requested" in await kinds(st, first)
+        second = await end_current(st, "CALLBACK", agent="bob", callbackAt="half past three")
+        assert "callback_refused" in await kinds(st, second)
+        assert (await st.states()) == {"answered": 2}  # acknowledged, ended, nothing scheduled
