@@ -55,6 +55,14 @@ class RecycleRule(_Strict):
     max: int = Field(ge=0)
 
 
+class CallbackMissedRule(_Strict):
+    """A scheduled callback that missed (the customer not reached): tried again after
+    ``retry_after_min``, up to ``max`` times, then the lead ends."""
+
+    retry_after_min: float = Field(gt=0)
+    max: int = Field(ge=0)
+
+
 class Target(_Strict):
     kind: Literal["queue", "campaign"] = "queue"
     queue_id: str | None = None
@@ -78,6 +86,9 @@ class Target(_Strict):
     )
     holidays: list[str] = Field(default_factory=list)  # on top of [compliance] holidays
     holidays_ics: str | None = None
+    # agent-scheduled callbacks: the owner alone this long after the due time, then anyone
+    callback_owner_grace_min: float = Field(default=15, ge=0)
+    callback_missed: CallbackMissedRule | None = None
     # who is ready (see [portsip]/[ringme]); silent longer than this -> the static `agents` list
     agents_source: Literal["static", "portsip", "ringme"] = "static"
     agents_silence_s: float | None = Field(default=None, gt=0)
@@ -222,6 +233,10 @@ class SandboxSettings(_Strict):
     no_answer_rate: float = Field(default=0.2, ge=0)
     busy_rate: float = Field(default=0.1, ge=0)
     unreachable_rate: float = Field(default=0.1, ge=0)
+    # share of answered calls that end CALLBACK with a callbackAt this far ahead (vendor
+    # seconds, times time_scale)
+    callback_rate: float = Field(default=0.0, ge=0, le=1)
+    callback_after_s: float = Field(default=60.0, gt=0)
 
 
 # ==== providers: agent readiness and routing (PortSIP, ringme, Stringee) ====================

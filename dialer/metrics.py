@@ -72,6 +72,7 @@ CALLBACK_KINDS = ("connect", "terminal")
 CALLBACK_RESULTS = ("stored", "spooled", "forged", "bad_payload", "too_large", "unavailable")
 EVENT_RESULTS = ("applied", "duplicate", "unmatched")
 RECYCLE_REASONS = ("no_answer", "busy", "unreachable")
+CALLBACK_STATUSES = ("upcoming", "due", "overdue")  # agent-scheduled callbacks not yet dialed
 WEBHOOK_RESULTS = ("delivered", "retry", "failed")
 SUPERVISED_TASKS = ("dispatch", "inbox", "spool_replayer", "webhooks", "providers", "watchdog")
 TASKS = (*SUPERVISED_TASKS, "job_heartbeat", "job_orphans", "job_uncertain", "job_reaper", "job_completion",
@@ -199,6 +200,10 @@ class Metrics:
         self.callback_wait = Gauge(
             "dialer_callback_wait_seconds", "Age of the oldest call waiting for its next callback "
             "(queued at the provider or ringing an agent); 0 when none", ["target"], registry=r)
+        self.scheduled_callbacks = Gauge(
+            "dialer_scheduled_callbacks", "Agent-scheduled callbacks not yet dialed, by status: "
+            "upcoming, due (the owner's grace runs), overdue (grace passed)", ["target", "status"],
+            registry=r)
         self.webhook_backlog = Gauge(
             "dialer_webhook_backlog", "Result webhooks waiting to be delivered", registry=r)
         self.db_up = Gauge(
@@ -269,6 +274,8 @@ class Metrics:
                 self.recycles.labels(name, reason)
             for state in LIVE_STATES:
                 self.calls.labels(name, state)
+            for status in CALLBACK_STATUSES:
+                self.scheduled_callbacks.labels(name, status)
             for g in (self.in_flight, self.pacing_limit, self.ready_agents, self.wrapup_agents,
                       self.paused, self.callback_wait):
                 g.labels(name)
@@ -406,6 +413,8 @@ class Metrics:
                 self.calls.labels(name, state).set(r.by_state.get((name, state), 0))
             self.paused.labels(name).set(1 if r.paused.get(name) else 0)
             self.callback_wait.labels(name).set(r.callback_wait_s.get(name, 0.0))
+            for status in CALLBACK_STATUSES:
+                self.scheduled_callbacks.labels(name, status).set(r.callbacks.get((name, status), 0))
             pace = r.paces.get(name)
             if pace is not None:
                 self.in_flight.labels(name).set(pace.in_flight)

@@ -28,6 +28,7 @@ class Readings:
     callback_wait_s: dict[str, float] = field(default_factory=dict)
     paces: dict[str, Pace] = field(default_factory=dict)
     webhook_backlog: int = 0
+    callbacks: dict[tuple[str, str], int] = field(default_factory=dict)  # (target, status) → open callbacks
 
 
 async def read(ctx: AppContext, dispatcher: Any, now: datetime) -> Readings:
@@ -43,4 +44,7 @@ async def read(ctx: AppContext, dispatcher: Any, now: datetime) -> Readings:
         for name, t in settings.targets.items():
             out.paces[name] = await measure(conn, name, t, agents, now)
         out.webhook_backlog = int(await conn.fetchval(Q.webhook_backlog) or 0)
+        for x in await conn.fetch(Q.metrics_callbacks, now):
+            for status in ("upcoming", "due", "overdue"):
+                out.callbacks[(x["target"], status)] = x[status]
     return out

@@ -19,7 +19,7 @@ import asyncpg
 from dialer import supervisor
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.dispatch import compliance, outbox
+from dialer.dispatch import callbacks_owned, compliance, outbox
 from dialer.dispatch.breaker import Breaker
 from dialer.dispatch.pacing import AgentSource, Pace, StaticAgents, measure
 from dialer.dispatch.recheck import recheck
@@ -97,7 +97,9 @@ class Dispatcher:
             self.paces[name] = pace
             if state is not None and state["paused"]:
                 return 0
-            return await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
+            owned = await callbacks_owned.record_owned(conn, self.settings, self.secret, name, pace, now,
+                                                       self.rules, ended)
+            return owned + await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
                                              self.settings.targets[name].chunk_size, self.rules, ended)
 
     async def fill_all(self) -> int:

@@ -157,8 +157,9 @@ def _hold_detail(h: compliance.Hold) -> dict[str, Any]:
 
 
 async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, name: str, t: Target,
-                pace: Pace, take: list[asyncpg.Record]) -> Request:
-    """The provider request for these calls, with its own signed callback URLs."""
+                pace: Pace, take: list[asyncpg.Record], owner: str | None = None) -> Request:
+    """The provider request for these calls, with its own signed callback URLs; ``owner``:
+    the one agent every row goes to (an agent-scheduled callback)."""
     names: set[str] = set()
     for c in take:
         names.update((c["fields"] or {}).keys())
@@ -174,7 +175,9 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
     order: list[str] | None = None
     inline_agents = t.agent_mapping == "inline" and any(r.agents for r in rows)
     pool = [a for a in pace.agents if a != "*"] or list(t.agents)
-    if pool and not inline_agents and len(rows) < len(pool):
+    if owner is not None:
+        named = owner
+    elif pool and not inline_agents and len(rows) < len(pool):
         # Ryng round-robins only within one request, starting from the first agent each
         # time: small chunks (a single-lead campaign, a one-slot refill) would all land on
         # the first agent. We keep our own rotation across requests and start each

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 
 from dialer.errors import InvalidInput
-from dialer.http import batches, calls, dnc, targets
+from dialer.http import batches, callbacks_api, calls, dnc, targets
 from dialer.http.models import ErrorOut
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -38,6 +38,6 @@ async def known_query_only(request: Request) -> None:
 
 def router(auth: Any) -> APIRouter:
     r = APIRouter(prefix="/v1", dependencies=[Depends(auth), Depends(known_query_only)], responses=ERRORS)
-    for part in (batches, calls, dnc, targets):
+    for part in (batches, calls, callbacks_api, dnc, targets):
         r.include_router(part.router)
     return r

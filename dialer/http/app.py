@@ -15,7 +15,7 @@ from dialer.http.api import router
 from dialer.http.auth import TokenCheck
 from dialer.http.context import AppContext
 from dialer.http.errors import ORJSONResponse
-from dialer.http.models import BatchIn, DncIn, Health
+from dialer.http.models import BatchIn, DncIn, Health, ScheduleIn
 from dialer.store import migrate
 from dialer.ui import mount as mount_ui
 
@@ -85,6 +85,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         for name, sub in dnc.pop("$defs", {}).items():
             comps.setdefault(name, sub)
         comps["DncIn"] = dnc
+        comps["ScheduleIn"] = ScheduleIn.model_json_schema(ref_template="#/components/schemas/{model}")
         _known_values(schema, sorted(ctx.settings.targets))
         schema["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}

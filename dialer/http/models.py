@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+def _not_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # lax int would take true/false as 1/0; JSON Schema does not
+        raise ValueError("a boolean is not an integer")
+    return v
+
+
+# an id given as a number (an integral 5.0 is one, as in JSON Schema; true is not)
+StrictInt64 = Annotated[int, BeforeValidator(_not_bool), Field(ge=-(2**63), le=2**63 - 1)]
 FieldValue = str | Int64 | float | bool | None
 
 
@@ -22,7 +32,7 @@ class LeadIn(_Strict):
     agents: list[str] | str | None = Field(
         default=None, description="Agent usernames (list, or ';' '|' ',' separated)"
     )
-    external_id: str | Int64 | None = Field(default=None, description="Your id for the lead")
+    external_id: str | StrictInt64 | None = Field(default=None, description="Your id for the lead")
     fields: dict[str, FieldValue] | None = Field(default=None, description="Custom fields")
     timezone: str | None = Field(default=None, description="IANA zone overriding the number's")
     # more numbers of the same lead: dialed in turn, each checked on its own
@@ -183,3 +193,36 @@ class TargetList(_Strict):
 class CancelOut(_Strict):
     batch_id: str
     cancelled: int
+
+
+# ISO 8601 date and time, with or without an offset (without: the lead's local time)
+ISO_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}:\d{2})?$"
+
+
+class ScheduleIn(_Strict):
+    at: str = Field(pattern=ISO_TIME, max_length=40,
+                    description="When to call back: ISO 8601; without an offset, in the lead's local time")
+    agent: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^\x00]+$",
+                              description="The agent who owns the callback (default: the call's agent)")
+
+
+class CallbackOut(_Strict):
+    call_id: int = Field(description="The callback's attempt")
+    lead_id: int
+    from_call: int
+    target: str
+    owner: str | None
+    number: str | None
+    external_id: str | None
+    state: str
+    status: str = Field(description="upcoming | due | overdue | dialed | ended")
+    asked_at: datetime
+    due_at: datetime
+    owner_grace_until: datetime
+    source: str
+    missed: int
+    created_at: datetime
+
+
+class CallbackList(_Strict):
+    callbacks: list[CallbackOut]

@@ -14,7 +14,11 @@ DEFAULT: dict[str, str] = {
     "INVALID_NUMBER": "unreachable", "CONGESTION": "unreachable", "CHANUNAVAIL": "unreachable",
     "FAILED_TO_CONNECT": "unreachable",
     "FAILED": "failed", "ERROR": "failed", "CANCELLED": "cancelled",
+    "CALLBACK": "callback", "CALL_BACK": "callback",
 }
+# Words that end a call in a state *and* ask for more: "callback" — the customer was
+# reached and asked to be called back later (lifecycle/callbacks_scheduled.py).
+SPECIAL: dict[str, State] = {"callback": State.ANSWERED}
 
 
 def normalise_word(word: str) -> str:
@@ -25,7 +29,7 @@ class Dispositions:
     def __init__(self, overrides: dict[str, str] | None = None, dnc_words: list[str] | None = None) -> None:
         self.table = dict(DEFAULT)
         for k, v in (overrides or {}).items():
-            if State(v) not in TERMINAL:
+            if v not in SPECIAL and State(v) not in TERMINAL:
                 raise ValueError(f"dispositions.{k}: {v!r} is not a terminal state")
             self.table[normalise_word(k)] = v
         self.dnc_words = {normalise_word(w) for w in (dnc_words or [])}
@@ -36,8 +40,16 @@ class Dispositions:
             return State.FAILED
         w = normalise_word(word)
         if w in self.dnc_words:
-            return State(self.table.get(w, "answered"))
-        return State(self.table.get(w, "failed"))
+            return _state(self.table.get(w, "answered"))
+        return _state(self.table.get(w, "failed"))
+
+    def is_callback(self, word: str | None) -> bool:
+        return bool(word) and self.table.get(normalise_word(word or "")) == "callback"
 
     def is_dnc(self, word: str | None) -> bool:
         return bool(word) and normalise_word(word or "") in self.dnc_words
+
+
+def _state(value: str) -> State:
+    special = SPECIAL.get(value)
+    return special if special is not None else State(value)

@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 
 from dialer.config import Settings
-from dialer.lifecycle import moves, number_report, recycle
+from dialer.lifecycle import callbacks_scheduled, moves, number_report, recycle
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
@@ -55,7 +55,10 @@ async def after_end(
     call_id: int,
     disposition: str | None,
     now: datetime,
+    body: dict[str, Any] | None = None,
 ) -> EndEffects:
+    """``body``: the terminal callback's, when a provider's callback ended the call (a
+    CALLBACK disposition carries its time there)."""
     out = EndEffects()
     row = await conn.fetchrow(Q.call_ended_row, call_id)
     if row is None:
@@ -69,8 +72,14 @@ async def after_end(
         out.ended = await moves.cancel_for_dnc(conn, [row["e164"]], now,
                                                {"rule": "dnc_dispositions", "disposition": disposition,
                                                 "from_call": call_id})
+    elif dispositions.is_callback(disposition):
+        out.recycled_to = await callbacks_scheduled.after_disposition(conn, settings, call_id, row["agent"],
+                                                                      body or {}, now)
     elif target is not None:
-        out.recycled_to = await recycle.maybe_recycle(conn, call_id, row["lead"], state, target, now, row)
+        was_callback, out.recycled_to = await callbacks_scheduled.after_missed(conn, settings, call_id,
+                                                                               state, now)
+        if not was_callback:  # a callback attempt is never a recycle rule's re-dial
+            out.recycled_to = await recycle.maybe_recycle(conn, call_id, row["lead"], state, target, now, row)
     url = await conn.fetchval(Q.batch_webhook_url, row["batch_id"])
     if url:
         attempts = await number_report.attempts(conn, row["lead"]) if row["numbers"] is not None else None

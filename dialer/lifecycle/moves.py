@@ -168,6 +168,14 @@ async def new_attempt(conn: asyncpg.Connection, call_id: int, after: State, due:
     return row
 
 
+async def new_callback(conn: asyncpg.Connection, call_id: int, due: datetime,
+                       now: datetime) -> asyncpg.Record | None:
+    """An agent-scheduled callback's attempt of the call's lead (reason ``callback``, not a
+    re-dial), waiting as ``retry_wait`` until ``due``; None for a cancelled batch."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.callback_insert, call_id, due, now)
+    return row
+
+
 async def apply_callback(conn: asyncpg.Connection, call_id: int, src: State, dst: State, now: datetime,
                          agent: str | None, outcome: str | None, provider_call_id: str | None) -> None:
     """One callback's move of one (locked) call; the caller checked ``can_move``."""

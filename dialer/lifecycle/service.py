@@ -13,7 +13,7 @@ import asyncpg
 from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.lifecycle import ended, events, moves, observe, payload
+from dialer.lifecycle import callbacks_scheduled, ended, events, moves, observe, payload
 from dialer.lifecycle.batcher import CallbackBatcher
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.spool import Quarantined, Spool, Spooled
@@ -96,6 +96,12 @@ class CallbackService:
         targets = self.settings.targets.values() if self.settings else []
         return {State(k) for t in targets for k in t.recycle}
 
+    @property
+    def _callback_missed_states(self) -> frozenset[State]:
+        # only when some target re-tries missed callbacks; otherwise a miss just ends
+        targets = self.settings.targets.values() if self.settings else []
+        return callbacks_scheduled.MISSED if any(t.callback_missed for t in targets) else frozenset()
+
     async def _store_fast(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                           now: datetime) -> events.Applied | None:
         """One statement when nothing but the webhook follows the event (no re-dial rule
@@ -105,6 +111,8 @@ class CallbackService:
         dst = events.target_state(kind, cb, self.dispositions)
         if dst in self._recycle_states or self.dispositions.is_dnc(cb.disposition):
             return None
+        if self.dispositions.is_callback(cb.disposition) or (dst in self._callback_missed_states):
+            return None  # a callback to schedule, or a scheduled one that may have missed
         return await self._batcher.apply(chunk_id, cb.refs[0], kind, cb, dst)
 
     async def _store_slow(self, chunk_id: int, kind: str, cb: payload.CallbackData,
@@ -114,7 +122,7 @@ class CallbackService:
             if result.result == "applied" and result.terminal and self.settings is not None \
                     and result.call_id is not None:
                 result.effects = await ended.after_end(conn, self.settings, self.dispositions,
-                                                       result.call_id, cb.disposition, now)
+                                                       result.call_id, cb.disposition, now, cb.raw)
         return result
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:

@@ -251,6 +251,9 @@ FROM calls c
 WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
   AND (c.not_before IS NULL OR c.not_before <= $2)
   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')
+  -- a callback its owner still has the grace to take is not anyone's yet
+  AND NOT EXISTS (SELECT 1 FROM callbacks k WHERE k.call_id = c.id AND k.owner IS NOT NULL
+                  AND k.released_at IS NULL AND k.grace_until > $2)
 ORDER BY c.priority DESC, c.id
 LIMIT $3
 FOR UPDATE OF c SKIP LOCKED
@@ -855,3 +858,91 @@ SELECT polled_at FROM provider_polls WHERE source = $1
 -- name: provider_poll_done
 INSERT INTO provider_polls (source, polled_at, polled_by) VALUES ($1, $2, $3)
 ON CONFLICT (source) DO UPDATE SET polled_at = EXCLUDED.polled_at, polled_by = EXCLUDED.polled_by
+
+-- ---------------------------------------------------------------- agent-scheduled callbacks
+
+-- name: callback_lead_lock
+-- One scheduling at a time per lead (a CRM and a terminal callback may race).
+SELECT pg_advisory_xact_lock(hashtext('dialer.lead:' || $1::bigint))
+
+-- name: callback_source_row
+-- The call a callback is asked from, with what may forbid it ($2: now).
+SELECT c.id, c.batch_id, c.target, c.e164, c.timezone, c.fields, c.state, c.agent, c.attempt,
+       coalesce(c.lead_id, c.id) AS lead, b.state AS batch_state,
+       EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
+               AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc,
+       (SELECT min(l.id) FROM calls l
+        WHERE (l.id = coalesce(c.lead_id, c.id) OR l.lead_id = coalesce(c.lead_id, c.id))
+          AND l.state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain',
+                          'queued', 'assigned', 'connected')) AS live_call
+FROM calls c JOIN batches b ON b.id = c.batch_id
+WHERE c.id = $1
+
+-- name: callback_insert
+-- The callback's attempt: waits as retry_wait until due; nothing for a cancelled batch.
+INSERT INTO calls (batch_id, target, line, lead_id, attempt, raw_number, e164, priority, agents,
+                   external_id, timezone, fields, state, reason, not_before, created_at, updated_at,
+                   numbers, expires_at)
+SELECT c.batch_id, c.target, c.line, coalesce(c.lead_id, c.id),
+       (SELECT max(l.attempt) FROM calls l
+        WHERE l.id = coalesce(c.lead_id, c.id) OR l.lead_id = coalesce(c.lead_id, c.id)) + 1,
+       c.raw_number, c.e164, c.priority, c.agents, c.external_id, c.timezone, c.fields,
+       'retry_wait', 'callback', $2, $3, $3, c.numbers, c.expires_at
+FROM calls c JOIN batches b ON b.id = c.batch_id
+WHERE c.id = $1 AND b.state <> 'cancelled'
+RETURNING id, attempt
+
+-- name: callback_record
+INSERT INTO callbacks (call_id, lead_id, target, owner, asked_at, due_at, grace_until, source, from_call,
+                       missed, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+
+-- name: callback_of_call
+SELECT * FROM callbacks WHERE call_id = $1
+
+-- name: callbacks_grace_passed
+-- Owned callbacks still waiting when their owner's grace ended: anyone may take them now.
+UPDATE callbacks k SET released_at = $2
+FROM calls c
+WHERE k.target = $1 AND k.owner IS NOT NULL AND k.released_at IS NULL AND k.grace_until <= $2
+  AND c.id = k.call_id AND c.state IN ('pending', 'scheduled', 'retry_wait')
+RETURNING k.call_id, k.owner, k.due_at, k.grace_until, c.state
+
+-- name: callback_owned_candidates
+-- Due callbacks still in their owner's grace, for the owners who are ready ($3).
+SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt, k.owner,
+       c.expires_at, c.batch_id,
+       EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
+               AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
+FROM callbacks k JOIN calls c ON c.id = k.call_id
+WHERE k.target = $1 AND k.owner = ANY($3::text[]) AND k.grace_until > $2 AND k.released_at IS NULL
+  AND c.state IN ('pending', 'scheduled', 'retry_wait')
+  AND (c.not_before IS NULL OR c.not_before <= $2)
+  AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')
+ORDER BY k.due_at, c.id
+LIMIT $4
+FOR UPDATE OF c SKIP LOCKED
+
+-- name: callbacks_list
+-- Callbacks by target, owner, due time and lead ($1..$4, $7 optional), soonest first.
+SELECT k.call_id, k.lead_id, k.target, k.owner, k.asked_at, k.due_at, k.grace_until, k.source,
+       k.from_call, k.missed, k.created_at, c.state, c.e164, c.external_id, c.not_before, c.agent,
+       c.outcome, c.ended_at, c.batch_id
+FROM callbacks k JOIN calls c ON c.id = k.call_id
+WHERE ($1::text IS NULL OR k.target = $1) AND ($2::text IS NULL OR k.owner = $2)
+  AND ($3::timestamptz IS NULL OR k.due_at >= $3) AND ($4::timestamptz IS NULL OR k.due_at < $4)
+  AND ($5::boolean OR c.state IN ('pending', 'scheduled', 'retry_wait'))
+  AND ($7::bigint IS NULL OR k.lead_id = $7)
+ORDER BY k.due_at, k.call_id
+LIMIT $6
+
+-- name: metrics_callbacks
+-- Scrape time: open callbacks per target — due (their time came, owner's grace running)
+-- and overdue (grace passed, still not dialed).
+SELECT k.target,
+       count(*) FILTER (WHERE k.due_at <= $1 AND k.grace_until > $1)::int AS due,
+       count(*) FILTER (WHERE k.grace_until <= $1)::int AS overdue,
+       count(*) FILTER (WHERE k.due_at > $1)::int AS upcoming
+FROM callbacks k JOIN calls c ON c.id = k.call_id
+WHERE c.state IN ('pending', 'scheduled', 'retry_wait')
+GROUP BY k.target

@@ -61,7 +61,7 @@ def test_target_variable_filters_every_target_labelled_metric() -> None:
     target_labelled = ("dialer_calls_in_flight", "dialer_pacing_limit", "dialer_ready_agents",
                        "dialer_call_outcomes_total", "dialer_call_submit_to_end_seconds_bucket",
                        "dialer_leads_ingested_total", "dialer_leads_rejected_total", "dialer_calls{",
-                       "dialer_callback_wait_seconds")
+                       "dialer_callback_wait_seconds", "dialer_scheduled_callbacks")
     for p in panels:
         for t in p["targets"]:
             for name in target_labelled:

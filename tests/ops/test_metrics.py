@@ -33,7 +33,7 @@ BOUNDED = {
     "source": set(metrics.SOURCES), "reason": set(metrics.REJECT_REASONS) | set(metrics.RECYCLE_REASONS),
     "state": set(metrics.LIVE_STATES), "outcome": set(metrics.OUTCOMES), "provider": {"ryng"},
     "endpoint": {"queue_append", "campaign", "campaign_sheet", "unknown"},
-    "status": set(metrics.STATUS_CLASSES), "kind": set(metrics.CALLBACK_KINDS),
+    "status": set(metrics.STATUS_CLASSES) | set(metrics.CALLBACK_STATUSES), "kind": set(metrics.CALLBACK_KINDS),
     "result": (set(metrics.INBOX_RESULTS) | set(metrics.CHUNK_RESULTS) | set(metrics.CALLBACK_RESULTS)
                | set(metrics.EVENT_RESULTS) | set(metrics.WEBHOOK_RESULTS) | {"ok", "other"}),
     "task": set(metrics.TASKS),

@@ -148,11 +148,11 @@ __all__ = ["RyngSandbox", "SandboxConfig", "serve"]
 
 
 _RATES = ("error_rate", "throttle_rate", "timeout_rate", "accept_then_fail_rate", "duplicate_callback_rate",
-          "late_callback_rate")
+          "late_callback_rate", "callback_rate")
 _NON_NEGATIVE = ("answer_rate", "no_answer_rate", "busy_rate", "unreachable_rate",  # weights, normalised
                  "agent_pickup_s", "default_max_dispose_s", "default_retry_interval_min", "timeout_hang_s",
                  "latency_s")
-_POSITIVE = ("time_scale", "callback_timeout_s")
+_POSITIVE = ("time_scale", "callback_timeout_s", "callback_after_s")
 _SERVER_ERRORS = (500, 502, 503, 504)
 _RUNTIME = frozenset((*_RATES, *_NON_NEGATIVE, *_POSITIVE, "ring_s", "talk_s", "default_leg_direction",
                       "default_max_retries", "retry_after_s", "accept_then_fail_mode",

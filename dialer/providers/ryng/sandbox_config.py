@@ -38,6 +38,10 @@ class SandboxConfig:
     accept_then_fail_statuses: tuple[int, ...] = (500, 502, 504)  # what "5xx" answers after queuing
     duplicate_callback_rate: float = 0.0
     late_callback_rate: float = 0.0
+    # agent-scheduled callbacks: this share of answered calls ends CALLBACK, with a
+    # callbackAt this many (vendor) seconds ahead
+    callback_rate: float = 0.0
+    callback_after_s: float = 60.0
     # callbacks and memory
     campaign_connect_termination: bool = True
     callback_timeout_s: float = 10.0

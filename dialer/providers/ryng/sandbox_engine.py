@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from random import Random
 from typing import Any
 
@@ -27,6 +27,7 @@ from dialer.providers.ryng.sandbox_config import SandboxConfig
 from dialer.providers.ryng.sandbox_requests import Row, Submission
 
 ANSWERED, NO_ANSWER, BUSY, UNREACHABLE = "ANSWERED", "NO_ANSWER", "BUSY", "UNREACHABLE"
+CALLBACK = "CALLBACK"  # an answered call whose customer asked to be called back
 SIGNAL_S = 1.0  # vendor seconds until a busy / unreachable signal comes back
 CALLBACK_RETRY_S = 60.0  # "at 1 minute intervals"
 LATE_CALLBACK_S = 300.0  # how long a "late" terminal callback is held back
@@ -300,6 +301,10 @@ class Engine:
                     endTime=iso(attempt.end or utcnow()), talkTime=round(attempt.talk_s))
         if attempt.outcome == ANSWERED:
             body["recordingUrl"] = RECORDING_URL.format(call_id=call.call_id)
+            # drawn only when asked for: seeded runs without callbacks keep their sequence
+            if self.cfg.callback_rate > 0 and self.rng.random() < self.cfg.callback_rate:
+                at = utcnow() + timedelta(seconds=self.cfg.callback_after_s * self.cfg.time_scale)
+                body.update(disposition=CALLBACK, callbackAt=iso(at))
         if call.sub.kind == "campaign" and self.cfg.campaign_connect_termination:
             self._emit(call, "connect", dict(body))  # the campaign page's "call termination" milestone
         self._emit(call, "terminal", body)
