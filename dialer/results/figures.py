@@ -23,7 +23,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 
@@ -90,15 +89,16 @@ class Figures:
 
 async def for_batch(conn: asyncpg.Connection, batch_id: uuid.UUID, now: datetime) -> Figures:
     """The figures of one batch (which must exist)."""
-    return await _figures(conn, (batch_id, None, None), now, pace=None)
+    return await _figures(conn, [batch_id], now, pace=None)
 
 
 async def for_target(conn: asyncpg.Connection, target: str, now: datetime,
                      window_h: int = DEFAULT_WINDOW_H) -> Figures:
     """The figures of one target: its open batches and those of the last ``window_h`` hours."""
     since = now - timedelta(hours=window_h)
+    scope = [r["id"] for r in await conn.fetch(Q.figures_target_batches, target, since)]
     pace = await conn.fetchrow(Q.figures_target_pace, target, now - RATE_WINDOW, now)
-    return await _figures(conn, (None, target, since), now, pace=pace)
+    return await _figures(conn, scope, now, pace=pace)
 
 
 async def target_exhaustion(conn: asyncpg.Connection, target: str, now: datetime) -> Exhaustion:
@@ -119,13 +119,13 @@ def exhaustion(remaining: int, sent_recently: int, now: datetime) -> Exhaustion:
     return Exhaustion(remaining, sent_recently, window, seconds, now + timedelta(seconds=seconds), None)
 
 
-async def _figures(conn: asyncpg.Connection, scope: tuple[Any, Any, Any], now: datetime,
+async def _figures(conn: asyncpg.Connection, scope: list[uuid.UUID], now: datetime,
                    pace: asyncpg.Record | None) -> Figures:
-    t = await conn.fetchrow(Q.figures_totals, *scope, now - RATE_WINDOW, now)
+    t = await conn.fetchrow(Q.figures_totals, scope, now - RATE_WINDOW, now)
     by_hour = await _hours(conn, scope)
     src = pace if pace is not None else t
     return Figures(
-        computed_at=now, batches=t["batches"], leads=t["leads"], attempts=t["attempts"],
+        computed_at=now, batches=len(scope), leads=t["leads"], attempts=t["attempts"],
         leads_attempted=t["leads_attempted"], answered=t["answered"],
         talk_reported=t["talk_reported"], talk_mean_s=t["talk_mean_s"],
         exhaustion=exhaustion(src["remaining"], src["sent_recently"], now),
@@ -133,13 +133,13 @@ async def _figures(conn: asyncpg.Connection, scope: tuple[Any, Any, Any], now: d
     )
 
 
-async def _hours(conn: asyncpg.Connection, scope: tuple[Any, Any, Any]) -> dict[int, Hour]:
-    keys = [r["key"] for r in await conn.fetch(Q.figures_zone_keys, *scope)]
+async def _hours(conn: asyncpg.Connection, scope: list[uuid.UUID]) -> dict[int, Hour]:
+    keys = [r["key"] for r in await conn.fetch(Q.figures_zone_keys, scope)]
     if not keys:
         return {}
     known = await _zone_names(conn)
     zones = [_zone_of(k, known) for k in keys]
-    rows = await conn.fetch(Q.figures_hours, *scope, keys, zones)
+    rows = await conn.fetch(Q.figures_hours, scope, keys, zones)
     return {r["hour"]: Hour(r["hour"], r["attempts"], r["answered"]) for r in rows}
 
 

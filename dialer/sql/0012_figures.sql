@@ -8,7 +8,7 @@
 CREATE FUNCTION figures_zone_key(tz text, e164 text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN tz IS NOT NULL THEN 'tz:' || tz
-                WHEN e164 ~ '^\+1[0-9]{10}$' THEN left(e164, 8) || '0000'
+                WHEN e164 LIKE '+1%' AND length(e164) = 12 THEN left(e164, 8) || '0000'
                 ELSE e164 END
 $$;
 
@@ -16,15 +16,25 @@ $$;
 -- reads it: key case and '_'/'-' ignored, talkTime first, else duration; a value that is
 -- not a plain non-negative number counts as not reported.
 CREATE FUNCTION figures_talk_s(body jsonb) RETURNS float8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN v ~ '^\s*[0-9]{1,9}(\.[0-9]+)?\s*$' THEN v::float8 END
-    FROM (
-        SELECT (SELECT e.value FROM jsonb_each_text(body) e
-                WHERE lower(translate(e.key, '_-', '')) IN ('talktime', 'duration')
-                ORDER BY lower(translate(e.key, '_-', '')) = 'duration'
-                LIMIT 1) AS v
-        WHERE jsonb_typeof(body) = 'object'
-    ) s
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v text;
+BEGIN
+    IF jsonb_typeof(body) IS DISTINCT FROM 'object' THEN
+        RETURN NULL;
+    END IF;
+    v := coalesce(body->>'talkTime', body->>'talk_time');  -- the usual spellings: cheap
+    IF v IS NULL THEN
+        SELECT e.value INTO v FROM jsonb_each_text(body) e
+        WHERE lower(translate(e.key, '_-', '')) IN ('talktime', 'duration')
+        ORDER BY lower(translate(e.key, '_-', '')) = 'duration'
+        LIMIT 1;
+    END IF;
+    IF v ~ '^\s*[0-9]{1,9}(\.[0-9]+)?\s*$' THEN
+        RETURN v::float8;
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 -- A target's recent send rate (attempts claimed in the last minutes): the attempts of one

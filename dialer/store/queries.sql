@@ -565,66 +565,52 @@ SELECT target, batch_id, count(*)::int AS n FROM moved GROUP BY target, batch_id
 SELECT e164, source, added_at, expires_at FROM dnc ORDER BY e164
 
 -- ---------------------------------------------------------------- campaign figures
--- SPEC §10, dialer/results/figures.py. The scope is one batch ($1), or a target's batches
--- ($1 NULL, $2 target): those still open, and those created since $3. Calls are read by
--- batch (calls_batch_line), so a batch's figures cost one pass over its own rows.
+-- SPEC §10, dialer/results/figures.py. The scope is a list of batches ($1): one batch, or
+-- a target's (figures_target_batches). Calls are read by batch (calls_batch_line), so a
+-- batch's figures cost one pass over its own rows, whatever else the table holds.
+
+-- name: figures_target_batches
+-- A target's batches still open, and those created since $2.
+SELECT id FROM batches WHERE target = $1 AND (ended_at IS NULL OR created_at >= $2)
 
 -- name: figures_totals
 -- Leads (first attempts), attempts (calls claimed for sending, as the caps count them),
 -- leads attempted (a re-dial exists only after a first attempt ended, so a lead was
 -- attempted iff its first row was), answered, mean talk time (from the applied terminal
 -- callback of each answered call), calls still waiting to be sent, and attempts claimed
--- in ($4, $5] (the recent send rate).
-WITH scope AS (
-    SELECT id FROM batches
-    WHERE CASE WHEN $1::uuid IS NOT NULL THEN id = $1::uuid
-               ELSE target = $2::text AND (ended_at IS NULL OR created_at >= $3::timestamptz) END
-), c AS (
-    SELECT k.id, k.attempt, k.state, k.submitted_at FROM calls k
-    WHERE k.batch_id IN (SELECT id FROM scope) AND k.state NOT IN ('invalid', 'duplicate', 'dnc')
-), t AS (
-    SELECT CASE WHEN c.state = 'answered' THEN
-               (SELECT figures_talk_s(e.payload->'body') FROM call_events e
-                WHERE e.call_id = c.id AND e.applied AND e.to_state = 'answered'
-                ORDER BY e.id LIMIT 1) END AS talk_s, c.*
-    FROM c
-)
-SELECT (SELECT count(*) FROM scope)::int AS batches,
-       count(*) FILTER (WHERE attempt = 1)::int AS leads,
-       count(*) FILTER (WHERE submitted_at IS NOT NULL)::int AS attempts,
-       count(*) FILTER (WHERE attempt = 1 AND submitted_at IS NOT NULL)::int AS leads_attempted,
-       count(*) FILTER (WHERE state = 'answered')::int AS answered,
-       count(talk_s)::int AS talk_reported,
-       avg(talk_s)::float8 AS talk_mean_s,
-       count(*) FILTER (WHERE state IN ('pending', 'scheduled', 'retry_wait'))::int AS remaining,
-       count(*) FILTER (WHERE submitted_at > $4::timestamptz AND submitted_at <= $5::timestamptz)::int
+-- in ($2, $3] (the recent send rate).
+SELECT count(*) FILTER (WHERE c.attempt = 1)::int AS leads,
+       count(*) FILTER (WHERE c.submitted_at IS NOT NULL)::int AS attempts,
+       count(*) FILTER (WHERE c.attempt = 1 AND c.submitted_at IS NOT NULL)::int AS leads_attempted,
+       count(*) FILTER (WHERE c.state = 'answered')::int AS answered,
+       count(tk.talk_s)::int AS talk_reported,
+       avg(tk.talk_s)::float8 AS talk_mean_s,
+       count(*) FILTER (WHERE c.state IN ('pending', 'scheduled', 'retry_wait'))::int AS remaining,
+       count(*) FILTER (WHERE c.submitted_at > $2::timestamptz AND c.submitted_at <= $3::timestamptz)::int
            AS sent_recently
-FROM t
+FROM calls c
+LEFT JOIN LATERAL (
+    SELECT figures_talk_s(e.payload->'body') AS talk_s FROM call_events e
+    WHERE c.state = 'answered' AND e.call_id = c.id AND e.applied AND e.to_state = 'answered'
+    ORDER BY e.id LIMIT 1
+) tk ON true
+WHERE c.batch_id = ANY($1::uuid[]) AND c.state NOT IN ('invalid', 'duplicate', 'dnc')
 
 -- name: figures_zone_keys
 -- The zone keys (figures_zone_key) of the scope's attempts, for the hour of the lead's day.
-WITH scope AS (
-    SELECT id FROM batches
-    WHERE CASE WHEN $1::uuid IS NOT NULL THEN id = $1::uuid
-               ELSE target = $2::text AND (ended_at IS NULL OR created_at >= $3::timestamptz) END
-)
 SELECT DISTINCT figures_zone_key(timezone, e164) AS key FROM calls
-WHERE batch_id IN (SELECT id FROM scope) AND submitted_at IS NOT NULL
+WHERE batch_id = ANY($1::uuid[]) AND submitted_at IS NOT NULL
 
 -- name: figures_hours
 -- Attempts and answered by the hour of the lead's local day when the attempt was claimed;
--- $4/$5: zone keys and the IANA zone of each (keys left out read as UTC).
-WITH scope AS (
-    SELECT id FROM batches
-    WHERE CASE WHEN $1::uuid IS NOT NULL THEN id = $1::uuid
-               ELSE target = $2::text AND (ended_at IS NULL OR created_at >= $3::timestamptz) END
-), z AS (
-    SELECT * FROM unnest($4::text[], $5::text[]) AS u(key, zone)
+-- $2/$3: zone keys and the IANA zone of each (a key left out reads as UTC).
+WITH z AS (
+    SELECT * FROM unnest($2::text[], $3::text[]) AS u(key, zone)
 )
 SELECT extract(hour FROM c.submitted_at AT TIME ZONE coalesce(z.zone, 'UTC'))::int AS hour,
        count(*)::int AS attempts, count(*) FILTER (WHERE c.state = 'answered')::int AS answered
 FROM calls c LEFT JOIN z ON z.key = figures_zone_key(c.timezone, c.e164)
-WHERE c.batch_id IN (SELECT id FROM scope) AND c.submitted_at IS NOT NULL
+WHERE c.batch_id = ANY($1::uuid[]) AND c.submitted_at IS NOT NULL
 GROUP BY 1
 ORDER BY 1
 

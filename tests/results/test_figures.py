@@ -56,7 +56,8 @@ async def campaign(pool: asyncpg.Pool, make_settings: Any) -> AsyncIterator[Camp
         ny = await st.post(NY, timezone="America/New_York")
         la = await st.post([*LA, "12345"])  # the bad row is no lead
         await st.dispatcher.tick()  # all six claimed and sent at T0
-        assert await st.states() == {"queued": 6}
+        states = await st.states()  # the sandbox may have assigned agents meanwhile
+        assert sum(states.values()) == 6 and set(states) <= {"queued", "assigned"}
         await _end(st, NY[0], "ANSWERED", talkTime=60)
         await _end(st, NY[0], "ANSWERED", talkTime=999)  # a duplicate: recorded, never counted
         await _end(st, NY[1], "ANSWERED", talk_time="90")  # as a form body carries it
