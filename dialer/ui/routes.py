@@ -1,5 +1,5 @@
 """The console's URLs: ``/`` and ``/ui`` lead to ``/ui/``; each page's module brings its
-own routes (``auth``, ``batches``, ``downloads``, ``upload``, ``targets``, ``dnc``).
+own routes (``auth``, ``batches``, ``downloads``, ``upload``, ``targets``, ``figures``, ``dnc``).
 
 Server-rendered (Jinja2); the little JavaScript in ``static/app.js`` only refreshes the
 live regions (fragments of the same templates, ``?part=...``), shows times in the
@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from dialer.http.context import AppContext
-from dialer.ui import auth, batches, dnc, downloads, targets, upload
+from dialer.ui import auth, batches, dnc, downloads, figures, targets, upload
 from dialer.ui.console import Console, UiError
 from dialer.ui.render import STATIC
 
@@ -35,7 +35,7 @@ def mount(app: FastAPI, ctx: AppContext) -> Console:
     console = Console(ctx)
     app.state.ui = console
     for part in (router, auth.router, batches.router, downloads.router, upload.router,
-                 targets.router, dnc.router):
+                 targets.router, figures.router, dnc.router):
         app.include_router(part)
     app.mount("/ui/static", StaticFiles(directory=str(STATIC)), name="ui-static")
     app.add_exception_handler(UiError, console.on_error)
