@@ -136,3 +136,30 @@ async def test_the_exhaustion_estimate_alone_matches(campaign: Campaign) -> None
     async with campaign.st.pool.acquire() as conn:
         e = await figures.target_exhaustion(conn, "sales", campaign.clock.now())
     assert (e.remaining, e.sent_recently, e.seconds) == (4, 0, None)
+
+
+def test_a_number_is_read_in_the_zone_the_dispatcher_gives_it() -> None:
+    """The shortcut for one-zone countries agrees with dispatch/hours.py on every example
+    number phonenumbers has (zones that always show the same time count as one)."""
+    import zoneinfo
+
+    import phonenumbers
+
+    from dialer.dispatch import hours
+
+    known = frozenset(zoneinfo.available_timezones())
+    checked = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE,
+                     phonenumbers.PhoneNumberType.TOLL_FREE):
+            ex = phonenumbers.example_number_for_type(region, kind)
+            if ex is None:
+                continue
+            e164 = phonenumbers.format_number(ex, phonenumbers.PhoneNumberFormat.E164)
+            ours = figures._zone_of(e164, known)
+            assert figures._same_time(ours, hours.zones_for(e164, None)[0].key), (region, e164, ours)
+            checked += 1
+    assert checked > 400
+    assert figures._zone_of("+442071234567", known) in ("Europe/London", "Europe/Guernsey")  # shortcut
+    assert figures._zone_of("tz:Asia/Tokyo", known) == "Asia/Tokyo"
+    assert figures._zone_of("tz:Mars/Base", known) == "UTC"  # PostgreSQL would not know it
