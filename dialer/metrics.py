@@ -45,6 +45,7 @@ from dialer import __version__, supervisor
 from dialer.lifecycle import observe
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
+from dialer.metrics_figures import FiguresGauges
 
 if TYPE_CHECKING:
     from dialer.dispatch.outbox import Claimed
@@ -245,6 +246,8 @@ class Metrics:
             for result in EVENT_RESULTS:
                 self.callback_events.labels(kind, result)
         r.register(_Breakers(self))
+        self.figures = FiguresGauges(lambda: list(self.targets))  # campaign figures (own refresh)
+        r.register(self.figures)
         ProcessCollector(namespace="dialer", registry=r)
         self.set_targets(targets)
 
@@ -402,6 +405,7 @@ class Metrics:
                 self.db_up.set(1)
             self._refreshed = time.monotonic()
             self.refresh_seconds.set(time.perf_counter() - start)
+            await self.figures.refresh(ctx)
 
     async def _read_db(self, ctx: AppContext) -> None:
         from dialer import metrics_state  # reads the database; this module only sets numbers

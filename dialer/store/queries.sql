@@ -647,6 +647,68 @@ SELECT target, batch_id, count(*)::int AS n FROM moved GROUP BY target, batch_id
 -- name: dnc_export
 SELECT e164, source, added_at, expires_at FROM dnc ORDER BY e164
 
+-- ---------------------------------------------------------------- campaign figures
+-- SPEC §10, dialer/results/figures.py. The scope is a list of batches ($1): one batch, or
+-- a target's (figures_target_batches). Calls are read by batch (calls_batch_line), so a
+-- batch's figures cost one pass over its own rows, whatever else the table holds.
+
+-- name: figures_target_batches
+-- A target's batches still open, and those created since $2.
+SELECT id FROM batches WHERE target = $1 AND (ended_at IS NULL OR created_at >= $2)
+
+-- name: figures_totals
+-- Leads (first attempts), attempts (calls claimed for sending, as the caps count them),
+-- leads attempted (a re-dial exists only after a first attempt ended, so a lead was
+-- attempted iff its first row was), answered, mean talk time (from the applied terminal
+-- callback of each answered call), calls still waiting to be sent, and attempts claimed
+-- in ($2, $3] (the recent send rate).
+SELECT count(*) FILTER (WHERE c.attempt = 1)::int AS leads,
+       count(*) FILTER (WHERE c.submitted_at IS NOT NULL)::int AS attempts,
+       count(*) FILTER (WHERE c.attempt = 1 AND c.submitted_at IS NOT NULL)::int AS leads_attempted,
+       count(*) FILTER (WHERE c.state = 'answered')::int AS answered,
+       count(tk.talk_s)::int AS talk_reported,
+       avg(tk.talk_s)::float8 AS talk_mean_s,
+       count(*) FILTER (WHERE c.state IN ('pending', 'scheduled', 'retry_wait'))::int AS remaining,
+       count(*) FILTER (WHERE c.submitted_at > $2::timestamptz AND c.submitted_at <= $3::timestamptz)::int
+           AS sent_recently
+FROM calls c
+LEFT JOIN LATERAL (
+    SELECT figures_talk_s(e.payload->'body') AS talk_s FROM call_events e
+    WHERE c.state = 'answered' AND e.call_id = c.id AND e.applied AND e.to_state = 'answered'
+    ORDER BY e.id LIMIT 1
+) tk ON true
+WHERE c.batch_id = ANY($1::uuid[]) AND c.state NOT IN ('invalid', 'duplicate', 'dnc')
+
+-- name: figures_zone_keys
+-- The zone keys (figures_zone_key) of the scope's attempts, for the hour of the lead's day.
+SELECT DISTINCT figures_zone_key(timezone, e164) AS key FROM calls
+WHERE batch_id = ANY($1::uuid[]) AND submitted_at IS NOT NULL
+
+-- name: figures_hours
+-- Attempts and answered by the hour of the lead's local day when the attempt was claimed;
+-- $2/$3: zone keys and the IANA zone of each (a key left out reads as UTC).
+WITH z AS (
+    SELECT * FROM unnest($2::text[], $3::text[]) AS u(key, zone)
+)
+SELECT extract(hour FROM c.submitted_at AT TIME ZONE coalesce(z.zone, 'UTC'))::int AS hour,
+       count(*)::int AS attempts, count(*) FILTER (WHERE c.state = 'answered')::int AS answered
+FROM calls c LEFT JOIN z ON z.key = figures_zone_key(c.timezone, c.e164)
+WHERE c.batch_id = ANY($1::uuid[]) AND c.submitted_at IS NOT NULL
+GROUP BY 1
+ORDER BY 1
+
+-- name: figures_target_pace
+-- A target's calls waiting to be sent (calls_dispatchable) and attempts claimed in
+-- ($2, $3] (calls_target_submitted): the exhaustion estimate, cheap enough for a scrape.
+SELECT (SELECT count(*) FROM calls
+        WHERE target = $1 AND state IN ('pending', 'scheduled', 'retry_wait'))::int AS remaining,
+       (SELECT count(*) FROM calls
+        WHERE target = $1 AND submitted_at > $2 AND submitted_at <= $3)::int AS sent_recently
+
+-- name: figures_zone_names
+-- The zones this PostgreSQL knows (an IANA name it lacks is read as UTC, never an error).
+SELECT name FROM pg_timezone_names
+
 -- ---- ui
 -- The sales-ops console (dialer/ui): paged lists and searches the JSON API has no use for.
 

@@ -13,10 +13,12 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from dialer.http.figures import batch_figures_out
 from dialer.intake import phones
 from dialer.lifecycle import moves, observe
 from dialer.store.queries import Q
 from dialer.ui.console import UI, Console, Flash, Sess, UiError, int_param, see_other
+from dialer.ui.figures import hour_chart
 from dialer.ui.render import as_dict, batch_active, outcome_chart, progress, source_label
 
 BATCHES_PER_PAGE = 20
@@ -63,6 +65,9 @@ async def batch(request: Request, batch_id: str, ui: UI, s: Sess) -> Response:
             data["rejected_next"] = rej[REJECTED_PER_PAGE - 1]["line"] if more else None
             data["rafter"] = rafter
             data["flash"] = _batch_flash(q)
+    if part is None:  # the campaign figures: once per page load, not on the live refreshes
+        data["figures"] = await batch_figures_out(ui.ctx, b["id"])
+        data["figures_chart"] = hour_chart(data["figures"].answer_rate_by_hour)
     if part == "summary":
         return ui.page(request, "_batch_summary.html", **data)
     if part == "calls":

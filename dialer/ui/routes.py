@@ -1,5 +1,5 @@
 """The console's URLs: ``/`` and ``/ui`` lead to ``/ui/``; each page's module brings its
-own routes (``auth``, ``batches``, ``downloads``, ``upload``, ``targets``, ``dnc``,
+own routes (``auth``, ``batches``, ``downloads``, ``upload``, ``targets``, ``figures``, ``dnc``,
 ``callbacks``).
 
 Server-rendered (Jinja2); the little JavaScript in ``static/app.js`` only refreshes the
@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from dialer.http.context import AppContext
-from dialer.ui import auth, batches, callbacks, dnc, downloads, targets, upload
+from dialer.ui import auth, batches, callbacks, dnc, downloads, figures, targets, upload
 from dialer.ui.console import Console, UiError
 from dialer.ui.render import STATIC
 
@@ -36,7 +36,7 @@ def mount(app: FastAPI, ctx: AppContext) -> Console:
     console = Console(ctx)
     app.state.ui = console
     for part in (router, auth.router, batches.router, downloads.router, upload.router,
-                 targets.router, dnc.router, callbacks.router):
+                 targets.router, figures.router, dnc.router, callbacks.router):
         app.include_router(part)
     app.mount("/ui/static", StaticFiles(directory=str(STATIC)), name="ui-static")
     app.add_exception_handler(UiError, console.on_error)

@@ -168,6 +168,8 @@ async def test_limits_are_413(pool: asyncpg.Pool, make_settings: Any, clock: Fak
         ("GET", "/v1/calls?external_id=x"),
         ("POST", "/v1/dnc"),
         ("DELETE", "/v1/dnc/+14155550100"),
+        ("GET", "/v1/targets/sales/figures"),
+        ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000/figures"),
     ],
 )
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dGVzdA==", "Bearer "])
