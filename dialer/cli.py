@@ -186,7 +186,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     config = SandboxConfig(
         token=args.token, agents=agents, time_scale=args.time_scale or sb.time_scale,
         answer_rate=sb.answer_rate, no_answer_rate=sb.no_answer_rate, busy_rate=sb.busy_rate,
-        unreachable_rate=sb.unreachable_rate,
+        unreachable_rate=sb.unreachable_rate, abandon_rate=sb.abandon_rate,
     )
     print(f"Ryng sandbox on http://{args.host}:{args.port} (x-access-token: {args.token}; "
           f"agents: {', '.join(agents)}; time scale {config.time_scale:g})", file=sys.stderr)

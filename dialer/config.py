@@ -73,7 +73,7 @@ class Target(_Strict):
     ref_field: int = Field(default=10, ge=1, le=100)
     dedupe_window_h: float = Field(default=24, ge=0)
     default_region: str = "US"
-    recycle: dict[Literal["no_answer", "busy", "unreachable"], RecycleRule] = Field(
+    recycle: dict[Literal["no_answer", "busy", "unreachable", "abandoned"], RecycleRule] = Field(
         default_factory=dict
     )
     holidays: list[str] = Field(default_factory=list)  # on top of [compliance] holidays
@@ -81,6 +81,10 @@ class Target(_Strict):
     # who is ready (see [portsip]/[ringme]); silent longer than this -> the static `agents` list
     agents_source: Literal["static", "portsip", "ringme"] = "static"
     agents_silence_s: float | None = Field(default=None, gt=0)
+    # abandon-rate guard, customer-first targets only (dispatch/abandon.py)
+    abandon_slowdown_pct: float = Field(default=2.5, ge=0, le=100)
+    abandon_max_pct: float = Field(default=3.0, gt=0, le=100)
+    abandon_redial_min: float = Field(default=4320, ge=0)
 
     @field_validator("calling_hours")
     @classmethod
@@ -107,6 +111,8 @@ class Target(_Strict):
             raise ValueError("queue_id is required when kind = 'queue'")
         if self.agent_mapping == "global" and not self.agents:
             raise ValueError("agents must list usernames when agent_mapping = 'global'")
+        if self.abandon_slowdown_pct > self.abandon_max_pct:
+            raise ValueError("abandon_slowdown_pct must not exceed abandon_max_pct")
         return self
 
 
@@ -159,6 +165,19 @@ class SandboxSettings(_Strict):
     no_answer_rate: float = Field(default=0.2, ge=0)
     busy_rate: float = Field(default=0.1, ge=0)
     unreachable_rate: float = Field(default=0.1, ge=0)
+    abandon_rate: float = Field(default=0.0, ge=0, le=1)  # of answered customer-first calls
+
+
+class RyngLimits(_Strict):
+    """``[providers.ryng]``: the call-rate budget shared by every instance (dispatch/budget.py)."""
+
+    max_calls_per_s: float | None = Field(default=None, gt=0)
+    max_requests_per_s: float | None = Field(default=None, gt=0)
+    rate_recover_s: float = Field(default=60.0, gt=0)  # AIMD: from nothing back to the full rate
+
+
+class Providers(_Strict):
+    ryng: RyngLimits = Field(default_factory=RyngLimits)
 
 
 # ==== providers: agent readiness and routing (PortSIP, ringme, Stringee) ====================
@@ -286,6 +305,7 @@ class Settings(_Strict):
     portsip: PortSipSettings = Field(default_factory=PortSipSettings)
     ringme: RingmeSettings = Field(default_factory=RingmeSettings)
     stringee: StringeeSettings = Field(default_factory=StringeeSettings)
+    providers: Providers = Field(default_factory=Providers)
     portsip_token: SecretStr | None = None
     ringme_token: SecretStr | None = None
     stringee_key_secret: SecretStr | None = None
@@ -405,7 +425,7 @@ class Settings(_Strict):
 _ENV_KEYS = {
     name: f"DIALER_{name.upper()}" for name in Settings.model_fields if name not in {"targets"}
 }
-for _nested in ("compliance", "sandbox", "dispositions", "portsip", "ringme", "stringee"):
+for _nested in ("compliance", "sandbox", "dispositions", "portsip", "ringme", "stringee", "providers"):
     _ENV_KEYS.pop(_nested)
 _SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url", "portsip_token",
                 "ringme_token", "stringee_key_secret"}

@@ -95,7 +95,7 @@ class Daemon:
         sandbox = RyngSandbox(SandboxConfig(
             token=token, agents=agents, time_scale=sb.time_scale, answer_rate=sb.answer_rate,
             no_answer_rate=sb.no_answer_rate, busy_rate=sb.busy_rate,
-            unreachable_rate=sb.unreachable_rate,
+            unreachable_rate=sb.unreachable_rate, abandon_rate=sb.abandon_rate,
         ))
         host = s.listen_host if s.listen_host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"  # noqa: S104
         return f"http://{host}:{s.listen_port}{SANDBOX_PATH}", token, sandbox

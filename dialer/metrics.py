@@ -45,6 +45,7 @@ from dialer import __version__, supervisor
 from dialer.lifecycle import observe
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
+from dialer.metrics_budgets import BudgetMetrics
 
 if TYPE_CHECKING:
     from dialer.dispatch.outbox import Claimed
@@ -71,7 +72,7 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 CALLBACK_KINDS = ("connect", "terminal")
 CALLBACK_RESULTS = ("stored", "spooled", "forged", "bad_payload", "too_large", "unavailable")
 EVENT_RESULTS = ("applied", "duplicate", "unmatched")
-RECYCLE_REASONS = ("no_answer", "busy", "unreachable")
+RECYCLE_REASONS = ("no_answer", "busy", "unreachable", "abandoned")
 WEBHOOK_RESULTS = ("delivered", "retry", "failed")
 SUPERVISED_TASKS = ("dispatch", "inbox", "spool_replayer", "webhooks", "providers", "watchdog")
 TASKS = (*SUPERVISED_TASKS, "job_heartbeat", "job_orphans", "job_uncertain", "job_reaper", "job_completion",
@@ -240,6 +241,7 @@ class Metrics:
             for result in EVENT_RESULTS:
                 self.callback_events.labels(kind, result)
         r.register(_Breakers(self))
+        self.budgets = BudgetMetrics(r)  # rate budget and abandon guard (issue 16)
         ProcessCollector(namespace="dialer", registry=r)
         self.set_targets(targets)
 
@@ -295,6 +297,8 @@ class Metrics:
 
     def watch_dispatcher(self, dispatcher: Any) -> None:
         self.dispatcher = dispatcher
+        if getattr(dispatcher, "budget", None) is not None:
+            dispatcher.budget.on_wait = self.budgets.observe_wait
 
     # -- intake -------------------------------------------------------------------------
     def leads(self, target: str, source: str, counts: Mapping[str, int]) -> None:
@@ -413,6 +417,7 @@ class Metrics:
                 self.ready_agents.labels(name).set(pace.ready_agents)
                 self.wrapup_agents.labels(name).set(pace.wrapup_agents)
         self.webhook_backlog.set(r.webhook_backlog)
+        await self.budgets.refresh(ctx, ctx.dispatcher or self.dispatcher)
 
     async def exposition(self, ctx: AppContext | None = None) -> bytes:
         if ctx is not None:

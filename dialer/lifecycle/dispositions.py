@@ -14,6 +14,8 @@ DEFAULT: dict[str, str] = {
     "INVALID_NUMBER": "unreachable", "CONGESTION": "unreachable", "CHANUNAVAIL": "unreachable",
     "FAILED_TO_CONNECT": "unreachable",
     "FAILED": "failed", "ERROR": "failed", "CANCELLED": "cancelled",
+    # customer-first: the customer picked up and no agent came (counts in the abandon rate)
+    "ABANDONED": "abandoned", "ABANDON": "abandoned", "DROPPED": "abandoned",
 }
 
 

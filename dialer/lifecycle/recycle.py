@@ -1,5 +1,6 @@
-"""Re-dial by rule: after a terminal no_answer / busy / unreachable, a target's recycle
-rule puts the lead back as a new attempt after ``after_min``, up to ``max`` times.
+"""Re-dial by rule: after a terminal no_answer / busy / unreachable / abandoned, a target's
+recycle rule puts the lead back as a new attempt after ``after_min``, up to ``max`` times
+(an abandoned lead waits at least the target's ``abandon_redial_min``).
 
 The new attempt waits as ``retry_wait``; dispatch re-checks the DNC list and calling
 hours when it comes due, like any other call.
@@ -16,7 +17,7 @@ from dialer.lifecycle import moves
 from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
-RECYCLABLE = frozenset({State.NO_ANSWER, State.BUSY, State.UNREACHABLE})
+RECYCLABLE = frozenset({State.NO_ANSWER, State.BUSY, State.UNREACHABLE, State.ABANDONED})
 
 
 async def maybe_recycle(
@@ -36,11 +37,14 @@ async def maybe_recycle(
     done = await conn.fetchval(Q.recycle_count, lead_id, ended_as.value)
     if done >= rule.max:
         return None
-    due = now + timedelta(minutes=rule.after_min)
+    after_min = rule.after_min
+    if ended_as is State.ABANDONED:  # the abandon guard: not re-dialed within abandon_redial_min
+        after_min = max(after_min, target.abandon_redial_min)
+    due = now + timedelta(minutes=after_min)
     row = await moves.new_attempt(conn, call_id, ended_as, due, now)
     if row is None:
         return None  # the batch was cancelled
-    payload = {"rule": f"recycle.{ended_as.value}", "after_min": rule.after_min,
+    payload = {"rule": f"recycle.{ended_as.value}", "after_min": after_min,
                "recycle": done + 1, "max": rule.max, "until": due.isoformat(),
                "from_call": call_id}
     await conn.execute(Q.event_insert, row["id"], now, "recycled", None, State.RETRY_WAIT.value, True,
