@@ -161,16 +161,16 @@ class RateBudget:
         return max(x.window_s for x in (self.calls, self.requests) if x is not None)
 
     async def _try(self, calls: int, chunk_id: int | None) -> tuple[int | None, float]:
-        now = self.clock.now()
         recover = self.limits.rate_recover_s
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(Q.rate_budget_ensure, self.provider)
             row = await conn.fetchrow(Q.rate_budget_lock, self.provider)
+            now = self.clock.now()  # read under the lock: a send reserved before it is counted
             state = Aimd(row["factor"], row["changed_at"], row["blocked_until"])
             factor = state.factor_at(now, recover)
             oldest = now - timedelta(seconds=self._window() / factor)
             sends = [Counted(r["reserved_at"], r["finished_at"], r["calls"])
-                     for r in await conn.fetch(Q.rate_budget_counted, self.provider, now, oldest)]
+                     for r in await conn.fetch(Q.rate_budget_counted, self.provider, oldest)]
             wait = wait_s(sends, now, calls, self.calls, self.requests, factor, state.blocked_until,
                           self.stale_s)
             if wait > 0:

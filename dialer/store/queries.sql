@@ -786,9 +786,9 @@ SELECT * FROM rate_budget WHERE provider = $1 FOR UPDATE
 SELECT * FROM rate_budget WHERE provider = $1
 
 -- name: rate_budget_counted
--- Sends that may still count against the budget at $2: not finished, or finished after $3.
+-- Sends that may still count against the budget: not finished, or finished after $2.
 SELECT id, reserved_at, finished_at, calls FROM rate_budget_sends
-WHERE provider = $1 AND reserved_at <= $2 AND (finished_at IS NULL OR finished_at > $3)
+WHERE provider = $1 AND (finished_at IS NULL OR finished_at > $2)
 ORDER BY reserved_at
 
 -- name: rate_budget_reserve
