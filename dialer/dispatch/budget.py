@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 MIN_FACTOR = 0.05
 DECREASE = 0.5
 POLL_MAX_S = 0.5  # re-read the budget at least this often while waiting (others may lower it)
+# A chunk waits for the budget while claimed ('sending'); one that would wait longer than this
+# (a long Retry-After hold) is given back until then, far from the orphan check's claim limit.
+HOLD_CLAIM_MAX_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,13 @@ class Reservation:
     waited_s: float
 
 
+@dataclass(slots=True)
+class Deferred:
+    """Not within ``HOLD_CLAIM_MAX_S``: try again in ``wait_s``."""
+
+    wait_s: float
+
+
 class RateBudget:
     """The budget of one provider, shared through the database."""
 
@@ -182,19 +192,22 @@ class RateBudget:
             return int(rid), 0.0
 
     async def acquire(self, calls: int, chunk_id: int | None = None,
-                      running: Callable[[], bool] = lambda: True) -> Reservation | None:
-        """Wait until the budget lets ``calls`` go, and count them; None if stopped meanwhile
-        (or no budget is configured)."""
+                      running: Callable[[], bool] = lambda: True,
+                      max_wait_s: float = HOLD_CLAIM_MAX_S) -> Reservation | Deferred | None:
+        """Wait until the budget lets ``calls`` go, and count them; Deferred when that is
+        more than ``max_wait_s`` away; None if stopped meanwhile (or no budget is set)."""
         if not self.enabled:
             return None
         start = self.clock.monotonic()
         while running():
             rid, wait = await self._try(calls, chunk_id)
+            waited = self.clock.monotonic() - start
             if rid is not None:
-                waited = self.clock.monotonic() - start
                 if self.on_wait:
                     self.on_wait(waited)
                 return Reservation(rid, calls, waited)
+            if waited + wait > max_wait_s:
+                return Deferred(wait)
             await self._sleep(min(max(wait, 0.005), POLL_MAX_S))
         return None
 

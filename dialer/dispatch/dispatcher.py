@@ -22,7 +22,7 @@ from dialer.config import Settings
 from dialer.dispatch import compliance, outbox
 from dialer.dispatch.abandon import Guard
 from dialer.dispatch.breaker import Breaker
-from dialer.dispatch.budget import RateBudget, Reservation
+from dialer.dispatch.budget import Deferred, RateBudget, Reservation
 from dialer.dispatch.pacing import AgentSource, Pace, StaticAgents, measure
 from dialer.dispatch.recheck import recheck
 from dialer.lifecycle import observe
@@ -186,6 +186,10 @@ class Dispatcher:
             raise
         if r is None:
             await self._release(c)
+            return None
+        if isinstance(r, Deferred):  # a long hold: not kept claimed meanwhile
+            async with self.pool.acquire() as conn:
+                await conn.execute(Q.chunk_budget_later, c.id, self.clock.now() + timedelta(seconds=r.wait_s))
             return None
         if r.waited_s >= RECHECK_AFTER_WAIT_S:
             checked = await self._recheck(c, self.clock.now())

@@ -803,6 +803,12 @@ UPDATE rate_budget_sends SET finished_at = $2 WHERE id = $1 AND finished_at IS N
 DELETE FROM rate_budget_sends
 WHERE provider = $1 AND coalesce(finished_at, reserved_at + interval '10 minutes') < $2
 
+-- name: chunk_budget_later
+-- A claimed chunk the rate budget holds back for long: recorded again, due then, and the
+-- claim not counted as a send attempt (nothing was sent).
+UPDATE chunks SET state = 'recorded', next_attempt_at = $2, attempts = greatest(attempts - 1, 0)
+WHERE id = $1 AND state = 'sending'
+
 -- name: rate_budget_lower
 UPDATE rate_budget SET factor = $2, changed_at = $3, blocked_until = $4,
        lowered_total = lowered_total + (CASE WHEN $5 THEN 1 ELSE 0 END)

@@ -147,3 +147,22 @@ async def test_a_429_lowers_the_shared_rate_and_holds_for_retry_after(pool: asyn
         await await_for(ended, 30, "every call ended")
         # every send reported its wait (the daemon's metrics observe these)
         assert len(waits) >= 2 and max(waits) >= 2.5  # the rest of the Retry-After hold
+
+
+async def test_a_long_retry_after_hold_gives_chunks_back_instead_of_holding_them(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    clock = FakeClock(SystemClock().now())
+    providers = {"ryng": {"max_calls_per_s": 4}}
+    async with running_stack(pool, make_settings, clock=clock, targets=TARGETS, providers=providers) as st:
+        d = st.dispatcher
+        st.sandbox.configure(throttle_rate=1.0, retry_after_s=60)
+        await st.post(numbers(8))
+        await d.fill_all()
+        assert await d.send_one()  # 429, Retry-After: 60 -> every instance holds its sends
+        assert await d.send_one()  # the next chunk is claimed, and given back until the hold ends
+        assert not await d.send_one()
+        async with pool.acquire() as conn:
+            chunks = await conn.fetch("SELECT state, attempts, next_attempt_at FROM chunks ORDER BY id")
+        assert [(c["state"], c["attempts"]) for c in chunks] == [("recorded", 1), ("recorded", 0)]
+        assert all(c["next_attempt_at"] == clock.now() + timedelta(seconds=60) for c in chunks)
+        assert st.sandbox.stats()["requests"]["queue_append"] == {"429": 1}
