@@ -188,8 +188,12 @@ class Dispatcher:
             await self._release(c)
             return None
         if isinstance(r, Deferred):  # a long hold: not kept claimed meanwhile
-            async with self.pool.acquire() as conn:
-                await conn.execute(Q.chunk_budget_later, c.id, self.clock.now() + timedelta(seconds=r.wait_s))
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(Q.chunk_budget_later, c.id,
+                                       self.clock.now() + timedelta(seconds=r.wait_s))
+            except Exception:
+                await self._release(c)  # given back as "not sent" instead, when the database allows
             return None
         if r.waited_s >= RECHECK_AFTER_WAIT_S:
             checked = await self._recheck(c, self.clock.now())
