@@ -85,6 +85,63 @@ class Target(_Strict):
     abandon_slowdown_pct: float = Field(default=2.5, ge=0, le=100)
     abandon_max_pct: float = Field(default=3.0, gt=0, le=100)
     abandon_redial_min: float = Field(default=4320, ge=0)
+    # lead expiry and campaign windows (dispatch/windows.py): naive dates and times are in
+    # window_timezone; a lead ends expired lead_ttl_h after its batch came in
+    lead_ttl_h: float | None = Field(default=None, gt=0)
+    active_from: str | None = None
+    active_until: str | None = None
+    blocked: list[str] = Field(default_factory=list)
+    window_timezone: str = "UTC"
+
+    @field_validator("active_from", "active_until", mode="before")
+    @classmethod
+    def _instant(cls, v: Any) -> Any:
+        from datetime import date, datetime
+
+        from dialer.dispatch import windows
+
+        if isinstance(v, (date, datetime)):  # a bare TOML date or datetime
+            v = v.isoformat()
+        if isinstance(v, str):
+            try:
+                windows.instant(v, "UTC")
+            except ValueError:
+                raise ValueError(f"{v!r} is not an ISO 8601 date or time like 2026-12-01 or "
+                                 "2026-12-01T09:00") from None
+        return v
+
+    @field_validator("blocked", mode="before")
+    @classmethod
+    def _periods(cls, v: Any) -> Any:
+        from datetime import date, datetime
+
+        from dialer.dispatch import windows
+
+        if not isinstance(v, list):
+            return v
+        out = []
+        for i, p in enumerate(v):
+            if isinstance(p, (date, datetime)):
+                p = p.isoformat()
+            if isinstance(p, str):
+                try:
+                    windows.period(p, "UTC")
+                except ValueError as e:
+                    raise ValueError(f"[{i}] {p!r}: {e}; expected a date (2026-12-24) or an ISO 8601 "
+                                     "interval (2026-12-24/2026-12-26, 2026-12-24T12:00/PT6H)") from None
+            out.append(p)
+        return out
+
+    @field_validator("window_timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA time zone") from None
+        return v
 
     @field_validator("calling_hours")
     @classmethod
@@ -113,6 +170,12 @@ class Target(_Strict):
             raise ValueError("agents must list usernames when agent_mapping = 'global'")
         if self.abandon_slowdown_pct > self.abandon_max_pct:
             raise ValueError("abandon_slowdown_pct must not exceed abandon_max_pct")
+        if self.active_from and self.active_until:
+            from dialer.dispatch import windows
+
+            z = self.window_timezone
+            if windows.instant(self.active_until, z, end_of_day=True) <= windows.instant(self.active_from, z):
+                raise ValueError("active_until must be after active_from")
         return self
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from dialer.config import Settings, Target
-from dialer.dispatch import chunker, compliance
+from dialer.dispatch import chunker, compliance, windows
 from dialer.dispatch.pacing import Pace
 from dialer.lifecycle import moves
 from dialer.lifecycle.moves import chunk_calls, chunk_taken, end_calls, record_events
@@ -55,6 +55,7 @@ class Screened:
     dnc: list[asyncpg.Record] = field(default_factory=list)
     capped: list[tuple[asyncpg.Record, compliance.Hold]] = field(default_factory=list)
     held: list[tuple[asyncpg.Record, compliance.Hold]] = field(default_factory=list)
+    expired: list[tuple[asyncpg.Record, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -108,7 +109,10 @@ async def screen(conn: asyncpg.Connection, rules: compliance.Rules, name: str, t
     one attempt per number per chunk (the caps count them)."""
     out = Screened()
     numbers_taken: set[str] = set()
-    for c in cands:
+    # expired leads end, a closed campaign window holds the rest (dispatch/windows.py)
+    w = await windows.screen(conn, t, cands, now)
+    out.expired, out.held = w.expired, w.held
+    for c in w.rest:
         if c["on_dnc"]:  # listed since it was ingested (or since its last attempt)
             out.dnc.append(c)
             continue
@@ -131,6 +135,8 @@ async def screen(conn: asyncpg.Connection, rules: compliance.Rules, name: str, t
                 else:
                     out.held.append((c, h))
             out.take = keep
+    if w.expiry:
+        out.held = [(c, windows.clamp(h, w.expiry.get(c["id"]))) for c, h in out.held]
     return out
 
 
@@ -138,6 +144,8 @@ async def apply_screening(conn: asyncpg.Connection, s: Screened, now: datetime) 
     """Cancel, cap and hold what compliance said; returns the calls that ended."""
     ended = await end_calls(conn, [c["id"] for c in s.dnc], [c["state"] for c in s.dnc], State.CANCELLED,
                             "cancelled", now, {"rule": "dnc", "reason": "number is on the do-not-call list"})
+    for c, d in s.expired:
+        ended += await end_calls(conn, [c["id"]], c["state"], State.EXPIRED, "expired", now, d)
     for c, h in s.capped:
         ended += await end_calls(conn, [c["id"]], c["state"], State.CAPPED, "capped", now, _hold_detail(h))
     await moves.hold(conn, [(c["id"], c["state"], h.until, _hold_detail(h)) for c, h in s.held], now)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from dialer.config import Settings
-from dialer.dispatch import chunker, compliance
+from dialer.dispatch import chunker, compliance, windows
 from dialer.lifecycle.moves import end_calls, withdraw
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
@@ -50,6 +50,9 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
     gone: set[int] = set()  # moved on since (a callback, a proof of life): not ours to send
     dnc: list[asyncpg.Record] = []
     cancelled: list[asyncpg.Record] = []
+    expired: list[tuple[asyncpg.Record, dict[str, Any]]] = []
+    exp = await windows.expiries(conn, t, rows) if t is not None else {}
+    gate = windows.gate(t, now) if t is not None else None
     holds: list[tuple[asyncpg.Record, datetime | None, dict[str, Any]]] = []
     keep: list[asyncpg.Record] = []
     for r in rows:
@@ -59,6 +62,13 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
             dnc.append(r)
         elif r["batch_state"] == "cancelled":
             cancelled.append(r)
+        elif (e := exp.get(r["id"])) is not None and e.at <= now:
+            expired.append((r, windows.expired_detail(e, t)))
+        elif gate is not None and gate.until is None:
+            expired.append((r, {"rule": gate.rule, **gate.detail}))
+        elif gate is not None and gate.until is not None:
+            gh = windows.clamp(compliance.Hold(gate.until, gate.rule, gate.detail), exp.get(r["id"]))
+            holds.append((r, gh.until, {"rule": gh.rule, **gh.detail, "until": gh.until.isoformat()}))
         elif paused or t is None:
             holds.append((r, None, {"rule": "paused", "reason": "target is paused"}))
         elif waited and (h := rules.check(c.target, t, r["e164"], r["timezone"], r["fields"], now)):
@@ -77,7 +87,8 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
                 else:
                     holds.append((r, h.until, {"rule": h.rule, **h.detail, "until": h.until.isoformat()}))
             keep = still
-    taken_out = [r["id"] for r in dnc + cancelled] + [r["id"] for r, _, _ in holds]
+    taken_out = ([r["id"] for r in dnc + cancelled] + [r["id"] for r, _, _ in holds]
+                 + [r["id"] for r, _ in expired])
     if not taken_out and not gone:
         return Checked(c)
     out = Checked(None, removed=len(taken_out))
@@ -88,6 +99,9 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
     out.ended += await end_calls(conn, [r["id"] for r in cancelled], State.SUBMITTING, State.CANCELLED,
                                  "cancelled", now, {**why, "rule": "batch_cancelled",
                                                     "reason": "the batch was cancelled"})
+    for r, detail in expired:
+        out.ended += await end_calls(conn, [r["id"]], State.SUBMITTING, State.EXPIRED, "expired", now,
+                                     {**why, **detail})
     await withdraw(conn, [(r["id"], until, {**why, **detail}) for r, until, detail in holds], now)
     if not keep:
         await conn.execute(Q.chunk_withdraw, c.id, "every row was taken out just before sending", now)

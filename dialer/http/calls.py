@@ -10,6 +10,7 @@ from fastapi import Path as PathParam
 from dialer.errors import NotFound
 from dialer.http.context import Ctx
 from dialer.http.models import CallList, CallOut, CallSummary
+from dialer.lifecycle import number_report
 from dialer.store.queries import Q
 
 router = APIRouter()
@@ -34,12 +35,18 @@ async def find_calls(
     return CallList(calls=calls)
 
 
-def call_summary(x: Any) -> CallSummary:
+def call_summary(x: Any, per_number: dict[str, int] | None = None) -> CallSummary:
     """A call row as the API lists it (also in a batch's pages of calls)."""
+    several: dict[str, Any] = {}
+    if x["numbers"] is not None:
+        per = per_number if per_number is not None else (x["per_number"] or {})
+        several = number_report.reached(x, per)
     return CallSummary(
         id=x["id"], number=x["e164"], external_id=x["external_id"], state=x["state"],
         outcome=x["outcome"], attempt=x["attempt"], agent=x["agent"], priority=x["priority"],
         created_at=x["created_at"], updated_at=x["updated_at"], ended_at=x["ended_at"],
+        number_reached=x["e164"] if x["state"] == "answered" else None,
+        numbers=several.get("numbers"), attempts_per_number=several.get("attempts_per_number"),
     )
 
 
@@ -48,8 +55,10 @@ async def _call(conn: Any, call_id: int) -> CallOut | None:
     if c is None:
         return None
     events = [dict(e) for e in await conn.fetch(Q.call_events, call_id)]
-    base = call_summary(c).model_dump()
+    per = await number_report.attempts(conn, c["lead_id"] or c["id"]) if c["numbers"] is not None else None
+    base = call_summary(c, per).model_dump()
     return CallOut(
         **base, batch_id=str(c["batch_id"]), target=c["target"], line=c["line"],
-        fields=c["fields"], agents=c["agents"], timezone=c["timezone"], events=events,
+        fields=c["fields"], agents=c["agents"], timezone=c["timezone"], expires_at=c["expires_at"],
+        events=events,
     )

@@ -25,6 +25,17 @@ class LeadIn(_Strict):
     external_id: str | Int64 | None = Field(default=None, description="Your id for the lead")
     fields: dict[str, FieldValue] | None = Field(default=None, description="Custom fields")
     timezone: str | None = Field(default=None, description="IANA zone overriding the number's")
+    # more numbers of the same lead: dialed in turn, each checked on its own
+    number2: str | None = Field(default=None, max_length=64, description="Another number of the lead")
+    number3: str | None = Field(default=None, max_length=64, description="Another number of the lead")
+    number4: str | None = Field(default=None, max_length=64, description="Another number of the lead")
+    number5: str | None = Field(default=None, max_length=64, description="Another number of the lead")
+    numbers: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=9, description="More numbers of the lead, after number..number5")
+    expires_at: str | None = Field(
+        default=None, max_length=40,
+        description="ISO 8601 date or time after which the lead is not dialed (ends expired); "
+        "without an offset in the lead's local time, a date meaning the end of that day")
 
 
 class BatchIn(_Strict):
@@ -41,6 +52,7 @@ class Rejected(_Strict):
     index: int | None = None
     line: int | None = None
     reason: str
+    field: str | None = Field(default=None, description="number2…: one number of an accepted lead left out")
 
 
 class BatchAccepted(_Strict):
@@ -88,6 +100,11 @@ class CallSummary(_Strict):
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    number_reached: str | None = Field(default=None, description="The number that answered")
+    numbers: list[str] | None = Field(default=None, description="Every usable number of the lead, in turn "
+                                      "(several-number leads only)")
+    attempts_per_number: dict[str, int] | None = Field(default=None, description="Attempts sent to each "
+                                                       "number of the lead (several-number leads only)")
 
 
 class CallsPage(_Strict):
@@ -112,6 +129,7 @@ class CallOut(CallSummary):
     fields: dict[str, Any] | None
     agents: list[str] | None
     timezone: str | None
+    expires_at: datetime | None = Field(default=None, description="After this the lead is not dialed")
     events: list[EventOut]
 
 

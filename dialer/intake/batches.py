@@ -17,12 +17,14 @@ from typing import Any
 import asyncpg
 
 from dialer.config import Target
+from dialer.intake import number_checks
 from dialer.intake.leads import COPY_COLUMNS, TargetRules
 from dialer.intake.pipeline import Chunk
 from dialer.lifecycle import moves
 from dialer.store.queries import Q
 
 OUTCOMES = ("accepted", "invalid", "duplicate", "dnc")
+_REJECTED = frozenset(OUTCOMES[1:])
 
 
 def rules_for(name: str, target: Target) -> TargetRules:
@@ -93,9 +95,12 @@ async def finalise(
     """
     await conn.execute(Q.batch_lock_target, target_name)
     window_start = now - timedelta(hours=target.dedupe_window_h)
+    # several-number leads first: each number on its own, before the set-based pass
+    several = await number_checks.check(conn, batch_id, target_name, window_start, now)
     dup, dnc = await moves.classify_intake(conn, batch_id, target_name, window_start, now,
                                            collapse=in_file_duplicates is not False,
                                            dnc=bool(await conn.fetchval(Q.dnc_any)))
+    dup, dnc = dup + several[0], dnc + several[1]
     if rows is not None and invalid is not None and in_file_duplicates is not None:
         counts = {"rows": rows, "accepted": rows - invalid - dup - dnc, "invalid": invalid,
                   "duplicate": dup, "dnc": dnc}
@@ -132,9 +137,15 @@ async def rejected_rows(
     """Every row that will not be dialed, in line order (a server-side cursor: flat memory)."""
     async with conn.transaction():
         async for r in conn.cursor(Q.batch_rejected_rows, batch_id, prefetch=prefetch):
-            yield {
-                "line": r["line"],
-                "outcome": r["state"],
-                "reason": r["reason"],
-                "number": r["raw_number"],
-            }
+            if r["state"] in _REJECTED:
+                yield {
+                    "line": r["line"],
+                    "outcome": r["state"],
+                    "reason": r["reason"],
+                    "number": r["raw_number"],
+                }
+                continue
+            # an accepted lead some of whose numbers were left out: each, by its column
+            for note in (r["number_notes"] or {}).get("rejected", []):
+                yield {"line": r["line"], "outcome": note["outcome"], "reason": note["reason"],
+                       "number": note["number"], "field": note["field"], "lead": "accepted"}

@@ -10,9 +10,14 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "agents": ("agents", "agent", "agentsassigned", "agents_assigned"),
     "external_id": ("external_id", "id", "lead_id", "externalid"),
     "timezone": ("timezone", "time_zone", "tz"),
+    # more numbers of the same lead (SPEC §4); number3, phone4… are read by _MORE below
+    "number2": ("number2", "alt_number", "alternate_number", "phone2", "mobile2"),
+    "numbers": ("numbers", "phones"),  # a list (JSON) or ';' '|' ',' separated
+    "expires_at": ("expires_at", "expires", "expiry"),
 }
 _LOOKUP = {alias: field for field, aliases in _ALIASES.items() for alias in aliases}
 _SEP = re.compile(r"[\s\-]+")
+_MORE = re.compile(r"^(?:number|phone|phone_number|mobile)_?([2-9]|[1-9]\d)$")
 
 KNOWN = tuple(_ALIASES)
 
@@ -20,7 +25,10 @@ KNOWN = tuple(_ALIASES)
 def canonical(name: str) -> str | None:
     """The lead field a column header names, or None for a custom field."""
     key = _SEP.sub("_", name.strip().lower())
-    return _LOOKUP.get(key)
+    found = _LOOKUP.get(key)
+    if found is None and (m := _MORE.match(key)):
+        return f"number{m.group(1)}"
+    return found
 
 
 class ColumnMap:

@@ -24,7 +24,7 @@ import anyio
 import asyncpg
 
 from dialer.intake import phones
-from dialer.lifecycle import moves, observe
+from dialer.lifecycle import moves, next_number, observe
 from dialer.store.queries import Q
 
 CHUNK = 50_000
@@ -143,6 +143,7 @@ async def add_numbers(pool: asyncpg.Pool, numbers: Sequence[str], *, source: str
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(Q.dnc_add, list(numbers), source, now, expires_at)
         cancelled = await moves.cancel_for_dnc(conn, numbers, now, {"rule": "dnc", "by": source})
+        await next_number.after_dnc(conn, list(numbers), now)  # several-number leads go on
     observe.ended(cancelled)
     added = sum(1 for x in rows if x["inserted"])
     return added, len(rows) - added

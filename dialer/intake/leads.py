@@ -17,12 +17,13 @@ from typing import Any
 
 import orjson
 
-from dialer.intake import phones
+from dialer.intake import lead_numbers, phones
 from dialer.intake.columns import ColumnMap
 
 COPY_COLUMNS = (
     "batch_id", "line", "raw_number", "e164", "priority", "agents",
     "external_id", "timezone", "fields", "state", "reason", "target",
+    "numbers", "number_notes", "expires_at",
 )
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
 _NULL = "\\N"
@@ -108,6 +109,7 @@ class LeadEncoder:
         external_id: Any = None
         tz: Any = None
         custom: dict[str, str] | None = None
+        more: dict[str, Any] | None = None  # more numbers, expires_at: the rarer columns
         field = self._field
         for key, val in values.items():
             f = field.get(key, _MISS)
@@ -132,17 +134,28 @@ class LeadEncoder:
                 agents = val
             elif f == "external_id":
                 external_id = val
-            else:
+            elif f == "timezone":
                 tz = val
+            else:
+                if more is None:
+                    more = {}
+                more[str(f)] = val
         raw = number if type(number) is str else _text(number)
         ext = None
         if external_id is not None and external_id != "":
             ext = (external_id if type(external_id) is str else _text(external_id)).strip()[
                 :_MAX_FIELD_CHARS] or None
         self._ext = ext  # kept on invalid rows too: the results file names them
-        if not raw or not raw.strip():
+        several: lead_numbers.Numbers | None = None
+        if more is not None and any(k != "expires_at" for k in more):
+            several = lead_numbers.resolve(raw, more, self.region)
+            if several.error is not None:
+                return self._invalid(line, several.raw, several.error)
+            raw, e164 = several.raw or raw, several.e164
+        elif not raw or not raw.strip():
             return self._invalid(line, raw or None, "number: missing")
-        e164, why = phones.normalise(raw, self.region)
+        else:
+            e164, why = phones.normalise(raw, self.region)
         if e164 is None:
             return self._invalid(line, raw, f"number: {why}")
         prio = "0"
@@ -172,6 +185,12 @@ class LeadEncoder:
             tz_name = (tz if type(tz) is str else _text(tz)).strip() or None
             if tz_name and tz_name not in _zones():
                 return self._invalid(line, raw, f"timezone: {tz_name!r} is not an IANA time zone")
+        expires = None
+        if more is not None and "expires_at" in more:
+            at, bad = lead_numbers.expiry(more["expires_at"], tz_name, e164)
+            if bad is not None:
+                return self._invalid(line, raw, bad)
+            expires = at.isoformat() if at is not None else None
         if self._numbers is not None:
             self._numbers.append(int(e164[1:]))
             if len(self._numbers) > _TRACK_MAX:
@@ -180,6 +199,9 @@ class LeadEncoder:
             self.batch_id, str(line), raw, e164, prio, agents_literal, ext, tz_name,
             orjson.dumps(custom).decode() if custom else None,
             "pending", None, self.target,
+            lead_numbers.numbers_literal(several.numbers) if several else None,
+            lead_numbers.notes_json(several) if several else None,
+            expires,
         ]
 
     def repeats_a_number(self) -> bool | None:
@@ -194,7 +216,7 @@ class LeadEncoder:
         raw = raw[:200] if raw else raw
         ext, self._ext = self._ext, None
         return [self.batch_id, str(line), raw, None, "0", None, ext, None, None, "invalid", reason,
-                self.target]
+                self.target, None, None, None]
 
     @staticmethod
     def copy_line(values: list[str | None]) -> str:

@@ -93,8 +93,9 @@ async def submit(
         rejected: list[dict[str, Any]] = []
         index_key = "index" if sub.rows is not None else "line"
         async for r in batches.rejected_rows(conn, batch_id):
-            if r["outcome"] == "invalid":
-                rejected.append({index_key: r["line"], "reason": r["reason"]})
+            if r["outcome"] == "invalid" or "field" in r:  # a lead's number left out: named by its field
+                rejected.append({index_key: r["line"], "reason": r["reason"],
+                                 **({"field": r["field"]} if "field" in r else {})})
         body = {
             "batch_id": str(batch_id),
             "target": sub.target,

@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 
 from dialer.config import Settings
-from dialer.lifecycle import moves, recycle
+from dialer.lifecycle import moves, number_report, recycle
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
@@ -27,7 +27,8 @@ class EndEffects:
     webhook: bool = False
 
 
-def webhook_body(row: asyncpg.Record, next_call: int | None) -> bytes:
+def webhook_body(row: asyncpg.Record, next_call: int | None,
+                 attempts: dict[str, int] | None = None) -> bytes:
     body: dict[str, Any] = {
         "event": "call.ended",
         "batch_id": str(row["batch_id"]),
@@ -42,6 +43,8 @@ def webhook_body(row: asyncpg.Record, next_call: int | None) -> bytes:
         "will_retry": next_call is not None,
         "next_call_id": next_call,
     }
+    if row["numbers"] is not None:  # a lead with several numbers: which, and how often each
+        body.update(number_report.reached(row, attempts))
     return orjson.dumps(body)
 
 
@@ -67,10 +70,11 @@ async def after_end(
                                                {"rule": "dnc_dispositions", "disposition": disposition,
                                                 "from_call": call_id})
     elif target is not None:
-        out.recycled_to = await recycle.maybe_recycle(conn, call_id, row["lead"], state, target, now)
+        out.recycled_to = await recycle.maybe_recycle(conn, call_id, row["lead"], state, target, now, row)
     url = await conn.fetchval(Q.batch_webhook_url, row["batch_id"])
     if url:
+        attempts = await number_report.attempts(conn, row["lead"]) if row["numbers"] is not None else None
         await conn.execute(Q.webhook_enqueue, row["batch_id"], call_id, url,
-                           webhook_body(row, out.recycled_to), now)
+                           webhook_body(row, out.recycled_to, attempts), now)
         out.webhook = True
     return out

@@ -161,10 +161,10 @@ async def requeue(conn: asyncpg.Connection, ids: Sequence[int], now: datetime, r
 
 
 async def new_attempt(conn: asyncpg.Connection, call_id: int, after: State, due: datetime,
-                      now: datetime) -> asyncpg.Record | None:
-    """The next attempt of a lead (a re-dial rule), waiting as ``retry_wait`` until ``due``;
-    None for a cancelled batch."""
-    row: asyncpg.Record | None = await conn.fetchrow(Q.recycle_insert, call_id, after.value, due, now)
+                      now: datetime, number: str | None = None) -> asyncpg.Record | None:
+    """The next attempt of a lead (a re-dial rule), waiting as ``retry_wait`` until ``due``
+    (to ``number``: a lead's next number, else the same); None for a cancelled batch."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.recycle_insert, call_id, after.value, due, now, number)
     return row
 
 
@@ -185,6 +185,20 @@ async def classify_intake(conn: asyncpg.Connection, batch_id: object, target: st
     dup += _affected(await conn.execute(Q.finalise_dedupe_target, batch_id, target, window_start))
     listed = _affected(await conn.execute(Q.finalise_dnc, batch_id, now)) if dnc else 0
     return dup, listed
+
+
+async def settle_numbers(conn: asyncpg.Connection,
+                         kept: Sequence[tuple[int, str, str, str | None, dict[str, Any]]],
+                         rejected: Sequence[tuple[int, str, str, dict[str, Any]]]) -> None:
+    """Finalise of several-number leads: ``kept`` lost some numbers (id, first number, its
+    raw text, array literal of all or None, notes); ``rejected`` lost them all (id,
+    duplicate|dnc, reason, notes)."""
+    if kept:
+        await conn.execute(Q.numbers_settle, [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept],
+                           [k[3] for k in kept], [k[4] for k in kept])
+    if rejected:
+        await conn.execute(Q.numbers_reject, [r[0] for r in rejected], [r[1] for r in rejected],
+                           [r[2] for r in rejected], [r[3] for r in rejected])
 
 
 async def drop_batch_calls(conn: asyncpg.Connection, batch_id: object) -> None:

@@ -19,13 +19,14 @@ import anyio
 import asyncpg
 
 from dialer.clock import Clock
-from dialer.lifecycle import moves, observe
+from dialer.lifecycle import moves, number_report, observe
 from dialer.lifecycle.observe import Ended
 from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("number", "external_id", "state", "outcome", "attempts", "agent", "ended_at")
+COLUMNS = ("number", "external_id", "state", "outcome", "attempts", "agent", "ended_at",
+           "number_reached", "attempts_per_number")
 
 
 async def write_results_csv(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
@@ -43,6 +44,7 @@ async def write_results_csv(conn: asyncpg.Connection, batch_id: uuid.UUID, dest:
                     r["e164"] or r["raw_number"] or "", r["external_id"] or "", r["state"],
                     r["outcome"] or "", r["attempts"], r["agent"] or "",
                     r["ended_at"].isoformat() if r["ended_at"] else "",
+                    *number_report.result_cells(r),
                 ])
                 n += 1
                 if n % 2000 == 0:

@@ -60,6 +60,46 @@ FROM dnc d
 WHERE l.batch_id = $1 AND l.state = 'pending' AND d.e164 = l.e164
   AND (d.expires_at IS NULL OR d.expires_at > $2)
 
+-- name: numbers_leads
+-- A batch's leads with several numbers (or numbers left out), for their per-number checks.
+SELECT id, line, e164, numbers, number_notes FROM calls
+WHERE batch_id = $1 AND (numbers IS NOT NULL OR number_notes IS NOT NULL) AND state = 'pending'
+ORDER BY line
+
+-- name: numbers_in_batch
+-- The batch's one-number leads that hold one of these numbers (the first line of each).
+SELECT e164, min(line) AS line FROM calls
+WHERE batch_id = $1 AND state = 'pending' AND numbers IS NULL AND number_notes IS NULL
+  AND e164 = ANY($2::text[])
+GROUP BY e164
+
+-- name: numbers_seen_by_target
+-- As finalise_dedupe_target, for a list of numbers: a live call for the target, or one
+-- that ended within the window, in another batch.
+SELECT DISTINCT ON (c.e164) c.e164, c.id, c.ended_at
+FROM calls c JOIN batches b ON b.id = c.batch_id
+WHERE c.e164 = ANY($1::text[]) AND c.target = $2 AND c.batch_id <> $3
+  AND c.state NOT IN ('invalid', 'duplicate', 'dnc')
+  AND b.state IN ('ingested', 'cancelled', 'done')
+  AND (c.ended_at IS NULL OR c.ended_at > $4)
+ORDER BY c.e164, c.ended_at DESC NULLS FIRST
+
+-- name: numbers_on_dnc
+SELECT e164 FROM dnc WHERE e164 = ANY($1::text[]) AND (expires_at IS NULL OR expires_at > $2)
+
+-- name: numbers_settle
+-- Leads that lost some of their numbers at finalise but keep at least one ($4: array
+-- literals, NULL when one number is left).
+UPDATE calls c SET e164 = u.e164, raw_number = u.raw, numbers = u.numbers::text[], number_notes = u.notes
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) AS u(id, e164, raw, numbers, notes)
+WHERE c.id = u.id AND c.state = 'pending'
+
+-- name: numbers_reject
+-- Leads none of whose numbers is usable: duplicate or dnc, the reason naming each number.
+UPDATE calls c SET state = u.state, reason = u.reason, number_notes = u.notes
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[]) AS u(id, state, reason, notes)
+WHERE c.id = u.id AND c.state = 'pending'
+
 -- name: dnc_any
 SELECT EXISTS (SELECT 1 FROM dnc)
 
@@ -71,9 +111,11 @@ UPDATE batches SET state = 'ingested', counts = $2, ingested_at = $3
 WHERE id = $1 AND state = 'receiving'
 
 -- name: batch_rejected_rows
-SELECT line, state, reason, raw_number
+-- Rows that will not be dialed, and accepted leads some of whose numbers were left out.
+SELECT line, state, reason, raw_number, number_notes
 FROM calls
-WHERE batch_id = $1 AND attempt = 1 AND state IN ('invalid', 'duplicate', 'dnc')
+WHERE batch_id = $1 AND attempt = 1
+  AND (state IN ('invalid', 'duplicate', 'dnc') OR jsonb_array_length(number_notes->'rejected') > 0)
 ORDER BY line
 
 -- name: batch_call_counts
@@ -86,7 +128,14 @@ WHERE batch_id = $1 AND outcome IS NOT NULL GROUP BY outcome
 
 -- name: batch_calls_page
 SELECT id, e164, raw_number, state, outcome, attempt, agent, priority,
-       created_at, updated_at, ended_at, external_id, line
+       created_at, updated_at, ended_at, external_id, line, numbers,
+       CASE WHEN numbers IS NOT NULL THEN (
+           SELECT jsonb_object_agg(a.e164, a.n) FROM (
+               SELECT x.e164, count(*)::int AS n FROM calls x
+               WHERE (x.id = coalesce(calls.lead_id, calls.id) OR x.lead_id = coalesce(calls.lead_id, calls.id))
+                 AND x.submitted_at IS NOT NULL
+               GROUP BY x.e164) a)
+       END AS per_number
 FROM calls
 WHERE batch_id = $1 AND id > $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
 ORDER BY id
@@ -195,6 +244,7 @@ RETURNING rr_index - $2 AS idx
 
 -- name: dispatch_candidates
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,
+       c.expires_at, c.batch_id,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
@@ -204,6 +254,10 @@ WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
 ORDER BY c.priority DESC, c.id
 LIMIT $3
 FOR UPDATE OF c SKIP LOCKED
+
+-- name: batches_created
+-- When batches came in (a target's lead_ttl_h counts from then).
+SELECT id, created_at FROM batches WHERE id = ANY($1::uuid[])
 
 -- name: calls_hold
 -- Leads outside their calling hours wait as scheduled until the window opens.
@@ -381,7 +435,8 @@ SELECT state FROM chunks WHERE id = $1
 
 -- name: call_ended_row
 SELECT id, batch_id, target, e164, external_id, state, outcome, attempt, agent, ended_at,
-       coalesce(lead_id, id) AS lead
+       coalesce(lead_id, id) AS lead, numbers, expires_at,
+       (SELECT b.created_at FROM batches b WHERE b.id = calls.batch_id) AS batch_created_at
 FROM calls WHERE id = $1
 
 -- name: call_by_chunk_number
@@ -426,16 +481,33 @@ GROUP BY target, state
 
 -- ---------------------------------------------------------------- lifecycle
 
+-- name: lead_number_attempts
+-- A several-number lead's attempts per number so far (its first row's id): calls that
+-- were sent (a call taken out before its send is no attempt).
+SELECT e164, count(*)::int AS n FROM calls
+WHERE (id = $1 OR lead_id = $1) AND submitted_at IS NOT NULL
+GROUP BY e164
+
+-- name: numbers_cancelled_for_dnc
+-- Waiting attempts of several-number leads the DNC list has just cancelled ($2: that moment).
+SELECT id FROM calls
+WHERE e164 = ANY($1::text[]) AND state = 'cancelled' AND ended_at = $2 AND numbers IS NOT NULL
+
 -- name: recycle_count
 -- How many re-dials this lead already had after the given terminal state.
 SELECT count(*)::int FROM calls WHERE lead_id = $1 AND reason = $2
 
 -- name: recycle_insert
 -- Nothing for a cancelled batch: a cancel reaches later attempts too.
+-- $5: the number to dial (a lead with several numbers moves on to its next one), else the same.
 INSERT INTO calls (batch_id, target, line, lead_id, attempt, raw_number, e164, priority, agents,
-                   external_id, timezone, fields, state, reason, not_before, created_at, updated_at)
-SELECT c.batch_id, c.target, c.line, coalesce(c.lead_id, c.id), c.attempt + 1, c.raw_number, c.e164,
-       c.priority, c.agents, c.external_id, c.timezone, c.fields, 'retry_wait', $2, $3, $4, $4
+                   external_id, timezone, fields, state, reason, not_before, created_at, updated_at,
+                   numbers, expires_at)
+SELECT c.batch_id, c.target, c.line, coalesce(c.lead_id, c.id), c.attempt + 1,
+       CASE WHEN $5::text IS NULL OR $5::text = c.e164 THEN c.raw_number ELSE $5::text END,
+       coalesce($5::text, c.e164),
+       c.priority, c.agents, c.external_id, c.timezone, c.fields, 'retry_wait', $2, $3, $4, $4,
+       c.numbers, c.expires_at
 FROM calls c JOIN batches b ON b.id = c.batch_id
 WHERE c.id = $1 AND b.state <> 'cancelled'
 RETURNING id, attempt
@@ -489,13 +561,21 @@ WHERE id = $1 AND state IN ('ingested', 'cancelled') AND ended_at IS NULL
 RETURNING source, source_name
 
 -- name: batch_results
--- One row per lead: its latest attempt.
-SELECT DISTINCT ON (coalesce(lead_id, id))
-       coalesce(raw_number, e164) AS raw_number, e164, external_id, state, outcome, attempt AS attempts,
-       agent, ended_at, line
-FROM calls
-WHERE batch_id = $1
-ORDER BY coalesce(lead_id, id), attempt DESC
+-- One row per lead: its latest attempt; a lead with several numbers also its attempts per
+-- number (one-number leads skip that lookup).
+SELECT DISTINCT ON (coalesce(c.lead_id, c.id))
+       coalesce(c.raw_number, c.e164) AS raw_number, c.e164, c.external_id, c.state, c.outcome,
+       c.attempt AS attempts, c.agent, c.ended_at, c.line, c.numbers,
+       CASE WHEN c.numbers IS NOT NULL THEN (
+           SELECT jsonb_object_agg(a.e164, a.n) FROM (
+               SELECT x.e164, count(*)::int AS n FROM calls x
+               WHERE (x.id = coalesce(c.lead_id, c.id) OR x.lead_id = coalesce(c.lead_id, c.id))
+                 AND x.submitted_at IS NOT NULL
+               GROUP BY x.e164) a)
+       END AS per_number
+FROM calls c
+WHERE c.batch_id = $1
+ORDER BY coalesce(c.lead_id, c.id), c.attempt DESC
 
 -- name: inbox_file_for_batch
 SELECT name, filed_path FROM inbox_files WHERE batch_id = $1
@@ -583,10 +663,12 @@ WHERE batch_id = ANY($1::uuid[]) AND state NOT IN ('invalid', 'duplicate', 'dnc'
 GROUP BY batch_id, state
 
 -- name: ui_batch_rejected_page
--- The report's rejected rows, by line, a page at a time (keyset on line).
-SELECT line, state, reason, raw_number
+-- The report's rejected rows, by line, a page at a time (keyset on line), with accepted
+-- leads some of whose numbers were left out.
+SELECT line, state, reason, raw_number, number_notes
 FROM calls
-WHERE batch_id = $1 AND attempt = 1 AND state IN ('invalid', 'duplicate', 'dnc') AND line > $2
+WHERE batch_id = $1 AND attempt = 1 AND line > $2
+  AND (state IN ('invalid', 'duplicate', 'dnc') OR jsonb_array_length(number_notes->'rejected') > 0)
 ORDER BY line
 LIMIT $3
 
@@ -594,7 +676,7 @@ LIMIT $3
 -- $4: NULL, or an ILIKE pattern matched against the number as typed, E.164 and external id;
 -- $5: the search normalised to E.164 (or NULL).
 SELECT id, e164, raw_number, state, outcome, attempt, agent, external_id, line,
-       created_at, updated_at, ended_at
+       created_at, updated_at, ended_at, numbers
 FROM calls
 WHERE batch_id = $1 AND id > $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
   AND ($4::text IS NULL OR e164 = $5::text OR e164 ILIKE $4 OR raw_number ILIKE $4
@@ -605,7 +687,7 @@ LIMIT $3
 -- name: ui_batch_calls_before
 SELECT * FROM (
     SELECT id, e164, raw_number, state, outcome, attempt, agent, external_id, line,
-           created_at, updated_at, ended_at
+           created_at, updated_at, ended_at, numbers
     FROM calls
     WHERE batch_id = $1 AND id < $2 AND state NOT IN ('invalid', 'duplicate', 'dnc')
       AND ($4::text IS NULL OR e164 = $5::text OR e164 ILIKE $4 OR raw_number ILIKE $4
@@ -639,6 +721,7 @@ WITH input AS (
            k.agent AS old_agent, i.dst, i.agent, i.outcome, i.terminal, i.pcid, i.kind, i.payload, i.ord
     FROM calls k JOIN input i ON i.call_id = k.id
         AND (k.chunk_id = i.chunk_id OR k.prev_chunks @> ARRAY[i.chunk_id])
+        AND k.numbers IS NULL  -- a lead with several numbers: the slow path moves it on
     ORDER BY k.id
     FOR UPDATE OF k
 ), m AS (
@@ -678,7 +761,7 @@ SELECT state FROM chunks WHERE id = $1 FOR UPDATE
 -- name: chunk_recheck_rows
 -- The calls of a chunk about to be sent, with what may have changed since it was
 -- recorded. Locked in id order, after the chunk (the common lock order).
-SELECT c.id, c.state, c.e164, c.timezone, c.fields, c.attempt, c.target, c.batch_id,
+SELECT c.id, c.state, c.e164, c.timezone, c.fields, c.attempt, c.target, c.batch_id, c.expires_at,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc,
        (SELECT b.state FROM batches b WHERE b.id = c.batch_id) AS batch_state

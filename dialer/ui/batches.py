@@ -58,7 +58,7 @@ async def batch(request: Request, batch_id: str, ui: UI, s: Sess) -> Response:
             data.update(await _calls(ui, conn, b, search, after, before))
         if part is None:
             rej = await conn.fetch(Q.ui_batch_rejected_page, b["id"], rafter, REJECTED_PER_PAGE + 1)
-            data["rejected_rows"] = rej[:REJECTED_PER_PAGE]
+            data["rejected_rows"] = _with_numbers_left_out(rej[:REJECTED_PER_PAGE])
             more = len(rej) > REJECTED_PER_PAGE
             data["rejected_next"] = rej[REJECTED_PER_PAGE - 1]["line"] if more else None
             data["rafter"] = rafter
@@ -161,6 +161,19 @@ def _batch_flash(q: Any) -> Flash | None:
         return Flash("warn", f"{name} has the same content as this batch, received before: "
                              "nothing was ingested again.")
     return None
+
+
+def _with_numbers_left_out(rows: list[Any]) -> list[Any]:
+    """Rejected rows, and for an accepted lead each of its numbers left out (by column)."""
+    out: list[Any] = []
+    for r in rows:
+        if r["state"] in ("invalid", "duplicate", "dnc"):
+            out.append(r)
+            continue
+        for note in (r["number_notes"] or {}).get("rejected", []):
+            out.append({"line": r["line"], "raw_number": note["number"], "state": note["outcome"],
+                        "reason": f"{note['reason']} (the lead is dialed on its other numbers)"})
+    return out
 
 
 async def _calls(ui: Console, conn: Any, b: Any, search: str, after: int, before: int) -> dict[str, Any]:

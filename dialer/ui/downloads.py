@@ -30,6 +30,7 @@ from starlette.responses import FileResponse, Response
 
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.readers import detect_format
+from dialer.lifecycle import number_report
 from dialer.results.files import COLUMNS, write_results_csv
 from dialer.store.queries import Q
 from dialer.ui.batches import find_batch
@@ -37,7 +38,7 @@ from dialer.ui.console import UI, Console, Sess
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _ROWS_PER_STEP = 2000
-_WIDTHS = {"A": 18, "B": 18, "C": 14, "D": 16, "E": 10, "F": 14, "G": 21}
+_WIDTHS = {"A": 18, "B": 18, "C": 14, "D": 16, "E": 10, "F": 14, "G": 21, "H": 18, "I": 36}
 
 router = APIRouter(include_in_schema=False)
 
@@ -136,19 +137,20 @@ def xlsx_row(r: Any) -> list[Any]:
         ended = ended.astimezone(UTC).replace(tzinfo=None)
     return [
         r["e164"] or r["raw_number"] or "", r["external_id"] or "", r["state"], r["outcome"] or "",
-        r["attempts"], r["agent"] or "", ended,
+        r["attempts"], r["agent"] or "", ended, *number_report.result_cells(r),
     ]
+
+
+_ENDED = COLUMNS.index("ended_at")
 
 
 def _append(ws: WriteOnlyWorksheet, rows: Sequence[list[Any]]) -> None:
     for row in rows:
-        cells: list[Any] = row[:-1]
-        if row[-1] is not None:
-            c = WriteOnlyCell(ws, value=row[-1])
+        cells: list[Any] = list(row)
+        if row[_ENDED] is not None:
+            c = WriteOnlyCell(ws, value=row[_ENDED])
             c.number_format = "yyyy-mm-dd hh:mm:ss"
-            cells.append(c)
-        else:
-            cells.append(None)
+            cells[_ENDED] = c
         ws.append(cells)
 
 

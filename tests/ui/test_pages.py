@@ -296,3 +296,12 @@ async def test_names_from_files_are_escaped(console: Console) -> None:
     disposition = r.headers["content-disposition"]
     assert r.status_code == 200 and disposition.startswith('attachment; filename="')
     assert disposition.count('"') == 2 and "\n" not in disposition
+
+
+async def test_a_batch_page_shows_a_leads_numbers_and_the_numbers_left_out(console: Console) -> None:
+    loc = await upload(console, "multi.csv",
+                       b"number,number2,number3\n+14155550100,12345,+14155550101\n+14155550102,,\n")
+    page = (await console.c.get(loc)).text
+    assert "number 1 of 2: +14155550100, +14155550101" in page
+    assert "number2: not a valid phone number for region US (the lead is dialed on its other numbers)" in page
+    assert page.count("number 1 of") == 1  # a one-number lead shows just its number

@@ -1,0 +1,87 @@
+"""The next attempt of a lead with several numbers (SPEC §6 "Leads with several numbers").
+
+After a re-dialable end (no answer, busy, unreachable) the lead goes on to its next
+usable number in turn (number1 → number2 → number3 → number1 …), skipping numbers now
+on the do-not-call list and numbers whose attempts are used up. A number not tried yet
+is dialed at once (it is another phone, not a re-dial of the same one); a number tried
+before waits for the target's recycle rule for that end (``after_min``), and its
+``max`` counts re-dials per number: each number gets up to ``1 + max`` attempts (one
+with no rule). The lead ends when a number is answered (nothing follows an answer) or
+every number is used up. Calling hours, holidays, the DNC list and the per-number caps
+are checked at dispatch as for any call.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from dialer.config import Target
+from dialer.dispatch import windows
+from dialer.lifecycle import moves
+from dialer.lifecycle.states import State
+from dialer.store.queries import Q
+
+
+async def after_dnc(conn: asyncpg.Connection, numbers: list[str], now: datetime) -> list[int]:
+    """Numbers just put on the DNC list cancelled some waiting attempts: a lead with several
+    numbers goes on to its next usable one (the others are another phone, not on the list).
+    Returns the new attempts. Caller's transaction, right after the cancel."""
+    out: list[int] = []
+    for r in await conn.fetch(Q.numbers_cancelled_for_dnc, numbers, now):
+        row = await conn.fetchrow(Q.call_ended_row, r["id"])
+        if row is not None and (new := await next_attempt(conn, row, State.CANCELLED, None, now)):
+            out.append(new)
+    return out
+
+
+async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: State, target: Target | None,
+                       now: datetime) -> int | None:
+    """Create the lead's next attempt, on its next usable number; returns its id, or None
+    when every number is used up. Caller's transaction. ``row`` is ``call_ended_row``."""
+    numbers: list[str] = list(row["numbers"])
+    rule = target.recycle.get(ended_as.value) if target is not None else None  # type: ignore[call-overload]
+    per_number = 1 + (rule.max if rule is not None else 0)
+    tried = {r["e164"]: r["n"] for r in await conn.fetch(Q.lead_number_attempts, row["lead"])}
+    listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, numbers, now)}
+    at = numbers.index(row["e164"]) if row["e164"] in numbers else len(numbers) - 1
+    skipped: list[dict[str, Any]] = []
+    chosen = None
+    for n in numbers[at + 1:] + numbers[:at + 1]:
+        if n in listed:
+            skipped.append({"number": n, "reason": "on the do-not-call list"})
+        elif tried.get(n, 0) >= per_number:
+            skipped.append({"number": n, "reason": f"used up ({tried.get(n, 0)} of {per_number} attempts)"})
+        else:
+            chosen = n
+            break
+    base = {"from_call": row["id"], "from_number": row["e164"], "skipped": skipped,
+            "attempts_per_number": tried}
+    if chosen is None:
+        await conn.execute(Q.event_insert, row["id"], now, "numbers_exhausted", ended_as.value, None, True,
+                           {**base, "rule": "numbers", "reason": "every number of the lead is used up"})
+        return None
+    fresh = tried.get(chosen, 0) == 0
+    due = now if fresh or rule is None else now + timedelta(minutes=rule.after_min)
+    if ended_as is State.ABANDONED and target is not None:  # the abandon guard, any number of the lead
+        due = max(due, now + timedelta(minutes=target.abandon_redial_min))
+    exp = windows.expiry_of(row["expires_at"], target, row["batch_created_at"])
+    if exp is not None and due >= exp.at:
+        await conn.execute(Q.event_insert, row["id"], now, "recycle_skipped", ended_as.value, None, True,
+                           {**base, "rule": exp.rule, "expires_at": exp.at.isoformat(),
+                            "reason": "the lead expires before its next attempt"})
+        return None
+    new = await moves.new_attempt(conn, row["id"], ended_as, due, now, number=chosen)
+    if new is None:
+        return None  # the batch was cancelled
+    payload = {**base, "rule": "numbers" if fresh or rule is None else f"recycle.{ended_as.value}",
+               "number": chosen, "until": due.isoformat()}
+    if not fresh and rule is not None:
+        payload.update(after_min=rule.after_min, max_per_number=rule.max)
+    await conn.execute(Q.event_insert, new["id"], now, "recycled", None, State.RETRY_WAIT.value, True,
+                       payload)
+    await conn.execute(Q.event_insert, row["id"], now, "recycle_scheduled", ended_as.value, None, True,
+                       {**payload, "next_call": new["id"]})
+    return int(new["id"])
