@@ -121,3 +121,28 @@ async def test_abandons_slow_the_target_then_pause_it(pool: asyncpg.Pool, make_s
         await set_paused(pool, "sales", False, "api", clock.now())
         assert await _guard(st, clock) == ("overridden", False, 3, 3)
         assert await _guard(st, clock) == ("overridden", False, 3, 3)
+
+
+async def test_an_abandoned_several_number_lead_waits_too_and_only_with_a_rule(pool: asyncpg.Pool,
+                                                                               make_settings: Any) -> None:
+    clock = FakeClock(SystemClock().now())
+    sandbox = SandboxConfig(time_scale=0.001, seed=3, ring_s=(1, 2), talk_s=(5, 10), answer_rate=1,
+                            no_answer_rate=0, busy_rate=0, unreachable_rate=0, abandon_rate=1.0)
+    no_rule = {**TARGET, "queue_id": "43", "recycle": {}}
+    async with running_stack(pool, make_settings, clock=clock, sandbox_config=sandbox,
+                             targets={"sales": TARGET, "other": no_rule}) as st:
+        await st.post(["+14155550101"], number2="+14155550102")
+        await st.post(["+14155550201"], target="other", number2="+14155550202")
+
+        async def ended() -> bool:
+            await st.dispatcher.tick()
+            return (await st.states()).get("abandoned") == 2
+
+        await await_for(ended, 60, "both first attempts abandoned")
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT r.target, r.e164, r.not_before, c.ended_at FROM calls r JOIN calls c ON c.id = r.lead_id "
+                "WHERE r.attempt = 2")
+        # the lead's other phone is not dialed at once: abandon_redial_min first; no rule, no re-dial
+        assert [(r["target"], r["e164"]) for r in rows] == [("sales", "+14155550102")]
+        assert rows[0]["not_before"] == rows[0]["ended_at"] + timedelta(minutes=30)
