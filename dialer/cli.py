@@ -188,6 +188,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         answer_rate=sb.answer_rate, no_answer_rate=sb.no_answer_rate, busy_rate=sb.busy_rate,
         unreachable_rate=sb.unreachable_rate, callback_rate=sb.callback_rate,
         callback_after_s=sb.callback_after_s,
+        abandon_rate=sb.abandon_rate,
     )
     print(f"Ryng sandbox on http://{args.host}:{args.port} (x-access-token: {args.token}; "
           f"agents: {', '.join(agents)}; time scale {config.time_scale:g})", file=sys.stderr)

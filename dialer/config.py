@@ -81,7 +81,7 @@ class Target(_Strict):
     ref_field: int = Field(default=10, ge=1, le=100)
     dedupe_window_h: float = Field(default=24, ge=0)
     default_region: str = "US"
-    recycle: dict[Literal["no_answer", "busy", "unreachable"], RecycleRule] = Field(
+    recycle: dict[Literal["no_answer", "busy", "unreachable", "abandoned"], RecycleRule] = Field(
         default_factory=dict
     )
     holidays: list[str] = Field(default_factory=list)  # on top of [compliance] holidays
@@ -92,6 +92,10 @@ class Target(_Strict):
     # who is ready (see [portsip]/[ringme]); silent longer than this -> the static `agents` list
     agents_source: Literal["static", "portsip", "ringme"] = "static"
     agents_silence_s: float | None = Field(default=None, gt=0)
+    # abandon-rate guard, customer-first targets only (dispatch/abandon.py)
+    abandon_slowdown_pct: float = Field(default=2.5, ge=0, le=100)
+    abandon_max_pct: float = Field(default=3.0, gt=0, le=100)
+    abandon_redial_min: float = Field(default=4320, ge=0)
     # lead expiry and campaign windows (dispatch/windows.py): naive dates and times are in
     # window_timezone; a lead ends expired lead_ttl_h after its batch came in
     lead_ttl_h: float | None = Field(default=None, gt=0)
@@ -175,6 +179,8 @@ class Target(_Strict):
             raise ValueError("queue_id is required when kind = 'queue'")
         if self.agent_mapping == "global" and not self.agents:
             raise ValueError("agents must list usernames when agent_mapping = 'global'")
+        if self.abandon_slowdown_pct > self.abandon_max_pct:
+            raise ValueError("abandon_slowdown_pct must not exceed abandon_max_pct")
         if self.active_from and self.active_until:
             from dialer.dispatch import windows
 
@@ -237,6 +243,19 @@ class SandboxSettings(_Strict):
     # seconds, times time_scale)
     callback_rate: float = Field(default=0.0, ge=0, le=1)
     callback_after_s: float = Field(default=60.0, gt=0)
+    abandon_rate: float = Field(default=0.0, ge=0, le=1)  # of answered customer-first calls
+
+
+class RyngLimits(_Strict):
+    """``[providers.ryng]``: the call-rate budget shared by every instance (dispatch/budget.py)."""
+
+    max_calls_per_s: float | None = Field(default=None, gt=0)
+    max_requests_per_s: float | None = Field(default=None, gt=0)
+    rate_recover_s: float = Field(default=60.0, gt=0)  # AIMD: from nothing back to the full rate
+
+
+class Providers(_Strict):
+    ryng: RyngLimits = Field(default_factory=RyngLimits)
 
 
 # ==== providers: agent readiness and routing (PortSIP, ringme, Stringee) ====================
@@ -364,6 +383,7 @@ class Settings(_Strict):
     portsip: PortSipSettings = Field(default_factory=PortSipSettings)
     ringme: RingmeSettings = Field(default_factory=RingmeSettings)
     stringee: StringeeSettings = Field(default_factory=StringeeSettings)
+    providers: Providers = Field(default_factory=Providers)
     portsip_token: SecretStr | None = None
     ringme_token: SecretStr | None = None
     stringee_key_secret: SecretStr | None = None
@@ -483,7 +503,7 @@ class Settings(_Strict):
 _ENV_KEYS = {
     name: f"DIALER_{name.upper()}" for name in Settings.model_fields if name not in {"targets"}
 }
-for _nested in ("compliance", "sandbox", "dispositions", "portsip", "ringme", "stringee"):
+for _nested in ("compliance", "sandbox", "dispositions", "portsip", "ringme", "stringee", "providers"):
     _ENV_KEYS.pop(_nested)
 _SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url", "portsip_token",
                 "ringme_token", "stringee_key_secret"}

@@ -97,6 +97,7 @@ class Daemon:
             no_answer_rate=sb.no_answer_rate, busy_rate=sb.busy_rate,
             unreachable_rate=sb.unreachable_rate, callback_rate=sb.callback_rate,
             callback_after_s=sb.callback_after_s,
+            abandon_rate=sb.abandon_rate,
         ))
         host = s.listen_host if s.listen_host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"  # noqa: S104
         return f"http://{host}:{s.listen_port}{SANDBOX_PATH}", token, sandbox

@@ -45,6 +45,7 @@ from dialer import __version__, supervisor
 from dialer.lifecycle import observe
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
+from dialer.metrics_budgets import BudgetMetrics
 from dialer.metrics_figures import FiguresGauges
 
 if TYPE_CHECKING:
@@ -72,8 +73,8 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 CALLBACK_KINDS = ("connect", "terminal")
 CALLBACK_RESULTS = ("stored", "spooled", "forged", "bad_payload", "too_large", "unavailable")
 EVENT_RESULTS = ("applied", "duplicate", "unmatched")
-RECYCLE_REASONS = ("no_answer", "busy", "unreachable")
 CALLBACK_STATUSES = ("upcoming", "due", "overdue")  # agent-scheduled callbacks not yet dialed
+RECYCLE_REASONS = ("no_answer", "busy", "unreachable", "abandoned")
 WEBHOOK_RESULTS = ("delivered", "retry", "failed")
 SUPERVISED_TASKS = ("dispatch", "inbox", "spool_replayer", "webhooks", "providers", "watchdog")
 TASKS = (*SUPERVISED_TASKS, "job_heartbeat", "job_orphans", "job_uncertain", "job_reaper", "job_completion",
@@ -248,6 +249,7 @@ class Metrics:
         r.register(_Breakers(self))
         self.figures = FiguresGauges(lambda: list(self.targets))  # campaign figures (own refresh)
         r.register(self.figures)
+        self.budgets = BudgetMetrics(r)  # rate budget and abandon guard (issue 16)
         ProcessCollector(namespace="dialer", registry=r)
         self.set_targets(targets)
 
@@ -305,6 +307,8 @@ class Metrics:
 
     def watch_dispatcher(self, dispatcher: Any) -> None:
         self.dispatcher = dispatcher
+        if getattr(dispatcher, "budget", None) is not None:
+            dispatcher.budget.on_wait = self.budgets.observe_wait
 
     # -- intake -------------------------------------------------------------------------
     def leads(self, target: str, source: str, counts: Mapping[str, int]) -> None:
@@ -426,6 +430,7 @@ class Metrics:
                 self.ready_agents.labels(name).set(pace.ready_agents)
                 self.wrapup_agents.labels(name).set(pace.wrapup_agents)
         self.webhook_backlog.set(r.webhook_backlog)
+        await self.budgets.refresh(ctx, ctx.dispatcher or self.dispatcher)
 
     async def exposition(self, ctx: AppContext | None = None) -> bytes:
         if ctx is not None:

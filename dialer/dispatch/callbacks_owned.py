@@ -45,6 +45,7 @@ async def record_owned(
     now: datetime,
     rules: compliance.Rules,
     ended: list[Ended],
+    chunk_size: int,
 ) -> int:
     """Record chunks of due callbacks for their ready owners; returns calls claimed (and
     counts them in ``pace``, so the ordinary fill after this one sees them in flight)."""
@@ -61,7 +62,7 @@ async def record_owned(
     for owner, rows in sorted(by_owner.items()):
         if pace.free <= 0:
             break
-        screened = await outbox.screen(conn, rules, name, t, rows, min(pace.free, t.chunk_size), now)
+        screened = await outbox.screen(conn, rules, name, t, rows, min(pace.free, chunk_size), now)
         ended.extend(await outbox.apply_screening(conn, screened, now))
         if not screened.take:
             continue

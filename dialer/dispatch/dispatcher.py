@@ -20,7 +20,9 @@ from dialer import supervisor
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.dispatch import callbacks_owned, compliance, outbox
+from dialer.dispatch.abandon import Guard
 from dialer.dispatch.breaker import Breaker
+from dialer.dispatch.budget import Deferred, RateBudget, Reservation
 from dialer.dispatch.pacing import AgentSource, Pace, StaticAgents, measure
 from dialer.dispatch.recheck import recheck
 from dialer.lifecycle import observe
@@ -34,6 +36,7 @@ from dialer.store.retry import DB_DOWN, transient
 log = logging.getLogger(__name__)
 
 MAX_SEND_ATTEMPTS = 8
+RECHECK_AFTER_WAIT_S = 2.0  # a chunk that waited this long for the rate budget is re-checked
 
 
 class Dispatcher:
@@ -67,6 +70,9 @@ class Dispatcher:
         self.running = True
         self.max_parallel_sends = 4
         self._unsent: set[int] = set()  # claimed, never sent, not yet given back
+        self.budget = RateBudget(pool, clock, settings.providers.ryng,
+                                 request_timeout_s=settings.ryng_timeout_s)
+        self.abandon = Guard(clock)
 
     def wake(self) -> None:
         self._wake.set()
@@ -93,14 +99,17 @@ class Dispatcher:
             await conn.execute(Q.dispatch_lock_target, name)
             # read under the lock: a pause that committed before it is seen here
             state = await conn.fetchrow(Q.target_state_get, name)
-            pace = await measure(conn, name, self.settings.targets[name], self.agents, now)
+            t = self.settings.targets[name]
+            pace = await measure(conn, name, t, self.agents, now)
+            pace, paused = await self.abandon.check(conn, name, t, pace, bool(state and state["paused"]), now)
             self.paces[name] = pace
-            if state is not None and state["paused"]:
+            if paused:
                 return 0
+            size = self.budget.max_chunk(t.chunk_size)  # a chunk never needs more than the budget's window
             owned = await callbacks_owned.record_owned(conn, self.settings, self.secret, name, pace, now,
-                                                       self.rules, ended)
+                                                       self.rules, ended, size)
             return owned + await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
-                                             self.settings.targets[name].chunk_size, self.rules, ended)
+                                                     size, self.rules, ended)
 
     async def fill_all(self) -> int:
         total = 0
@@ -136,7 +145,12 @@ class Dispatcher:
         checked = await self._recheck(c, now)
         if checked is None:
             return True
+        held = await self._within_budget(checked)
+        if held is None:
+            return True
+        checked, reservation = held
         result = await self._post(checked)
+        await self._budget_done(reservation, checked, result)
         if self.on_send:
             self.on_send(c.target, result)
         await self._settle(checked, result)
@@ -161,6 +175,48 @@ class Dispatcher:
             with anyio.CancelScope(shield=True):
                 await self._release(c)
             raise
+
+    async def _within_budget(self, c: outbox.Claimed) -> tuple[outbox.Claimed, Reservation | None] | None:
+        """Wait for the provider rate budget (dispatch/budget.py); None when the chunk is not
+        to be sent now (stopping: given back; emptied by the re-check after a long wait)."""
+        if not self.budget.enabled:
+            return c, None
+        try:
+            r = await self.budget.acquire(c.rows, c.id, lambda: self.running)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release(c)
+            raise
+        if r is None:
+            await self._release(c)
+            return None
+        if isinstance(r, Deferred):  # a long hold: not kept claimed meanwhile
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(Q.chunk_budget_later, c.id,
+                                       self.clock.now() + timedelta(seconds=r.wait_s))
+            except Exception:
+                await self._release(c)  # given back as "not sent" instead, when the database allows
+            return None
+        if r.waited_s >= RECHECK_AFTER_WAIT_S:
+            checked = await self._recheck(c, self.clock.now())
+            if checked is None:
+                await self._budget_done(r, c, None)
+                return None
+            c = checked
+        return c, r
+
+    async def _budget_done(self, r: Reservation | None, c: outbox.Claimed, result: SendResult | None) -> None:
+        """The request is over: its window runs from now; a 429 lowers the shared rate. Never
+        in the way of settling the send."""
+        if not self.budget.enabled:
+            return
+        try:
+            await self.budget.finish(r, result.status if result else None,
+                                     result.retry_after_s if result else None, c.id)
+        except Exception as e:  # the reservation ages out by itself
+            log.warning("could not record the end of a send in the rate budget",
+                        extra={"chunk": c.id, "error": type(e).__name__})
 
     async def _release(self, c: outbox.Claimed) -> None:
         self._unsent.add(c.id)

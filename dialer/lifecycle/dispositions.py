@@ -15,6 +15,8 @@ DEFAULT: dict[str, str] = {
     "FAILED_TO_CONNECT": "unreachable",
     "FAILED": "failed", "ERROR": "failed", "CANCELLED": "cancelled",
     "CALLBACK": "callback", "CALL_BACK": "callback",
+    # customer-first: the customer picked up and no agent came (counts in the abandon rate)
+    "ABANDONED": "abandoned", "ABANDON": "abandoned", "DROPPED": "abandoned",
 }
 # Words that end a call in a state *and* ask for more: "callback" — the customer was
 # reached and asked to be called back later (lifecycle/callbacks_scheduled.py).

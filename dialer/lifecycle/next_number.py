@@ -65,6 +65,8 @@ async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: 
         return None
     fresh = tried.get(chosen, 0) == 0
     due = now if fresh or rule is None else now + timedelta(minutes=rule.after_min)
+    if ended_as is State.ABANDONED and target is not None:  # the abandon guard, any number of the lead
+        due = max(due, now + timedelta(minutes=target.abandon_redial_min))
     exp = windows.expiry_of(row["expires_at"], target, row["batch_created_at"])
     if exp is not None and due >= exp.at:
         await conn.execute(Q.event_insert, row["id"], now, "recycle_skipped", ended_as.value, None, True,

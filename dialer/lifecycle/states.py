@@ -27,6 +27,7 @@ class State(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     CAPPED = "capped"
+    ABANDONED = "abandoned"  # customer-first: picked up, no agent came (migration 0011)
     # intake outcomes: the row was never a dialable call
     INVALID = "invalid"
     DUPLICATE = "duplicate"
@@ -47,6 +48,7 @@ TERMINAL: frozenset[State] = frozenset(
         State.CANCELLED,
         State.EXPIRED,
         State.CAPPED,
+        State.ABANDONED,
     }
 )
 LIVE: frozenset[State] = frozenset(State) - TERMINAL - INTAKE

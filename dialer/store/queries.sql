@@ -1008,3 +1008,64 @@ SELECT k.target,
 FROM callbacks k JOIN calls c ON c.id = k.call_id
 WHERE c.state IN ('pending', 'scheduled', 'retry_wait')
 GROUP BY k.target
+
+-- ==== provider rate budget (dispatch/budget.py) ==============================================
+
+-- name: rate_budget_ensure
+INSERT INTO rate_budget (provider) VALUES ($1) ON CONFLICT (provider) DO NOTHING
+
+-- name: rate_budget_lock
+-- Reservations of every instance queue on this row lock.
+SELECT * FROM rate_budget WHERE provider = $1 FOR UPDATE
+
+-- name: rate_budget_get
+SELECT * FROM rate_budget WHERE provider = $1
+
+-- name: rate_budget_counted
+-- Sends that may still count against the budget: not finished, or finished after $2.
+SELECT id, reserved_at, finished_at, calls FROM rate_budget_sends
+WHERE provider = $1 AND (finished_at IS NULL OR finished_at > $2)
+ORDER BY reserved_at
+
+-- name: rate_budget_reserve
+INSERT INTO rate_budget_sends (provider, reserved_at, calls, chunk_id) VALUES ($1, $2, $3, $4)
+RETURNING id
+
+-- name: rate_budget_finish
+UPDATE rate_budget_sends SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL
+
+-- name: rate_budget_prune
+-- Sends that can no longer count (a request left unfinished by a dead instance ages out too).
+DELETE FROM rate_budget_sends
+WHERE provider = $1 AND coalesce(finished_at, reserved_at + interval '10 minutes') < $2
+
+-- name: chunk_budget_later
+-- A claimed chunk the rate budget holds back for long: recorded again, due then, and the
+-- claim not counted as a send attempt (nothing was sent).
+UPDATE chunks SET state = 'recorded', next_attempt_at = $2, attempts = greatest(attempts - 1, 0)
+WHERE id = $1 AND state = 'sending'
+
+-- name: rate_budget_lower
+UPDATE rate_budget SET factor = $2, changed_at = $3, blocked_until = $4,
+       lowered_total = lowered_total + (CASE WHEN $5 THEN 1 ELSE 0 END)
+WHERE provider = $1
+
+-- ==== abandon-rate guard (dispatch/abandon.py) ===============================================
+
+-- name: abandon_counts
+-- Customer-answered calls of a target that ended in (since $2]: abandoned and all picked up.
+SELECT count(*) FILTER (WHERE state = 'abandoned') AS abandoned, count(*) AS picked_up
+FROM calls
+WHERE target = $1 AND ended_at > $2 AND state IN ('answered', 'abandoned')
+
+-- name: abandon_guard_get
+SELECT * FROM abandon_guard WHERE target = $1
+
+-- name: abandon_guard_all
+SELECT * FROM abandon_guard
+
+-- name: abandon_guard_set
+INSERT INTO abandon_guard (target, level, rate, abandoned, picked_up, checked_at, changed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (target) DO UPDATE SET level = $2, rate = $3, abandoned = $4, picked_up = $5,
+    checked_at = $6, changed_at = $7

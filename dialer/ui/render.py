@@ -28,7 +28,7 @@ class Group:
 # The progress bar's segments, in the order a call moves through them.
 GROUPS: tuple[Group, ...] = (
     Group("answered", "answered", ("answered",), "#1f7a3a"),
-    Group("not_reached", "not reached", ("no_answer", "busy", "unreachable"), "#b86e00"),
+    Group("not_reached", "not reached", ("no_answer", "busy", "unreachable", "abandoned"), "#b86e00"),
     Group("failed", "failed", ("failed", "rejected_by_provider", "expired", "capped"), "#b3261e"),
     Group("cancelled", "cancelled", ("cancelled",), "#4b5563"),
     Group("on_call", "on a call", ("assigned", "connected"), "#1d4ed8"),
@@ -45,8 +45,8 @@ STATE_LABELS = {
     "assigned": "agent assigned", "connected": "connected", "answered": "answered",
     "no_answer": "no answer", "busy": "busy", "unreachable": "unreachable", "failed": "failed",
     "rejected_by_provider": "rejected by provider", "cancelled": "cancelled", "expired": "expired",
-    "capped": "capped (attempt limit)", "invalid": "invalid", "duplicate": "duplicate",
-    "dnc": "on do-not-call list",
+    "capped": "capped (attempt limit)", "abandoned": "abandoned (no agent came)", "invalid": "invalid",
+    "duplicate": "duplicate", "dnc": "on do-not-call list",
 }
 
 BATCH_STATES = {

@@ -24,7 +24,7 @@ from tests.stack import free_port, serve
 
 SLOW = os.environ.get("DIALER_SLOW") == "1"
 TERMINAL = ("answered", "no_answer", "busy", "unreachable", "failed", "rejected_by_provider", "cancelled",
-            "expired", "capped")
+            "expired", "capped", "abandoned")
 INTAKE = ("invalid", "duplicate", "dnc")
 
 

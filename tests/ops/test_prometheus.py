@@ -46,6 +46,10 @@ kind = "campaign"
 agents = ["dave"]
 calling_hours = "00:00-24:00"
 max_dispose_s = 1
+leg_direction = "customer-first"
+
+[providers.ryng]
+max_calls_per_s = 50
 """)
 
 API_NUMBERS = [f"+1415555{1000 + i:04d}" for i in range(14)]

@@ -832,3 +832,30 @@ def test_config_is_validated() -> None:
     RyngSandbox(SandboxConfig(answer_rate=6, no_answer_rate=2, busy_rate=1, unreachable_rate=1))  # weights
     with pytest.raises(ValueError, match="time_scale must be > 0"):
         RyngSandbox(SandboxConfig(time_scale=0))
+
+
+async def test_customer_first_calls_are_abandoned_at_the_configured_rate(make_sandbox: SandboxFactory,
+                                                                          channel: Channel) -> None:
+    sb = await make_sandbox(answer_rate=1, no_answer_rate=0, busy_rate=0, unreachable_rate=0, abandon_rate=1.0)
+    rows = [{"number": f"+1415555{i:04d}"} for i in range(3)]
+    r = await sb.append(rows, channel, legDirection="customer-first")
+    assert r.status_code == 200, r.text
+    await until(sb.ended(3), what="3 calls ended")
+    r = await sb.append([{"number": "+14155559999"}], channel)  # agent-first: never abandoned
+    await until(sb.ended(4), what="4 calls ended")
+    await until(lambda: len(channel.hits("terminal")) == 4, what="4 terminal callbacks")
+    words = sorted(h.body["disposition"] for h in channel.hits("terminal"))
+    assert words == ["ABANDONED", "ABANDONED", "ABANDONED", "ANSWERED"]
+    assert all(h.body["talkTime"] == 0 for h in channel.hits("terminal") if h.body["disposition"] == "ABANDONED")
+    # the request log: arrival time, endpoint, status and calls queued, in order
+    log = (await sb.client.get("/_sandbox/requests")).json()
+    assert [(x["endpoint"], x["status"], x["calls"]) for x in log] == [("queue_append", "200", 3),
+                                                                      ("queue_append", "200", 1)]
+    assert log[0]["at"] <= log[1]["at"]
+
+
+async def test_abandons_are_off_by_default_and_checked(make_sandbox: SandboxFactory) -> None:
+    sb = await make_sandbox()
+    assert sb.sandbox.config.abandon_rate == 0.0
+    with pytest.raises(ValueError, match="abandon_rate must be between 0 and 1"):
+        sb.sandbox.configure(abandon_rate=2)

@@ -103,7 +103,10 @@ a gateway would. A dropped connection sends the status line, headers and a third
 the body, then the server closes it (uvicorn logs "ASGI callable returned without
 completing response"); the client sees e.g. ``httpx.RemoteProtocolError``.
 Admin (no token): ``GET _sandbox/stats``, ``GET|POST _sandbox/config`` (a JSON
-object of run-time fields), ``GET _sandbox/calls`` (``?state=``, ``?limit=``).
+object of run-time fields), ``GET _sandbox/calls`` (``?state=``, ``?limit=``),
+``GET _sandbox/requests`` (every API request: arrival time, endpoint, status, calls
+queued; the last ``keep_requests``). ``abandon_rate`` (customer-first only): the share of
+answered calls no agent takes in time, ended with disposition ``ABANDONED``.
 
 Python: ``RyngSandbox(config).app`` (Starlette; mount it anywhere, it has no
 lifespan), ``await start()`` / ``await stop()`` (agents and callback sender on the
@@ -117,7 +120,8 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-from collections import Counter, defaultdict
+import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
 from random import Random
@@ -147,8 +151,8 @@ from dialer.providers.ryng.sandbox_requests import (
 __all__ = ["RyngSandbox", "SandboxConfig", "serve"]
 
 
-_RATES = ("error_rate", "throttle_rate", "timeout_rate", "accept_then_fail_rate", "duplicate_callback_rate",
-          "late_callback_rate", "callback_rate")
+_RATES = ("abandon_rate", "error_rate", "throttle_rate", "timeout_rate", "accept_then_fail_rate",
+          "duplicate_callback_rate", "late_callback_rate", "callback_rate")
 _NON_NEGATIVE = ("answer_rate", "no_answer_rate", "busy_rate", "unreachable_rate",  # weights, normalised
                  "agent_pickup_s", "default_max_dispose_s", "default_retry_interval_min", "timeout_hang_s",
                  "latency_s")
@@ -244,6 +248,7 @@ class RyngSandbox:
         self._stopped = asyncio.Event()
         self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._faults: Counter[str] = Counter()
+        self._log: deque[dict[str, Any]] = deque()  # API requests: arrival (unix s), status, calls queued
         queue_path = "/rest-api/v1/progressive/queue/{queue_id}/calls"
         self.app = Starlette(
             routes=[
@@ -252,6 +257,7 @@ class RyngSandbox:
                 Route("/_sandbox/stats", self._admin_stats, methods=["GET"]),
                 Route("/_sandbox/config", self._admin_config, methods=["GET", "POST"]),
                 Route("/_sandbox/calls", self._admin_calls, methods=["GET"]),
+                Route("/_sandbox/requests", self._admin_requests, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
         )
@@ -286,6 +292,11 @@ class RyngSandbox:
     def calls(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         items = [c for c in self._engine.calls.values() if state is None or c.state == state]
         return [c.as_dict() for c in items[:limit]]
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every API request in arrival order: ``at`` (unix seconds when it arrived),
+        ``endpoint``, ``status`` and ``calls`` (how many it queued)."""
+        return list(self._log)
 
     def dials_by_number(self) -> dict[str, int]:
         return dict(self._engine.dials)
@@ -380,9 +391,21 @@ class RyngSandbox:
 
     async def _api(self, request: Request, endpoint: str,
                    work: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
-        resp = await self._api_answer(request, work)
+        arrived = time.time()
+        added = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal added
+            out = await work()
+            added = int(out["data"]["callsAdded"])
+            return out
+
+        resp = await self._api_answer(request, counted)
         status = "dropped" if isinstance(resp, _DroppedResponse) else str(resp.status_code)
         self._requests[endpoint][status] += 1
+        self._log.append({"at": arrived, "endpoint": endpoint, "status": status, "calls": added})
+        while len(self._log) > max(0, self.config.keep_requests):
+            self._log.popleft()
         return resp
 
     async def _api_answer(self, request: Request, work: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
@@ -470,6 +493,9 @@ class RyngSandbox:
             except ValueError as e:
                 return _error(400, str(e))
         return _json(200, {"status": "success", "config": self._public_config()})
+
+    async def _admin_requests(self, request: Request) -> Response:
+        return _json(200, self.requests())
 
     async def _admin_calls(self, request: Request) -> Response:
         limit_text = request.query_params.get("limit")

@@ -17,6 +17,9 @@ class SandboxConfig:
     no_answer_rate: float = 0.2
     busy_rate: float = 0.1
     unreachable_rate: float = 0.1
+    # customer-first only: the share of answered calls no agent takes in time (disposition
+    # ABANDONED); 0 keeps every answered call
+    abandon_rate: float = 0.0
     ring_s: tuple[float, float] = (2.0, 8.0)
     talk_s: tuple[float, float] = (20.0, 120.0)
     agent_pickup_s: float = 1.0
@@ -26,6 +29,7 @@ class SandboxConfig:
     default_retry_interval_min: float = 5.0
     queues: list[str] | None = None  # known queue ids; None accepts any
     max_calls_per_request: int = 10_000
+    keep_requests: int = 100_000  # the API request log (_sandbox/requests)
     # fault injection (all off by default)
     error_rate: float = 0.0
     throttle_rate: float = 0.0

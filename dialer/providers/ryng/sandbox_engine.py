@@ -28,6 +28,7 @@ from dialer.providers.ryng.sandbox_requests import Row, Submission
 
 ANSWERED, NO_ANSWER, BUSY, UNREACHABLE = "ANSWERED", "NO_ANSWER", "BUSY", "UNREACHABLE"
 CALLBACK = "CALLBACK"  # an answered call whose customer asked to be called back
+ABANDONED = "ABANDONED"  # customer-first: the customer picked up, no agent came in time
 SIGNAL_S = 1.0  # vendor seconds until a busy / unreachable signal comes back
 CALLBACK_RETRY_S = 60.0  # "at 1 minute intervals"
 LATE_CALLBACK_S = 300.0  # how long a "late" terminal callback is held back
@@ -272,6 +273,12 @@ class Engine:
                 self._emit(call, "connect", self._body(call, "customer_answered"))
         else:
             await self._sleep(attempt.ring_s)
+            if outcome == ANSWERED and self.rng.random() < cfg.abandon_rate:
+                self.outcomes[outcome] -= 1
+                outcome, attempt.talk_s = ABANDONED, 0.0
+                self.outcomes[outcome] += 1
+                if campaign:
+                    self._emit(call, "connect", self._body(call, "customer_answered"))
             if outcome == ANSWERED:
                 if campaign:
                     self._emit(call, "connect", self._body(call, "customer_answered"))
@@ -284,7 +291,7 @@ class Engine:
         attempt.end, attempt.outcome = utcnow(), outcome
         agent.handled += 1
         agent.current = None
-        if outcome == ANSWERED or call.attempts > sub.max_retries:
+        if outcome in (ANSWERED, ABANDONED) or call.attempts > sub.max_retries:
             self._finish(call, attempt)
         else:
             self._set_state(call, "retry_wait")
