@@ -245,6 +245,7 @@ class CpuMeter:
         self.before: dict[Any, float] = {}
         self.last: dict[Any, float] = {}
         self.seconds = 0.0
+        self.names: dict[Any, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -260,7 +261,18 @@ class CpuMeter:
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
-                out[(p.pid, p.create_time())] = t.user + t.system
+                key = (p.pid, p.create_time())
+                out[key] = t.user + t.system
+                if key not in self.names:
+                    self.names[key] = _role(p.cmdline())
+        return out
+
+    def by_role(self) -> dict[str, float]:
+        """CPU seconds per kind of process (``postgres: walwriter``, a backend, ...)."""
+        out: dict[str, float] = {}
+        for key, v in self.last.items():
+            role = self.names.get(key, "?")
+            out[role] = out.get(role, 0.0) + v - self.before.get(key, 0.0)
         return out
 
     def _poll(self) -> None:
@@ -281,6 +293,19 @@ class CpuMeter:
         self.last.update(self._snapshot())
         self.seconds = sum(v - self.before.get(key, 0.0) for key, v in self.last.items())
         return self.seconds
+
+
+def _role(cmdline: list[str]) -> str:
+    """``postgres: walwriter`` → walwriter; a backend's title → backend."""
+    title = " ".join(cmdline)
+    if not title.startswith("postgres:"):
+        return "postmaster" if "postgres" in title else title[:30]
+    rest = title.removeprefix("postgres:").strip()
+    for role in ("walwriter", "checkpointer", "background writer", "autovacuum", "logical replication",
+                 "io worker", "walsummarizer"):
+        if rest.startswith(role):
+            return role
+    return "backends"
 
 
 def machine_busy(since: Any = None) -> Any:

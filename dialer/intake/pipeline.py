@@ -63,13 +63,18 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
     ) as reader:
         if reader.header is not None:
             ColumnMap().check_header(reader.header)
+        # CSV rows (every value a str, keyed by the header) take the encoder's fast path
+        fast = enc.text_row_encoder(reader.header) if job.fmt == "csv" and reader.header else None
         buf: list[str] = []
         first = last = 0
         invalid_before = 0
         for raw in reader:
             if not buf:
                 first = raw.line
-            buf.append(copy_line(lead(raw.line, raw.values, raw.error)))
+            if fast is not None and raw.values is not None:
+                buf.append(fast(raw.line, raw.values))
+            else:
+                buf.append(copy_line(lead(raw.line, raw.values, raw.error)))
             last = raw.line
             if len(buf) >= job.chunk_rows:
                 yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
