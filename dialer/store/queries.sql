@@ -198,7 +198,9 @@ SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.atte
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
-WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
+-- hashtext(target) is the key of calls_dispatchable (migration 0008)
+WHERE hashtext(c.target) = hashtext($1) AND c.target = $1
+  AND c.state IN ('pending', 'scheduled', 'retry_wait')
   AND (c.not_before IS NULL OR c.not_before <= $2)
   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')
 ORDER BY c.priority DESC, c.id
