@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from dialer.errors import DialerError, FileUnreadable
 from dialer.intake.columns import ColumnMap
 from dialer.intake.leads import LeadEncoder, TargetRules
-from dialer.intake.readers import open_reader
+from dialer.intake.readers import RowBlock, open_reader
 
 T = TypeVar("T")
 
@@ -63,19 +63,42 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
     ) as reader:
         if reader.header is not None:
             ColumnMap().check_header(reader.header)
-        # CSV rows (every value a str, keyed by the header) take the encoder's fast path
-        fast = enc.text_row_encoder(reader.header) if job.fmt == "csv" and reader.header else None
+        # CSV rows take the encoder's fast paths: well-formed runs of rows as blocks,
+        # column by column; any other row with every value a str, keyed by the header
+        csv_header = reader.header if job.fmt == "csv" and reader.header else None
+        row_fast = enc.text_row_encoder(csv_header) if csv_header else None
+        block_fast = enc.text_block_encoder(csv_header) if csv_header else None
+        items = reader.iter_blocks() if block_fast is not None else iter(reader)
         buf: list[str] = []
         first = last = 0
         invalid_before = 0
-        for raw in reader:
+        for item in items:
+            if isinstance(item, RowBlock):
+                assert block_fast is not None
+                lines = block_fast(item)
+                line = item.first_line
+                while lines:  # a block may straddle chunks: cut it where a chunk is full
+                    if not buf:
+                        first = line
+                    take = lines[: job.chunk_rows - len(buf)]
+                    buf += take
+                    lines = lines[len(take):]
+                    line += len(take)
+                    last = line - 1
+                    if len(buf) >= job.chunk_rows:
+                        # a cut block's invalid rows count in its first chunk: only the sum is used
+                        yield Chunk("".join(buf).encode(), len(buf), first, last,
+                                    enc.invalid - invalid_before)
+                        invalid_before = enc.invalid
+                        buf = []
+                continue
             if not buf:
-                first = raw.line
-            if fast is not None and raw.values is not None:
-                buf.append(fast(raw.line, raw.values))
+                first = item.line
+            if row_fast is not None and item.values is not None:
+                buf.append(row_fast(item.line, item.values))
             else:
-                buf.append(copy_line(lead(raw.line, raw.values, raw.error)))
-            last = raw.line
+                buf.append(copy_line(lead(item.line, item.values, item.error)))
+            last = item.line
             if len(buf) >= job.chunk_rows:
                 yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
                 invalid_before = enc.invalid
