@@ -103,7 +103,12 @@ a gateway would. A dropped connection sends the status line, headers and a third
 the body, then the server closes it (uvicorn logs "ASGI callable returned without
 completing response"); the client sees e.g. ``httpx.RemoteProtocolError``.
 Admin (no token): ``GET _sandbox/stats``, ``GET|POST _sandbox/config`` (a JSON
-object of run-time fields), ``GET _sandbox/calls`` (``?state=``, ``?limit=``).
+object of run-time fields), ``GET _sandbox/calls`` (``?state=``, ``?limit=``),
+``GET _sandbox/timeline`` (``?since=`` seconds): ``{"now": s, "events": [[s, event,
+agent, detail], ...]}`` on the sandbox's monotonic clock — ``offered`` (a call assigned
+to an agent), ``ended`` (its attempt ended), ``ready`` (the agent's maxDispose ran out:
+it can be offered the next call), ``request`` (``detail``: ``queue:<rows>``),
+``terminal`` (a terminal callback answered 200). See ``sandbox_engine``.
 
 Python: ``RyngSandbox(config).app`` (Starlette; mount it anywhere, it has no
 lifespan), ``await start()`` / ``await stop()`` (agents and callback sender on the
@@ -117,6 +122,7 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
@@ -252,6 +258,7 @@ class RyngSandbox:
                 Route("/_sandbox/stats", self._admin_stats, methods=["GET"]),
                 Route("/_sandbox/config", self._admin_config, methods=["GET", "POST"]),
                 Route("/_sandbox/calls", self._admin_calls, methods=["GET"]),
+                Route("/_sandbox/timeline", self._admin_timeline, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
         )
@@ -286,6 +293,10 @@ class RyngSandbox:
     def calls(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         items = [c for c in self._engine.calls.values() if state is None or c.state == state]
         return [c.as_dict() for c in items[:limit]]
+
+    def timeline(self, since: float = 0.0) -> list[tuple[float, str, str, str]]:
+        """Events at or after ``since`` (monotonic seconds): see ``sandbox_engine``."""
+        return [e for e in self._engine.timeline if e[0] >= since]
 
     def dials_by_number(self) -> dict[str, int]:
         return dict(self._engine.dials)
@@ -470,6 +481,13 @@ class RyngSandbox:
             except ValueError as e:
                 return _error(400, str(e))
         return _json(200, {"status": "success", "config": self._public_config()})
+
+    async def _admin_timeline(self, request: Request) -> Response:
+        try:
+            since = float(request.query_params.get("since") or 0)
+        except ValueError:
+            return _error(400, "since must be a number of seconds")
+        return _json(200, {"now": time.monotonic(), "events": self.timeline(since)})
 
     async def _admin_calls(self, request: Request) -> Response:
         limit_text = request.query_params.get("limit")
