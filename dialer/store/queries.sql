@@ -170,11 +170,13 @@ SELECT count(*)::int FROM (
 ) s
 
 -- name: target_wrapup_agents
--- Agents whose last call ended less than max_dispose_s ago and who are not on a call.
-SELECT DISTINCT agent FROM calls
+-- Agents whose last call ended less than max_dispose_s ago and who are not on a call,
+-- with when that last call ended (their wrap-up ends max_dispose_s later).
+SELECT agent, max(ended_at) AS ended_at FROM calls
 WHERE target = $1 AND agent IS NOT NULL AND ended_at > $2
   AND agent NOT IN (SELECT agent FROM calls WHERE target = $1 AND agent IS NOT NULL
                     AND state IN ('assigned', 'connected'))
+GROUP BY agent
 
 -- name: target_state_get
 SELECT * FROM target_state WHERE target = $1
@@ -802,3 +804,21 @@ WITH upd AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM ins)::int AS added, (SELECT count(*) FROM upd)::int AS updated
+
+-- name: target_agent_load
+-- A target's calls in flight by agent: the agent who took it (from a callback), else the
+-- one it was directed to; NULL for a call sent to no agent in particular. Bounded ($2)
+-- like target_in_flight.
+SELECT coalesce(agent, offered_to) AS agent, count(*)::int AS n FROM (
+    SELECT agent, offered_to FROM calls
+    WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
+    LIMIT $2
+) s
+GROUP BY 1
+
+-- name: calls_submitting_to
+-- calls_submitting, each call with the agent it is directed to ($4, NULL: none).
+UPDATE calls c SET state = 'submitting', chunk_id = $2, updated_at = $3, submitted_at = $3,
+       offered_to = u.agent
+FROM unnest($1::bigint[], $4::text[]) AS u(id, agent)
+WHERE c.id = u.id

@@ -1,3 +1,5 @@
+-- Performance: the dispatch index keyed for cheap ingest, and pacing by agent.
+
 -- Ingest speed: the dispatch queue's index keyed by a fixed-width hash of the target.
 --
 -- Intake appends a million rows to calls per file, and every pending row enters this
@@ -10,3 +12,8 @@
 DROP INDEX calls_dispatchable;
 CREATE INDEX calls_dispatchable ON calls (hashtext(target), priority DESC, id)
     WHERE state IN ('pending', 'scheduled', 'retry_wait');
+
+-- Pacing by agent: the agent a sent call was directed to (a target with a global agent
+-- list sends each call to one agent with room for it), until a callback names the agent
+-- who took it (agent). Counted while the call is in flight; NULL for other mappings.
+ALTER TABLE calls ADD COLUMN offered_to text;
