@@ -117,6 +117,35 @@ async def migrate(dsn: str) -> None:
         await pool.close()
 
 
+HISTORY_STEP = 1_000_000  # rows per INSERT statement
+
+
+async def seed_history(conn: Any, calls: int, target: str = "sales") -> None:
+    """``calls`` ended calls of the past 30 days on ``target`` (cost-growth benchmarks): in
+    batches of a million, done, with agents, outcomes, chunks (negative ids, never a live
+    chunk's) and numbers (+19..., never a live call's), as months of dialing leave them."""
+    import uuid
+
+    done = 0
+    while done < calls:
+        n = min(HISTORY_STEP, calls - done)
+        batch = uuid.uuid4()
+        await conn.execute("INSERT INTO batches (id, target, source, state, ingested_at, ended_at) "
+                           "VALUES ($1, $2, 'cli', 'done', now() - interval '30 days', now())", batch, target)
+        await conn.execute(
+            "INSERT INTO calls (batch_id, target, line, raw_number, e164, priority, external_id, state, "
+            "outcome, agent, chunk_id, created_at, updated_at, submitted_at, ended_at) "
+            "SELECT $1, $2, g, e, e, g % 10, 'HIST-' || ($3 + g), "
+            "(ARRAY['answered', 'no_answer', 'busy', 'unreachable', 'failed'])[1 + g % 5], 'X', "
+            "'agent' || lpad((1 + g % 50)::text, 2, '0'), -(($3 + g) / 500) - 1, t, t, t, t "
+            "FROM generate_series(1, $4) g, "
+            "LATERAL (SELECT '+19' || lpad(($3 + g)::text, 9, '0') AS e, "
+            "now() - interval '31 days' + (g::float8 / $4) * interval '30 days' AS t) x",
+            batch, target, done, n)
+        done += n
+        log(f"history: {done:,} of {calls:,} ended calls")
+
+
 def clone_database(server: Server, template: str, name: str) -> str:
     """A copy of a seeded (and vacuumed) database: same rows, same statistics, same hint bits."""
     psql(server.dsn, f"CREATE DATABASE {name} TEMPLATE {template}")

@@ -167,7 +167,7 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
     order: list[str] | None = None
     offered_to: list[str | None] | None = None
     inline_agents = t.agent_mapping == "inline" and any(r.agents for r in rows)
-    pool = [a for a in pace.agents if a != "*"] or list(t.agents)
+    pool = [a for a in (pace.agents if pace.takers is None else pace.takers) if a != "*"] or list(t.agents)
     if pool and not inline_agents and len(rows) < len(pool):
         # Ryng round-robins only within one request, starting from the first agent each
         # time: small chunks (a single-lead campaign, a one-slot refill) would all land on

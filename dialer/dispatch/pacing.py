@@ -5,7 +5,7 @@ Who is ready comes from an agent source (agent events, status polls, else the ta
 static agent list).
 
 A target with a ``global`` agent list names the agents of each request, so pacing is
-kept per agent: each call goes to one agent with room for it (``Pace.agents``), and an
+kept per agent: each call goes to one agent with room for it (``Pace.takers``), and an
 agent's calls in flight are those directed to it or taken by it. So an agent whose
 wrap-up ends gets the next call, not whichever agent a rotation comes to, and the
 dispatcher wakes when the first wrap-up ends (``Pace.next_ready_at``) instead of at its
@@ -57,8 +57,10 @@ class Pace:
     in_flight: int
     limit: int
     source: str = "static"
-    agents: list[str] = field(default_factory=list)  # who may take the next calls, first first
-    room: int | None = None  # pacing by agent: the calls those agents have room for
+    agents: list[str] = field(default_factory=list)  # ready agents, not in wrap-up
+    # pacing by agent: who has room for the next calls (most room first), and for how many
+    takers: list[str] | None = None
+    room: int | None = None
     next_ready_at: datetime | None = None  # when the first wrap-up ends
 
     @property
@@ -98,6 +100,17 @@ async def measure(
     load = {r["agent"]: r["n"] for r in await conn.fetch(Q.target_agent_load, name, bound)}
     room = {a: t.calls_per_agent - load.get(a, 0) for a in available}
     # most room first; among equals, the agent whose name sorts first (a stable order)
-    agents = sorted((a for a, n in room.items() if n > 0), key=lambda a: (-room[a], a))
-    return Pace(name, len(available), len(ready & wrap), sum(load.values()), limit, said.source, agents,
-                room=sum(room[a] for a in agents), next_ready_at=next_ready_at)
+    takers = sorted((a for a, n in room.items() if n > 0), key=lambda a: (-room[a], a))
+    return Pace(name, len(available), len(ready & wrap), sum(load.values()), limit, said.source,
+                sorted(available), takers=takers, room=round_robin_room([room[a] for a in takers]),
+                next_ready_at=next_ready_at)
+
+
+def round_robin_room(rooms: list[int]) -> int:
+    """How many calls a request can direct round-robin over agents with these rooms (most
+    first; the provider deals a request's calls out in turn) before one would get more
+    than its room: row n is the (n // k + 1)-th call of agent n % k."""
+    k, n, total = len(rooms), 0, sum(rooms)
+    while n < total and n // k < rooms[n % k]:
+        n += 1
+    return n

@@ -424,8 +424,15 @@ RETURNING c.id, old.state, c.target, c.batch_id
 UPDATE batches SET state = 'cancelled' WHERE id = $1 AND state IN ('receiving', 'ingested') AND $2::timestamptz IS NOT NULL
 
 -- name: target_counts
+-- Live calls by target and state (scrapes, GET /v1/targets). Two branches whose state
+-- lists are the predicates of calls_dispatchable and calls_in_flight, so each reads its
+-- partial index and the count never scans the history of ended calls.
 SELECT target, state, count(*)::int AS n FROM calls
-WHERE state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain', 'queued', 'assigned', 'connected')
+WHERE state IN ('pending', 'scheduled', 'retry_wait')
+GROUP BY target, state
+UNION ALL
+SELECT target, state, count(*)::int AS n FROM calls
+WHERE state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
 GROUP BY target, state
 
 -- ---------------------------------------------------------------- lifecycle

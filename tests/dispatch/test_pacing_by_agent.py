@@ -10,6 +10,7 @@ import anyio
 import asyncpg
 
 from dialer.clock import FakeClock
+from dialer.dispatch.pacing import round_robin_room
 from dialer.lifecycle.payload import CallbackData
 from dialer.lifecycle.states import TERMINAL
 from tests.conftest import await_for
@@ -38,7 +39,7 @@ async def test_each_call_goes_to_an_agent_with_room_and_the_agent_out_of_wrapup_
         sent = await _in_flight(pool)
         assert sorted(c["offered_to"] for c in sent) == AGENTS  # one each, nobody twice
         pace = st.dispatcher.paces["sales"]
-        assert pace.agents == [] and pace.free == 0 and pace.next_ready_at is None
+        assert pace.takers == [] and pace.free == 0 and pace.next_ready_at is None
 
         # bob ends his call: he is in wrap-up for 30 s, alice and carol are on theirs
         bobs = next(c for c in sent if c["offered_to"] == "bob")
@@ -102,3 +103,11 @@ async def test_the_loop_wakes_when_a_wrapup_ends_not_at_its_interval(pool: async
         async with pool.acquire() as conn:
             agents = await conn.fetch("SELECT DISTINCT offered_to FROM calls")
         assert [r["offered_to"] for r in agents] == ["alice"]
+
+
+def test_a_request_never_deals_an_agent_more_calls_than_its_room() -> None:
+    assert round_robin_room([]) == 0
+    assert round_robin_room([1, 1, 1]) == 3
+    assert round_robin_room([2, 1, 1]) == 4  # a b c a
+    assert round_robin_room([3, 1]) == 3  # a b a, then b would get a second
+    assert round_robin_room([2, 2]) == 4
