@@ -7,8 +7,7 @@
 -- insertion pattern (one run of ascending ids per priority): 69 MB for a million rows,
 -- where (hashtext(target), priority DESC, id) stays packed at 31 MB, with less work per
 -- row (measured on the 1,000,000-row file of bench/ingest.py). dispatch_candidates asks
--- for the hash and the
--- target both (a hash shared by two targets only costs rows to skip).
+-- for the hash and the target both (a hash shared by two targets only costs rows to skip).
 DROP INDEX calls_dispatchable;
 CREATE INDEX calls_dispatchable ON calls (hashtext(target), priority DESC, id)
     WHERE state IN ('pending', 'scheduled', 'retry_wait');
