@@ -24,11 +24,13 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-# ingest, dispatch, callbacks in turn (about 3 minutes; see bench/README.md)
+# ingest, DNC import, dispatch, callbacks, pacing in turn (about 8 minutes; see bench/README.md)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/dnc.py
 	$(PY) bench/dispatch.py
 	$(PY) bench/callbacks.py
+	$(PY) bench/pacing.py
 
 # ten minutes of a steady stream (ingest + dispatch + callbacks); prints RSS, FDs, pool
 # use and p99 callback latency every minute, then a verdict on the trend

@@ -50,12 +50,15 @@ OURS_LABEL = "dialer callbacks"
 # -- the seeded database ---------------------------------------------------------------------
 
 
-async def _seed(dsn: str, calls: int, target: str) -> dict[str, int]:
+async def _seed(dsn: str, calls: int, target: str, history: int = 0) -> dict[str, int]:
     from dialer.store.database import create_pool
 
     await common.migrate(dsn)
     pool = await create_pool(dsn, min_size=1, max_size=1)
     try:
+        if history:
+            async with pool.acquire() as c, c.transaction():
+                await common.seed_history(c, history, target)
         async with pool.acquire() as c, c.transaction():
             batch = uuid.uuid4()
             await c.execute("INSERT INTO batches (id, target, source, state, ingested_at) "
@@ -67,26 +70,26 @@ async def _seed(dsn: str, calls: int, target: str) -> dict[str, int]:
                 "INSERT INTO calls (batch_id, target, line, e164, state, chunk_id) "
                 "SELECT $1, $4, g, '+1415' || (2000000 + g), 'queued', $3 FROM generate_series(1, $2) g",
                 batch, calls, CHUNK_ID, target)
-            lo, hi = await c.fetchrow("SELECT min(id), max(id) FROM calls")
+            lo, hi = await c.fetchrow("SELECT min(id), max(id) FROM calls WHERE batch_id = $1", batch)
     finally:
         await pool.close()
     return {"first_id": int(lo), "last_id": int(hi)}
 
 
-def seed(server: common.Server, calls: int, target: str) -> dict[str, int]:
+def seed(server: common.Server, calls: int, target: str, history: int = 0) -> dict[str, int]:
     import asyncio
 
     common.psql(server.dsn, "CREATE DATABASE bench_seed")
     dsn = server.database("bench_seed")
     t0 = time.perf_counter()
-    ids = asyncio.run(_seed(dsn, calls, target))
+    ids = asyncio.run(_seed(dsn, calls, target, history))
     common.psql(dsn, "VACUUM (ANALYZE) calls")
     common.log(f"seeded {calls:,} queued calls in {time.perf_counter() - t0:.1f} s")
     return ids
 
 
 def answered(dsn: str) -> int:
-    return int(common.psql(dsn, "SELECT count(*) FROM calls WHERE state = 'answered'"))
+    return int(common.psql(dsn, "SELECT count(*) FROM calls WHERE state = 'answered' AND chunk_id >= 0"))
 
 
 def answered_settled(dsn: str) -> int:
@@ -477,7 +480,8 @@ def report(args: argparse.Namespace, calls: int, limits: list[dict[str, Any]], o
 
     print()
     print(f"callbacks benchmark: {args.seconds} s per side, wrk {THREADS} thread {CONNECTIONS} connections, "
-          f"{os.cpu_count()} cores, {calls:,} queued calls of target {args.target!r} seeded")
+          f"{os.cpu_count()} cores, {calls:,} queued calls of target {args.target!r} seeded"
+          + (f", {args.history:,} ended calls of history" if args.history else ""))
     print(f"machine before the run: {before['busy']:.0%} busy, load average {before['load1']:.2f}")
     if n > 1:
         print(f"{n} rounds (limit, then ours, each on fresh copies); the median round of each side:")
@@ -517,6 +521,7 @@ def report(args: argparse.Namespace, calls: int, limits: list[dict[str, Any]], o
         "threads": THREADS,
         "cores": os.cpu_count(),
         "calls_seeded": calls,
+        "history": args.history,
         "target": args.target,
         "machine_before": before,
         "rounds": n,
@@ -549,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="sales",
                    help="target of the seeded calls (default %(default)s, the daemon's default target, "
                         "which its dispatcher paces; any other name leaves the dispatcher out)")
+    p.add_argument("--history", type=int, default=0,
+                   help="ended calls already in the database (cost growth: try 10000000)")
     p.add_argument("--keep", action="store_true", help="leave PostgreSQL running with the databases")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     p.add_argument("--profile", action="store_true",
@@ -573,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = server.tmp
         if args.profile:
             server.enable_statement_stats()
-        ids = seed(server, calls, args.target)
+        ids = seed(server, calls, args.target, args.history)
         limits: list[dict[str, Any]] = []
         ourss: list[dict[str, Any]] = []
         for rnd in range(1, args.rounds + 1):

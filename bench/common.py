@@ -117,6 +117,35 @@ async def migrate(dsn: str) -> None:
         await pool.close()
 
 
+HISTORY_STEP = 1_000_000  # rows per INSERT statement
+
+
+async def seed_history(conn: Any, calls: int, target: str = "sales") -> None:
+    """``calls`` ended calls of the past 30 days on ``target`` (cost-growth benchmarks): in
+    batches of a million, done, with agents, outcomes, chunks (negative ids, never a live
+    chunk's) and numbers (+19..., never a live call's), as months of dialing leave them."""
+    import uuid
+
+    done = 0
+    while done < calls:
+        n = min(HISTORY_STEP, calls - done)
+        batch = uuid.uuid4()
+        await conn.execute("INSERT INTO batches (id, target, source, state, ingested_at, ended_at) "
+                           "VALUES ($1, $2, 'cli', 'done', now() - interval '30 days', now())", batch, target)
+        await conn.execute(
+            "INSERT INTO calls (batch_id, target, line, raw_number, e164, priority, external_id, state, "
+            "outcome, agent, chunk_id, created_at, updated_at, submitted_at, ended_at) "
+            "SELECT $1, $2, g, e, e, g % 10, 'HIST-' || ($3 + g), "
+            "(ARRAY['answered', 'no_answer', 'busy', 'unreachable', 'failed'])[1 + g % 5], 'X', "
+            "'agent' || lpad((1 + g % 50)::text, 2, '0'), -(($3 + g) / 500) - 1, t, t, t, t "
+            "FROM generate_series(1, $4) g, "
+            "LATERAL (SELECT '+19' || lpad(($3 + g)::text, 9, '0') AS e, "
+            "now() - interval '31 days' + (g::float8 / $4) * interval '30 days' AS t) x",
+            batch, target, done, n)
+        done += n
+        log(f"history: {done:,} of {calls:,} ended calls")
+
+
 def clone_database(server: Server, template: str, name: str) -> str:
     """A copy of a seeded (and vacuumed) database: same rows, same statistics, same hint bits."""
     psql(server.dsn, f"CREATE DATABASE {name} TEMPLATE {template}")
@@ -245,6 +274,7 @@ class CpuMeter:
         self.before: dict[Any, float] = {}
         self.last: dict[Any, float] = {}
         self.seconds = 0.0
+        self.names: dict[Any, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -260,7 +290,18 @@ class CpuMeter:
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
-                out[(p.pid, p.create_time())] = t.user + t.system
+                key = (p.pid, p.create_time())
+                out[key] = t.user + t.system
+                if key not in self.names:
+                    self.names[key] = _role(p.cmdline())
+        return out
+
+    def by_role(self) -> dict[str, float]:
+        """CPU seconds per kind of process (``postgres: walwriter``, a backend, ...)."""
+        out: dict[str, float] = {}
+        for key, v in self.last.items():
+            role = self.names.get(key, "?")
+            out[role] = out.get(role, 0.0) + v - self.before.get(key, 0.0)
         return out
 
     def _poll(self) -> None:
@@ -281,6 +322,19 @@ class CpuMeter:
         self.last.update(self._snapshot())
         self.seconds = sum(v - self.before.get(key, 0.0) for key, v in self.last.items())
         return self.seconds
+
+
+def _role(cmdline: list[str]) -> str:
+    """``postgres: walwriter`` → walwriter; a backend's title → backend."""
+    title = " ".join(cmdline)
+    if not title.startswith("postgres:"):
+        return "postmaster" if "postgres" in title else title[:30]
+    rest = title.removeprefix("postgres:").strip()
+    for role in ("walwriter", "checkpointer", "background writer", "autovacuum", "logical replication",
+                 "io worker", "walsummarizer"):
+        if rest.startswith(role):
+            return role
+    return "backends"
 
 
 def machine_busy(since: Any = None) -> Any:

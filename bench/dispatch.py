@@ -45,12 +45,15 @@ OURS_LABEL = "dialer dispatch"
 # -- the seeded database -----------------------------------------------------------------------
 
 
-async def _seed(dsn: str, calls: int) -> None:
+async def _seed(dsn: str, calls: int, history: int = 0) -> None:
     from dialer.store.database import create_pool
 
     await common.migrate(dsn)
     pool = await create_pool(dsn, min_size=1, max_size=1)
     try:
+        if history:
+            async with pool.acquire() as c, c.transaction():
+                await common.seed_history(c, history)
         async with pool.acquire() as c, c.transaction():
             batch = uuid.uuid4()
             await c.execute("INSERT INTO batches (id, target, source, state, ingested_at) "
@@ -67,13 +70,13 @@ async def _seed(dsn: str, calls: int) -> None:
         await pool.close()
 
 
-def seed(server: common.Server, calls: int) -> None:
+def seed(server: common.Server, calls: int, history: int = 0) -> None:
     import asyncio
 
     common.psql(server.dsn, "CREATE DATABASE bench_seed")
     dsn = server.database("bench_seed")
     t0 = time.perf_counter()
-    asyncio.run(_seed(dsn, calls))
+    asyncio.run(_seed(dsn, calls, history))
     common.psql(dsn, "VACUUM (ANALYZE) calls")
     common.log(f"seeded {calls:,} pending calls in {time.perf_counter() - t0:.1f} s")
 
@@ -343,8 +346,8 @@ def run_ours(server: common.Server, calls: int, args: argparse.Namespace) -> dic
     res["fake"] = fake_stats
     counts = json.loads(common.psql(dsn, (
         "SELECT json_build_object("
-        "'ids', (SELECT json_agg(id ORDER BY id) FROM calls),"
-        "'states', (SELECT json_object_agg(state, n) FROM (SELECT state, count(*) AS n FROM calls GROUP BY state) s),"
+        "'ids', (SELECT json_agg(id ORDER BY id) FROM calls WHERE coalesce(chunk_id, 0) >= 0),"
+        "'states', (SELECT json_object_agg(state, n) FROM (SELECT state, count(*) AS n FROM calls WHERE coalesce(chunk_id, 0) >= 0 GROUP BY state) s),"
         "'chunks', (SELECT json_object_agg(state, n) FROM (SELECT state, count(*) AS n FROM chunks GROUP BY state) s),"
         "'events', (SELECT json_object_agg(kind, n) FROM (SELECT kind, count(*) AS n FROM call_events GROUP BY kind) e))"
     )))
@@ -502,6 +505,8 @@ def print_profile(path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calls", type=int, default=DEFAULT_CALLS, help="pending calls (default %(default)s)")
+    p.add_argument("--history", type=int, default=0,
+                   help="ended calls already in the database (cost growth: try 10000000)")
     p.add_argument("--keep", action="store_true", help="leave PostgreSQL running with the databases")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     p.add_argument("--profile", action="store_true",
@@ -525,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     with common.throwaway_server("dialer-bench-dispatch-", keep=args.keep) as server:
         if args.profile:
             server.enable_statement_stats()
-        seed(server, args.calls)
+        seed(server, args.calls, args.history)
         common.log("limit: the same writes in bulk ...")
         limit = run_bulk(server, "bench_bulk", BULK)
         one = run_bulk(server, "bench_update", (("one update", ONE_UPDATE),))
@@ -533,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                    "ours: the Dispatcher against a fake Ryng ...")
         ours = run_ours(server, args.calls, args)
         figures = report(args.calls, limit, one, ours, before)
+        figures["history"] = args.history
+        if args.history:
+            print(f"history: {args.history:,} ended calls of the same target already in the database")
         if args.profile:
             print_statements(args.calls, ours["statements"])
             figures["statements"] = ours["statements"][:20]

@@ -221,11 +221,10 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
                       TimeElapsedColumn(), console=console,
                       disable=not console.is_terminal and not args.progress) as progress:
             task = progress.add_task(f"importing {path.name}", total=size)
-            with path.open("rb") as f:
-                report = await dnc.import_stream(
-                    pool, f, region=region, source=args.source or path.name, now=SystemClock().now(),
-                    default_expiry=expiry, on_progress=lambda _n: progress.update(task, completed=f.tell()),
-                )
+            report = await dnc.import_file(
+                pool, path, region=region, source=args.source or path.name, now=SystemClock().now(),
+                default_expiry=expiry, on_progress=lambda done: progress.update(task, completed=done),
+            )
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
         return 0
 

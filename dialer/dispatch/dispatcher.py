@@ -66,6 +66,7 @@ class Dispatcher:
         self.breakers = {name: Breaker(clock) for name in settings.targets}
         self.rules = compliance.Rules(settings)
         self.paces: dict[str, Pace] = {}
+        self._measured: set[str] = set()  # targets whose pace the current or last tick measured
         self._wake = anyio.Event()
         self.running = True
         self.max_parallel_sends = 4
@@ -103,6 +104,7 @@ class Dispatcher:
             pace = await measure(conn, name, t, self.agents, now)
             pace, paused = await self.abandon.check(conn, name, t, pace, bool(state and state["paused"]), now)
             self.paces[name] = pace
+            self._measured.add(name)
             if paused:
                 return 0
             size = self.budget.max_chunk(t.chunk_size)  # a chunk never needs more than the budget's window
@@ -337,6 +339,7 @@ class Dispatcher:
         filling = True
         recorded = anyio.Event()
         sent = 0
+        self._measured = set()
 
         async def fill() -> None:
             nonlocal filled, filling, recorded
@@ -374,10 +377,27 @@ class Dispatcher:
                 tg.start_soon(send)
         return {"filled": filled, "sent": sent}
 
-    async def run(self, interval_s: float = 1.0) -> None:
+    def next_due_s(self, interval_s: float) -> float:
+        """Seconds until the next tick is due: the interval, or sooner when an agent's
+        wrap-up ends first (it may take its next call then, not at the next tick)."""
+        now = self.clock.now()
+        # Only paces the last tick measured: one measured earlier (a target whose breaker
+        # is open) would wake us for nothing over and over. A wrap-up that ended while the
+        # tick ran is due now; a millisecond late rather than early otherwise, since a
+        # timer that fires before the wrap-up ends finds the agent still busy.
+        due = [(p.next_ready_at - now).total_seconds() + 0.001 for name, p in self.paces.items()
+               if p.next_ready_at is not None and name in self._measured]
+        return max(0.0, min([interval_s, *due]))
+
+    async def run(self, interval_s: float = 1.0, min_gap_s: float = 0.02) -> None:
         """The loop. A tick that fails is logged and the next one tries again; the
-        supervisor around this loop is the last resort."""
+        supervisor around this loop is the last resort.
+
+        Woken by terminal callbacks and by the end of the first wrap-up. Callbacks wake
+        it up to thousands of times a second, so ticks start at least ``min_gap_s``
+        apart; a wake after a quiet spell starts one at once."""
         while self.running:
+            last = anyio.current_time()
             try:
                 await self.tick()
             except Exception as e:  # an ExceptionGroup from the tick's task group included
@@ -387,9 +407,8 @@ class Dispatcher:
                 else:
                     log.exception("dispatch tick failed; retrying")
                 await anyio.sleep(interval_s)  # not woken early: callbacks would spin it
-            with anyio.move_on_after(interval_s):
+            with anyio.move_on_after(self.next_due_s(interval_s)):
                 await self._wake.wait()
             self._wake = anyio.Event()
-            # callbacks wake us up to thousands of times a second: refill at most ~20 times
-            await anyio.sleep(min(0.05, interval_s))
+            await anyio.sleep(max(0.0, last + min_gap_s - anyio.current_time()))
 

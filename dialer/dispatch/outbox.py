@@ -65,6 +65,7 @@ class Request:
     body: dict[str, Any]
     kind: str
     named_agent: str | None
+    offered_to: list[str | None] | None = None  # per row, the agent it is directed to
 
 
 async def record_chunk(
@@ -99,7 +100,7 @@ async def record_chunk(
     await conn.execute(Q.chunk_insert, req.chunk_id, name, req.token, len(screened.take), req.body, req.kind,
                        req.named_agent, now)
     await moves.submit(conn, [c["id"] for c in screened.take], [c["state"] for c in screened.take],
-                       req.chunk_id, now)
+                       req.chunk_id, now, req.offered_to)
     return len(screened.take)
 
 
@@ -173,8 +174,9 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
     ]
     named = None
     order: list[str] | None = None
+    offered_to: list[str | None] | None = None
     inline_agents = t.agent_mapping == "inline" and any(r.agents for r in rows)
-    pool = [a for a in pace.agents if a != "*"] or list(t.agents)
+    pool = [a for a in (pace.agents if pace.takers is None else pace.takers) if a != "*"] or list(t.agents)
     if owner is not None:
         named = owner
     elif pool and not inline_agents and len(rows) < len(pool):
@@ -186,6 +188,11 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
         order = pool[start:] + pool[:start]
         if t.kind == "campaign" and len(rows) == 1:
             named = order[0]
+    if t.agent_mapping == "global" and pace.room is not None and pool:
+        # pacing by agent: only the agents with room are named, so row i goes to the
+        # i-th of them (round-robin within the request), and each row says to whom
+        order = order or pool
+        offered_to = [named or order[i % len(order)] for i in range(len(rows))]
     base = settings.base_url
     built = chunker.build(
         name, t, rows, slots,
@@ -198,7 +205,7 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
         request["sheet"] = built.sheet.decode()
     if t.kind == "queue":
         request["queue_id"] = t.queue_id
-    return Request(chunk_id, token, request, built.kind, named)
+    return Request(chunk_id, token, request, built.kind, named, offered_to)
 
 
 async def orphaned_to_uncertain(conn: asyncpg.Connection, now: datetime, stale_s: float,

@@ -3,6 +3,13 @@
 An agent is busy while on a call and for ``max_dispose_s`` after it ends (wrap-up).
 Who is ready comes from an agent source (agent events, status polls, else the target's
 static agent list).
+
+A target with a ``global`` agent list names the agents of each request, so pacing is
+kept per agent: each call goes to one agent with room for it (``Pace.takers``), and an
+agent's calls in flight are those directed to it or taken by it. So an agent whose
+wrap-up ends gets the next call, not whichever agent a rotation comes to, and the
+dispatcher wakes when the first wrap-up ends (``Pace.next_ready_at``) instead of at its
+next tick.
 """
 
 from __future__ import annotations
@@ -50,11 +57,16 @@ class Pace:
     in_flight: int
     limit: int
     source: str = "static"
-    agents: list[str] = field(default_factory=list)
+    agents: list[str] = field(default_factory=list)  # ready agents, not in wrap-up
+    # pacing by agent: who has room for the next calls (most room first), and for how many
+    takers: list[str] | None = None
+    room: int | None = None
+    next_ready_at: datetime | None = None  # when the first wrap-up ends
 
     @property
     def free(self) -> int:
-        return max(0, self.limit - self.in_flight)
+        free = max(0, self.limit - self.in_flight)
+        return free if self.room is None else min(free, self.room)
 
 
 async def measure(
@@ -70,19 +82,35 @@ async def measure(
         # all-agents mapping with no list: one agent's worth, the safe floor
         ready = set(t.agents) or {"*"}
     wrap: set[str] = set()
+    next_ready_at: datetime | None = None
     if t.max_dispose_s:
-        since = now - timedelta(seconds=t.max_dispose_s)
-        wrap = {r["agent"] for r in await conn.fetch(Q.target_wrapup_agents, name, since)}
+        dispose = timedelta(seconds=t.max_dispose_s)
+        rows = await conn.fetch(Q.target_wrapup_agents, name, now - dispose)
+        wrap = {r["agent"] for r in rows}
+        ends = [r["ended_at"] + dispose for r in rows if r["agent"] in ready]
+        next_ready_at = min(ends, default=None)
     available = ready - wrap
     limit = len(available) * t.calls_per_agent
     # exact up to a thousand (what operators read), bounded beyond: pacing needs no more
-    in_flight = await conn.fetchval(Q.target_in_flight, name, max(limit + 1, 1000))
-    return Pace(
-        target=name,
-        ready_agents=len(available),
-        wrapup_agents=len(ready & wrap),
-        in_flight=int(in_flight),
-        limit=limit,
-        source=said.source,
-        agents=sorted(available),
-    )
+    bound = max(limit + 1, 1000)
+    if t.agent_mapping != "global":
+        in_flight = int(await conn.fetchval(Q.target_in_flight, name, bound))
+        return Pace(name, len(available), len(ready & wrap), in_flight, limit, said.source,
+                    sorted(available), next_ready_at=next_ready_at)
+    load = {r["agent"]: r["n"] for r in await conn.fetch(Q.target_agent_load, name, bound)}
+    room = {a: t.calls_per_agent - load.get(a, 0) for a in available}
+    # most room first; among equals, the agent whose name sorts first (a stable order)
+    takers = sorted((a for a, n in room.items() if n > 0), key=lambda a: (-room[a], a))
+    return Pace(name, len(available), len(ready & wrap), sum(load.values()), limit, said.source,
+                sorted(available), takers=takers, room=round_robin_room([room[a] for a in takers]),
+                next_ready_at=next_ready_at)
+
+
+def round_robin_room(rooms: list[int]) -> int:
+    """How many calls a request can direct round-robin over agents with these rooms (most
+    first; the provider deals a request's calls out in turn) before one would get more
+    than its room: row n is the (n // k + 1)-th call of agent n % k."""
+    k, n, total = len(rooms), 0, sum(rooms)
+    while n < total and n // k < rooms[n % k]:
+        n += 1
+    return n

@@ -1,29 +1,35 @@
-"""File → chunks of COPY text for the ``leads`` table.
+"""Input → chunks of COPY text, parsed off the event loop.
 
 The parse-and-validate work is CPU-bound (CSV decoding, phone-number parsing), so for
-files it runs in a child process: the daemon's event loop stays responsive and the
-worker uses the second core while PostgreSQL ingests the previous chunk. Small inputs
-(API bodies) use a thread. Either way the same generator does the work, and a bounded
-queue keeps memory flat whatever the input size.
+files it runs in a child process (``from_process``): the daemon's event loop stays
+responsive and the worker uses another core while PostgreSQL ingests the previous
+chunk. Small inputs (API bodies) use a thread (``from_thread``). Either way one
+generator does the work, and a bounded queue keeps memory flat whatever the input size.
+Lead files go through ``iter_chunks``; DNC lists (``dnc.py``) reuse the same runners,
+several children at once on parts of one file (``merged``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
 import traceback
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from dialer.errors import DialerError, FileUnreadable
 from dialer.intake.columns import ColumnMap
 from dialer.intake.leads import LeadEncoder, TargetRules
-from dialer.intake.readers import open_reader
+from dialer.intake.readers import RowBlock, open_reader
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -57,14 +63,43 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
     ) as reader:
         if reader.header is not None:
             ColumnMap().check_header(reader.header)
+        # CSV rows take the encoder's fast paths: well-formed runs of rows as blocks,
+        # column by column; any other row with every value a str, keyed by the header
+        header = reader.header
+        csv_header = header if job.fmt == "csv" and header and enc.fast_path_fits(header) else None
+        row_fast = enc.text_row_encoder(csv_header) if csv_header else None
+        block_fast = enc.text_block_encoder(csv_header) if csv_header else None
+        items = reader.iter_blocks() if block_fast is not None else iter(reader)
         buf: list[str] = []
         first = last = 0
         invalid_before = 0
-        for raw in reader:
+        for item in items:
+            if isinstance(item, RowBlock):
+                assert block_fast is not None
+                lines = block_fast(item)
+                line = item.first_line
+                while lines:  # a block may straddle chunks: cut it where a chunk is full
+                    if not buf:
+                        first = line
+                    take = lines[: job.chunk_rows - len(buf)]
+                    buf += take
+                    lines = lines[len(take):]
+                    line += len(take)
+                    last = line - 1
+                    if len(buf) >= job.chunk_rows:
+                        # a cut block's invalid rows count in its first chunk: only the sum is used
+                        yield Chunk("".join(buf).encode(), len(buf), first, last,
+                                    enc.invalid - invalid_before)
+                        invalid_before = enc.invalid
+                        buf = []
+                continue
             if not buf:
-                first = raw.line
-            buf.append(copy_line(lead(raw.line, raw.values, raw.error)))
-            last = raw.line
+                first = item.line
+            if row_fast is not None and item.values is not None:
+                buf.append(row_fast(item.line, item.values))
+            else:
+                buf.append(copy_line(lead(item.line, item.values, item.error)))
+            last = item.line
             if len(buf) >= job.chunk_rows:
                 yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
                 invalid_before = enc.invalid
@@ -76,7 +111,8 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
                     in_file_duplicates=None if job.skip_rows else enc.repeats_a_number())
 
 
-def _worker(path: str, job: ParseJob, out: mp.Queue[tuple[str, Any]], parent: int) -> None:
+def _worker(produce: Callable[..., Iterator[Any]], args: tuple[Any, ...],
+            out: mp.Queue[tuple[str, Any]], parent: int) -> None:
     def put(item: tuple[str, Any]) -> None:
         while True:
             try:
@@ -87,8 +123,8 @@ def _worker(path: str, job: ParseJob, out: mp.Queue[tuple[str, Any]], parent: in
                     os._exit(1)
 
     try:
-        for chunk in iter_chunks(Path(path), job):
-            put(("chunk", chunk))
+        for item in produce(*args):
+            put(("chunk", item))
         put(("done", None))
     except FileUnreadable as e:
         put(("unreadable", e.message))
@@ -96,11 +132,14 @@ def _worker(path: str, job: ParseJob, out: mp.Queue[tuple[str, Any]], parent: in
         put(("error", traceback.format_exc()))
 
 
-async def chunks_from_process(path: Path, job: ParseJob, *, prefetch: int = 3) -> AsyncIterator[Chunk]:
-    """Run ``iter_chunks`` in a child process and yield its chunks as they come."""
+async def from_process(produce: Callable[..., Iterator[T]], *args: Any, prefetch: int = 3
+                       ) -> AsyncGenerator[T, None]:
+    """Run the generator ``produce(*args)`` in a child process and yield its items as they
+    come (at most ``prefetch`` wait in the queue: memory stays flat). ``produce`` must be a
+    module-level function and its arguments picklable (the child is spawned)."""
     ctx = mp.get_context("spawn")
     out: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=prefetch)
-    proc = ctx.Process(target=_worker, args=(str(path), job, out, os.getpid()), daemon=True,
+    proc = ctx.Process(target=_worker, args=(produce, args, out, os.getpid()), daemon=True,
                        name="dialer-intake")
     proc.start()
 
@@ -134,9 +173,48 @@ async def chunks_from_process(path: Path, job: ParseJob, *, prefetch: int = 3) -
         out.close()
 
 
-async def chunks_from_thread(source: Path | BinaryIO, job: ParseJob) -> AsyncIterator[Chunk]:
-    """The same work in a worker thread, one chunk at a time (for small inputs)."""
-    it = iter_chunks(source, job)
+@contextlib.asynccontextmanager
+async def merged(sources: Sequence[AsyncGenerator[T, None]], *, buffer: int = 2
+                 ) -> AsyncIterator[AsyncIterator[T]]:
+    """The items of several async iterators (child processes, each on its own part of one
+    input) as each one produces them. Leaving the block stops them all; the first failure
+    of any is raised as itself, not wrapped in an exception group."""
+    send, receive = anyio.create_memory_object_stream[T](buffer)
+
+    async def pump(src: AsyncGenerator[T, None], tx: MemoryObjectSendStream[T]) -> None:
+        async with tx, contextlib.aclosing(src):
+            async for item in src:
+                await tx.send(item)
+
+    try:
+        async with anyio.create_task_group() as tg, receive:
+            async with send:
+                for src in sources:
+                    tg.start_soon(pump, src, send.clone())
+            try:
+                yield receive
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return _first(e)
+        if not isinstance(e, anyio.get_cancelled_exc_class()):
+            return e
+    return group
+
+
+def chunks_from_process(path: Path, job: ParseJob, *, prefetch: int = 3) -> AsyncGenerator[Chunk, None]:
+    """Run ``iter_chunks`` in a child process and yield its chunks as they come."""
+    return from_process(iter_chunks, path, job, prefetch=prefetch)
+
+
+async def from_thread(it: Iterator[T]) -> AsyncGenerator[T, None]:
+    """Step a generator in a worker thread, one item at a time (for small inputs)."""
     done = object()
 
     def step() -> Any:
@@ -144,12 +222,19 @@ async def chunks_from_thread(source: Path | BinaryIO, job: ParseJob) -> AsyncIte
 
     try:
         while True:
-            chunk = await anyio.to_thread.run_sync(step)
-            if chunk is done:
+            item = await anyio.to_thread.run_sync(step)
+            if item is done:
                 return
-            yield chunk
+            yield item
     finally:
-        it.close()
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def chunks_from_thread(source: Path | BinaryIO, job: ParseJob) -> AsyncGenerator[Chunk, None]:
+    """``iter_chunks`` in a worker thread, one chunk at a time (for small inputs)."""
+    return from_thread(iter_chunks(source, job))
 
 
 def rows_to_chunk(rows: list[dict[str, Any]], job: ParseJob) -> Chunk:

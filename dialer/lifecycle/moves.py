@@ -71,9 +71,13 @@ async def withdraw(
 
 
 async def submit(conn: asyncpg.Connection, ids: Sequence[int], from_states: Sequence[str], chunk_id: int,
-                 now: datetime) -> None:
-    """Waiting calls recorded in a chunk: ``submitting`` (an attempt, for the caps, from now)."""
-    await conn.execute(Q.calls_submitting, list(ids), chunk_id, now)
+                 now: datetime, offered_to: Sequence[str | None] | None = None) -> None:
+    """Waiting calls recorded in a chunk: ``submitting`` (an attempt, for the caps, from now),
+    each directed to the agent in ``offered_to`` when the request names one per call."""
+    if offered_to is None:
+        await conn.execute(Q.calls_submitting, list(ids), chunk_id, now)
+    else:
+        await conn.execute(Q.calls_submitting_to, list(ids), chunk_id, now, list(offered_to))
     await record_events(conn, ids, from_states, State.SUBMITTING, "chunked", now, {"chunk_id": chunk_id})
 
 

@@ -219,11 +219,13 @@ SELECT count(*)::int FROM (
 ) s
 
 -- name: target_wrapup_agents
--- Agents whose last call ended less than max_dispose_s ago and who are not on a call.
-SELECT DISTINCT agent FROM calls
+-- Agents whose last call ended less than max_dispose_s ago and who are not on a call,
+-- with when that last call ended (their wrap-up ends max_dispose_s later).
+SELECT agent, max(ended_at) AS ended_at FROM calls
 WHERE target = $1 AND agent IS NOT NULL AND ended_at > $2
   AND agent NOT IN (SELECT agent FROM calls WHERE target = $1 AND agent IS NOT NULL
                     AND state IN ('assigned', 'connected'))
+GROUP BY agent
 
 -- name: target_state_get
 SELECT * FROM target_state WHERE target = $1
@@ -248,7 +250,9 @@ SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.atte
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
-WHERE c.target = $1 AND c.state IN ('pending', 'scheduled', 'retry_wait')
+-- hashtext(target) is the key of calls_dispatchable (migration 0008)
+WHERE hashtext(c.target) = hashtext($1) AND c.target = $1
+  AND c.state IN ('pending', 'scheduled', 'retry_wait')
   AND (c.not_before IS NULL OR c.not_before <= $2)
   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')
   -- a callback its owner still has the grace to take is not anyone's yet
@@ -478,8 +482,15 @@ RETURNING c.id, old.state, c.target, c.batch_id
 UPDATE batches SET state = 'cancelled' WHERE id = $1 AND state IN ('receiving', 'ingested') AND $2::timestamptz IS NOT NULL
 
 -- name: target_counts
+-- Live calls by target and state (scrapes, GET /v1/targets). Two branches whose state
+-- lists are the predicates of calls_dispatchable and calls_in_flight, so each reads its
+-- partial index and the count never scans the history of ended calls.
 SELECT target, state, count(*)::int AS n FROM calls
-WHERE state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain', 'queued', 'assigned', 'connected')
+WHERE state IN ('pending', 'scheduled', 'retry_wait')
+GROUP BY target, state
+UNION ALL
+SELECT target, state, count(*)::int AS n FROM calls
+WHERE state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
 GROUP BY target, state
 
 -- ---------------------------------------------------------------- lifecycle
@@ -1069,3 +1080,48 @@ INSERT INTO abandon_guard (target, level, rate, abandoned, picked_up, checked_at
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (target) DO UPDATE SET level = $2, rate = $3, abandoned = $4, picked_up = $5,
     checked_at = $6, changed_at = $7
+-- ---------------------------------------------------------------- perf
+
+-- name: dnc_import_sorted
+-- The import's numbers once each (the latest expiry wins within the file), sorted: the
+-- merge then appends to the list's index in key order instead of at random.
+CREATE TEMP TABLE dnc_import_src ON COMMIT DROP AS
+SELECT DISTINCT ON (e164) e164, expires_at FROM dnc_import
+ORDER BY e164, expires_at DESC NULLS FIRST
+
+-- name: dnc_import_merge_sorted
+-- dnc_import_merge without ON CONFLICT (a speculative insertion per row costs about as
+-- much as the insertion itself): listed numbers are updated, the others inserted in key
+-- order, both from one snapshot. A number another transaction lists meanwhile makes the
+-- insert fail (unique violation): the caller then rolls back to its savepoint and runs
+-- dnc_import_merge, which settles such races row by row.
+WITH upd AS (
+    UPDATE dnc d SET source = $1, expires_at = s.expires_at
+    FROM dnc_import_src s WHERE d.e164 = s.e164
+    RETURNING 1
+), ins AS (
+    INSERT INTO dnc (e164, source, added_at, expires_at)
+    SELECT s.e164, $1, $2, s.expires_at FROM dnc_import_src s
+    WHERE NOT EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = s.e164)
+    ORDER BY s.e164
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins)::int AS added, (SELECT count(*) FROM upd)::int AS updated
+
+-- name: target_agent_load
+-- A target's calls in flight by agent: the agent who took it (from a callback), else the
+-- one it was directed to; NULL for a call sent to no agent in particular. Bounded ($2)
+-- like target_in_flight.
+SELECT coalesce(agent, offered_to) AS agent, count(*)::int AS n FROM (
+    SELECT agent, offered_to FROM calls
+    WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
+    LIMIT $2
+) s
+GROUP BY 1
+
+-- name: calls_submitting_to
+-- calls_submitting, each call with the agent it is directed to ($4, NULL: none).
+UPDATE calls c SET state = 'submitting', chunk_id = $2, updated_at = $3, submitted_at = $3,
+       offered_to = u.agent
+FROM unnest($1::bigint[], $4::text[]) AS u(id, agent)
+WHERE c.id = u.id

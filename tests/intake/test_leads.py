@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import phonenumbers
 import pytest
 from hypothesis import given, settings
@@ -103,3 +105,119 @@ def test_any_row_encodes_without_raising(values: dict[str, object]) -> None:
     assert row[9] in ("pending", "invalid")
     line = LeadEncoder.copy_line(row)
     assert line.endswith("\n") and line.count("\n") == 1 and line.count("\t") == len(COPY_COLUMNS) - 1
+
+
+_CELL = st.one_of(
+    st.sampled_from(["", " ", "+14155550100", "(415) 555-0101", "415.555.0102", "12", "4", " 7 ",
+                     "-3", "99999999999", "x", "alice", "bob;alice", "alice|dave", " carol ,bob",
+                     "America/New_York", "Mars/Base", "CRM-1", "a\tb", "back\\slash", 'quo"te',
+                     "line\nbreak", "cr\rhere", "ünï", "\x01ctl", "alice;", ";"]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    header=st.permutations(["number", "priority", "agents", "external_id", "timezone", "company",
+                            "Notes"]).map(lambda h: h[: 2 + len(h) % 6]),
+    cells=st.lists(_CELL, min_size=7, max_size=7),
+    check_agents=st.booleans(),
+)
+def test_the_csv_fast_path_encodes_exactly_like_lead(header: list[str], cells: list[str],
+                                                     check_agents: bool) -> None:
+    if "number" not in header:
+        header = ["number", *header]
+    rules = TargetRules(name="sales", default_region="US",
+                        agent_mapping="global" if check_agents else "all-agents",
+                        agents=("alice", "bob", "carol"))
+    values = dict(zip(header, cells, strict=False))
+    slow, fast = LeadEncoder("b", rules), LeadEncoder("b", rules)
+    encode = fast.text_row_encoder(header)
+    for line in (3, 4):  # twice: the second time from the encoder's cache of agent lists
+        assert encode(line, values) == slow.copy_line(slow.lead(line, values, None))
+    assert fast.invalid == slow.invalid
+    assert fast.repeats_a_number() == slow.repeats_a_number()
+
+
+_PLAIN_CELL = st.one_of(
+    st.sampled_from(["", " ", "+14155550100", "(415) 555-0101", "415.555.0102", "12", "4", " 7 ", "007",
+                     "-3", "99999999999", "1234567890", "x", "alice", "bob;alice", "alice|dave",
+                     "carol |bob", ";", "America/New_York", "Mars/Base", "CRM-1", "a\tb", "back\\slash",
+                     "ünï", "\x01ctl", "٣"]),
+    st.text(alphabet=st.characters(blacklist_characters='",\n\r\x00', blacklist_categories=('Cs',)),
+            max_size=10),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    header=st.permutations(["number", "priority", "agents", "external_id", "timezone", "company",
+                            "Notes"]).map(lambda h: h[: 2 + len(h) % 6]),
+    rows=st.lists(st.lists(_PLAIN_CELL, min_size=1, max_size=8), min_size=1, max_size=60),
+    chunk_rows=st.sampled_from([1, 7, 1000]),
+    skip=st.sampled_from([0, 0, 3, 2500]),
+    odd=st.booleans(),
+)
+def test_a_csv_file_encodes_exactly_like_lead_row_by_row(
+        tmp_path_factory: pytest.TempPathFactory, header: list[str], rows: list[list[str]],
+        chunk_rows: int, skip: int, odd: bool) -> None:
+    """Blocks of rows encoded column by column, rows one at a time, odd rows the plain
+    way: the COPY text is what ``lead`` makes of each row the reader yields, in order."""
+    from dialer.intake.pipeline import ParseJob, iter_chunks
+    from dialer.intake.readers import RowBlock, open_reader
+
+    if "number" not in header:
+        header = ["number", *header]
+    w = len(header)
+    clean = "".join(",".join((r + [""] * w)[:w]) + "\n" for r in rows)
+    # well-formed rows (read as blocks), and maybe some short, long, blank or padded ones
+    messy = "".join(",".join(r) + "\n" for r in rows) if odd else clean
+    path = tmp_path_factory.mktemp("csv") / "leads.csv"
+    # more than a 64 KiB piece of plain rows: at least one block
+    sample = {"priority": "4", "agents": "alice;bob", "external_id": "X1", "company": "Acme",
+              "timezone": "America/New_York", "Notes": "n"}
+    known = "".join(",".join(f"{415_555_0000 + i}" if h == "number" else sample[h] for h in header)
+                    + "\n" for i in range(6000))
+    path.write_text(",".join(header) + "\n" + known + clean * 60 + messy + clean * 60, encoding="utf-8")
+    job = ParseJob(fmt="csv", batch_id="b", rules=RULES, chunk_rows=chunk_rows, skip_rows=skip)
+    chunks = list(iter_chunks(path, job))
+    got = "".join(c.data.decode() for c in chunks)
+    ref = LeadEncoder("b", RULES)
+    with open_reader(path, "csv", skip_rows=skip) as reader:
+        raws = list(reader)
+    want = "".join(ref.copy_line(ref.lead(r.line, r.values, r.error)) for r in raws)
+    assert got == want
+    assert sum(c.rows for c in chunks) == len(raws)
+    assert all(c.rows <= chunk_rows for c in chunks)
+    assert sum(c.invalid for c in chunks) == ref.invalid
+    data_chunks = [c for c in chunks if c.rows]
+    assert [c.first_line for c in data_chunks][:1] == [r.line for r in raws][:1]
+    assert [c.last_line for c in data_chunks][-1:] == [r.line for r in raws][-1:]
+    if not skip:
+        assert chunks[-1].in_file_duplicates == ref.repeats_a_number()
+    with open_reader(path, "csv") as reader:
+        assert any(isinstance(item, RowBlock) for item in reader.iter_blocks())
+
+
+@pytest.mark.parametrize("extra", ["number2", "phone2", "expires_at"])
+def test_a_csv_file_with_more_numbers_or_an_expiry_takes_the_plain_path(
+        tmp_path: Path, extra: str) -> None:
+    """The fast paths write one number and no expiry: a header with more is encoded by
+    ``lead`` row by row, and the COPY text says the same as ``lead``."""
+    from dialer.intake.pipeline import ParseJob, iter_chunks
+    from dialer.intake.readers import open_reader
+
+    value = "2030-01-01" if extra == "expires_at" else "+14155550199"
+    path = tmp_path / "leads.csv"
+    path.write_text("number,priority," + extra + "\n"
+                    + "".join(f"{415_555_0000 + i},1,{value}\n" for i in range(3000)), encoding="utf-8")
+    assert not LeadEncoder("b", RULES).fast_path_fits(["number", "priority", extra])
+    assert LeadEncoder("b", RULES).fast_path_fits(["number", "priority", "company"])
+    got = "".join(c.data.decode() for c in iter_chunks(path, ParseJob(fmt="csv", batch_id="b", rules=RULES,
+                                                                       chunk_rows=1000)))
+    ref = LeadEncoder("b", RULES)
+    with open_reader(path, "csv") as reader:
+        want = "".join(ref.copy_line(ref.lead(r.line, r.values, r.error)) for r in reader)
+    assert got == want
+    assert all(line.count("\t") == len(COPY_COLUMNS) - 1 for line in got.splitlines())
+    assert got.count("\t\\N\t\\N\t\\N\n") == 0  # the extra column reached its COPY column

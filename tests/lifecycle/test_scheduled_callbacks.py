@@ -112,7 +112,8 @@ async def test_an_owner_not_ready_within_the_grace_gives_the_callback_to_anyone(
         await st.dispatcher.tick()
         cb = await callback_row(st)
         assert cb["state"] in ("submitting", "queued", "assigned")
-        assert (await sent_agents(st))[-1] == ["alice", "bob", "carol"]  # anyone, as any lead
+        # anyone, as any lead: pacing by agent directs it to the one ready agent with room
+        assert (await sent_agents(st))[-1] == ["alice"]
         assert "callback_owner_grace_passed" in await kinds(st, cb["id"])
 
 

@@ -859,3 +859,27 @@ async def test_abandons_are_off_by_default_and_checked(make_sandbox: SandboxFact
     assert sb.sandbox.config.abandon_rate == 0.0
     with pytest.raises(ValueError, match="abandon_rate must be between 0 and 1"):
         sb.sandbox.configure(abandon_rate=2)
+
+
+async def test_the_timeline_shows_each_agent_offered_its_next_call_after_its_dispose_time(
+        make_sandbox: SandboxFactory, channel: Channel) -> None:
+    s = await make_sandbox()
+    await s.append(leads(3, "tl"), channel, agentMapping="global", agents=["bob"], maxDispose=40)
+    await until(lambda: len(channel.hits("terminal")) == 3, what="3 terminal callbacks")
+    await until(lambda: len([e for e in s.sandbox.timeline() if e[1] == "ready"]) == 3, what="3 ready")
+    events = s.sandbox.timeline()
+    assert [e[1] for e in events if e[1] == "request"] == ["request"]
+    assert next(e for e in events if e[1] == "request")[3] == "queue:3"
+    bob = [(e[1], e[3]) for e in events if e[2] == "bob" and e[1] in ("offered", "ended", "ready")]
+    ids = [c["callId"] for c in s.sandbox.calls()]
+    assert bob == [(kind, call) for call in ids for kind in ("offered", "ended", "ready")]
+    at = {(e[1], e[3]): e[0] for e in events}
+    for a, b in itertools.pairwise(ids):
+        assert at[("ready", a)] - at[("ended", a)] >= 0.040 - 0.001  # maxDispose 40 s x 0.001
+        assert at[("offered", b)] >= at[("ready", a)]
+    assert {e[3] for e in events if e[1] == "terminal"} == set(ids)
+    async with httpx.AsyncClient(base_url=s.url) as anon:
+        later = (await anon.get("/_sandbox/timeline", params={"since": at[("ready", ids[0])]})).json()
+        assert later["now"] >= events[-1][0]
+        assert [tuple(e) for e in later["events"]] == [e for e in events if e[0] >= at[("ready", ids[0])]]
+        assert (await anon.get("/_sandbox/timeline", params={"since": "x"})).status_code == 400

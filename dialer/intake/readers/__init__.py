@@ -35,7 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from dialer.intake.readers.common import FORMATS, Fingerprint, RawRow, RowReader, detect_format
+from dialer.intake.readers.common import FORMATS, Fingerprint, RawRow, RowBlock, RowReader, detect_format
 from dialer.intake.readers.csvfile import CsvReader
 from dialer.intake.readers.jsonfile import JsonReader, NdjsonReader
 from dialer.intake.readers.text import decide_encoding, fingerprint, open_source, seekable, spool_stream
@@ -45,6 +45,7 @@ __all__ = [
     "FORMATS",
     "Fingerprint",
     "RawRow",
+    "RowBlock",
     "RowReader",
     "detect_format",
     "fingerprint",

@@ -46,6 +46,17 @@ class RawRow:
 
 
 @dataclass(slots=True)
+class RowBlock:
+    """Consecutive well-formed CSV rows, as lists of cells (the header's width, first cell
+    not empty), read from lines ``first_line`` on. ``plain``: no cell holds a backslash
+    or a tab (nor, as in every block, a newline, carriage return or NUL)."""
+
+    first_line: int
+    rows: list[list[str]]
+    plain: bool
+
+
+@dataclass(slots=True)
 class Fingerprint:
     sha256: str
     size: int
@@ -64,7 +75,7 @@ class RowReader(ABC):
         self._raw = raw
         self._owned = owned
         self._skip = max(0, skip_rows)
-        self._it: Iterator[RawRow] | None = None
+        self._it: Iterator[Any] | None = None  # rows, or blocks and rows (iter_blocks)
         self._closed = False
 
     @abstractmethod
@@ -74,6 +85,11 @@ class RowReader(ABC):
         if self._it is None:
             self._it = iter(()) if self._closed else self._rows()
         return self._it
+
+    def iter_blocks(self) -> Iterator[RawRow | RowBlock]:
+        """The same rows, where the reader can, as ``RowBlock``s of many rows at once (a
+        hot path for the intake worker); read either this way or by ``__iter__``."""
+        return iter(self)
 
     def close(self) -> None:
         if self._closed:

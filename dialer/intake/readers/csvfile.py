@@ -8,10 +8,11 @@ import io
 import re
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import BinaryIO
 
 from dialer.errors import FileUnreadable
-from dialer.intake.readers.common import RawRow, RowReader, dict_builder, unique_names
+from dialer.intake.readers.common import RawRow, RowBlock, RowReader, dict_builder, unique_names
 from dialer.intake.readers.text import text_pieces
 
 _QUOTED = re.compile(r'"[^"]*"')
@@ -92,7 +93,15 @@ class CsvReader(RowReader):
             row = row[:w]
         return RawRow(line, self._build(row))
 
+    def iter_blocks(self) -> Iterator[RawRow | RowBlock]:
+        if self._it is None:
+            self._it = iter(()) if self._closed else self._items(blocks=True)
+        return self._it
+
     def _rows(self) -> Iterator[RawRow]:
+        return self._items(blocks=False)  # type: ignore[return-value]  # no block without blocks=True
+
+    def _items(self, blocks: bool) -> Iterator[RawRow | RowBlock]:
         w = self._width
         build = self._build
         odd = self._odd
@@ -101,6 +110,7 @@ class CsvReader(RowReader):
         skip = self._skip
         line = self._line
         pieces = self._pieces
+        first_cell = itemgetter(0)
         for piece in pieces:
             if piece is None:
                 line += 1
@@ -119,7 +129,18 @@ class CsvReader(RowReader):
                 lines = piece.split("\n")
                 if not lines[-1]:
                     lines.pop()
-                for row in map(split, lines, repeat(delim)):
+                rows = list(map(split, lines, repeat(delim)))
+                if blocks and all(len(row) == w for row in rows) and all(map(first_cell, rows)):
+                    n = len(rows)
+                    if skip >= n:
+                        skip -= n
+                    else:
+                        plain = "\\" not in piece and (delim == "\t" or "\t" not in piece)
+                        yield RowBlock(line + skip + 1, rows[skip:] if skip else rows, plain)
+                        skip = 0
+                    line += n
+                    continue
+                for row in rows:
                     line += 1
                     if len(row) == w and row[0]:
                         if skip:

@@ -107,6 +107,11 @@ object of run-time fields), ``GET _sandbox/calls`` (``?state=``, ``?limit=``),
 ``GET _sandbox/requests`` (every API request: arrival time, endpoint, status, calls
 queued; the last ``keep_requests``). ``abandon_rate`` (customer-first only): the share of
 answered calls no agent takes in time, ended with disposition ``ABANDONED``.
+``GET _sandbox/timeline`` (``?since=`` seconds): ``{"now": s, "events": [[s, event,
+agent, detail], ...]}`` on the sandbox's monotonic clock — ``offered`` (a call assigned
+to an agent), ``ended`` (its attempt ended), ``ready`` (the agent's maxDispose ran out:
+it can be offered the next call), ``request`` (``detail``: ``queue:<rows>``),
+``terminal`` (a terminal callback answered 200). See ``sandbox_engine``.
 
 Python: ``RyngSandbox(config).app`` (Starlette; mount it anywhere, it has no
 lifespan), ``await start()`` / ``await stop()`` (agents and callback sender on the
@@ -258,6 +263,7 @@ class RyngSandbox:
                 Route("/_sandbox/config", self._admin_config, methods=["GET", "POST"]),
                 Route("/_sandbox/calls", self._admin_calls, methods=["GET"]),
                 Route("/_sandbox/requests", self._admin_requests, methods=["GET"]),
+                Route("/_sandbox/timeline", self._admin_timeline, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
         )
@@ -297,6 +303,9 @@ class RyngSandbox:
         """Every API request in arrival order: ``at`` (unix seconds when it arrived),
         ``endpoint``, ``status`` and ``calls`` (how many it queued)."""
         return list(self._log)
+    def timeline(self, since: float = 0.0) -> list[tuple[float, str, str, str]]:
+        """Events at or after ``since`` (monotonic seconds): see ``sandbox_engine``."""
+        return [e for e in self._engine.timeline if e[0] >= since]
 
     def dials_by_number(self) -> dict[str, int]:
         return dict(self._engine.dials)
@@ -496,6 +505,12 @@ class RyngSandbox:
 
     async def _admin_requests(self, request: Request) -> Response:
         return _json(200, self.requests())
+    async def _admin_timeline(self, request: Request) -> Response:
+        try:
+            since = float(request.query_params.get("since") or 0)
+        except ValueError:
+            return _error(400, "since must be a number of seconds")
+        return _json(200, {"now": time.monotonic(), "events": self.timeline(since)})
 
     async def _admin_calls(self, request: Request) -> Response:
         limit_text = request.query_params.get("limit")

@@ -51,4 +51,5 @@ class SandboxConfig:
     callback_timeout_s: float = 10.0
     callback_concurrency: int = 32
     keep_ended_calls: int = 100_000
+    keep_timeline: int = 200_000  # events kept for GET _sandbox/timeline
     seed: int | None = None

@@ -4,6 +4,15 @@ Calls are assigned to one agent when they are accepted (round-robin within the
 request, see ``sandbox.py``); each agent works through its own calls one at a time,
 biggest priority first, then oldest, and waits ``maxDispose`` after every attempt.
 Callbacks are POSTed by background tasks with Ryng's retry rules.
+
+The timeline records what a call centre's own report would show, in the vendor page's
+terms: when a call was *assigned to an agent* (the connect callback's moment, the
+agent is offered the call), when the attempt ended, and when the agent's
+``maxDispose`` ("time allotted for disposing a call before the next call is
+initiated") ran out, i.e. the agent could be offered the next call; plus when each
+request was accepted and each terminal callback was answered 200. Times are seconds
+on the sandbox's monotonic clock, so gaps between them are exact whatever the wall
+clock does.
 """
 
 from __future__ import annotations
@@ -127,6 +136,8 @@ class Engine:
         self.cb: dict[str, Counter[str]] = {"connect": Counter(), "terminal": Counter()}
         self.cb_status: dict[str, Counter[str]] = {"connect": Counter(), "terminal": Counter()}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # (monotonic s, event, agent, call id / detail): offered | ended | ready | request | terminal
+        self.timeline: deque[tuple[float, str, str, str]] = deque(maxlen=max(1, config.keep_timeline))
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
         self.running = False
@@ -176,6 +187,7 @@ class Engine:
         pointer = 0
         calls: list[Call] = []
         self.submitted[sub.kind] += 1
+        self.timeline.append((time.monotonic(), "request", "", f"{sub.kind}:{len(sub.rows)}"))
         for row in sub.rows:
             eligible = row.agents_assigned if sub.agent_mapping == "inline" and row.agents_assigned else pool
             chosen = pool[pointer % len(pool)]
@@ -238,6 +250,7 @@ class Engine:
             await asyncio.sleep(dispose)
             agent.state = "idle"
             agent.ready_at = None
+            self.timeline.append((time.monotonic(), "ready", agent.name, call.call_id))
 
     def _draw_outcome(self) -> str:
         c = self.cfg
@@ -255,6 +268,7 @@ class Engine:
         self._set_state(call, "dialing")
         attempt = Attempt(call.attempts, agent.name, utcnow())
         call.history.append(attempt)
+        self.timeline.append((time.monotonic(), "offered", agent.name, call.call_id))
         self.dials[call.number] += 1
         outcome = self._draw_outcome()
         self.outcomes[outcome] += 1
@@ -289,6 +303,7 @@ class Engine:
             self._set_state(call, "connected")
             await self._sleep(attempt.talk_s)
         attempt.end, attempt.outcome = utcnow(), outcome
+        self.timeline.append((time.monotonic(), "ended", agent.name, call.call_id))
         agent.handled += 1
         agent.current = None
         if outcome in (ANSWERED, ABANDONED) or call.attempts > sub.max_retries:
@@ -361,6 +376,9 @@ class Engine:
                     stats["retried"] += 1
                 ok = await self._post(kind, url, payload)
                 done.set()
+                if ok and kind == "terminal":
+                    self.timeline.append((time.monotonic(), "terminal", str(body.get("agent", "")),
+                                          str(body.get("callId", ""))))
                 if ok:
                     if duplicate:
                         stats["duplicates"] += 1
