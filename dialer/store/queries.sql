@@ -507,6 +507,12 @@ GROUP BY e164
 SELECT id FROM calls
 WHERE e164 = ANY($1::text[]) AND state = 'cancelled' AND ended_at = $2 AND numbers IS NOT NULL
 
+-- name: numbers_cancelled_for_dnc_import
+-- The same for a DNC import (its temporary table): attempts dnc_import_cancel just ended ($1).
+SELECT id FROM calls
+WHERE state = 'cancelled' AND ended_at = $1 AND reason = 'dnc' AND numbers IS NOT NULL
+  AND e164 IN (SELECT e164 FROM dnc_import)
+
 -- name: recycle_count
 -- How many re-dials this lead already had after the given terminal state.
 SELECT count(*)::int FROM calls WHERE lead_id = $1 AND reason = $2
