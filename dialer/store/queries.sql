@@ -246,7 +246,7 @@ RETURNING rr_index - $2 AS idx
 
 -- name: dispatch_candidates
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,
-       c.expires_at, c.batch_id,
+       c.expires_at, c.batch_id, c.reason,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
@@ -990,7 +990,7 @@ RETURNING k.call_id, k.owner, k.due_at, k.grace_until, c.state
 -- name: callback_owned_candidates
 -- Due callbacks still in their owner's grace, for the owners who are ready ($3).
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt, k.owner,
-       c.expires_at, c.batch_id,
+       c.expires_at, c.batch_id, c.reason,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM callbacks k JOIN calls c ON c.id = k.call_id
