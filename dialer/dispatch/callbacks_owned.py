@@ -18,7 +18,6 @@ import asyncpg
 from dialer.config import Settings
 from dialer.dispatch import compliance, outbox
 from dialer.dispatch.pacing import Pace
-from dialer.lifecycle import moves
 from dialer.lifecycle.observe import Ended
 from dialer.store.queries import Q
 
@@ -66,11 +65,9 @@ async def record_owned(
         ended.extend(await outbox.apply_screening(conn, screened, now))
         if not screened.take:
             continue
-        req = await outbox.build(conn, settings, secret, name, t, pace, screened.take, owner=owner)
-        await conn.execute(Q.chunk_insert, req.chunk_id, name, req.token, len(screened.take), req.body,
-                           req.kind, req.named_agent, now)
-        await moves.submit(conn, [c["id"] for c in screened.take], [c["state"] for c in screened.take],
-                           req.chunk_id, now)
-        claimed += len(screened.take)
-        pace.in_flight += len(screened.take)
+        n = await outbox.record(conn, settings, secret, name, t, pace, screened.take, now, owner=owner)
+        claimed += n
+        pace.in_flight += n  # the ordinary fill after this one sees them out
+        if pace.room is not None:
+            pace.room = max(0, pace.room - n)
     return claimed

@@ -96,12 +96,19 @@ async def record_chunk(
         ended.extend(done)
     if not screened.take:
         return 0
-    req = await build(conn, settings, secret, name, t, pace, screened.take)
-    await conn.execute(Q.chunk_insert, req.chunk_id, name, req.token, len(screened.take), req.body, req.kind,
+    return await record(conn, settings, secret, name, t, pace, screened.take, now)
+
+
+async def record(conn: asyncpg.Connection, settings: Settings, secret: bytes, name: str, t: Target,
+                 pace: Pace, take: list[asyncpg.Record], now: datetime, owner: str | None = None) -> int:
+    """The request for ``take`` built and recorded as a chunk, its calls ``submitting``
+    (each with the agent it is directed to); returns how many."""
+    req = await build(conn, settings, secret, name, t, pace, take, owner=owner)
+    await conn.execute(Q.chunk_insert, req.chunk_id, name, req.token, len(take), req.body, req.kind,
                        req.named_agent, now)
-    await moves.submit(conn, [c["id"] for c in screened.take], [c["state"] for c in screened.take],
-                       req.chunk_id, now, req.offered_to)
-    return len(screened.take)
+    await moves.submit(conn, [c["id"] for c in take], [c["state"] for c in take], req.chunk_id, now,
+                       req.offered_to)
+    return len(take)
 
 
 async def screen(conn: asyncpg.Connection, rules: compliance.Rules, name: str, t: Target,

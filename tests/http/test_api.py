@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -8,19 +7,11 @@ import httpx
 import pytest
 
 from dialer.clock import FakeClock
-from dialer.config import Settings
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from tests.conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def api(pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(AppContext(settings=settings, pool=pool, clock=clock))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        yield c
 
 
 def leads(*numbers: str, **extra: Any) -> dict[str, Any]:

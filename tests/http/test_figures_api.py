@@ -3,28 +3,17 @@ and the very figures of a campaign made through the real paths."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
-from dialer.clock import FakeClock
-from dialer.config import Settings
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from tests.conftest import TOKEN
 from tests.results.test_figures import Campaign, campaign  # noqa: F401 (a fixture)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def api(pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(AppContext(settings=settings, pool=pool, clock=clock))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        yield c
 
 
 async def test_unknown_target_or_batch_is_404_in_the_error_shape(api: httpx.AsyncClient) -> None:

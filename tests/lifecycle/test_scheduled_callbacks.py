@@ -93,7 +93,9 @@ async def test_a_callback_at_15_chicago_is_dialed_at_15_local_by_its_agent(pool:
         assert (await sent_agents(st))[-1] == ["bob"]
         async with pool.acquire() as conn:
             body = await conn.fetchval("SELECT request FROM chunks ORDER BY id DESC LIMIT 1")
+            offered_to = await conn.fetchval("SELECT offered_to FROM calls WHERE id = $1", cb["id"])
         assert body["body"]["agentMapping"] == "global"
+        assert offered_to == "bob"  # pacing by agent counts it against bob's room at once
 
 
 async def test_an_owner_not_ready_within_the_grace_gives_the_callback_to_anyone(pool: asyncpg.Pool,
