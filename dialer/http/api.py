@@ -1,6 +1,6 @@
 """The CRM-facing API under ``/v1``: bearer auth and known query parameters on every
 route, the shared error responses, and one module per resource (``batches``, ``calls``,
-``dnc``, ``targets``, ``figures``)."""
+``dnc``, ``targets``, ``figures``, ``waiting``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 
 from dialer.errors import InvalidInput
-from dialer.http import batches, callbacks_api, calls, dnc, figures, targets
+from dialer.http import batches, callbacks_api, calls, dnc, figures, targets, waiting
 from dialer.http.models import ErrorOut
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -38,6 +38,6 @@ async def known_query_only(request: Request) -> None:
 
 def router(auth: Any) -> APIRouter:
     r = APIRouter(prefix="/v1", dependencies=[Depends(auth), Depends(known_query_only)], responses=ERRORS)
-    for part in (batches, calls, callbacks_api, dnc, targets, figures):
+    for part in (batches, calls, callbacks_api, dnc, targets, figures, waiting):
         r.include_router(part.router)
     return r

@@ -169,6 +169,7 @@ async def test_limits_are_413(pool: asyncpg.Pool, make_settings: Any, clock: Fak
         ("POST", "/v1/dnc"),
         ("DELETE", "/v1/dnc/+14155550100"),
         ("GET", "/v1/targets/sales/figures"),
+        ("GET", "/v1/targets/sales/waiting"),
         ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000/figures"),
     ],
 )
