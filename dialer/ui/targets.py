@@ -1,5 +1,6 @@
-"""The Targets page: each target's pacing, breaker and waiting calls, and pausing or
-resuming one — shown and done as the API does (``http.targets``)."""
+"""The Targets page: each target's pacing, breaker and waiting calls (by what holds them:
+``http.waiting``), and pausing or resuming one — shown and done as the API does
+(``http.targets``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from dialer.http.targets import apply_pause, target_views
+from dialer.http.waiting import waiting_out
 from dialer.ui.console import UI, Console, Flash, Sess, UiError, see_other
 from dialer.ui.session import Session
 
@@ -19,12 +21,13 @@ router = APIRouter(include_in_schema=False)
 @router.get("/ui/targets")
 async def targets(request: Request, ui: UI, s: Sess) -> Response:
     ts = await target_views(ui.ctx)
+    holds = {t.name: await waiting_out(ui.ctx, t.name) for t in ts}  # why isn't it dialing?
     comp = ui.ctx.settings.compliance
     q = request.query_params
     flash = None
     if q.get("done") in ("paused", "resumed") and q.get("target") in ui.ctx.settings.targets:
         flash = Flash("ok", f"Target {q.get('target')} {q.get('done')}.")
-    data: dict[str, Any] = dict(targets=ts, compliance=comp, nav="targets", title="Targets",
+    data: dict[str, Any] = dict(targets=ts, holds=holds, compliance=comp, nav="targets", title="Targets",
                                 flash=flash, active=True, live_url="/ui/targets?part=list")
     if q.get("part") == "list":
         return ui.page(request, "_targets_list.html", **data)
