@@ -1136,26 +1136,37 @@ WHERE c.id = u.id
 -- owned callback in its owner's grace — else 'now' (the dispatcher may take it; the target's
 -- own state decides between ready, pacing, paused…). With each group: when its first row's
 -- hold clears, and how many expire by $3 ($4: the target's lead_ttl_h, or NULL).
+-- No per-row join: the target's few batches that matter (still receiving; whose TTL ends by
+-- $3) come as arrays, and only a due callback attempt looks up its callback.
+WITH b AS (
+    SELECT coalesce(array_agg(id) FILTER (WHERE state = 'receiving'), '{}') AS receiving,
+           coalesce(array_agg(id) FILTER (WHERE ttl <= $3), '{}') AS ttl_ids,
+           coalesce(array_agg(ttl) FILTER (WHERE ttl <= $3), '{}') AS ttl_at
+    FROM (SELECT id, state, created_at + make_interval(hours => $4::int) AS ttl FROM batches
+          WHERE target = $1 AND state IN ('receiving', 'ingested')) x
+)
 SELECT w.why, count(*)::bigint AS n, min(w.clears) AS clears_at,
        count(*) FILTER (WHERE w.expires <= $3)::bigint AS expiring,
        min(w.expires) FILTER (WHERE w.expires <= $3) AS first_expiry
 FROM (
-    SELECT CASE WHEN b.state IS DISTINCT FROM 'ingested' THEN 'receiving'
+    SELECT CASE WHEN c.batch_id = ANY(b.receiving) THEN 'receiving'
                 WHEN c.not_before > $2 AND c.state = 'retry_wait' AND c.reason = 'callback'
                     THEN 'scheduled_callback'
                 WHEN c.not_before > $2 AND c.state = 'retry_wait' THEN 'recycle'
                 WHEN c.not_before > $2 THEN coalesce(c.hold_reason, 'other')
-                WHEN k.call_id IS NOT NULL THEN 'scheduled_callback'
+                WHEN c.grace IS NOT NULL THEN 'scheduled_callback'
                 ELSE 'now' END AS why,
-           CASE WHEN c.not_before > $2 THEN c.not_before
-                WHEN k.call_id IS NOT NULL THEN k.grace_until END AS clears,
-           least(c.expires_at, b.created_at + make_interval(hours => $4::int)) AS expires
-    FROM calls c
-    LEFT JOIN batches b ON b.id = c.batch_id
-    LEFT JOIN callbacks k ON k.call_id = c.id AND k.owner IS NOT NULL AND k.released_at IS NULL
-                         AND k.grace_until > $2
-    -- hashtext(target) is the key of calls_dispatchable (migration 0008)
-    WHERE hashtext(c.target) = hashtext($1) AND c.target = $1
-      AND c.state IN ('pending', 'scheduled', 'retry_wait')
+           CASE WHEN c.not_before > $2 THEN c.not_before ELSE c.grace END AS clears,
+           least(c.expires_at, b.ttl_at[array_position(b.ttl_ids, c.batch_id)]) AS expires
+    FROM b, (
+        SELECT c.batch_id, c.state, c.reason, c.not_before, c.hold_reason, c.expires_at,
+               CASE WHEN c.reason = 'callback' AND (c.not_before IS NULL OR c.not_before <= $2) THEN
+                   (SELECT k.grace_until FROM callbacks k WHERE k.call_id = c.id AND k.owner IS NOT NULL
+                    AND k.released_at IS NULL AND k.grace_until > $2) END AS grace
+        FROM calls c
+        -- hashtext(target) is the key of calls_dispatchable (migration 0008)
+        WHERE hashtext(c.target) = hashtext($1) AND c.target = $1
+          AND c.state IN ('pending', 'scheduled', 'retry_wait')
+    ) c
 ) w
 GROUP BY w.why
