@@ -18,7 +18,7 @@ from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from dialer.metrics_waiting import WaitingGauges
 from tests.conftest import TOKEN
-from tests.lifecycle.test_scheduled_callbacks import CHICAGO, chicago, end_current
+from tests.lifecycle.test_scheduled_callbacks import CHICAGO, OnlyReady, chicago, end_current
 from tests.stack import Stack, running_stack
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -149,3 +149,25 @@ async def test_unknown_target_is_404_in_the_error_shape(pool: asyncpg.Pool, make
             body = (await c.get("/v1/targets/sales/waiting", headers=AUTH)).json()
         assert body["total"] == 0 and [r["reason"] for r in body["reasons"]] == list(waiting.REASONS)
         assert CHICAGO is not None
+
+
+async def test_a_due_callback_in_its_owners_grace_and_a_batch_still_coming_in(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    clock = FakeClock(chicago(1, 10))
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": BASE}) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
+        await st.post([SALES[0]])
+        await st.dispatcher.tick()
+        await end_current(st, "CALL_BACK", agent="bob", callbackInMin="60")  # 11:00 local, bob's
+        st.dispatcher.agents = OnlyReady({"alice"})  # bob has gone home
+        clock.advance(3600 + 5 * 60)  # 11:05: due, still bob's for 10 more minutes
+        await st.dispatcher.tick()
+        body = await api_waiting(st, "sales")
+        assert counts(body) == {"scheduled_callback": 1}
+        assert clears(body, "scheduled_callback") == chicago(1, 11, 15)
+        async with pool.acquire() as conn:  # a batch whose rows are still coming in
+            bid = await conn.fetchval("INSERT INTO batches (target, source, state, created_at) "
+                                      "VALUES ('sales', 'api', 'receiving', $1) RETURNING id", clock.now())
+            await conn.execute("INSERT INTO calls (batch_id, target, line, e164, state) "
+                               "VALUES ($1, 'sales', 1, '+13125550300', 'pending')", bid)
+        assert counts(await api_waiting(st, "sales")) == {"scheduled_callback": 1, "receiving": 1}
