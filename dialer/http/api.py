@@ -21,7 +21,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def known_query_only(request: Request) -> None:
-    """A misspelt query parameter is an error, not silently ignored."""
+    """A misspelt or repeated query parameter is an error, not silently ignored."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
@@ -34,6 +34,10 @@ async def known_query_only(request: Request) -> None:
     unknown = sorted(k for k in request.query_params if k not in allowed)
     if unknown:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r}", {"allowed": sorted(allowed)})
+    # every parameter takes one value: a repeated one is not silently cut to its last
+    repeated = sorted(k for k in request.query_params if len(request.query_params.getlist(k)) > 1)
+    if repeated:
+        raise InvalidInput(f"query parameter {repeated[0]!r} given more than once")
 
 
 def router(auth: Any) -> APIRouter:

@@ -18,7 +18,7 @@ from dialer.http.context import AppContext
 from tests.dispatch.test_waiting import BASE, NOON
 from tests.stack import running_stack
 from tests.ui.conftest import BASE as URL
-from tests.ui.conftest import log_in
+from tests.ui.conftest import csrf_of, log_in
 
 
 def table(html: str, target: str) -> dict[str, tuple[str, str]]:
@@ -53,3 +53,8 @@ async def test_the_targets_page_shows_why_each_target_waits(pool: asyncpg.Pool, 
                 idle = re.search(r'data-waiting="idle".*?</table>', html, re.S)
                 assert idle and "Nothing waiting." in idle.group(0)
                 assert 'title="dispatchable, but calls in flight are at ready agents' in html
+            # pausing from the console shows at once (the page's short-lived reading is dropped)
+            r = await c.post("/ui/targets/sales/pause", data={"csrf": csrf_of(html)})
+            assert r.status_code == 303
+            html = (await c.get("/ui/targets?part=list")).text
+            assert table(html, "sales") == {"paused": ("2", "—")}
