@@ -47,6 +47,7 @@ from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import LIVE, TERMINAL, sql_list
 from dialer.metrics_budgets import BudgetMetrics
 from dialer.metrics_figures import FiguresGauges
+from dialer.metrics_waiting import WaitingGauges
 
 if TYPE_CHECKING:
     from dialer.dispatch.outbox import Claimed
@@ -249,6 +250,8 @@ class Metrics:
         r.register(_Breakers(self))
         self.figures = FiguresGauges(lambda: list(self.targets))  # campaign figures (own refresh)
         r.register(self.figures)
+        self.waiting = WaitingGauges(lambda: list(self.targets))  # why isn't it dialing (own refresh)
+        r.register(self.waiting)
         self.budgets = BudgetMetrics(r)  # rate budget and abandon guard (issue 16)
         ProcessCollector(namespace="dialer", registry=r)
         self.set_targets(targets)
@@ -410,6 +413,7 @@ class Metrics:
             self._refreshed = time.monotonic()
             self.refresh_seconds.set(time.perf_counter() - start)
             await self.figures.refresh(ctx)
+            await self.waiting.refresh(ctx, self.dispatcher)
 
     async def _read_db(self, ctx: AppContext) -> None:
         from dialer import metrics_state  # reads the database; this module only sets numbers

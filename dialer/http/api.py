@@ -1,6 +1,6 @@
 """The CRM-facing API under ``/v1``: bearer auth and known query parameters on every
 route, the shared error responses, and one module per resource (``batches``, ``calls``,
-``dnc``, ``targets``, ``figures``)."""
+``dnc``, ``targets``, ``figures``, ``waiting``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 
 from dialer.errors import InvalidInput
-from dialer.http import batches, callbacks_api, calls, dnc, figures, targets
+from dialer.http import batches, callbacks_api, calls, dnc, figures, targets, waiting
 from dialer.http.models import ErrorOut
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -21,7 +21,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def known_query_only(request: Request) -> None:
-    """A misspelt query parameter is an error, not silently ignored."""
+    """A misspelt or repeated query parameter is an error, not silently ignored."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
@@ -34,10 +34,14 @@ async def known_query_only(request: Request) -> None:
     unknown = sorted(k for k in request.query_params if k not in allowed)
     if unknown:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r}", {"allowed": sorted(allowed)})
+    # every parameter takes one value: a repeated one is not silently cut to its last
+    repeated = sorted(k for k in request.query_params if len(request.query_params.getlist(k)) > 1)
+    if repeated:
+        raise InvalidInput(f"query parameter {repeated[0]!r} given more than once")
 
 
 def router(auth: Any) -> APIRouter:
     r = APIRouter(prefix="/v1", dependencies=[Depends(auth), Depends(known_query_only)], responses=ERRORS)
-    for part in (batches, calls, callbacks_api, dnc, targets, figures):
+    for part in (batches, calls, callbacks_api, dnc, targets, figures, waiting):
         r.include_router(part.router)
     return r

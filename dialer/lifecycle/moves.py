@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from dialer.lifecycle import holds
 from dialer.lifecycle.observe import Ended, from_rows
 from dialer.lifecycle.states import TERMINAL, WAITING, State, sql_list
 from dialer.store.queries import Q
@@ -47,7 +48,7 @@ async def hold(
     if not items:
         return
     ids = [i[0] for i in items]
-    await conn.execute(Q.calls_hold, ids, [i[2] for i in items], now)
+    await conn.execute(Q.calls_hold, ids, [i[2] for i in items], now, [holds.of_detail(i[3]) for i in items])
     await conn.execute(Q.events_each, ids, now, "hold", State.SCHEDULED, [i[1] for i in items],
                        [i[3] for i in items])
 
@@ -62,7 +63,8 @@ async def withdraw(
     if not items:
         return
     ids = [i[0] for i in items]
-    await conn.execute(Q.calls_withdraw, ids, [i[1] for i in items], now)
+    await conn.execute(Q.calls_withdraw, ids, [i[1] for i in items], now,
+                       [holds.of_detail(i[2]) if i[1] is not None else None for i in items])
     for dst in (State.PENDING, State.SCHEDULED):
         part = [i for i in items if (i[1] is None) == (dst is State.PENDING)]
         if part:

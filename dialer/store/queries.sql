@@ -267,9 +267,10 @@ FOR UPDATE OF c SKIP LOCKED
 SELECT id, created_at FROM batches WHERE id = ANY($1::uuid[])
 
 -- name: calls_hold
--- Leads outside their calling hours wait as scheduled until the window opens.
-UPDATE calls c SET state = 'scheduled', not_before = u.nb, updated_at = $3
-FROM unnest($1::bigint[], $2::timestamptz[]) AS u(id, nb)
+-- Leads a rule holds (calling hours, holiday, cap, campaign window) wait as scheduled until
+-- it clears; hold_reason says which kind of rule ($4, lifecycle/holds.py).
+UPDATE calls c SET state = 'scheduled', not_before = u.nb, hold_reason = u.why, updated_at = $3
+FROM unnest($1::bigint[], $2::timestamptz[], $4::text[]) AS u(id, nb, why)
 WHERE c.id = u.id
 
 -- name: events_bulk
@@ -854,10 +855,10 @@ FOR UPDATE OF c
 
 -- name: calls_withdraw
 -- Rows taken out of a chunk before it was sent: back to waiting (scheduled until the hold
--- clears, or pending), and no longer an attempt for the caps.
+-- clears, or pending), and no longer an attempt for the caps; hold_reason as calls_hold ($4).
 UPDATE calls c SET state = CASE WHEN u.nb IS NULL THEN 'pending' ELSE 'scheduled' END,
-       not_before = u.nb, chunk_id = NULL, submitted_at = NULL, updated_at = $3
-FROM unnest($1::bigint[], $2::timestamptz[]) AS u(id, nb)
+       not_before = u.nb, hold_reason = u.why, chunk_id = NULL, submitted_at = NULL, updated_at = $3
+FROM unnest($1::bigint[], $2::timestamptz[], $4::text[]) AS u(id, nb, why)
 WHERE c.id = u.id AND c.state = 'submitting'
 
 -- name: chunk_request_update
@@ -1131,3 +1132,47 @@ UPDATE calls c SET state = 'submitting', chunk_id = $2, updated_at = $3, submitt
        offered_to = u.agent
 FROM unnest($1::bigint[], $4::text[]) AS u(id, agent)
 WHERE c.id = u.id
+
+-- ==== why isn't it dialing? (dispatch/waiting.py) ============================================
+
+-- name: waiting_counts
+-- A target's waiting calls by what holds each one, in one pass over calls_dispatchable (its
+-- partial predicate and hashtext key, migration 0008): the row's own hold — its batch still
+-- coming in, a recycle or callback wait, a rule's hold (hold_reason, migration 0013), an
+-- owned callback in its owner's grace — else 'now' (the dispatcher may take it; the target's
+-- own state decides between ready, pacing, paused…). With each group: when its first row's
+-- hold clears, and how many expire by $3 ($4: the target's lead_ttl_h, or NULL).
+-- No per-row join: the target's few batches that matter (still receiving; whose TTL ends by
+-- $3) come as arrays, and only a due callback attempt looks up its callback.
+WITH b AS (
+    SELECT coalesce(array_agg(id) FILTER (WHERE state = 'receiving'), '{}') AS receiving,
+           coalesce(array_agg(id) FILTER (WHERE ttl <= $3), '{}') AS ttl_ids,
+           coalesce(array_agg(ttl) FILTER (WHERE ttl <= $3), '{}') AS ttl_at
+    FROM (SELECT id, state, created_at + make_interval(hours => $4::int) AS ttl FROM batches
+          WHERE target = $1 AND state IN ('receiving', 'ingested')) x
+)
+SELECT w.why, count(*)::bigint AS n, min(w.clears) AS clears_at,
+       count(*) FILTER (WHERE w.expires <= $3)::bigint AS expiring,
+       min(w.expires) FILTER (WHERE w.expires <= $3) AS first_expiry
+FROM (
+    SELECT CASE WHEN c.batch_id = ANY(b.receiving) THEN 'receiving'
+                WHEN c.not_before > $2 AND c.state = 'retry_wait' AND c.reason = 'callback'
+                    THEN 'scheduled_callback'
+                WHEN c.not_before > $2 AND c.state = 'retry_wait' THEN 'recycle'
+                WHEN c.not_before > $2 THEN coalesce(c.hold_reason, 'other')
+                WHEN c.grace IS NOT NULL THEN 'scheduled_callback'
+                ELSE 'now' END AS why,
+           CASE WHEN c.not_before > $2 THEN c.not_before ELSE c.grace END AS clears,
+           least(c.expires_at, b.ttl_at[array_position(b.ttl_ids, c.batch_id)]) AS expires
+    FROM b, (
+        SELECT c.batch_id, c.state, c.reason, c.not_before, c.hold_reason, c.expires_at,
+               CASE WHEN c.reason = 'callback' AND (c.not_before IS NULL OR c.not_before <= $2) THEN
+                   (SELECT k.grace_until FROM callbacks k WHERE k.call_id = c.id AND k.owner IS NOT NULL
+                    AND k.released_at IS NULL AND k.grace_until > $2) END AS grace
+        FROM calls c
+        -- hashtext(target) is the key of calls_dispatchable (migration 0008)
+        WHERE hashtext(c.target) = hashtext($1) AND c.target = $1
+          AND c.state IN ('pending', 'scheduled', 'retry_wait')
+    ) c
+) w
+GROUP BY w.why

@@ -160,6 +160,7 @@ async def test_limits_are_413(pool: asyncpg.Pool, make_settings: Any, clock: Fak
         ("POST", "/v1/dnc"),
         ("DELETE", "/v1/dnc/+14155550100"),
         ("GET", "/v1/targets/sales/figures"),
+        ("GET", "/v1/targets/sales/waiting"),
         ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000/figures"),
     ],
 )
@@ -236,3 +237,11 @@ async def test_result_webhook_url_must_be_a_public_address(
         assert err["details"] == [{"field": "result_webhook_url", "message": err["message"][20:]}]
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM batches") == 0
+
+
+async def test_a_misspelt_or_repeated_query_parameter_is_refused(api: httpx.AsyncClient) -> None:
+    r = await api.get("/v1/targets/sales/figures?window=24", headers=AUTH)
+    assert r.status_code == 422 and "unknown query parameter 'window'" in r.json()["error"]["message"]
+    r = await api.get("/v1/callbacks?agent=bob&agent=alice", headers=AUTH)
+    assert r.status_code == 422 and r.json()["error"]["message"] == "query parameter 'agent' given more than once"
+    assert (await api.get("/v1/targets/sales/waiting", headers=AUTH)).status_code == 200
