@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from dialer.clock import FakeClock
 from dialer.dispatch import waiting
+from dialer.dispatch.budget import Reservation
 from dialer.dispatch.targets import set_paused
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
@@ -171,3 +172,28 @@ async def test_a_due_callback_in_its_owners_grace_and_a_batch_still_coming_in(
             await conn.execute("INSERT INTO calls (batch_id, target, line, e164, state) "
                                "VALUES ($1, 'sales', 1, '+13125550300', 'pending')", bid)
         assert counts(await api_waiting(st, "sales")) == {"scheduled_callback": 1, "receiving": 1}
+
+
+async def test_a_full_rate_budget_holds_the_dispatchable_calls(pool: asyncpg.Pool, make_settings: Any) -> None:
+    """No 429 at all: the budget is simply full (2 calls/s, both spent) until a 1-call send fits."""
+    clock = FakeClock(NOON)
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": BASE},
+                             providers={"ryng": {"max_calls_per_s": 2}}) as st:
+        await st.post(SALES[:3])
+        assert counts(await api_waiting(st, "sales")) == {"ready": 3}
+        budget = st.dispatcher.budget
+        r = await budget.acquire(2)  # another instance's send of 2 calls, still out
+        assert isinstance(r, Reservation)
+        body = await api_waiting(st, "sales")
+        assert counts(body) == {"rate_budget": 3}
+        assert clears(body, "rate_budget") == NOON + timedelta(seconds=1)
+        seen = await gauge(st)
+        assert seen[("sales", "rate_budget")] == 3 and seen[("sales", "ready")] == 0
+        clock.advance(0.5)
+        await budget.finish(r)  # answered: counts one window (1 s) from now
+        assert clears(await api_waiting(st, "sales"), "rate_budget") == NOON + timedelta(seconds=1.5)
+        async with pool.acquire() as conn:  # read only: nothing reserved, nothing locked
+            assert await conn.fetchval("SELECT count(*) FROM rate_budget_sends") == 1
+        clock.advance(1)
+        assert counts(await api_waiting(st, "sales")) == {"ready": 3}
+        assert (await gauge(st))[("sales", "rate_budget")] == 0
