@@ -11,9 +11,10 @@ room for one more call now: full at ``max_calls_per_s`` / ``max_requests_per_s``
 rest, as many as pacing has room for are ``ready`` and the others ``pacing``.
 
 A lead is counted once, under what holds it; ``expired_soon`` counts again those that expire
-within ``EXPIRY_HORIZON`` (whatever holds them). Calling hours are known for a lead once the
-dispatcher has looked at it: a pending lead outside its hours counts as ``ready`` or
-``pacing`` until then.
+within ``EXPIRY_HORIZON`` (whatever holds them). Calling hours (holidays, caps) are known for
+a lead once the dispatcher has looked at it, which it does only with room to send: until then
+a pending lead outside its hours counts as ``ready``, ``pacing`` or the target's own hold
+(README, "Known gap": the rules run in Python per number, not over every pending lead here).
 """
 
 from __future__ import annotations
