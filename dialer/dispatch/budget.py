@@ -171,18 +171,11 @@ class RateBudget:
         return max(x.window_s for x in (self.calls, self.requests) if x is not None)
 
     async def _try(self, calls: int, chunk_id: int | None) -> tuple[int | None, float]:
-        recover = self.limits.rate_recover_s
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(Q.rate_budget_ensure, self.provider)
             row = await conn.fetchrow(Q.rate_budget_lock, self.provider)
             now = self.clock.now()  # read under the lock: a send reserved before it is counted
-            state = Aimd(row["factor"], row["changed_at"], row["blocked_until"])
-            factor = state.factor_at(now, recover)
-            oldest = now - timedelta(seconds=self._window() / factor)
-            sends = [Counted(r["reserved_at"], r["finished_at"], r["calls"])
-                     for r in await conn.fetch(Q.rate_budget_counted, self.provider, oldest)]
-            wait = wait_s(sends, now, calls, self.calls, self.requests, factor, state.blocked_until,
-                          self.stale_s)
+            wait = await self._wait(conn, row, now, calls)
             if wait > 0:
                 return None, wait
             # what can no longer count even at the lowest rate
@@ -190,6 +183,24 @@ class RateBudget:
                                now - timedelta(seconds=self._window() / MIN_FACTOR + 60))
             rid = await conn.fetchval(Q.rate_budget_reserve, self.provider, now, calls, chunk_id)
             return int(rid), 0.0
+
+    async def _wait(self, conn: asyncpg.Connection, row: asyncpg.Record | None, now: datetime,
+                    calls: int) -> float:
+        """Seconds until ``calls`` fit, from the budget row and the sends that still count."""
+        state = Aimd(row["factor"], row["changed_at"], row["blocked_until"]) if row else Aimd()
+        factor = state.factor_at(now, self.limits.rate_recover_s)
+        oldest = now - timedelta(seconds=self._window() / factor)
+        sends = [Counted(r["reserved_at"], r["finished_at"], r["calls"])
+                 for r in await conn.fetch(Q.rate_budget_counted, self.provider, oldest)]
+        return wait_s(sends, now, calls, self.calls, self.requests, factor, state.blocked_until, self.stale_s)
+
+    async def wait_for_one(self, conn: asyncpg.Connection, now: datetime | None = None) -> float:
+        """Seconds until a 1-call send would fit (0: now, or no budget): read only — no lock,
+        no reservation — for the waiting reasons (the budget simply full, or a Retry-After)."""
+        if not self.enabled:
+            return 0.0
+        return await self._wait(conn, await conn.fetchrow(Q.rate_budget_get, self.provider),
+                                now or self.clock.now(), 1)
 
     async def acquire(self, calls: int, chunk_id: int | None = None,
                       running: Callable[[], bool] = lambda: True,

@@ -5,14 +5,16 @@ by their own hold — a rule's (``calls.hold_reason``: calling hours, holiday, c
 window), a recycle or callback wait, a batch still coming in — and leaves the rest as
 *dispatchable now*. The target's own state then says what holds those, first that applies:
 ``paused``, ``campaign_window`` (a closed window, not yet applied to them), ``breaker`` (this
-instance's circuit breaker is open), ``rate_budget`` (the provider's rate budget holds every
-send, a ``Retry-After``), ``pacing`` (no room under ready agents x calls per agent); of the
+instance's circuit breaker is open), ``rate_budget`` (the provider's shared rate budget has no
+room for one more call now: full at ``max_calls_per_s`` / ``max_requests_per_s``, or a
+``Retry-After`` holds every send), ``pacing`` (no room under ready agents x calls per agent); of the
 rest, as many as pacing has room for are ``ready`` and the others ``pacing``.
 
 A lead is counted once, under what holds it; ``expired_soon`` counts again those that expire
-within ``EXPIRY_HORIZON`` (whatever holds them). Calling hours are known for a lead once the
-dispatcher has looked at it: a pending lead outside its hours counts as ``ready`` or
-``pacing`` until then.
+within ``EXPIRY_HORIZON`` (whatever holds them). Calling hours (holidays, caps) are known for
+a lead once the dispatcher has looked at it, which it does only with room to send: until then
+a pending lead outside its hours counts as ``ready``, ``pacing`` or the target's own hold
+(README, "Known gap": the rules run in Python per number, not over every pending lead here).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ ABOUT: dict[str, str] = {
     "pacing": "dispatchable, but calls in flight are at ready agents × calls_per_agent",
     "paused": "the target is paused (API, console or the abandon-rate guard)",
     "breaker": "this instance's circuit breaker for the target is open after provider failures",
-    "rate_budget": "the provider's shared rate budget holds every send (a Retry-After)",
+    "rate_budget": "the provider's shared rate budget has no room for one more call now "
+                   "(full at max_calls_per_s / max_requests_per_s, or a Retry-After)",
     "campaign_window": "outside the target's campaign window (active_from, blocked)",
     "calling_hours": "outside the lead's calling hours",
     "holiday": "a holiday in the lead's local date",
@@ -119,9 +122,10 @@ async def _target_hold(conn: asyncpg.Connection, name: str, t: Target, dispatche
         return "breaker", now + timedelta(seconds=retry_in)
     budget = getattr(dispatcher, "budget", None)
     if budget is not None and budget.enabled:
-        hold_s = float((await budget.snapshot(conn))["hold_s"])
-        if hold_s > 0:
-            return "rate_budget", now + timedelta(seconds=hold_s)
+        # full at max_calls_per_s / max_requests_per_s, or a Retry-After hold
+        wait = await budget.wait_for_one(conn, now)
+        if wait > 0:
+            return "rate_budget", now + timedelta(seconds=wait)
     if pace.free <= 0:
         return "pacing", pace.next_ready_at
     return None, None

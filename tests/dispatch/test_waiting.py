@@ -1,6 +1,13 @@
 """Why isn't it dialing? Each waiting reason provoked with the injectable clock against real
 PostgreSQL and the Ryng sandbox, and seen in ``GET /v1/targets/{name}/waiting`` and in
-``dialer_calls_waiting{target,reason}``."""
+``dialer_calls_waiting{target,reason}``.
+
+Every reason of ``waiting.REASONS``, in both: ready, pacing, paused, breaker, rate_budget (a
+``Retry-After``), campaign_window, calling_hours, holiday, cap, scheduled_callback, recycle and
+expired_soon in the first test; rate_budget with the budget simply full in
+``test_a_full_rate_budget_holds_the_dispatchable_calls``; receiving, other and a callback in
+its owner's grace in the last. In a real browser against a daemon (pacing, paused,
+calling_hours): ``tests/ui/test_waiting_browser.py``."""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from dialer.clock import FakeClock
 from dialer.dispatch import waiting
+from dialer.dispatch.budget import Reservation
 from dialer.dispatch.targets import set_paused
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
@@ -151,12 +159,12 @@ async def test_unknown_target_is_404_in_the_error_shape(pool: asyncpg.Pool, make
         assert CHICAGO is not None
 
 
-async def test_a_due_callback_in_its_owners_grace_and_a_batch_still_coming_in(
+async def test_a_due_callback_in_its_owners_grace_a_batch_still_coming_in_and_an_old_hold(
         pool: asyncpg.Pool, make_settings: Any) -> None:
     clock = FakeClock(chicago(1, 10))
     async with running_stack(pool, make_settings, clock=clock, targets={"sales": BASE}) as st:
         st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
-        await st.post([SALES[0]])
+        first = await st.post([SALES[0]])
         await st.dispatcher.tick()
         await end_current(st, "CALL_BACK", agent="bob", callbackInMin="60")  # 11:00 local, bob's
         st.dispatcher.agents = OnlyReady({"alice"})  # bob has gone home
@@ -171,3 +179,38 @@ async def test_a_due_callback_in_its_owners_grace_and_a_batch_still_coming_in(
             await conn.execute("INSERT INTO calls (batch_id, target, line, e164, state) "
                                "VALUES ($1, 'sales', 1, '+13125550300', 'pending')", bid)
         assert counts(await api_waiting(st, "sales")) == {"scheduled_callback": 1, "receiving": 1}
+        async with pool.acquire() as conn:  # a hold recorded before migration 0013: no kind on the row
+            await conn.execute("INSERT INTO calls (batch_id, target, line, e164, state, not_before) "
+                               "VALUES ($1, 'sales', 2, '+13125550301', 'scheduled', $2)",
+                               first, clock.now() + timedelta(hours=2))
+        body = await api_waiting(st, "sales")
+        assert counts(body) == {"scheduled_callback": 1, "receiving": 1, "other": 1}
+        assert clears(body, "other") == clock.now() + timedelta(hours=2)
+        seen = await gauge(st)
+        assert {k: v for k, v in seen.items() if v} == {
+            ("sales", "scheduled_callback"): 1, ("sales", "receiving"): 1, ("sales", "other"): 1}
+
+
+async def test_a_full_rate_budget_holds_the_dispatchable_calls(pool: asyncpg.Pool, make_settings: Any) -> None:
+    """No 429 at all: the budget is simply full (2 calls/s, both spent) until a 1-call send fits."""
+    clock = FakeClock(NOON)
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": BASE},
+                             providers={"ryng": {"max_calls_per_s": 2}}) as st:
+        await st.post(SALES[:3])
+        assert counts(await api_waiting(st, "sales")) == {"ready": 3}
+        budget = st.dispatcher.budget
+        r = await budget.acquire(2)  # another instance's send of 2 calls, still out
+        assert isinstance(r, Reservation)
+        body = await api_waiting(st, "sales")
+        assert counts(body) == {"rate_budget": 3}
+        assert clears(body, "rate_budget") == NOON + timedelta(seconds=1)
+        seen = await gauge(st)
+        assert seen[("sales", "rate_budget")] == 3 and seen[("sales", "ready")] == 0
+        clock.advance(0.5)
+        await budget.finish(r)  # answered: counts one window (1 s) from now
+        assert clears(await api_waiting(st, "sales"), "rate_budget") == NOON + timedelta(seconds=1.5)
+        async with pool.acquire() as conn:  # read only: nothing reserved, nothing locked
+            assert await conn.fetchval("SELECT count(*) FROM rate_budget_sends") == 1
+        clock.advance(1)
+        assert counts(await api_waiting(st, "sales")) == {"ready": 3}
+        assert (await gauge(st))[("sales", "rate_budget")] == 0

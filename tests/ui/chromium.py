@@ -1,4 +1,5 @@
-"""Debian's Chromium and ChromeDriver for the browser test, installed once when missing.
+"""Debian's Chromium and ChromeDriver for the browser tests, installed once when missing
+(the ``chromium`` and ``browser`` fixtures are in ``tests/ui/conftest.py``).
 
 CI runs as root on a fresh Debian machine with apt reachable: the test set-up installs
 ``chromium`` and ``chromium-driver`` itself (no browser download of a test tool's own).
@@ -10,7 +11,13 @@ import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -29,6 +36,9 @@ FLAGS = (
     "--disable-dev-shm-usage",
 )
 _LOCK = Path("/tmp/dialer-chromium-install.lock")
+BROWSER_TZ = "America/New_York"  # not the server's UTC: times must show in the browser's zone
+DESKTOP = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
 
 
 def installed() -> bool:
@@ -55,3 +65,13 @@ def ensure_chromium() -> None:
                 raise RuntimeError(f"apt-get could not install {' '.join(PACKAGES)}:\n{done.stderr[-3000:]}")
     if not installed():
         raise RuntimeError(f"{CHROMIUM} or {CHROMEDRIVER} still missing after apt-get install")
+
+
+def until(driver: WebDriver, cond: Callable[[WebDriver], Any], timeout: float = 10, what: str = "") -> Any:
+    def safe(d: WebDriver) -> Any:
+        try:
+            return cond(d)
+        except StaleElementReferenceException:  # a live region was swapped under us
+            return False
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(safe, what)

@@ -1,21 +1,28 @@
-"""Fixtures for the console: the app in-process (httpx + ASGI), and a logged-in client."""
+"""Fixtures for the console: the app in-process (httpx + ASGI), a logged-in client, and a
+real headless Chromium (Debian's, driven by Selenium) for the browser tests."""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from dialer.clock import FakeClock
 from dialer.config import Settings, load_settings
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
 from tests.conftest import TOKEN
+from tests.ui.chromium import BROWSER_TZ, CHROMEDRIVER, CHROMIUM, DESKTOP, FLAGS, ensure_chromium
 
 BASE = "http://testserver"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -99,3 +106,37 @@ async def bare_console(bare: httpx.AsyncClient) -> Console:
     page = await bare.get("/ui/upload")
     assert page.status_code == 200
     return Console(bare, csrf_of(page.text))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    ensure_chromium()
+    return CHROMIUM
+
+
+@pytest.fixture
+def browser(chromium: str, tmp_path: Path) -> Iterator[WebDriver]:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    opts.add_argument("--window-size=1280,800")
+    opts.add_experimental_option("prefs", {
+        "download.default_directory": str(downloads),
+        "download.prompt_for_download": False,
+        "download.directory_upgrade": True,
+    })
+    # a browser in another zone than the server's UTC: times must show in the browser's zone
+    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"),
+                      env={**os.environ, "TZ": BROWSER_TZ})
+    driver = webdriver.Chrome(options=opts, service=service)
+    try:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", DESKTOP)  # exactly 1280x800
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()

@@ -15,32 +15,25 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openpyxl
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from dialer.lifecycle.states import TERMINAL
 from tests.conftest import DaemonProcess, wait_for
-from tests.ui.chromium import CHROMEDRIVER, CHROMIUM, FLAGS, ensure_chromium
+from tests.ui.chromium import DESKTOP, PHONE, until
 
 ROOT = Path(__file__).resolve().parents[2]
 LEADS = ROOT / "examples" / "leads.csv"
 ENDED = {s.value for s in TERMINAL}
-BROWSER_TZ = "America/New_York"
-DESKTOP = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
-PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
 
 # Every control on every page must have a label (or an aria-label/labelledby).
 UNLABELLED_JS = """
@@ -52,40 +45,6 @@ return Array.from(document.querySelectorAll('input, select, textarea, button')).
   return !(e.id && document.querySelector('label[for="' + e.id + '"]'));
 }).map(function (e) { return e.outerHTML.slice(0, 120); });
 """
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    ensure_chromium()
-    return CHROMIUM
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[WebDriver]:
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    opts.add_argument("--window-size=1280,800")
-    opts.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads),
-        "download.prompt_for_download": False,
-        "download.directory_upgrade": True,
-    })
-    # a browser in another zone than the server's UTC: times must show in the browser's zone
-    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"),
-                      env={**os.environ, "TZ": BROWSER_TZ})
-    driver = webdriver.Chrome(options=opts, service=service)
-    try:
-        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", DESKTOP)  # exactly 1280x800
-        driver.set_page_load_timeout(30)
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
@@ -126,16 +85,6 @@ class Shots:
         path = self.folder / f"{self.n:02d}-{name}.png"
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
-
-
-def until(driver: WebDriver, cond: Callable[[WebDriver], Any], timeout: float = 10, what: str = "") -> Any:
-    def safe(d: WebDriver) -> Any:
-        try:
-            return cond(d)
-        except StaleElementReferenceException:  # a live region was swapped under us
-            return False
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(safe, what)
 
 
 def text_of(driver: WebDriver, css: str) -> str:
