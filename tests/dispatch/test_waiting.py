@@ -2,7 +2,7 @@
 PostgreSQL and the Ryng sandbox, and seen in ``GET /v1/targets/{name}/waiting`` and in
 ``dialer_calls_waiting{target,reason}``.
 
-Every reason of ``waiting.REASONS``, in both: ready, pacing, paused, breaker, rate_budget (a
+Every reason of ``waiting.REASONS``, in both (and on the console's Targets page, in-process): ready, pacing, paused, breaker, rate_budget (a
 ``Retry-After``), campaign_window, calling_hours, holiday, cap, scheduled_callback, recycle and
 expired_soon in the first test; rate_budget with the budget simply full in
 ``test_a_full_rate_budget_holds_the_dispatchable_calls``; receiving, other and a callback in
@@ -28,6 +28,8 @@ from dialer.metrics_waiting import WaitingGauges
 from tests.conftest import TOKEN
 from tests.lifecycle.test_scheduled_callbacks import CHICAGO, OnlyReady, chicago, end_current
 from tests.stack import Stack, running_stack
+from tests.ui.conftest import BASE as UI
+from tests.ui.conftest import log_in, table
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BASE = {"queue_id": "42", "agent_mapping": "global", "agents": ["alice", "bob", "carol"],
@@ -60,6 +62,22 @@ def counts(body: dict[str, Any]) -> dict[str, int]:
 def clears(body: dict[str, Any], reason: str) -> datetime | None:
     at = next(r["clears_at"] for r in body["reasons"] if r["reason"] == reason)
     return datetime.fromisoformat(at) if at else None
+
+
+async def console(st: Stack) -> str:
+    """The console's Targets list as the page's live refresh serves it (logged in)."""
+    app = create_app(AppContext(settings=st.settings, pool=st.pool, clock=st.clock, dispatcher=st.dispatcher))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=UI) as c:
+        assert (await log_in(c)).status_code == 303
+        return (await c.get("/ui/targets?part=list")).text
+
+
+async def on_console(st: Stack, names: list[str]) -> None:
+    """Each target's console table names the same reasons with the same counts as the API."""
+    html = await console(st)
+    for name in names:
+        shown = {r: int(n.replace(",", "")) for r, (n, _) in table(html, name).items()}
+        assert shown == counts(await api_waiting(st, name)), name
 
 
 async def gauge(st: Stack) -> dict[tuple[str, str], float]:
@@ -139,6 +157,7 @@ async def test_every_reason_is_counted_in_the_api_and_the_metric(pool: asyncpg.P
             ("later", "expired_soon"), ("stopped", "paused"), ("broken", "breaker")}
         assert seen[("sales", "ready")] == 2 and seen[("later", "campaign_window")] == 2
         assert len(seen) == len(TARGETS) * len(waiting.REASONS)  # every series, zeros included
+        await on_console(st, list(TARGETS))  # and the same on the console's Targets page
 
         # a 429 with Retry-After: the shared budget holds every send
         await st.dispatcher.budget.finish(None, status=429, retry_after_s=120)
@@ -146,6 +165,7 @@ async def test_every_reason_is_counted_in_the_api_and_the_metric(pool: asyncpg.P
         assert counts(sales) == {"rate_budget": 4, "recycle": 1, "scheduled_callback": 1}
         assert clears(sales, "rate_budget") == NOON + timedelta(seconds=120)
         assert (await gauge(st))[("sales", "rate_budget")] == 4
+        await on_console(st, ["sales"])
 
 
 async def test_unknown_target_is_404_in_the_error_shape(pool: asyncpg.Pool, make_settings: Any) -> None:
@@ -189,6 +209,7 @@ async def test_a_due_callback_in_its_owners_grace_a_batch_still_coming_in_and_an
         seen = await gauge(st)
         assert {k: v for k, v in seen.items() if v} == {
             ("sales", "scheduled_callback"): 1, ("sales", "receiving"): 1, ("sales", "other"): 1}
+        await on_console(st, ["sales"])
 
 
 async def test_a_full_rate_budget_holds_the_dispatchable_calls(pool: asyncpg.Pool, make_settings: Any) -> None:

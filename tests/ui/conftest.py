@@ -28,6 +28,14 @@ BASE = "http://testserver"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
+def table(html: str, target: str) -> dict[str, tuple[str, str]]:
+    m = re.search(rf'<table class="waiting" data-waiting="{target}".*?</table>', html, re.S)
+    assert m, target
+    rows = re.findall(r'<tr data-reason="([a-z_]+)">.*?<td class="num">([^<]+)</td><td>(.*?)</td></tr>',
+                      m.group(0), re.S)
+    return {r: (n, re.sub(r"<[^>]+>", "", c)) for r, n, c in rows}
+
+
 def csrf_of(html: str) -> str:
     m = _CSRF.search(html)
     assert m, "no CSRF field on the page"

@@ -18,15 +18,7 @@ from dialer.http.context import AppContext
 from tests.dispatch.test_waiting import BASE, NOON
 from tests.stack import running_stack
 from tests.ui.conftest import BASE as URL
-from tests.ui.conftest import csrf_of, log_in
-
-
-def table(html: str, target: str) -> dict[str, tuple[str, str]]:
-    m = re.search(rf'<table class="waiting" data-waiting="{target}".*?</table>', html, re.S)
-    assert m, target
-    rows = re.findall(r'<tr data-reason="([a-z_]+)">.*?<td class="num">([^<]+)</td><td>(.*?)</td></tr>',
-                      m.group(0), re.S)
-    return {r: (n, re.sub(r"<[^>]+>", "", c)) for r, n, c in rows}
+from tests.ui.conftest import csrf_of, log_in, table
 
 
 async def test_the_targets_page_shows_why_each_target_waits(pool: asyncpg.Pool, make_settings: Any) -> None:
