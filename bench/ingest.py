@@ -185,11 +185,13 @@ def run_limit(server_dsn: str, csv_path: Path, cpu: dict[str, float] | None = No
 # -- ours: FileIngestor.ingest, in a child process --------------------------------------------
 
 
-def run_ours(server_dsn: str, csv_path: Path, state_dir: Path) -> dict[str, Any]:
+def run_ours(server_dsn: str, csv_path: Path, state_dir: Path,
+             commit_rows: int | None = None) -> dict[str, Any]:
     dsn = with_database(server_dsn, "bench_ours")
     psql(server_dsn, "CREATE DATABASE bench_ours")
     out = state_dir / "ours.json"
-    spec = {"csv": str(csv_path), "dsn": dsn, "state_dir": str(state_dir), "out": str(out)}
+    spec = {"csv": str(csv_path), "dsn": dsn, "state_dir": str(state_dir), "out": str(out),
+            "commit_rows": commit_rows}
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_ours", json.dumps(spec)],
                        check=False)
     if r.returncode != 0 or not out.exists():
@@ -242,7 +244,8 @@ def ours_child(spec_json: str) -> None:
     import asyncio
 
     spec = json.loads(spec_json)
-    result = asyncio.run(_ours(Path(spec["csv"]), spec["dsn"], Path(spec["state_dir"])))
+    result = asyncio.run(_ours(Path(spec["csv"]), spec["dsn"], Path(spec["state_dir"]),
+                               spec.get("commit_rows")))
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     # VmHWM, not ru_maxrss: the latter keeps the high-water mark of the process image
     # this one was exec'd from (the benchmark, which may have just generated a big file)
@@ -264,7 +267,8 @@ def _vm_hwm_mb() -> float | None:
     return None
 
 
-async def _ours(csv_path: Path, dsn: str, state_dir: Path) -> dict[str, Any]:
+async def _ours(csv_path: Path, dsn: str, state_dir: Path,
+                commit_rows: int | None = None) -> dict[str, Any]:
     from dialer.clock import SystemClock
     from dialer.config import load_settings
     from dialer.intake import batches, files
@@ -276,7 +280,7 @@ async def _ours(csv_path: Path, dsn: str, state_dir: Path) -> dict[str, Any]:
     with contextlib.chdir(state_dir):  # never pick up a ./dialer.toml from the caller's cwd
         settings = load_settings(None, environ={
             "DIALER_DATABASE_URL": dsn, "DIALER_STATE_DIR": str(state_dir), "DIALER_API_TOKENS": "x",
-        })
+        }, overrides={"ingest_commit_rows": commit_rows} if commit_rows else None)
     pool = await create_pool(dsn)
     try:
         async with pool.acquire() as c:
@@ -431,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     p.add_argument("--parse-only", action="store_true",
                    help="only run the worker's parse+validate+encode in this process (one core)")
+    p.add_argument("--commit-rows", type=int, default=None,
+                   help="rows per committed chunk (ingest_commit_rows; default: the daemon's)")
     p.add_argument("--_ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -472,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"psql \\copy: {limit_s:.2f} s; dialer ingest ...", file=sys.stderr)
         meter, busy0 = CpuMeter(pg_pid), machine_busy()
         meter.start()
-        ours = run_ours(dsn, csv_path, tmp)
+        ours = run_ours(dsn, csv_path, tmp, args.commit_rows)
         cpu["ours_postgres"], cpu["ours_busy"] = meter.stop(), machine_busy(busy0)
         print("postgres CPU by role during ours: " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(meter.by_role().items(), key=lambda kv: -kv[1])),
