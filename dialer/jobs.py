@@ -6,6 +6,7 @@ instances on one database each runs once at a time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -117,7 +118,7 @@ class Jobs:
     def start(self) -> None:
         for job in self.jobs():
             self.scheduler.add_job(
-                _guarded(job), "interval", seconds=job.every_s, id=job.name,
+                guarded(job), "interval", seconds=job.every_s, id=job.name,
                 max_instances=1, coalesce=True, misfire_grace_time=max(1, int(job.every_s)),
             )
         self.scheduler.start()
@@ -127,11 +128,16 @@ class Jobs:
             self.scheduler.shutdown(wait=False)
 
 
-def _guarded(job: Job) -> Callable[[], Awaitable[None]]:
+def guarded(job: Job) -> Callable[[], Awaitable[None]]:
     """A failed run is logged and counted; the next interval runs the job again."""
     async def run() -> None:
         try:
             await job.run()
+        except asyncio.CancelledError:
+            # the scheduler cancels a run still going when the daemon stops: its transaction
+            # rolls back and the next start runs the job again; not an error (apscheduler
+            # would log it as one if it came through)
+            log.info("job cancelled (shutting down)", extra={"job": job.name})
         except Exception as e:
             supervisor.failed(f"job_{job.name}", e)
 

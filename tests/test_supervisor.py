@@ -59,3 +59,25 @@ async def test_cancellation_passes_through() -> None:
 
 async def _raise(e: BaseException) -> None:
     raise e
+
+
+async def test_a_job_cancelled_at_shutdown_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """The scheduler cancels a job still running when the daemon stops: that is logged as
+    information, never as an error (the fault tests read every ERROR line as a failure)."""
+    import asyncio
+
+    from dialer.jobs import Job, guarded
+
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.Event().wait()  # a query that never answers
+
+    task = asyncio.create_task(guarded(Job("reaper", 60, slow))())
+    await asyncio.wait_for(started.wait(), 5)
+    with caplog.at_level(logging.INFO):
+        task.cancel()
+        await asyncio.wait_for(task, 5)  # ends, raising nothing
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(r.getMessage() == "job cancelled (shutting down)" for r in caplog.records)

@@ -131,9 +131,9 @@ async def screen(conn: asyncpg.Connection, rules: compliance.Rules, name: str, t
                 h = over.get(c["e164"])
                 if h is None:
                     keep.append(c)
-                elif c["attempt"] > 1:
+                elif c["attempt"] > 1 and c.get("reason") != "callback":
                     out.capped.append((c, h))  # a re-dial the cap forbids: its recycle budget ends
-                else:
+                else:  # a first attempt, or a callback the customer asked for: waits for the cap
                     out.held.append((c, h))
             out.take = keep
     if w.expiry:

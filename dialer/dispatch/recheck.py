@@ -72,6 +72,7 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
         elif paused or t is None:
             holds.append((r, None, {"rule": "paused", "reason": "target is paused"}))
         elif waited and (h := rules.check(c.target, t, r["e164"], r["timezone"], r["fields"], now)):
+            h = windows.clamp(h, exp.get(r["id"]))  # a hold past the lead's expiry: until then
             holds.append((r, h.until, {"rule": h.rule, **h.detail, "until": h.until.isoformat()}))
         else:
             keep.append(r)
@@ -85,6 +86,7 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
                 if h is None:
                     still.append(r)
                 else:
+                    h = windows.clamp(h, exp.get(r["id"]))
                     holds.append((r, h.until, {"rule": h.rule, **h.detail, "until": h.until.isoformat()}))
             keep = still
     taken_out = ([r["id"] for r in dnc + cancelled] + [r["id"] for r, _, _ in holds]

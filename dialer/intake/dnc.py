@@ -308,6 +308,7 @@ async def _import(pool: asyncpg.Pool, chunks: AsyncIterator[DncChunk], *, source
         del report.invalid_samples[MAX_SAMPLES:]
         report.added, report.updated = await _merge(conn, source, now)
         ended = await moves.cancel_for_dnc_import(conn, now)
+        await next_number.after_dnc_import(conn, now)  # several-number leads go on
         report.cancelled_calls = sum(e.n for e in ended)
     observe.ended(ended)
     return report

@@ -29,8 +29,17 @@ async def after_dnc(conn: asyncpg.Connection, numbers: list[str], now: datetime)
     """Numbers just put on the DNC list cancelled some waiting attempts: a lead with several
     numbers goes on to its next usable one (the others are another phone, not on the list).
     Returns the new attempts. Caller's transaction, right after the cancel."""
+    return await _go_on(conn, await conn.fetch(Q.numbers_cancelled_for_dnc, numbers, now), now)
+
+
+async def after_dnc_import(conn: asyncpg.Connection, now: datetime) -> list[int]:
+    """``after_dnc`` for a DNC import: the numbers are in its temporary table."""
+    return await _go_on(conn, await conn.fetch(Q.numbers_cancelled_for_dnc_import, now), now)
+
+
+async def _go_on(conn: asyncpg.Connection, cancelled: list[asyncpg.Record], now: datetime) -> list[int]:
     out: list[int] = []
-    for r in await conn.fetch(Q.numbers_cancelled_for_dnc, numbers, now):
+    for r in cancelled:
         row = await conn.fetchrow(Q.call_ended_row, r["id"])
         if row is not None and (new := await next_attempt(conn, row, State.CANCELLED, None, now)):
             out.append(new)

@@ -72,6 +72,7 @@ _EXTRA: set[tuple[State, State]] = {
     (State.SCHEDULED, State.PENDING),
     (State.RETRY_WAIT, State.PENDING),
     (State.SCHEDULED, State.RETRY_WAIT),
+    (State.RETRY_WAIT, State.SCHEDULED),  # a re-dial or callback a rule holds when it comes due
     # an uncertain chunk's calls are re-queued once after uncertain_after_min
     (State.UNCERTAIN, State.PENDING),
     # a send that failed before the provider took it goes back to waiting; so does a row the

@@ -246,7 +246,7 @@ RETURNING rr_index - $2 AS idx
 
 -- name: dispatch_candidates
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,
-       c.expires_at, c.batch_id,
+       c.expires_at, c.batch_id, c.reason,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
@@ -506,6 +506,12 @@ GROUP BY e164
 -- Waiting attempts of several-number leads the DNC list has just cancelled ($2: that moment).
 SELECT id FROM calls
 WHERE e164 = ANY($1::text[]) AND state = 'cancelled' AND ended_at = $2 AND numbers IS NOT NULL
+
+-- name: numbers_cancelled_for_dnc_import
+-- The same for a DNC import (its temporary table): attempts dnc_import_cancel just ended ($1).
+SELECT id FROM calls
+WHERE state = 'cancelled' AND ended_at = $1 AND reason = 'dnc' AND numbers IS NOT NULL
+  AND e164 IN (SELECT e164 FROM dnc_import)
 
 -- name: recycle_count
 -- How many re-dials this lead already had after the given terminal state.
@@ -984,7 +990,7 @@ RETURNING k.call_id, k.owner, k.due_at, k.grace_until, c.state
 -- name: callback_owned_candidates
 -- Due callbacks still in their owner's grace, for the owners who are ready ($3).
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt, k.owner,
-       c.expires_at, c.batch_id,
+       c.expires_at, c.batch_id, c.reason,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM callbacks k JOIN calls c ON c.id = k.call_id

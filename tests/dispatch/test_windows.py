@@ -86,6 +86,23 @@ async def test_an_expired_lead_is_taken_out_at_send_time(pool: asyncpg.Pool, mak
         assert ev["from_state"] == "submitting" and ev["payload"]["at"] == "send"
 
 
+async def test_a_calling_hours_hold_at_send_time_lasts_only_until_the_lead_expires(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    clock = FakeClock(datetime(2026, 1, 7, 1, 59, 30, tzinfo=UTC))  # 19:59:30 in Chicago
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        await st.post([CHICAGO], expires_at="2026-01-07T08:00")  # 08:00 Chicago next morning
+        await st.dispatcher.fill_all()  # recorded inside calling hours, not yet sent
+        clock.advance(60)  # 20:00:30: the send waited past the window's end
+        await st.dispatcher.send_all()
+        assert await sent(st) == 0 and await st.states() == {"scheduled": 1}
+        hold = next(e["payload"] for e in await events(pool, "hold") if e["payload"].get("at") == "send")
+        # not until 09:00 when the window opens: the lead is gone at 08:00
+        assert hold["until"] == "2026-01-07T14:00:00+00:00" and hold["rule"] == "calling_hours"
+        clock.advance(12 * 3600)  # 08:00:30 Chicago
+        await st.dispatcher.tick()
+        assert await st.states() == {"expired": 1} and await sent(st) == 0
+
+
 @pytest.mark.parametrize(("cfg", "rule", "until"), [
     ({"active_from": "2026-01-07"}, "active_from", "2026-01-07T06:00:00+00:00"),
     ({"blocked": ["2026-01-06"]}, "blocked", "2026-01-07T06:00:00+00:00"),

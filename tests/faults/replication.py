@@ -128,6 +128,17 @@ class Pair:
                 raise DialerError("the standby did not become synchronous")
             time.sleep(0.1)
 
+    def wait_replayed(self, timeout: float = 60) -> None:
+        """The standby has applied everything the primary wrote so far. A synchronous commit
+        (``on``) waits for the standby to flush the WAL, not to apply it: a read there may
+        still miss it (a migration's new column) until replay catches up."""
+        lsn = sql_value(self.primary.uri, "SELECT pg_current_wal_lsn()::text")
+        deadline = time.monotonic() + timeout
+        while not sql_value(self.standby.uri, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"):
+            if time.monotonic() > deadline:
+                raise DialerError("the standby did not replay the primary's writes")
+            time.sleep(0.05)
+
     def stop_primary(self) -> None:
         """The primary dies: ``immediate`` mode, no checkpoint, its clients cut off."""
         self.primary.stop("immediate")

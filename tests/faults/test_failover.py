@@ -239,6 +239,7 @@ async def test_a_standby_that_takes_no_writes_is_away_not_a_bad_callback(tmp_pat
         async with primary.acquire() as conn:
             await migrate.migrate(conn)
         a, b = await queued_calls(primary, 2)  # committed on the standby too: it is synchronous
+        await asyncio.to_thread(pair.wait_replayed)  # and applied there, so reads see the schema
         await primary.close()
         on_standby = await create_pool(pair.standby.uri, min_size=1, max_size=2)
         try:

@@ -100,8 +100,11 @@ def test_kill_9_during_a_callback_flood_loses_nothing(daemon_env: dict[str, str]
         cfg = SandboxConfig(time_scale=0.05, seed=3, ring_s=(0.2, 1), talk_s=(1, 4), default_max_dispose_s=0,
                             agent_pickup_s=0, agents=[f"a{i}" for i in range(40)], token="sb-token")
         sandbox = RyngSandbox(cfg)
+        # a send cut by the kill before the sandbox took it waits as uncertain (never blindly
+        # resent) until uncertain_after_min: short here, or the wait outlasts the test
         env = {**daemon_env, "DIALER_RYNG_BASE_URL": f"http://127.0.0.1:{port}", "DIALER_RYNG_TOKEN": "sb-token",
-               "DIALER_CONFIG": str(tmp_path / "d.toml")}
+               "DIALER_CONFIG": str(tmp_path / "d.toml"), "DIALER_UNCERTAIN_AFTER_MIN": "0.1",
+               "DIALER_INSTANCE_STALE_S": "3"}
         agents = ", ".join(f'"a{i}"' for i in range(40))
         (tmp_path / "d.toml").write_text(
             f'[targets.sales]\nqueue_id = "1"\nagent_mapping = "global"\nagents = [{agents}]\n'

@@ -154,6 +154,30 @@ async def test_a_number_put_on_dnc_meanwhile_cancels_its_callback(pool: asyncpg.
         assert len(await sent_agents(st)) == 1  # only the first call was ever sent
 
 
+async def test_a_callback_over_a_cap_waits_for_it_instead_of_ending(pool: asyncpg.Pool,
+                                                                      make_settings: Any) -> None:
+    """A re-dial over a cap ends ``capped``; a callback the customer asked for waits until
+    the cap allows it (with a hold naming the rule), then is dialed by its owner."""
+    clock = FakeClock(chicago(1, 10))
+    caps = {"max_attempts_per_number": [{"count": 1, "window_h": 4}]}
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET},
+                             compliance=caps) as st:
+        await dial_first(st)  # 10:00: the cap's one attempt in 4 h
+        await end_current(st, "CALLBACK", agent="bob", callbackInMin="60")
+        clock.advance(3600)  # 11:00: due, but the cap allows the next attempt at 14:00
+        await st.dispatcher.tick()
+        cb = await callback_row(st)
+        assert cb["state"] == "scheduled" and cb["not_before"] == chicago(1, 14)
+        async with st.pool.acquire() as conn:
+            hold = await conn.fetchval("SELECT payload FROM call_events WHERE call_id = $1 AND kind = 'hold'",
+                                       cb["id"])
+        assert hold["rule"] == "max_attempts_per_number"
+        clock.advance(3 * 3600)  # 14:00
+        await st.dispatcher.tick()
+        assert (await callback_row(st))["state"] in ("submitting", "queued", "assigned")
+        assert len(await sent_agents(st)) == 2
+
+
 async def test_a_callback_is_not_a_recycle_re_dial(pool: asyncpg.Pool, make_settings: Any) -> None:
     clock = FakeClock(chicago(1, 10))
     target = {**TARGET, "recycle": {"no_answer": {"after_min": 10, "max": 1}}}

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+import pytest
 
 from dialer.clock import FakeClock, SystemClock
 from dialer.intake import dnc
@@ -111,8 +112,10 @@ def _payload(row: Any) -> Any:
     return {"body": orjson.loads(row["body"])}
 
 
+@pytest.mark.parametrize("listed_by", ["api", "import"])
 async def test_a_number_listed_while_its_attempt_waits_moves_the_lead_on(pool: asyncpg.Pool,
-                                                                          make_settings: Any) -> None:
+                                                                          make_settings: Any,
+                                                                          listed_by: str) -> None:
     clock = FakeClock(SystemClock().now())
     async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
         st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
@@ -121,7 +124,12 @@ async def test_a_number_listed_while_its_attempt_waits_moves_the_lead_on(pool: a
         await end_live_call(st, "NO_ANSWER")
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT e164 FROM calls WHERE state = 'retry_wait'") == N2
-        await dnc.add_numbers(pool, [N2], source="api", now=clock.now())
+        if listed_by == "api":
+            await dnc.add_numbers(pool, [N2], source="api", now=clock.now())
+        else:  # `dialer dnc import` of a file
+            report = await dnc.import_bytes(pool, f"{N2}\n".encode(), region="US", source="import",
+                                          now=clock.now())
+            assert report.cancelled_calls == 1
         await st.dispatcher.tick()
         await end_live_call(st, "ANSWERED")
         async with pool.acquire() as conn:

@@ -4,9 +4,10 @@ configured from the README (its health check on ``/readyz``, its body limits).
 * A ringme agent event sent through the balancer lands on one instance and changes the
   pacing limit every instance reports (GET /v1/targets on each): agent state is shared.
 * The balancer's limits are the daemon's (callbacks 256 KB, API 50 MB, heads 32 KB).
-* ``kill -9`` of one instance mid-run, with the Ryng sandbox's callbacks and our API
-  calls going through the balancer: the others keep answering, take over its chunks
-  through the orphan check, nothing is dialed twice (counted at the sandbox), every batch
+* ``kill -9`` of one instance mid-run — while the sandbox holds the answer to a send whose
+  calls it has already taken — with the Ryng sandbox's callbacks and our API calls going
+  through the balancer: the others keep answering, take over its chunks through the
+  orphan check or a callback's proof of life, nothing is dialed twice (counted at the sandbox), every batch
   finishes, and HAProxy's health check marks the dead one DOWN (read on its stats
   socket). Short variant always; a longer one (a restart that comes back UP, a second
   kill, more leads) under ``DIALER_SLOW=1``.
@@ -235,10 +236,11 @@ if SLOW:
 def test_kill_9_behind_the_balancer(run: Run, haproxy_bin: str, daemon_env: dict[str, str], tmp_path: Path,
                                     db_url: str) -> None:
     agents = [f"a{i}" for i in range(30)]
-    # each send takes 0.2 s at the sandbox: there is a send in flight to kill an instance in
+    # the sandbox answers each send 1 s after taking its calls: the instance is killed in
+    # that window, with a chunk the provider has and the dead sender never heard about
     sb_cfg = SandboxConfig(time_scale=0.01, seed=18, ring_s=(0.2, 1), talk_s=(1, 4), default_max_dispose_s=0,
                            agent_pickup_s=0, agents=agents, token="sb-token", default_max_retries=0,
-                           latency_s=0.2)
+                           answer_delay_s=1.0)
     total = run.batches * run.leads
     out: dict[str, Any] = {"kills": []}
     with SandboxThread(sb_cfg) as sb:
@@ -291,8 +293,12 @@ def test_kill_9_behind_the_balancer(run: Run, haproxy_bin: str, daemon_env: dict
     assert stats["callbacks"]["terminal"]["given_up"] == 0, stats["callbacks"]
     # ---- the chunks a dead instance had in flight were taken over through the orphan check
     for k in out["kills"]:
-        if not k["in_flight"]:
-            continue  # killed between sends (a loaded machine): nothing to take over this time
+        # the chunk the sandbox had taken when its sender died: proved taken (its callbacks,
+        # on other instances), never sent again (the dial counts above), its calls ended
+        assert k["taken"], k
+        sent = {r["id"] for r in sql(db_url, "SELECT id FROM chunks WHERE id = ANY($1::bigint[]) AND state = 'sent'",
+                                     list(k["taken"]))}
+        assert sent == set(k["taken"]), (k, sent)
         moved = sql(db_url, "SELECT DISTINCT (payload->>'chunk_id')::bigint AS chunk FROM call_events "
                             "WHERE payload->>'reason' = 'sender died mid-request'")
         # either the orphan check took it (uncertain, then proved or re-queued), or a callback
@@ -308,7 +314,8 @@ def test_kill_9_behind_the_balancer(run: Run, haproxy_bin: str, daemon_env: dict
     for d in survivors:
         assert not log_errors(d), "\n".join(log_errors(d)[:20])
     print(f"{total} calls, {len(NAMES)} instances behind HAProxy; kills: "
-          + "; ".join(f"{k['name']} at {k['submitted']} submitted with chunks {k['in_flight']} in flight, DOWN "
+          + "; ".join(f"{k['name']} at {k['submitted']} submitted with chunks {k['in_flight']} in flight "
+                      f"({k['taken']} taken by the sandbox, proved by callbacks, never resent), DOWN "
                       f"after {k['down_s']:.1f}s, {k['answered']}/{k['asked']} API answers meanwhile"
                       for k in out["kills"])
           + (f"; back UP after {out['back_up_s']:.1f}s" if "back_up_s" in out else ""))
@@ -320,12 +327,27 @@ def _kill_mid_send(c: Cluster, sb: SandboxThread, dsn: str, victim: str, submitt
     flight; then ask the API through the balancer until HAProxy marks it DOWN."""
     vid = c.instance_id(victim, dsn)
     poll(lambda: sb.stats()["calls"]["total"] >= submitted, timeout, f"{submitted} calls submitted", every=0.05)
-    poll(lambda: sql_value(dsn, "SELECT count(*) FROM chunks WHERE state = 'sending' AND claimed_by = $1", vid),
-         timeout, f"a send in flight on {victim}", every=0.02)
+
+    def taken() -> list[int]:
+        """The victim's sends in flight whose calls the sandbox has already taken."""
+        rows = sql(dsn, "SELECT k.id AS chunk, min(c.id) AS call FROM chunks k JOIN calls c ON c.chunk_id = k.id "
+                        "WHERE k.state = 'sending' AND k.claimed_by = $1 GROUP BY k.id", vid)
+        refs = sb.sandbox.submissions_by_ref("customField10")
+        return [r["chunk"] for r in rows if call_ref(r["call"]) in refs]
+
+    took: list[int] = []
+
+    def some_taken() -> bool:
+        took[:] = taken()
+        return bool(took)
+
+    poll(some_taken, timeout, f"a send of {victim} taken by the sandbox, not yet answered", every=0.01)
+    # read before the kill: a callback of a taken chunk reaching another instance proves it
+    # taken (``sent``) within milliseconds of the kill
+    in_flight = sorted(set(took) | {r["id"] for r in sql(
+        dsn, "SELECT id FROM chunks WHERE state = 'sending' AND claimed_by = $1", vid)})
     at = datetime.now(UTC)
     c.daemons[victim].kill9()
-    in_flight = [r["id"] for r in sql(dsn, "SELECT id FROM chunks WHERE state = 'sending' AND claimed_by = $1",
-                                      vid)]
     asked = answered = 0
     start = time.monotonic()
     with c.api() as api:
@@ -338,7 +360,7 @@ def _kill_mid_send(c: Cluster, sb: SandboxThread, dsn: str, victim: str, submitt
         for _ in range(10):  # and after
             asked += 1
             answered += api.get("/v1/targets").status_code == 200
-    return {"name": victim, "id": vid, "at": at, "in_flight": in_flight, "down_s": down_s,
+    return {"name": victim, "id": vid, "at": at, "in_flight": in_flight, "taken": took, "down_s": down_s,
             "asked": asked, "answered": answered, "submitted": sb.stats()["calls"]["total"]}
 
 

@@ -55,7 +55,7 @@ def test_instances_share_one_run(daemon_env: dict[str, str], tmp_path: Path, db_
                                              mapping="inline")),
             "DIALER_INSTANCE_STALE_S": "5"}
     daemons: list[DaemonProcess] = []
-    timeout = 60 if file_rows <= 5_000 else 900
+    timeout = 180 if file_rows <= 5_000 else 900  # a deadline, not a figure: a loaded machine is slow
     with SandboxThread(cfg) as sb:
         try:
             for i in range(instances):

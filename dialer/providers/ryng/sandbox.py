@@ -90,8 +90,10 @@ and how many are between a failure and their end (``retrying``).
 
 Faults (``SandboxConfig``, also settable at run time) and admin
 ---------------------------------------------------------------
-``latency_s``, ``timeout_rate`` (hang ``timeout_hang_s``, then 504 or a dropped
-connection; nothing is queued), ``throttle_rate`` (429 + ``Retry-After``),
+``latency_s`` (before taking a request), ``answer_delay_s`` (after taking it, before
+answering: a sender killed meanwhile leaves calls the provider has), ``timeout_rate``
+(hang ``timeout_hang_s``, then 504 or a dropped connection; nothing is queued),
+``throttle_rate`` (429 + ``Retry-After``),
 ``error_rate`` (500 JSON, 502 HTML or 503 text; nothing queued),
 ``accept_then_fail_rate`` (calls ARE queued, then — ``accept_then_fail_mode``
 mixed | 5xx | drop — a 5xx drawn from ``accept_then_fail_statuses`` (default 500,
@@ -160,7 +162,7 @@ _RATES = ("abandon_rate", "error_rate", "throttle_rate", "timeout_rate", "accept
           "duplicate_callback_rate", "late_callback_rate", "callback_rate")
 _NON_NEGATIVE = ("answer_rate", "no_answer_rate", "busy_rate", "unreachable_rate",  # weights, normalised
                  "agent_pickup_s", "default_max_dispose_s", "default_retry_interval_min", "timeout_hang_s",
-                 "latency_s")
+                 "latency_s", "answer_delay_s")
 _POSITIVE = ("time_scale", "callback_timeout_s", "callback_after_s")
 _SERVER_ERRORS = (500, 502, 503, 504)
 _RUNTIME = frozenset((*_RATES, *_NON_NEGATIVE, *_POSITIVE, "ring_s", "talk_s", "default_leg_direction",
@@ -444,6 +446,9 @@ class RyngSandbox:
             payload = await work()
         except RequestError as e:
             return _error(e.status, e.message)
+        if cfg.answer_delay_s > 0:  # taken: a sender that dies now leaves calls we dial
+            self._faults["answer_delay"] += 1
+            await self._hold(cfg.answer_delay_s)
         if rng.random() < cfg.accept_then_fail_rate:
             self._faults["accept_then_fail"] += 1
             mode = cfg.accept_then_fail_mode

@@ -37,6 +37,7 @@ class SandboxConfig:
     timeout_rate: float = 0.0
     timeout_hang_s: float = 120.0
     latency_s: float = 0.0
+    answer_delay_s: float = 0.0  # after the calls are queued, before the answer
     accept_then_fail_rate: float = 0.0
     accept_then_fail_mode: str = "mixed"  # mixed | 5xx | drop
     accept_then_fail_statuses: tuple[int, ...] = (500, 502, 504)  # what "5xx" answers after queuing
