@@ -72,24 +72,25 @@ async def copy_chunk(
         return await _add_rows(conn, batch_id, chunk.rows)
 
 
-async def copy_chunk_with_ids(
+async def copy_chunk_in_turn(
     conn: asyncpg.Connection,
     batch_id: uuid.UUID,
     chunk: Chunk,
     data: bytes,
     before_commit: Callable[[], Awaitable[None]],
+    *,
+    with_ids: bool,
 ) -> int:
-    """COPY one chunk whose lines carry their ids (``id`` first), then await
-    ``before_commit`` (the chunk ahead committed) and move the resume point, in one
-    transaction whose commit does not wait for the WAL flush (see ``copy_chunk``).
+    """COPY one chunk (``data``: its lines, each with its id first when ``with_ids``),
+    then await ``before_commit`` (the chunk ahead committed) and move the resume point,
+    in one transaction whose commit does not wait for the WAL flush (see ``copy_chunk``).
 
     Returns rows_read. ``before_commit`` raising rolls the chunk back.
     """
+    columns = ["id", *COPY_COLUMNS] if with_ids else list(COPY_COLUMNS)
     async with conn.transaction():
         await conn.execute(Q.chunk_async_commit)
-        await conn.copy_to_table(
-            "calls", source=memoryview(data), columns=["id", *COPY_COLUMNS], format="text"
-        )
+        await conn.copy_to_table("calls", source=memoryview(data), columns=columns, format="text")
         await before_commit()
         return await _add_rows(conn, batch_id, chunk.rows)
 

@@ -6,7 +6,8 @@ stays true:
 
 * ids follow the file's lines: before its COPY, each chunk takes its ids from the calls
   id sequence (one round trip, in file order, on the connection that will COPY it) and
-  COPYs them explicitly, so an earlier line always has the smaller id;
+  COPYs them explicitly, so an earlier line always has the smaller id (with one stream
+  the sequence's own order does it);
 * the resume point is a contiguous prefix: a chunk commits (its rows together with
   ``batches.rows_read``) only after the chunk before it committed. A chunk whose COPY
   ends first waits with its transaction open; if an earlier chunk fails or is cancelled,
@@ -85,6 +86,10 @@ async def copy_in_order(
             except TimeoutError:
                 break
         out.streams = len(conns)
+        # one stream COPYs the chunks one after another: the ids the sequence gives during
+        # COPY already follow the lines, so reserving them (and the daemon's work of
+        # writing them into the lines) is needed only with several
+        parallel = len(conns) > 1
         free_tx, free_rx = anyio.create_memory_object_stream[asyncpg.Connection](len(conns))
         for c in conns:
             free_tx.send_nowait(c)
@@ -102,7 +107,8 @@ async def copy_in_order(
                     raise _EarlierChunkFailed
 
             try:
-                await batches.copy_chunk_with_ids(conn, batch_id, chunk, data, after_ahead)
+                await batches.copy_chunk_in_turn(conn, batch_id, chunk, data, after_ahead,
+                                                 with_ids=parallel)
                 mine.committed = True
                 out.rows += chunk.rows
                 out.invalid += chunk.invalid
@@ -127,9 +133,11 @@ async def copy_in_order(
                     conn = await free_rx.receive()
                     if errors:
                         break
-                    ids = await conn.fetchval(Q.calls_reserve_ids, chunk.rows)
+                    data = chunk.data
+                    if parallel:
+                        data = with_ids(data, await conn.fetchval(Q.calls_reserve_ids, chunk.rows))
                     mine = _Turn(anyio.Event())
-                    tg.start_soon(copy_one, conn, chunk, with_ids(chunk.data, ids), ahead, mine)
+                    tg.start_soon(copy_one, conn, chunk, data, ahead, mine)
                     ahead = mine
             except Exception as e:
                 # a reader failure (or a lost connection): the chunks in flight end on their
