@@ -394,9 +394,9 @@ class Settings(_Strict):
     max_batch_leads: int = Field(default=100_000, ge=1)
     max_line_kb: int = Field(default=1024, ge=1)
     ingest_commit_rows: int = Field(default=20_000, ge=1)
-    # parallel COPY connections of a file's ingest (one backend maintaining the calls
-    # indexes is the bottleneck); at most db_pool_size - 1, checked below
-    ingest_copy_streams: int = Field(default=2, ge=1, le=16)
+    # parallel COPY connections of a file's ingest; less than db_pool_size, checked below.
+    # 1 by default: on two cores a second stream costs more CPU than it saves (bench/README.md)
+    ingest_copy_streams: int = Field(default=1, ge=1, le=16)
     stale_after_h: float = Field(default=6, gt=0)
     uncertain_after_min: float = Field(default=30, gt=0)
     db_pool_size: int = Field(default=10, ge=2)

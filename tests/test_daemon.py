@@ -46,6 +46,7 @@ def test_daemon_serves_api_and_inbox_then_drains_on_sigterm(daemon: DaemonProces
 
 def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: DaemonProcess, db_url: str) -> None:
     daemon.env["DIALER_INGEST_COMMIT_ROWS"] = "5000"
+    daemon.env["DIALER_INGEST_COPY_STREAMS"] = "2"
     daemon.start()
     rows = 200_000
     rng = random.Random(7)

@@ -1,8 +1,9 @@
 """A file's chunks COPYed over several connections at once, ids and commits in file order.
 
-One PostgreSQL backend maintaining the ``calls`` indexes is the ingest's bottleneck, so
-chunks COPY on ``ingest_copy_streams`` connections in parallel. What one stream gave
-stays true:
+Where one PostgreSQL backend maintaining the ``calls`` indexes is the ingest's bottleneck,
+chunks may COPY on ``ingest_copy_streams`` connections in parallel (default 1: on a
+2-core machine shared by daemon, worker and PostgreSQL a second stream costs more CPU
+than it saves; see bench/README.md). What one stream gave stays true:
 
 * ids follow the file's lines: before its COPY, each chunk takes its ids from the calls
   id sequence (one round trip, in file order, on the connection that will COPY it) and
