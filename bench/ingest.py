@@ -185,11 +185,13 @@ def run_limit(server_dsn: str, csv_path: Path, cpu: dict[str, float] | None = No
 # -- ours: FileIngestor.ingest, in a child process --------------------------------------------
 
 
-def run_ours(server_dsn: str, csv_path: Path, state_dir: Path) -> dict[str, Any]:
+def run_ours(server_dsn: str, csv_path: Path, state_dir: Path,
+             commit_rows: int | None = None, streams: int | None = None) -> dict[str, Any]:
     dsn = with_database(server_dsn, "bench_ours")
     psql(server_dsn, "CREATE DATABASE bench_ours")
     out = state_dir / "ours.json"
-    spec = {"csv": str(csv_path), "dsn": dsn, "state_dir": str(state_dir), "out": str(out)}
+    spec = {"csv": str(csv_path), "dsn": dsn, "state_dir": str(state_dir), "out": str(out),
+            "commit_rows": commit_rows, "streams": streams}
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_ours", json.dumps(spec)],
                        check=False)
     if r.returncode != 0 or not out.exists():
@@ -242,7 +244,8 @@ def ours_child(spec_json: str) -> None:
     import asyncio
 
     spec = json.loads(spec_json)
-    result = asyncio.run(_ours(Path(spec["csv"]), spec["dsn"], Path(spec["state_dir"])))
+    result = asyncio.run(_ours(Path(spec["csv"]), spec["dsn"], Path(spec["state_dir"]),
+                               spec.get("commit_rows"), spec.get("streams")))
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     # VmHWM, not ru_maxrss: the latter keeps the high-water mark of the process image
     # this one was exec'd from (the benchmark, which may have just generated a big file)
@@ -264,10 +267,12 @@ def _vm_hwm_mb() -> float | None:
     return None
 
 
-async def _ours(csv_path: Path, dsn: str, state_dir: Path) -> dict[str, Any]:
+async def _ours(csv_path: Path, dsn: str, state_dir: Path,
+                commit_rows: int | None = None, streams: int | None = None) -> dict[str, Any]:
     from dialer.clock import SystemClock
     from dialer.config import load_settings
     from dialer.intake import batches, files
+    from dialer.intake import streams as copy_streams
     from dialer.intake.files import FileIngestor
     from dialer.intake.phones import IMPLEMENTATION
     from dialer.store import migrate
@@ -276,14 +281,15 @@ async def _ours(csv_path: Path, dsn: str, state_dir: Path) -> dict[str, Any]:
     with contextlib.chdir(state_dir):  # never pick up a ./dialer.toml from the caller's cwd
         settings = load_settings(None, environ={
             "DIALER_DATABASE_URL": dsn, "DIALER_STATE_DIR": str(state_dir), "DIALER_API_TOKENS": "x",
-        })
+        }, overrides={k: v for k, v in (("ingest_commit_rows", commit_rows),
+                                        ("ingest_copy_streams", streams)) if v} or None)
     pool = await create_pool(dsn)
     try:
         async with pool.acquire() as c:
             await migrate.migrate(c)
         phases = _Phases()
         phases.wrap(files, "fingerprint", "hash")
-        phases.wrap(batches, "copy_chunk", "copy")
+        phases.wrap(copy_streams, "copy_in_order", "copy")  # all streams, wall time
         phases.wrap(batches, "finalise", "finalise")
         progress: list[float] = []
 
@@ -307,7 +313,8 @@ async def _ours(csv_path: Path, dsn: str, state_dir: Path) -> dict[str, Any]:
         "leads": leads,
         "phones": IMPLEMENTATION,
         "phases": phases.seconds,
-        "chunks": phases.calls.get("copy", 0),
+        "chunks": len(progress),
+        "streams": settings.ingest_copy_streams,
         "first_chunk_s": (progress[0] - t0) if progress else None,
     }
 
@@ -377,7 +384,8 @@ def report(rows: int, csv_path: Path, limit_s: float, ours: dict[str, Any]) -> d
         print(f"  of which (s): {', '.join(parts)}")
         first = ours.get("first_chunk_s")
         if first is not None:
-            print(f"  {ours.get('chunks', 0)} chunks; the first one committed after {first:.2f} s")
+            print(f"  {ours.get('chunks', 0)} chunks on {ours.get('streams', 1)} COPY streams; "
+                  f"the first one committed after {first:.2f} s")
     if cpu:
         limit_cpu = cpu["psql"] + cpu["limit_postgres"]
         ours_cpu = ours["cpu_daemon_s"] + ours["cpu_worker_s"] + cpu["ours_postgres"]
@@ -405,6 +413,7 @@ def report(rows: int, csv_path: Path, limit_s: float, ours: dict[str, Any]) -> d
         "ratio_ok": ratio_ok,
         "phases_seconds": {k: round(v, 3) for k, v in ph.items()},
         "chunks": ours.get("chunks"),
+        "streams": ours.get("streams"),
         "first_chunk_s": None if ours.get("first_chunk_s") is None else round(ours["first_chunk_s"], 3),
         "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()} | {
             "daemon": round(ours.get("cpu_daemon_s", 0.0), 3), "worker": round(ours.get("cpu_worker_s", 0.0), 3)},
@@ -431,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     p.add_argument("--parse-only", action="store_true",
                    help="only run the worker's parse+validate+encode in this process (one core)")
+    p.add_argument("--commit-rows", type=int, default=None,
+                   help="rows per committed chunk (ingest_commit_rows; default: the daemon's)")
+    p.add_argument("--streams", type=int, default=None,
+                   help="parallel COPY connections (ingest_copy_streams; default: the daemon's)")
     p.add_argument("--_ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -472,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"psql \\copy: {limit_s:.2f} s; dialer ingest ...", file=sys.stderr)
         meter, busy0 = CpuMeter(pg_pid), machine_busy()
         meter.start()
-        ours = run_ours(dsn, csv_path, tmp)
+        ours = run_ours(dsn, csv_path, tmp, args.commit_rows, args.streams)
         cpu["ours_postgres"], cpu["ours_busy"] = meter.stop(), machine_busy(busy0)
         print("postgres CPU by role during ours: " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(meter.by_role().items(), key=lambda kv: -kv[1])),

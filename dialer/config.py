@@ -394,6 +394,9 @@ class Settings(_Strict):
     max_batch_leads: int = Field(default=100_000, ge=1)
     max_line_kb: int = Field(default=1024, ge=1)
     ingest_commit_rows: int = Field(default=20_000, ge=1)
+    # parallel COPY connections of a file's ingest; less than db_pool_size, checked below.
+    # 1 by default: on two cores a second stream costs more CPU than it saves (bench/README.md)
+    ingest_copy_streams: int = Field(default=1, ge=1, le=16)
     stale_after_h: float = Field(default=6, gt=0)
     uncertain_after_min: float = Field(default=30, gt=0)
     db_pool_size: int = Field(default=10, ge=2)
@@ -432,6 +435,15 @@ class Settings(_Strict):
             raise ValueError(
                 f"default_target {self.default_target!r} is not one of the targets "
                 f"({', '.join(sorted(self.targets)) or 'none'})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _copy_streams_fit_the_pool(self) -> Settings:
+        if self.ingest_copy_streams >= self.db_pool_size:
+            raise ValueError(
+                f"ingest_copy_streams ({self.ingest_copy_streams}) must be less than "
+                f"db_pool_size ({self.db_pool_size}): the rest of the daemon needs connections too"
             )
         return self
 

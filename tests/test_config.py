@@ -66,6 +66,9 @@ def test_env_wins_over_file(tmp_path: Path) -> None:
         ('http_listen = "nowhere"\n' + GOOD, "http_listen"),
         ("this is = not toml [", "not valid TOML"),
         ('ryng_token = "abc"\n' + GOOD, "ryng_token: secrets are read from the environment"),
+        ("ingest_copy_streams = 0\n" + GOOD, "ingest_copy_streams"),
+        ("ingest_copy_streams = 4\ndb_pool_size = 4\n" + GOOD,
+         "ingest_copy_streams (4) must be less than db_pool_size (4)"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:

@@ -46,6 +46,7 @@ def test_daemon_serves_api_and_inbox_then_drains_on_sigterm(daemon: DaemonProces
 
 def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: DaemonProcess, db_url: str) -> None:
     daemon.env["DIALER_INGEST_COMMIT_ROWS"] = "5000"
+    daemon.env["DIALER_INGEST_COPY_STREAMS"] = "2"
     daemon.start()
     rows = 200_000
     rng = random.Random(7)
@@ -85,6 +86,9 @@ def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: Daemon
     assert report["counts"]["accepted"] == rows - rows // 50
     assert _fetchval(db_url, "SELECT count(*) FROM leads") == rows
     assert _fetchval(db_url, "SELECT count(DISTINCT line) FROM leads") == rows
+    # chunks COPY on two connections at once (ingest_copy_streams), yet ids follow the lines
+    assert _fetchval(db_url, "SELECT count(*) FROM (SELECT id > lead(id) OVER (ORDER BY line) AS back "
+                             "FROM leads) s WHERE back") == 0
     # the dispatcher may already be sending some: count every accepted row, whatever its state now
     assert _fetchval(db_url, "SELECT count(*) FROM calls WHERE state NOT IN ('invalid', 'duplicate', 'dnc')") == rows - rows // 50
     assert _fetchval(db_url, "SELECT count(DISTINCT e164) FROM calls") == rows - rows // 50

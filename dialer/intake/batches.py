@@ -10,7 +10,7 @@ and the DNC list; until the batch is finalised nothing of it is dispatched.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,16 +64,42 @@ async def copy_chunk(
             # Safe without waiting for the WAL flush: the rows and the resume point commit
             # together, so a PostgreSQL crash loses both and the file is re-read from there.
             # The finalise that makes the batch dialable is a normal, durable commit.
-            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(Q.chunk_async_commit)
         # a memoryview, not BytesIO: asyncpg keeps file-like sources alive until a full GC
         await conn.copy_to_table(
             "calls", source=memoryview(chunk.data), columns=list(COPY_COLUMNS), format="text"
         )
-        rows_read = await conn.fetchval(Q.batch_add_rows, batch_id, chunk.rows)
-        if rows_read is None:
-            raise RuntimeError(f"batch {batch_id} is no longer receiving rows")
-        return int(rows_read)
+        return await _add_rows(conn, batch_id, chunk.rows)
 
+
+async def copy_chunk_in_turn(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    chunk: Chunk,
+    data: bytes,
+    before_commit: Callable[[], Awaitable[None]],
+    *,
+    with_ids: bool,
+) -> int:
+    """COPY one chunk (``data``: its lines, each with its id first when ``with_ids``),
+    then await ``before_commit`` (the chunk ahead committed) and move the resume point,
+    in one transaction whose commit does not wait for the WAL flush (see ``copy_chunk``).
+
+    Returns rows_read. ``before_commit`` raising rolls the chunk back.
+    """
+    columns = ["id", *COPY_COLUMNS] if with_ids else list(COPY_COLUMNS)
+    async with conn.transaction():
+        await conn.execute(Q.chunk_async_commit)
+        await conn.copy_to_table("calls", source=memoryview(data), columns=columns, format="text")
+        await before_commit()
+        return await _add_rows(conn, batch_id, chunk.rows)
+
+
+async def _add_rows(conn: asyncpg.Connection, batch_id: uuid.UUID, rows: int) -> int:
+    rows_read = await conn.fetchval(Q.batch_add_rows, batch_id, rows)
+    if rows_read is None:
+        raise RuntimeError(f"batch {batch_id} is no longer receiving rows")
+    return int(rows_read)
 
 
 async def finalise(

@@ -2,7 +2,8 @@
 
 Shared by the inbox watcher, ``dialer ingest`` and uploads. The file's sha256 is its
 identity: the same content is never ingested twice, and a file found again after a
-crash resumes from the last committed chunk.
+crash resumes after the last chunk of the committed prefix (chunks COPY on several
+connections at once but commit in file order: ``streams``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.errors import FileUnreadable
-from dialer.intake import batches
+from dialer.intake import batches, streams
 from dialer.intake.pipeline import ParseJob, chunks_from_process, chunks_from_thread
 from dialer.intake.readers import Fingerprint, detect_format, fingerprint, unpacked_size
 from dialer.store.queries import Q
@@ -171,18 +172,11 @@ class FileIngestor:
             if parse_size >= PROCESS_THRESHOLD_BYTES
             else chunks_from_thread(path, job)
         )
-        dups: bool | None = None
-        rows = invalid = 0
         try:
-            async for chunk in chunks:
-                if chunk.rows:
-                    await batches.copy_chunk(conn, batch_id, chunk, durable=False)
-                    rows += chunk.rows
-                    invalid += chunk.invalid
-                    if on_progress:
-                        on_progress(chunk.rows)
-                else:
-                    dups = chunk.in_file_duplicates
+            copied = await streams.copy_in_order(
+                conn, self.pool, batch_id, chunks, streams=self.settings.ingest_copy_streams,
+                on_progress=on_progress,
+            )
         except FileUnreadable as e:
             await batches.fail_batch(conn, batch_id, e.message, self.clock.now())
             await conn.execute(Q.inbox_file_state, fp.sha256, "failed", None, self.clock.now())
@@ -190,8 +184,10 @@ class FileIngestor:
             return out
         async with conn.transaction():
             out.counts = await batches.finalise(
-                conn, batch_id, target, tcfg, self.clock.now(), in_file_duplicates=dups,
-                rows=rows if skip == 0 else None, invalid=invalid if skip == 0 else None,
+                conn, batch_id, target, tcfg, self.clock.now(),
+                in_file_duplicates=copied.in_file_duplicates,
+                rows=copied.rows if skip == 0 else None,
+                invalid=copied.invalid if skip == 0 else None,
             )
             state = "filed" if source != "inbox" else "ingested"
             await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())

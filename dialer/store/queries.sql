@@ -12,6 +12,17 @@ SELECT * FROM batches WHERE id = $1
 UPDATE batches SET rows_read = rows_read + $2 WHERE id = $1 AND state = 'receiving'
 RETURNING rows_read
 
+-- name: chunk_async_commit
+-- an intake chunk's commit need not wait for the WAL flush: its rows and the resume point
+-- commit together, so a lost commit re-reads that chunk
+SET LOCAL synchronous_commit = off
+
+-- name: calls_reserve_ids
+-- ids for one intake chunk of $1 rows, ascending (nextval in scan order), taken before its
+-- COPY in file order: the chunk COPYs them explicitly, so ids follow the file's lines
+-- whichever of the parallel COPY streams ends first
+SELECT array_agg(nextval('calls_id_seq')) FROM generate_series(1, $1)
+
 -- name: batch_fail
 UPDATE batches SET state = 'failed', error = $2, ended_at = $3 WHERE id = $1
 
