@@ -18,10 +18,10 @@ RETURNING rows_read
 SET LOCAL synchronous_commit = off
 
 -- name: calls_reserve_ids
--- ids for one intake chunk of $1 rows, ascending (nextval in scan order), taken before its
--- COPY in file order: the chunk COPYs them explicitly, so ids follow the file's lines
--- whichever of the parallel COPY streams ends first
-SELECT array_agg(nextval('calls_id_seq')) FROM generate_series(1, $1)
+-- ids for one intake chunk of $1 rows, ascending, taken before its COPY in file order: the
+-- chunk COPYs them explicitly, so ids follow the file's lines whichever of the parallel COPY
+-- streams ends first (other sessions' nextval may interleave: ascending, not contiguous)
+SELECT array_agg(id ORDER BY id) FROM (SELECT nextval('calls_id_seq') AS id FROM generate_series(1, $1)) s
 
 -- name: batch_fail
 UPDATE batches SET state = 'failed', error = $2, ended_at = $3 WHERE id = $1

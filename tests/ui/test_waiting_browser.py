@@ -1,9 +1,10 @@
 """Why isn't it dialing, in a real headless Chromium against a real daemon in sandbox mode.
 
-Three targets, each held for its own reason: ``sales`` has more leads than agents x
+Five targets, each held for its own reason: ``sales`` has more leads than agents x
 calls_per_agent while the sandbox holds every call it was given (pacing), ``stopped`` is
-paused from the console, and ``late``'s calling hours exclude now (calling_hours, clearing
-when its window opens). The console's Targets page (as the browser rendered it, times in
+paused from the console, ``late``'s calling hours exclude now (calling_hours, clearing
+when its window opens), today is a holiday of ``xmas`` (whose one lead also expires within
+the hour: expired_soon) and ``later``'s campaign window opens tomorrow (campaign_window). The console's Targets page (as the browser rendered it, times in
 the browser's zone), ``GET /v1/targets/{name}/waiting`` and ``dialer_calls_waiting`` on
 ``/metrics`` must agree.
 """
@@ -46,13 +47,20 @@ def late_window(now: datetime) -> tuple[str, datetime]:
 
 @pytest.fixture
 def waiting_daemon(daemon_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[DaemonProcess, datetime]]:
-    hours, opens = late_window(datetime.now(UTC))
+    now = datetime.now(UTC)
+    hours, opens = late_window(now)
+    days = [(now + timedelta(days=n)).date().isoformat() for n in (0, 1)]  # a run across midnight too
+    tomorrow = (now + timedelta(days=1)).isoformat().replace("+00:00", "Z")
     config = tmp_path / "dialer.toml"
     config.write_text(
         "[sandbox]\ntime_scale = 10\n\n"
         f'[targets.sales]\n{QUEUE}queue_id = "42"\nagents = ["alice", "bob"]\ncalling_hours = "00:00-24:00"\n\n'
         f'[targets.stopped]\n{QUEUE}queue_id = "47"\nagents = ["carol"]\ncalling_hours = "00:00-24:00"\n\n'
-        f'[targets.late]\n{QUEUE}queue_id = "43"\nagents = ["dave"]\ncalling_hours = "{hours}"\n')
+        f'[targets.late]\n{QUEUE}queue_id = "43"\nagents = ["dave"]\ncalling_hours = "{hours}"\n\n'
+        f'[targets.xmas]\n{QUEUE}queue_id = "44"\nagents = ["erin"]\ncalling_hours = "00:00-24:00"\n'
+        f'holidays = ["{days[0]}", "{days[1]}"]\n\n'
+        f'[targets.later]\n{QUEUE}queue_id = "46"\nagents = ["frank"]\ncalling_hours = "00:00-24:00"\n'
+        f'active_from = "{tomorrow}"\n')
     d = DaemonProcess({**daemon_env, "DIALER_CONFIG": str(config)}, tmp_path)
     d.start()
     try:
@@ -99,8 +107,11 @@ def test_the_console_shows_why_each_target_waits(waiting_daemon: tuple[DaemonPro
     d.find_element(By.CSS_SELECTOR, "form[action='/ui/targets/stopped/pause'] button").click()
     until(d, lambda x: "Target stopped paused." in x.find_element(By.CSS_SELECTOR, "main").text, what="paused")
 
+    soon = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
     for target, numbers, extra in (("sales", SALES, {}), ("stopped", ["+13125550204", "+13125550205"], {}),
-                                   ("late", ["+13125550200"], {"timezone": "UTC"})):
+                                   ("late", ["+13125550200"], {"timezone": "UTC"}),
+                                   ("xmas", ["+13125550201"], {"timezone": "UTC", "expires_at": soon}),
+                                   ("later", ["+13125550202"], {})):
         r = api.post("/v1/batches", json={"target": target, "leads": [{"number": n, **extra} for n in numbers]})
         assert r.status_code == 202 and r.json()["accepted"] == len(numbers), r.text
 
@@ -108,6 +119,8 @@ def test_the_console_shows_why_each_target_waits(waiting_daemon: tuple[DaemonPro
         "sales": {"pacing": (3, None)},  # 2 in flight at the sandbox, no wrap-up ending yet
         "stopped": {"paused": (2, None)},
         "late": {"calling_hours": (1, late_opens)},  # once the dispatcher has looked at it
+        "xmas": {"holiday": (1, None), "expired_soon": (1, None)},  # times: checked below
+        "later": {"campaign_window": (1, None)},
     }
 
     def api_says(target: str) -> dict[str, Any]:
@@ -118,15 +131,23 @@ def test_the_console_shows_why_each_target_waits(waiting_daemon: tuple[DaemonPro
 
     def settled() -> dict[str, dict[str, Any]] | None:
         bodies = {t: api_says(t) for t in expected}
-        return bodies if all(bodies[t]["held"] == want for t, want in expected.items()) else None
+        held = {t: {r: (n, at if expected[t].get(r, (0, None))[1] else None) for r, (n, at) in b["held"].items()}
+                for t, b in bodies.items()}
+        return bodies if held == expected else None
 
     bodies = until(d, lambda _: settled(), 15, "the API to show every target's hold")
     assert (bodies["sales"]["in_flight"], bodies["sales"]["pacing_limit"]) == (2, 2)
+    # the holiday hold is shortened to the lead's expiry; the window opens when configured
+    expiry = bodies["xmas"]["held"]["expired_soon"][1]
+    assert expiry is not None and bodies["xmas"]["held"]["holiday"][1] == expiry
+    later_opens = bodies["later"]["held"]["campaign_window"][1]
+    assert later_opens is not None and later_opens > datetime.now(UTC) + timedelta(hours=23)
 
     # the metric: its first reading is now, after everything settled (it is reused for 30 s)
     text = httpx.get(daemon.url + "/metrics", timeout=10).text
     for target, want in expected.items():
-        for reason in ("ready", "pacing", "paused", "calling_hours", "rate_budget", "breaker"):
+        for reason in ("ready", "pacing", "paused", "calling_hours", "rate_budget", "breaker", "holiday",
+                       "campaign_window", "expired_soon"):
             assert metric(text, target, reason) == want.get(reason, (0, None))[0], (target, reason)
     opens_at = metric(text, "late", "calling_hours", "dialer_calls_waiting_clears_timestamp_seconds")
     assert opens_at == late_opens.timestamp()
