@@ -1,7 +1,8 @@
 """Phone numbers to E.164, behind one small adapter.
 
-``rphonenumbers`` (a Rust port of libphonenumber, ~10x faster) is used when it imports;
-``phonenumbers`` otherwise. A property test compares the two.
+``rphonenumbers`` (a Rust port of libphonenumber, ~10x faster) is used when it imports and
+was built from the same metadata release as the installed ``phonenumbers`` (pyproject pins
+``phonenumbers`` to that release); ``phonenumbers`` otherwise. A property test compares the two.
 """
 
 from __future__ import annotations
@@ -12,13 +13,24 @@ from types import ModuleType
 
 import phonenumbers as _reference
 
+
+def pick(fast: ModuleType | None, reference: ModuleType) -> ModuleType:
+    """The fast library only when it carries the very metadata release the reference does:
+    libphonenumber's metadata changes from release to release (a number range valid in one
+    is invalid in the next), and the intake must give one answer whichever library runs."""
+    if fast is not None and getattr(fast, "__phonenumbers_version__", None) == reference.__version__:
+        return fast
+    return reference
+
+
 try:  # pragma: no cover - depends on the wheel being available
-    import rphonenumbers as _fast
+    import rphonenumbers as _fast_module
 
-    _impl: ModuleType = _fast
+    _fast: ModuleType | None = _fast_module
 except ImportError:  # pragma: no cover
-    _impl = _reference
+    _fast = None
 
+_impl: ModuleType = pick(_fast, _reference)
 IMPLEMENTATION = _impl.__name__
 
 
