@@ -23,6 +23,7 @@ from dialer.clock import Clock, SystemClock
 from dialer.config import Settings, load_settings
 from dialer.dispatch.dispatcher import Dispatcher
 from dialer.http.limits import HeaderLimit
+from dialer.intake import phones
 from dialer.jobs import Job
 from dialer.lifecycle.spool import Spool
 from dialer.logs import register_secret
@@ -201,8 +202,13 @@ class Daemon:
             log.info(
                 "dialer running",
                 extra={"listen": s.http_listen, "inbox": str(s.inbox),
-                       "sandbox": s.sandbox_mode, "instance": self.instance_id},
+                       "sandbox": s.sandbox_mode, "instance": self.instance_id,
+                       "phone_numbers": phones.IMPLEMENTATION},
             )
+            if phones.IMPLEMENTATION != "rphonenumbers":
+                log.warning("phone numbers are validated by phonenumbers, about 10x slower: "
+                            "rphonenumbers is missing or built from other metadata "
+                            "(install the versions pyproject.toml pins)")
             _freeze_startup_objects()
             self.notify.ready(f"running: listening on {s.http_listen}")
             tg.start_soon(supervise, "watchdog",

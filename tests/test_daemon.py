@@ -42,6 +42,10 @@ def test_daemon_serves_api_and_inbox_then_drains_on_sigterm(daemon: DaemonProces
     wait_for(rep.exists, 30, "report")
     assert json.loads(rep.read_text())["counts"]["rows"] == 15
     assert daemon.stop() == 0
+    running = [json.loads(line) for line in daemon.log.read_text().splitlines()
+               if line.startswith("{") and "dialer running" in line]
+    assert [r.get("phone_numbers") for r in running] == ["rphonenumbers"]
+    assert "validated by phonenumbers" not in daemon.log.read_text()
 
 
 def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: DaemonProcess, db_url: str) -> None:

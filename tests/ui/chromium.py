@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -73,5 +73,11 @@ def until(driver: WebDriver, cond: Callable[[WebDriver], Any], timeout: float = 
             return cond(d)
         except StaleElementReferenceException:  # a live region was swapped under us
             return False
+        except WebDriverException as e:
+            # the same race as Chromium words it when a navigation (a form's redirect)
+            # replaced the document between finding an element and reading it
+            if "does not belong to the document" in str(e):
+                return False
+            raise
 
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(safe, what)
