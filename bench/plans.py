@@ -99,9 +99,8 @@ def _queries(ctx: dict[str, Any], now: datetime) -> list[tuple[str, str, tuple[A
           [None] * n, ["callback_terminal"] * n, [{}] * n, list(range(n)), now, allowed)
     return [
         ("dispatch_candidates", "dispatch, every fill", ("sales", now, 500), "the next chunk's calls"),
-        ("target_in_flight", "dispatch, every fill", ("sales", 1000), "pacing"),
-        ("target_agent_load", "dispatch, every fill (global agent list)", ("sales", 1000), "pacing by agent"),
-        ("target_wrapup_agents", "dispatch, every fill", ("sales", now - timedelta(seconds=5)), "wrap-up"),
+        ("target_pacing", "dispatch, every fill", ("sales", 1000, now - timedelta(seconds=5)),
+         "pacing: in flight by agent, wrap-up"),
         ("chunk_recheck_rows", "dispatch, every send", (ctx["chunk"], now), "send-time re-check"),
         ("chunk_taken", "dispatch, every send", (ctx["chunk"], now, 200, {}, "bench"), "a 2xx answer"),
         ("attempts_since", "dispatch, caps", (["+14152000001", "+19000000001"], now - timedelta(days=1), []),

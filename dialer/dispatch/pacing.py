@@ -81,27 +81,24 @@ async def measure(
     if ready is None:
         # all-agents mapping with no list: one agent's worth, the safe floor
         ready = set(t.agents) or {"*"}
-    wrap: set[str] = set()
-    next_ready_at: datetime | None = None
-    if t.max_dispose_s:
-        dispose = timedelta(seconds=t.max_dispose_s)
-        rows = await conn.fetch(Q.target_wrapup_agents, name, now - dispose)
-        wrap = {r["agent"] for r in rows}
-        ends = [r["ended_at"] + dispose for r in rows if r["agent"] in ready]
-        next_ready_at = min(ends, default=None)
+    dispose = timedelta(seconds=t.max_dispose_s or 0)
+    # exact up to a thousand (what operators read), bounded beyond: pacing needs no more
+    bound = max(len(ready) * t.calls_per_agent + 1, 1000)
+    rows = await conn.fetch(Q.target_pacing, name, bound, now - dispose if t.max_dispose_s else None)
+    load = {r["agent"]: r["n"] for r in rows if not r["wrap"]}
+    ended = {r["agent"]: r["ended_at"] for r in rows if r["wrap"]}
+    wrap = set(ended)
+    next_ready_at = min((at + dispose for a, at in ended.items() if a in ready), default=None)
     available = ready - wrap
     limit = len(available) * t.calls_per_agent
-    # exact up to a thousand (what operators read), bounded beyond: pacing needs no more
-    bound = max(limit + 1, 1000)
+    in_flight = sum(load.values())
     if t.agent_mapping != "global":
-        in_flight = int(await conn.fetchval(Q.target_in_flight, name, bound))
         return Pace(name, len(available), len(ready & wrap), in_flight, limit, said.source,
                     sorted(available), next_ready_at=next_ready_at)
-    load = {r["agent"]: r["n"] for r in await conn.fetch(Q.target_agent_load, name, bound)}
     room = {a: t.calls_per_agent - load.get(a, 0) for a in available}
     # most room first; among equals, the agent whose name sorts first (a stable order)
     takers = sorted((a for a, n in room.items() if n > 0), key=lambda a: (-room[a], a))
-    return Pace(name, len(available), len(ready & wrap), sum(load.values()), limit, said.source,
+    return Pace(name, len(available), len(ready & wrap), in_flight, limit, said.source,
                 sorted(available), takers=takers, room=round_robin_room([room[a] for a in takers]),
                 next_ready_at=next_ready_at)
 

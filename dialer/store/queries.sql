@@ -221,19 +221,26 @@ WHERE sha256 = $1
 -- name: dispatch_lock_target
 SELECT pg_advisory_xact_lock(hashtext('dialer.dispatch:' || $1))
 
--- name: target_in_flight
--- Counted up to a bound ($2) only, so the count stays cheap however many are out.
-SELECT count(*)::int FROM (
-    SELECT 1 FROM calls
+-- name: target_pacing
+-- Pacing's read of a target, in one statement so in one snapshot: read apart, a terminal
+-- callback committing in between showed its agent off the call yet not in wrap-up, and
+-- the agent was sent a call it could only take after its wrap-up, while the call counted
+-- in flight kept the next free agent waiting (bench/pacing.py's second-long gaps).
+-- wrap = false: calls in flight by agent (the agent who took it, else the one it was
+-- directed to; NULL: sent to no agent in particular), counted up to a bound ($2) only so
+-- the count stays cheap however many are out. wrap = true: agents whose last call ended
+-- after $3 (NULL: no wrap-up) and who are not on a call, with when that call ended (their
+-- wrap-up ends max_dispose_s later).
+SELECT false AS wrap, coalesce(agent, offered_to) AS agent, count(*)::int AS n, NULL::timestamptz AS ended_at
+FROM (
+    SELECT agent, offered_to FROM calls
     WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
     LIMIT $2
 ) s
-
--- name: target_wrapup_agents
--- Agents whose last call ended less than max_dispose_s ago and who are not on a call,
--- with when that last call ended (their wrap-up ends max_dispose_s later).
-SELECT agent, max(ended_at) AS ended_at FROM calls
-WHERE target = $1 AND agent IS NOT NULL AND ended_at > $2
+GROUP BY 2
+UNION ALL
+SELECT true, agent, 0, max(ended_at) FROM calls
+WHERE target = $1 AND agent IS NOT NULL AND ended_at > $3
   AND agent NOT IN (SELECT agent FROM calls WHERE target = $1 AND agent IS NOT NULL
                     AND state IN ('assigned', 'connected'))
 GROUP BY agent
@@ -1125,17 +1132,6 @@ WITH upd AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM ins)::int AS added, (SELECT count(*) FROM upd)::int AS updated
-
--- name: target_agent_load
--- A target's calls in flight by agent: the agent who took it (from a callback), else the
--- one it was directed to; NULL for a call sent to no agent in particular. Bounded ($2)
--- like target_in_flight.
-SELECT coalesce(agent, offered_to) AS agent, count(*)::int AS n FROM (
-    SELECT agent, offered_to FROM calls
-    WHERE target = $1 AND state IN ('submitting', 'uncertain', 'queued', 'assigned', 'connected')
-    LIMIT $2
-) s
-GROUP BY 1
 
 -- name: calls_submitting_to
 -- calls_submitting, each call with the agent it is directed to ($4, NULL: none).

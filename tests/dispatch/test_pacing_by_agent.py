@@ -111,3 +111,58 @@ def test_a_request_never_deals_an_agent_more_calls_than_its_room() -> None:
     assert round_robin_room([2, 1, 1]) == 4  # a b c a
     assert round_robin_room([3, 1]) == 3  # a b a, then b would get a second
     assert round_robin_room([2, 2]) == 4
+
+
+class _EndsACallBefore:
+    """A connection whose ``k``-th statement (0: the first) runs just after another
+    connection commits a terminal callback: what a callback arriving in the middle of
+    pacing's reads looks like under READ COMMITTED."""
+
+    def __init__(self, conn: asyncpg.Connection, k: int, end: Any) -> None:
+        self._conn, self._k, self._end, self.statements = conn, k, end, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._conn, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute"):
+            return attr
+
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            if self.statements == self._k:
+                await self._end()
+            self.statements += 1
+            return await attr(*args, **kwargs)
+        return run
+
+
+async def test_a_callback_committing_while_pacing_reads_never_offers_its_agent_a_call(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """Read in two statements, a terminal callback committing in between showed its agent
+    off the call yet not in wrap-up: pacing directed a call to an agent wrapping up, and
+    that call, counted in flight, kept a free agent waiting (seconds, in bench/pacing.py)."""
+    from dialer.dispatch.pacing import measure
+
+    agents = [f"agent{i}" for i in range(4)]
+    clock = FakeClock()
+    target = {**TARGET, "agents": agents}
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": target}) as st:
+        st.sandbox.configure(time_scale=1000.0)
+        await st.post(numbers(10))
+        await st.dispatcher.fill_all()
+        sent = {c["offered_to"]: c for c in await _in_flight(pool)}
+        assert sorted(sent) == agents
+        for k, agent in enumerate(agents):  # the callback lands before statement k of the read
+            call = sent[agent]
+
+            async def end(agent: str = agent, call: asyncpg.Record = call) -> None:
+                await st.service.store(call["chunk_id"], "terminal",
+                                       CallbackData(raw={}, disposition="ANSWERED", agent=agent,
+                                                    refs=[call["id"]]))
+
+            async with pool.acquire() as raw, raw.transaction():
+                conn = _EndsACallBefore(raw, k, end)
+                pace = await measure(conn, "sales", st.settings.targets["sales"],  # type: ignore[arg-type]
+                                     st.dispatcher.agents, clock.now())
+            if conn.statements <= k:
+                await end()  # the read was over before: the callback comes after it
+            assert agent not in (pace.takers or []), (k, pace)
+            assert pace.free == 0, (k, pace)
