@@ -71,3 +71,34 @@ async def test_the_batcher_alone_isolates_a_poison_item(pool: asyncpg.Pool) -> N
                                  for cid in ids), return_exceptions=True)
     assert [type(o).__name__ for o in out] == ["Applied", "Applied", "CheckViolationError", "Applied", "Applied"]
     assert [o.result for o in out if not isinstance(o, BaseException)] == ["applied"] * 4
+
+
+async def test_batches_overlap_and_a_calls_callbacks_still_apply_in_arrival_order(pool: asyncpg.Pool) -> None:
+    """A batch held up (here: its call locked by another transaction) does not hold back
+    the callbacks of other calls, while the next callback of the held call waits for it."""
+    held, other = await queued_calls(pool, 2)
+    batcher = CallbackBatcher(pool, SystemClock().now, db_down=DB_DOWN)
+    async with pool.acquire() as locker:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE", held)
+        connect = asyncio.ensure_future(batcher.apply(
+            1, held, "connect", CallbackData(raw={}, agent="alice", refs=[held]), State.ASSIGNED))
+        await asyncio.sleep(0)  # its batch starts, and waits for the lock
+        terminal = asyncio.ensure_future(batcher.apply(
+            1, held, "terminal", CallbackData(raw={}, agent="alice", disposition="ANSWERED", refs=[held]),
+            State.ANSWERED))
+        done = await asyncio.wait_for(batcher.apply(
+            1, other, "terminal", CallbackData(raw={}, agent="bob", disposition="ANSWERED", refs=[other]),
+            State.ANSWERED), 10)
+        assert done is not None and done.result == "applied"
+        assert not connect.done() and not terminal.done()
+        await tx.commit()
+    first, second = await asyncio.wait_for(asyncio.gather(connect, terminal), 10)
+    assert first is not None and second is not None
+    assert (first.result, second.result) == ("applied", "applied")
+    async with pool.acquire() as conn:
+        moves = await conn.fetch("SELECT from_state, to_state, applied FROM call_events WHERE call_id = $1 "
+                                 "ORDER BY id", held)
+    assert [(m["from_state"], m["to_state"], m["applied"]) for m in moves] == [
+        ("queued", "assigned", True), ("assigned", "answered", True)]
