@@ -141,7 +141,7 @@ class Daemon:
                 rt.jobs.extra.append(Job("embedded_postgres", 5, self._keep_embedded_up, singleton=False))
             sock = bind(s)
             config = uvicorn.Config(
-                HeaderLimit(rt.app), log_config=None, access_log=False, lifespan="off",
+                HeaderLimit(rt.app, fast=rt.edge), log_config=None, access_log=False, lifespan="off",
                 timeout_keep_alive=15, timeout_graceful_shutdown=20,
                 h11_max_incomplete_event_size=64 * 1024,
             )

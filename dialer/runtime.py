@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from dialer import metrics as metrics_mod
 from dialer.clock import Clock
@@ -58,6 +59,8 @@ class Runtime:
     jobs: Jobs
     applied: list[Applied] = field(default_factory=list)  # kept only when asked (tests)
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    # the provider callbacks' routes, also in the app: served ahead of it (http/limits.py)
+    edge: list[Route] = field(default_factory=list)
 
     def ingested(self) -> None:
         """A batch was ingested: dispatch it, and sweep for batches with nothing to dial."""
@@ -138,15 +141,15 @@ def assemble(
     webhooks = WebhookSender(pool, secret, clock, on_result=metrics.webhook if metrics else None,
                              allow_private=s.webhooks_to_private)
     # first in the route table: the hot path should not walk the API's routes
-    app.router.routes[0:0] = callbacks.routes(lambda: service, secret,
-                                              count=metrics.callback if metrics else None)
+    edge = callbacks.routes(lambda: service, secret, count=metrics.callback if metrics else None)
+    app.router.routes[0:0] = edge
     app.router.routes.extend(hooks.routes(secret, providers.ringme, StringeeRouter(pool, s)))
     ingestor = FileIngestor(pool, s, clock)
     inbox = Inbox(s, ingestor, clock)
     jobs = Jobs(pool, s, clock, instance_id)
     jobs.extra.append(Job("completion", 2, completion.check, singleton=False))
     rt = Runtime(s, pool, clock, ctx, app, client, providers, dispatcher, spool, completion, service,
-                 webhooks, ingestor, inbox, jobs, applied)
+                 webhooks, ingestor, inbox, jobs, applied, edge=edge)
     rt._closers.append(observe.subscribe(completion.on_ended))
     ctx.wake_dispatch = rt.ingested
     inbox.on_ingested = rt.ingested

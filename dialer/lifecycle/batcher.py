@@ -1,17 +1,9 @@
 """Group-commit for callbacks: everything waiting is applied in one statement.
 
-Under load the callbacks that arrive while a statement runs form the next batch, so
+Under load the callbacks that arrive while one statement runs form the next batch, so
 the database sees one round trip and one commit for many callbacks; when idle a batch
 is a single callback and adds no delay. Each caller is answered only after the commit
 that made its callback durable.
-
-Up to ``MAX_IN_FLIGHT`` batches run at once, so a batch held up (waiting on a lock: a
-send's settle or re-check holds its chunk's calls) does not hold back every other
-callback. (It does not raise the throughput measured by bench/callbacks.py: that is
-bound by the daemon's CPU per request, not by the commit.) Batches lock their calls in
-id order (``callback_apply_batch``), so they cannot deadlock, and a call is in at most
-one batch in flight: its next callback waits, so a call's callbacks apply in arrival
-order.
 
 One bad callback must not fail its neighbours: when a batch fails for any reason but
 the database being unreachable (``db_down``), each of its callbacks is run again alone,
@@ -34,7 +26,6 @@ from dialer.lifecycle.states import TERMINAL, State
 from dialer.store.queries import Q
 
 MAX_BATCH = 256
-MAX_IN_FLIGHT = 2  # of the pool's connections (db_pool_size, 10 by default)
 
 
 @dataclass
@@ -55,10 +46,8 @@ class CallbackBatcher:
         self.now = now  # a clock's now()
         self.db_down = db_down
         self._queue: list[_Item] = []
-        self._busy: set[int] = set()  # calls in a batch in flight
-        # strong references: the loop only keeps weak ones to its tasks
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._scheduled = False
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
 
     async def apply(
         self, chunk_id: int, call_id: int, kind: str, cb: CallbackData, dst: State
@@ -66,39 +55,29 @@ class CallbackBatcher:
         """Durably apply one callback; None when its call is not in that chunk."""
         item = _Item(chunk_id, call_id, kind, cb, dst)
         self._queue.append(item)
-        if not self._scheduled:
-            # on the loop's next turn: callbacks arriving together go in one batch
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start)
+        if not self._running:
+            self._running = True
+            # a strong reference: the loop only keeps weak ones to its tasks
+            self._task = asyncio.get_running_loop().create_task(self._drain())
         return await item.done
 
-    def _start(self) -> None:
-        """Start batches of what waits, while fewer than MAX_IN_FLIGHT run."""
-        self._scheduled = False
-        while self._queue and len(self._tasks) < MAX_IN_FLIGHT:
-            batch: list[_Item] = []
-            rest: list[_Item] = []
-            seen = set(self._busy)
-            for it in self._queue:
-                # a call already in a batch waits for it: its callbacks apply in arrival order
-                if it.call_id in seen or len(batch) >= MAX_BATCH:
-                    rest.append(it)
-                else:
-                    seen.add(it.call_id)
-                    batch.append(it)
-            if not batch:
-                return
-            self._queue = rest
-            ids = {it.call_id for it in batch}
-            self._busy |= ids
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(lambda t, ids=ids: self._finished(t, ids))  # type: ignore[misc]
-
-    def _finished(self, task: asyncio.Task[None], ids: set[int]) -> None:
-        self._tasks.discard(task)
-        self._busy -= ids
-        self._start()
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch: list[_Item] = []
+                rest: list[_Item] = []
+                seen: set[int] = set()
+                for it in self._queue:
+                    # two callbacks for one call go in separate batches, in arrival order
+                    if it.call_id in seen or len(batch) >= MAX_BATCH:
+                        rest.append(it)
+                    else:
+                        seen.add(it.call_id)
+                        batch.append(it)
+                self._queue = rest
+                await self._run(batch)
+        finally:
+            self._running = False
 
     async def _run(self, batch: list[_Item]) -> None:
         now: datetime = self.now()
