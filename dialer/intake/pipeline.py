@@ -52,6 +52,9 @@ class ParseJob:
     skip_rows: int = 0
     chunk_rows: int = 20_000
     max_line_bytes: int = 1 << 20
+    # Small first chunks: PostgreSQL idles until the first one arrives, so it should not
+    # wait for chunk_rows rows to be parsed; sizes grow fourfold to chunk_rows.
+    first_chunk_rows: int = 1_000
 
 
 def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None, None]:
@@ -73,6 +76,7 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
         buf: list[str] = []
         first = last = 0
         invalid_before = 0
+        size = min(job.chunk_rows, job.first_chunk_rows)
         for item in items:
             if isinstance(item, RowBlock):
                 assert block_fast is not None
@@ -81,17 +85,18 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
                 while lines:  # a block may straddle chunks: cut it where a chunk is full
                     if not buf:
                         first = line
-                    take = lines[: job.chunk_rows - len(buf)]
+                    take = lines[: size - len(buf)]
                     buf += take
                     lines = lines[len(take):]
                     line += len(take)
                     last = line - 1
-                    if len(buf) >= job.chunk_rows:
+                    if len(buf) >= size:
                         # a cut block's invalid rows count in its first chunk: only the sum is used
                         yield Chunk("".join(buf).encode(), len(buf), first, last,
                                     enc.invalid - invalid_before)
                         invalid_before = enc.invalid
                         buf = []
+                        size = min(job.chunk_rows, size * 4)
                 continue
             if not buf:
                 first = item.line
@@ -100,10 +105,11 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
             else:
                 buf.append(copy_line(lead(item.line, item.values, item.error)))
             last = item.line
-            if len(buf) >= job.chunk_rows:
+            if len(buf) >= size:
                 yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
                 invalid_before = enc.invalid
                 buf = []
+                size = min(job.chunk_rows, size * 4)
         if buf:
             yield Chunk("".join(buf).encode(), len(buf), first, last, enc.invalid - invalid_before)
         # A closing marker; a resumed read has not seen the whole file, so it cannot tell.

@@ -36,7 +36,7 @@ def csv_rows(n: int) -> str:
 
 def one_chunk(n: int, batch_id: uuid.UUID, settings: Settings) -> Chunk:
     job = ParseJob(fmt="csv", batch_id=str(batch_id), rules=batches.rules_for("sales", settings.targets["sales"]),
-                   chunk_rows=n + 1)
+                   chunk_rows=n + 1, first_chunk_rows=n + 1)
     chunk = next(iter_chunks(io.BytesIO((HEADER + csv_rows(n)).encode()), job))
     assert chunk.rows == n
     return chunk
