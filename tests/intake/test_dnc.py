@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dialer.intake import dnc, phones
+from dialer.intake import dnc, dnc_lines, phones
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -38,24 +38,24 @@ def as_one_stream(data: bytes, region: str = "US") -> dict[str, Any]:
         expiry = None
         if e164 is not None and rest.strip():
             try:
-                expiry = dnc._parse_expiry(rest.split(",")[0].strip('" '))
+                expiry = dnc_lines._parse_expiry(rest.split(",")[0].strip('" '))
             except ValueError:
                 e164, why = None, f"expires_at {rest.strip()[:40]!r} is not an ISO date"
         if e164 is None:
-            out["invalid"].append({"line": n, "value": line[:64].translate(dnc._ESC), "reason": why})
+            out["invalid"].append({"line": n, "value": line[:64].translate(dnc_lines._ESC), "reason": why})
             continue
         out["rows"].append(f"{n}\t{e164}\t{expiry.isoformat() if expiry else chr(92) + 'N'}")
     return out
 
 
 def read_in_parts(path: Path, parts: int, chunk_lines: int = 7) -> dict[str, Any]:
-    job = dnc.DncJob("US", chunk_lines=chunk_lines)
+    job = dnc_lines.DncJob("US", chunk_lines=chunk_lines)
     out: dict[str, Any] = {"rows": [], "invalid": [], "lines": 0, "read": 0}
-    ranges = dnc.split_parts(path, parts)
+    ranges = dnc_lines.split_parts(path, parts)
     assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     for start, end in ranges:
-        for chunk in dnc.iter_part(path, start, end, job):
+        for chunk in dnc_lines.iter_part(path, start, end, job):
             out["rows"] += chunk.data.decode().splitlines()
             out["invalid"] += chunk.samples
             out["lines"] = max(out["lines"], chunk.lines)
@@ -82,8 +82,8 @@ def test_parts_read_as_one_stream(tmp_path: Path, data: bytes, parts: int) -> No
     expected = as_one_stream(data * 40)
     got = read_in_parts(path, parts)
     assert got["rows"] == expected["rows"]
-    first = sorted(got["invalid"], key=lambda s: s["line"])[: dnc.MAX_SAMPLES]
-    assert first == expected["invalid"][: dnc.MAX_SAMPLES]
+    first = sorted(got["invalid"], key=lambda s: s["line"])[: dnc_lines.MAX_SAMPLES]
+    assert first == expected["invalid"][: dnc_lines.MAX_SAMPLES]
     assert got["lines"] == expected["lines"]
     assert got["read"] == path.stat().st_size
 
@@ -91,7 +91,7 @@ def test_parts_read_as_one_stream(tmp_path: Path, data: bytes, parts: int) -> No
 def test_the_thread_path_reads_the_same(tmp_path: Path) -> None:
     for data in TRICKY:
         expected = as_one_stream(data)
-        chunks = list(dnc.iter_stream(io.BytesIO(data), dnc.DncJob("US", chunk_lines=2)))
+        chunks = list(dnc_lines.iter_stream(io.BytesIO(data), dnc_lines.DncJob("US", chunk_lines=2)))
         rows = [r for c in chunks for r in c.data.decode().splitlines()]
         assert rows == expected["rows"]
         assert [s for c in chunks for s in c.samples] == expected["invalid"]
@@ -102,7 +102,7 @@ def test_the_thread_path_reads_the_same(tmp_path: Path) -> None:
 def test_a_cut_never_takes_the_header_away_from_the_first_part(tmp_path: Path) -> None:
     path = tmp_path / "list.txt"
     path.write_bytes(b"#" * 100 + b"\n" + b"\n" * 50 + b"phone\n" + b"4155550100\n" * 10)
-    ranges = dnc.split_parts(path, 8)
+    ranges = dnc_lines.split_parts(path, 8)
     head = path.read_bytes()[ranges[0][0]:ranges[0][1]]
     assert b"phone\n" in head
     assert read_in_parts(path, 8)["rows"] == as_one_stream(path.read_bytes())["rows"]
@@ -111,7 +111,7 @@ def test_a_cut_never_takes_the_header_away_from_the_first_part(tmp_path: Path) -
 def test_no_line_end_near_the_top_means_one_part(tmp_path: Path) -> None:
     path = tmp_path / "list.txt"
     path.write_bytes(b"4155550100\r" * 200_000)  # old Mac line ends only
-    assert dnc.split_parts(path, 4) == [(0, path.stat().st_size)]
+    assert dnc_lines.split_parts(path, 4) == [(0, path.stat().st_size)]
     got = read_in_parts(path, 4, chunk_lines=50_000)
     assert got["lines"] == 200_000 and len(got["rows"]) == 200_000
 
