@@ -12,7 +12,7 @@ the intake pipeline (``pipeline.from_process``) into COPY text, which the daemon
 as it comes into a temporary table; small inputs (API bodies) use a thread. Then the
 table is merged into the list (deduplicated, latest expiry wins, in key order) and calls
 not yet sent to a newly listed number are cancelled, in the same transaction. Memory
-stays flat on any size: chunks of ``CHUNK`` lines, a bounded queue per child.
+stays flat on any size: chunks of ``dnc_lines.CHUNK`` lines, a bounded queue per child.
 """
 
 from __future__ import annotations
