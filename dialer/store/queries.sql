@@ -428,13 +428,19 @@ LIMIT 5000
 FOR UPDATE OF c SKIP LOCKED
 
 -- name: chunks_proved_unsettled
--- Chunks not marked sent although a callback already moved one of their calls on (the
--- daemon stopped between that callback's commit and its proof of life): settle them.
+-- Chunks not marked sent although a callback for them already moved one of their calls on
+-- (the daemon stopped between that callback's commit and its proof of life): settle them.
+-- The callback must name this chunk: a requeued call is also moved on by a callback for an
+-- earlier chunk it was in (the provider took that one after all), which proves nothing of
+-- this one, and settling it left the rows the provider never had queued for ever.
 SELECT DISTINCT c.chunk_id AS id FROM calls c
 WHERE c.state IN ('uncertain', 'submitting') AND c.chunk_id IS NOT NULL
   AND EXISTS (SELECT 1 FROM chunks k WHERE k.id = c.chunk_id AND k.state IN ('uncertain', 'failed'))
-  AND EXISTS (SELECT 1 FROM calls s WHERE s.chunk_id = c.chunk_id
-              AND s.state NOT IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain'))
+  AND EXISTS (SELECT 1 FROM calls s JOIN call_events e ON e.call_id = s.id
+              WHERE s.chunk_id = c.chunk_id
+                AND s.state NOT IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain')
+                AND e.applied AND e.kind LIKE 'callback\_%'
+                AND e.payload->>'chunk_id' = c.chunk_id::text)
 LIMIT 1000
 
 -- name: calls_requeue

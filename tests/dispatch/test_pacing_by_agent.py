@@ -150,6 +150,7 @@ async def test_a_callback_committing_while_pacing_reads_never_offers_its_agent_a
         await st.dispatcher.fill_all()
         sent = {c["offered_to"]: c for c in await _in_flight(pool)}
         assert sorted(sent) == agents
+        during = 0  # reads the callback landed in the middle of (before their last statement)
         for k, agent in enumerate(agents):  # the callback lands before statement k of the read
             call = sent[agent]
 
@@ -164,5 +165,8 @@ async def test_a_callback_committing_while_pacing_reads_never_offers_its_agent_a
                                      st.dispatcher.agents, clock.now())
             if conn.statements <= k:
                 await end()  # the read was over before: the callback comes after it
+            else:
+                during += 1
             assert agent not in (pace.takers or []), (k, pace)
             assert pace.free == 0, (k, pace)
+        assert during >= 1  # one statement now, so only k=0; two before, and k=1 failed

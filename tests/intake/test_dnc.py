@@ -188,3 +188,11 @@ def test_a_normalising_child_imports_only_the_parsing_side() -> None:
             "'dialer.store', 'phonenumbers.geocoder', 'asyncpg'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_an_import_starts_with_small_chunks_that_grow_to_chunk_lines() -> None:
+    data = "".join(f"415{2000000 + i:07d}\n" for i in range(30_000)).encode()
+    job = dnc_lines.DncJob("US", chunk_lines=10_000, first_chunk_lines=500)
+    chunks = list(dnc_lines.iter_stream(io.BytesIO(data), job))
+    assert [c.valid for c in chunks] == [500, 2_000, 8_000, 10_000, 9_500]
+    assert sum(c.read for c in chunks) == len(data)

@@ -247,3 +247,17 @@ def test_a_csv_file_with_more_numbers_or_an_expiry_takes_the_plain_path(
     assert got == want
     assert all(line.count("\t") == len(COPY_COLUMNS) - 1 for line in got.splitlines())
     assert got.count("\t\\N\t\\N\t\\N\n") == 0  # the extra column reached its COPY column
+
+
+def test_a_file_starts_with_small_chunks_that_grow_to_chunk_rows() -> None:
+    """PostgreSQL idles until the first chunk arrives: it is small, then sizes grow
+    fourfold to chunk_rows; every row is in exactly one chunk, in order."""
+    import io
+
+    from dialer.intake.pipeline import ParseJob, iter_chunks
+
+    data = ("number\n" + "".join(f"+1415{2000000 + i:07d}\n" for i in range(30_000))).encode()
+    job = ParseJob(fmt="csv", batch_id="b", rules=RULES, chunk_rows=10_000, first_chunk_rows=500)
+    chunks = [c for c in iter_chunks(io.BytesIO(data), job) if c.rows]
+    assert [c.rows for c in chunks] == [500, 2_000, 8_000, 10_000, 9_500]
+    assert [c.first_line for c in chunks] == [2, 502, 2_502, 10_502, 20_502]
