@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -80,7 +81,8 @@ async def callbacks_page(request: Request, ui: UI, s: Sess) -> Response:
         rows = await callbacks_listing.listing(
             conn, callbacks_listing.Filter(target=target, agent=agent, include_done=False,
                                            limit=callbacks_listing.MAX_ROWS), now)
-    groups = bucketed(rows, now)
+    zones = {name: t.window_timezone for name, t in st.targets.items()}
+    groups = bucketed(rows, now, zones)
     owners = sorted({r["owner"] or "" for r in rows})
     per_agent = [(o or "anyone", {k: sum(1 for r in groups[k] if (r["owner"] or "") == o)
                                   for k, _ in BUCKETS}) for o in owners]
@@ -89,16 +91,25 @@ async def callbacks_page(request: Request, ui: UI, s: Sess) -> Response:
                    agent=agent or "", total=len(rows))
 
 
-def bucketed(rows: list[dict[str, Any]], now: datetime) -> dict[str, list[dict[str, Any]]]:
-    """Open callbacks: overdue (the owner's grace passed), due today (by the daemon's local
-    date), upcoming (later); each by owner, then due time."""
-    local = now.astimezone()
-    end_of_day = (local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1))
+def bucketed(rows: list[dict[str, Any]], now: datetime,
+             zones: dict[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Open callbacks: overdue (the owner's grace passed), due today (by the calendar of
+    the target's ``window_timezone``: the team's day, not the server's), upcoming
+    (later); each by owner, then due time."""
+    ends: dict[str, datetime] = {}
+
+    def end_of_day(target: str) -> datetime:
+        if target not in ends:
+            zone = (zones or {}).get(target) or "UTC"
+            local = now.astimezone(ZoneInfo(zone))
+            ends[target] = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        return ends[target]
+
     out: dict[str, list[dict[str, Any]]] = {k: [] for k, _ in BUCKETS}
     for r in rows:
         if r["status"] == "overdue":
             out["overdue"].append(r)
-        elif r["status"] == "due" or r["due_at"] < end_of_day:
+        elif r["status"] == "due" or r["due_at"] < end_of_day(r["target"]):
             out["today"].append(r)
         elif r["status"] == "upcoming":
             out["upcoming"].append(r)

@@ -63,3 +63,26 @@ async def test_the_callbacks_page_buckets_them_per_agent(console: Console, pool:
     assert "+13125550102" in upcoming and "carol" in upcoming and "+13125550102" not in overdue
     only_carol = (await console.c.get("/ui/callbacks?agent=carol")).text
     assert "+13125550102" in only_carol and "+13125550101" not in only_carol
+
+
+def test_due_today_follows_each_targets_day_not_the_servers() -> None:
+    """At 03:00 UTC it is still the evening before in Los Angeles: a callback due at
+    05:00 UTC (21:00 there) is due today for a Los Angeles team, while for a team on UTC
+    today ends at midnight UTC, 21 hours later, so it is due today there too; one due at
+    10:00 UTC is tomorrow (02:00) in Los Angeles but today on UTC."""
+    from datetime import UTC, datetime
+
+    from dialer.ui.callbacks import bucketed
+
+    now = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+
+    def row(target: str, due_hour: int, call_id: int) -> dict[str, object]:
+        return {"status": "upcoming", "due_at": datetime(2026, 12, 6, due_hour, 0, tzinfo=UTC),
+                "target": target, "owner": None, "call_id": call_id}
+
+    rows = [row("west", 5, 1), row("west", 10, 2), row("utc", 10, 3), row("utc", 23, 4)]
+    groups = bucketed(rows, now, {"west": "America/Los_Angeles", "utc": "UTC"})
+    assert [r["call_id"] for r in groups["today"]] == [1, 3, 4]
+    assert [r["call_id"] for r in groups["upcoming"]] == [2]
+    # a target the settings no longer know falls back to UTC
+    assert [r["call_id"] for r in bucketed([row("gone", 23, 5)], now, {})["today"]] == [5]
