@@ -45,6 +45,8 @@ def webhook_body(row: asyncpg.Record, next_call: int | None,
     }
     if row["numbers"] is not None:  # a lead with several numbers: which, and how often each
         body.update(number_report.reached(row, attempts))
+    else:  # the same key for every lead, so a CRM reads one shape (no query: it is the row's)
+        body["number_reached"] = row["e164"] if row["state"] == "answered" else None
     return orjson.dumps(body)
 
 

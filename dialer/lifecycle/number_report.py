@@ -1,6 +1,6 @@
 """What results say about a lead with several numbers: the number reached and the
 attempts per number (results files, the API, result webhooks). One-number leads carry
-none of it: their ``number`` says it all."""
+only ``number_reached`` (their row's number when answered): no list and no query."""
 
 from __future__ import annotations
 

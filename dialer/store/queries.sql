@@ -850,7 +850,8 @@ WITH input AS (
                'event', 'call.ended', 'batch_id', c.batch_id, 'call_id', c.id, 'number', c.e164,
                'external_id', c.external_id, 'state', c.dst, 'outcome', m.outcome,
                'attempt', c.attempt, 'agent', m.agent, 'ended_at', m.ended_at,
-               'will_retry', false, 'next_call_id', NULL)::text, 'UTF8'),
+               'will_retry', false, 'next_call_id', NULL,
+               'number_reached', CASE WHEN c.dst = 'answered' THEN c.e164 END)::text, 'UTF8'),
            $11::timestamptz, $11::timestamptz
     FROM c JOIN m ON m.id = c.id JOIN batches b ON b.id = c.batch_id
     WHERE c.terminal AND b.result_webhook_url IS NOT NULL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dialer.clock import FakeClock, SystemClock
+from dialer.lifecycle.ended import webhook_body
 from dialer.lifecycle.states import TERMINAL
 from tests.conftest import await_for
 from tests.stack import SandboxConfig, free_port, running_stack, serve
@@ -218,8 +219,9 @@ async def test_result_webhooks_are_signed_and_retried(pool: asyncpg.Pool, make_s
             req = await conn.fetchval("SELECT request FROM chunks")
         url = req["body"]["customerData"]["terminalCallbackUrl"]
         async with httpx.AsyncClient() as http:
-            for row in req["body"]["customerData"]["jsonData"]:
-                await http.post(url, json={"event": "terminated", "disposition": "BUSY", **row})
+            for i, row in enumerate(req["body"]["customerData"]["jsonData"]):
+                await http.post(url, json={"event": "terminated", "disposition": "ANSWERED" if i == 0 else "BUSY",
+                                           "agent": "bob", **row})
         for _ in range(6):
             await st.webhooks.deliver_due()
             clock.advance(120)
@@ -228,7 +230,10 @@ async def test_result_webhooks_are_signed_and_retried(pool: asyncpg.Pool, make_s
         for body, sig in received:
             assert sig == "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
             data = orjson.loads(body)
-            assert data["state"] == "busy" and data["event"] == "call.ended"
+            assert data["event"] == "call.ended"
+            assert set(data) == ONE_NUMBER_KEYS  # the callback batch's body (SQL) has webhook_body's keys
+            assert data["number_reached"] == (data["number"] if data["state"] == "answered" else None)
+        assert sorted(orjson.loads(b)["state"] for b, _ in received) == ["answered", "busy", "busy"]
         assert sorted(orjson.loads(b)["number"] for b, _ in received) == numbers(3)
         # the batch is done once every call ended
         assert [str(b) for b in await st.completion.check()] == [bid]
@@ -253,3 +258,18 @@ async def test_webhooks_give_up_after_24_hours(pool: asyncpg.Pool, make_settings
             if state != "pending":
                 break
         assert state == "failed" and 5 < tries <= 26
+
+
+ONE_NUMBER_KEYS = {"event", "batch_id", "call_id", "number", "external_id", "state", "outcome", "attempt",
+                   "agent", "ended_at", "will_retry", "next_call_id", "number_reached"}
+
+
+def test_a_one_number_webhook_names_the_number_reached_only_when_answered() -> None:
+    row = {"batch_id": "b", "id": 7, "e164": "+14155550100", "external_id": None, "state": "answered",
+           "outcome": "answered", "attempt": 1, "agent": "bob", "ended_at": datetime(2026, 12, 6, tzinfo=UTC),
+           "numbers": None}
+    body = orjson.loads(webhook_body(row, None))
+    assert set(body) == ONE_NUMBER_KEYS and body["number_reached"] == "+14155550100"
+    for state in ("no_answer", "busy", "unreachable", "cancelled"):
+        body = orjson.loads(webhook_body({**row, "state": state}, None))
+        assert body["number_reached"] is None, state
