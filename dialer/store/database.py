@@ -36,9 +36,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    # UTC sessions: times PostgreSQL renders as text (the callback batch's webhook bodies)
+    # read as Python's isoformat() does, whatever the server's or database's zone
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60,
-        reset=_keep_session,
+        reset=_keep_session, server_settings={"TimeZone": "UTC"},
     )
     assert pool is not None
     return pool

@@ -75,3 +75,22 @@ def test_only_the_door_writes_calls() -> None:
     outside = {(str(p.relative_to(PACKAGE)), n) for p in PACKAGE.rglob("*.py") if p not in door
                for n in writers if _re.search(rf"\bQ\.{n}\b", p.read_text())}
     assert outside == set()
+
+
+async def test_the_pools_sessions_are_utc_whatever_the_databases_zone(db_url: str) -> None:
+    """Times PostgreSQL renders as text (the callback batch's webhook bodies) read as
+    Python's ``isoformat()`` does, even on a server or database set to another zone."""
+    from dialer.store.database import create_pool
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        db = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{db}" SET TimeZone = \'America/New_York\'')
+    finally:
+        await conn.close()
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        text = await pool.fetchval("SELECT jsonb_build_object('t', '2026-12-06T12:00:00Z'::timestamptz)->>'t'")
+    finally:
+        await pool.close()
+    assert text == "2026-12-06T12:00:00+00:00"
