@@ -111,6 +111,8 @@ def _queries(ctx: dict[str, Any], now: datetime) -> list[tuple[str, str, tuple[A
         ("finalise_dedupe_target", "ingest, once per batch", (ctx["fresh"], "sales", now - timedelta(days=7)),
          "dedupe window over the target's calls"),
         ("finalise_collapse_in_batch", "ingest, once per batch", (ctx["fresh"],), "in-file duplicates"),
+        ("numbers_taken_by_other_leads", "recycle of a several-number lead",
+         (["+14152000001", "+19000000001"], "sales", 1, now - timedelta(days=1)), "its numbers other leads hold"),
         ("target_counts", "metrics scrape, GET /v1/targets", (), "live counts"),
         ("metrics_callback_wait", "metrics scrape",
          (now, ["queued", "assigned", "connected", "submitting", "uncertain"]), "oldest waiting call"),

@@ -2,7 +2,10 @@
 
 After a re-dialable end (no answer, busy, unreachable) the lead goes on to its next
 usable number in turn (number1 → number2 → number3 → number1 …), skipping numbers now
-on the do-not-call list and numbers whose attempts are used up. A number not tried yet
+on the do-not-call list, numbers whose attempts are used up, and numbers another lead
+of the target holds (a live call, or one ended within ``dedupe_window_h``: each number is
+deduplicated on its own, and a spare number is only checked against other leads' calls
+when it is about to become one). A number not tried yet
 is dialed at once (it is another phone, not a re-dial of the same one); a number tried
 before waits for the target's recycle rule for that end (``after_min``), and its
 ``max`` counts re-dials per number: each number gets up to ``1 + max`` attempts (one
@@ -55,12 +58,20 @@ async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: 
     per_number = 1 + (rule.max if rule is not None else 0)
     tried = {r["e164"]: r["n"] for r in await conn.fetch(Q.lead_number_attempts, row["lead"])}
     listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, numbers, now)}
+    # the DNC paths know no target config: there only live calls count
+    since = now - timedelta(hours=target.dedupe_window_h) if target is not None else None
+    taken = {r["e164"]: r for r in await conn.fetch(Q.numbers_taken_by_other_leads, numbers, row["target"],
+                                                     row["lead"], since)}
     at = numbers.index(row["e164"]) if row["e164"] in numbers else len(numbers) - 1
     skipped: list[dict[str, Any]] = []
     chosen = None
     for n in numbers[at + 1:] + numbers[:at + 1]:
         if n in listed:
             skipped.append({"number": n, "reason": "on the do-not-call list"})
+        elif (other := taken.get(n)) is not None:
+            skipped.append({"number": n, "reason": (
+                f"number already has a live call (call {other['id']})" if other["ended_at"] is None
+                else f"number was called within the dedupe window (call {other['id']})")})
         elif tried.get(n, 0) >= per_number:
             skipped.append({"number": n, "reason": f"used up ({tried.get(n, 0)} of {per_number} attempts)"})
         else:
@@ -69,8 +80,11 @@ async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: 
     base = {"from_call": row["id"], "from_number": row["e164"], "skipped": skipped,
             "attempts_per_number": tried}
     if chosen is None:
+        why = ("every number of the lead is used up" if all("used up" in x["reason"] for x in skipped)
+               else "no number of the lead is usable: each is used up, on the do-not-call list or held "
+                    "by another lead")
         await conn.execute(Q.event_insert, row["id"], now, "numbers_exhausted", ended_as.value, None, True,
-                           {**base, "rule": "numbers", "reason": "every number of the lead is used up"})
+                           {**base, "rule": "numbers", "reason": why})
         return None
     fresh = tried.get(chosen, 0) == 0
     due = now if fresh or rule is None else now + timedelta(minutes=rule.after_min)

@@ -95,6 +95,18 @@ WHERE c.e164 = ANY($1::text[]) AND c.target = $2 AND c.batch_id <> $3
   AND (c.ended_at IS NULL OR c.ended_at > $4)
 ORDER BY c.e164, c.ended_at DESC NULLS FIRST
 
+-- name: numbers_taken_by_other_leads
+-- A several-number lead's numbers that another lead of the target holds: a live call, or
+-- one that ended since $4 (the dedupe window's start; NULL: live calls only), counted as
+-- finalise_dedupe_target counts them ($3: the lead, its first row's id).
+SELECT DISTINCT ON (c.e164) c.e164, c.id, c.ended_at
+FROM calls c JOIN batches b ON b.id = c.batch_id
+WHERE c.e164 = ANY($1::text[]) AND c.target = $2 AND coalesce(c.lead_id, c.id) <> $3
+  AND c.state NOT IN ('invalid', 'duplicate', 'dnc')
+  AND b.state IN ('ingested', 'cancelled', 'done')
+  AND (c.ended_at IS NULL OR c.ended_at > $4::timestamptz)
+ORDER BY c.e164, c.ended_at DESC NULLS FIRST
+
 -- name: numbers_on_dnc
 SELECT e164 FROM dnc WHERE e164 = ANY($1::text[]) AND (expires_at IS NULL OR expires_at > $2)
 

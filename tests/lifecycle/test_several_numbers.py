@@ -135,3 +135,40 @@ async def test_a_number_listed_while_its_attempt_waits_moves_the_lead_on(pool: a
         async with pool.acquire() as conn:
             calls = [tuple(r) for r in await conn.fetch("SELECT e164, state, attempt FROM calls ORDER BY id")]
         assert calls == [(N1, "no_answer", 1), (N2, "cancelled", 2), (N3, "answered", 3)]
+
+
+@pytest.mark.parametrize("other_ends", [False, True])
+async def test_a_spare_number_another_lead_holds_is_skipped(pool: asyncpg.Pool, make_settings: Any,
+                                                           other_ends: bool) -> None:
+    """Lead A's second number is lead B's only one (B came in later: ingest checks numbers
+    against calls, and A's spare was no call yet). When A goes on, that number has B's live
+    call (or B's call ended within the dedupe window): A skips it rather than dial the
+    customer twice."""
+    clock = FakeClock(SystemClock().now())
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
+        await st.post([N1], number2=N2)
+        await st.post([N2])  # lead B, another batch
+        await st.dispatcher.tick()
+        async with pool.acquire() as conn:
+            a, b = await conn.fetch("SELECT id, e164, state FROM calls ORDER BY id")
+            url = await conn.fetchval("SELECT request->'body'->'customerData'->>'terminalCallbackUrl' "
+                                      "FROM chunks LIMIT 1")
+        assert (a["e164"], b["e164"]) == (N1, N2) and {a["state"], b["state"]} <= {"queued", "assigned"}
+        async with httpx.AsyncClient() as http:
+            if other_ends:  # B's call ends first: N2 was called within the dedupe window
+                r = await http.post(url, json={"event": "terminated", "disposition": "BUSY", "agent": "bob",
+                                               "number": N2, "customField10": f"dl{b['id']}"})
+                assert r.status_code == 200
+            r = await http.post(url, json={"event": "terminated", "disposition": "NO_ANSWER", "agent": "bob",
+                                           "number": N1, "customField10": f"dl{a['id']}"})
+            assert r.status_code == 200
+        await st.dispatcher.tick()
+        async with pool.acquire() as conn:
+            calls = [tuple(r) for r in await conn.fetch("SELECT e164, attempt FROM calls ORDER BY id")]
+            ev = await conn.fetchval("SELECT payload FROM call_events WHERE kind = 'numbers_exhausted'")
+        assert calls == [(N1, 1), (N2, 1)]  # no attempt of A on N2
+        why = (f"number was called within the dedupe window (call {b['id']})" if other_ends
+               else f"number already has a live call (call {b['id']})")
+        assert ev["skipped"][0] == {"number": N2, "reason": why}
+        assert ev["reason"].startswith("no number of the lead is usable")  # not "used up": N2 was never tried
