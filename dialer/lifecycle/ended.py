@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 
 from dialer.config import Settings
-from dialer.lifecycle import callbacks_scheduled, moves, number_report, recycle
+from dialer.lifecycle import callbacks_scheduled, moves, next_number, number_report, recycle
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
@@ -74,6 +74,7 @@ async def after_end(
         out.ended = await moves.cancel_for_dnc(conn, [row["e164"]], now,
                                                {"rule": "dnc_dispositions", "disposition": disposition,
                                                 "from_call": call_id})
+        await next_number.after_dnc(conn, [row["e164"]], now)  # other several-number leads go on
     elif dispositions.is_callback(disposition):
         out.recycled_to = await callbacks_scheduled.after_disposition(conn, settings, call_id, row["agent"],
                                                                       body or {}, now)

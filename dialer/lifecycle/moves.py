@@ -110,7 +110,22 @@ async def chunk_calls(
     """Every call of the chunk still in ``src`` moves to ``dst``; returns what ended."""
     rows = await conn.fetch(Q.chunk_calls_moved, chunk_id, src, dst, now, dst in TERMINAL)
     await record_events(conn, [r["id"] for r in rows], src, dst, kind, now, payload)
-    return from_rows(rows, dst.value) if dst in TERMINAL else []
+    if dst not in TERMINAL:
+        return []
+    await post_results(conn, rows, now)
+    return from_rows(rows, dst.value)
+
+
+async def post_results(conn: asyncpg.Connection, rows: Sequence[Any], now: datetime,
+                       several_dnc: bool = True) -> None:
+    """Result webhooks (one per ended call, SPEC §6) for calls a move ended without a
+    provider's callback (that path posts its own): one statement, in the caller's
+    transaction, skipped at once when none of their batches has a ``result_webhook_url``.
+    ``rows`` carry ``id`` and ``batch_id``; ``several_dnc=False`` leaves out DNC-cancelled
+    attempts of several-number leads (``next_number`` posts them once it chose the next)."""
+    if not rows or not await conn.fetchval(Q.batches_with_webhook, list({r["batch_id"] for r in rows})):
+        return
+    await conn.execute(Q.webhook_enqueue_ended, [r["id"] for r in rows], now, sql_list(TERMINAL), several_dnc)
 
 
 async def end_calls(
@@ -128,6 +143,7 @@ async def end_calls(
         return []
     rows = await conn.fetch(Q.calls_end, list(ids), dst, now, None)
     await record_events(conn, ids, from_states, dst, kind, now, payload)
+    await post_results(conn, rows, now)
     return from_rows(rows, dst.value)
 
 
@@ -138,6 +154,7 @@ async def cancel_batch(conn: asyncpg.Connection, batch_id: object, now: datetime
     await conn.execute(Q.batch_mark_cancelled, batch_id, now)
     await record_events(conn, [r["id"] for r in rows], [r["state"] for r in rows], State.CANCELLED,
                         "cancelled", now, {"by": by, "rule": "batch_cancelled"})
+    await post_results(conn, rows, now)
     return from_rows(rows, State.CANCELLED.value)
 
 
@@ -150,12 +167,16 @@ async def cancel_for_dnc(conn: asyncpg.Connection, numbers: Sequence[str], now: 
     rows = await conn.fetch(Q.dnc_cancel_numbers, list(numbers), now)
     await record_events(conn, [r["id"] for r in rows], [r["state"] for r in rows], State.CANCELLED,
                         "cancelled", now, detail)
+    await post_results(conn, rows, now, several_dnc=False)
     return from_rows(rows, State.CANCELLED.value)
 
 
 async def cancel_for_dnc_import(conn: asyncpg.Connection, now: datetime) -> list[Ended]:
     """The same for every number of a DNC import (its temporary table), in one statement."""
     rows = await conn.fetch(Q.dnc_import_cancel, now)
+    if rows and await conn.fetchval(Q.batches_with_webhook, list({r["batch_id"] for r in rows})):
+        ids = [r["id"] for r in await conn.fetch(Q.dnc_import_cancelled_ids, now)]
+        await conn.execute(Q.webhook_enqueue_ended, ids, now, sql_list(TERMINAL), False)
     return [Ended(r["target"], State.CANCELLED.value, r["batch_id"], r["n"]) for r in rows]
 
 

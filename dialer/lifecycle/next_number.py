@@ -46,6 +46,8 @@ async def _go_on(conn: asyncpg.Connection, cancelled: list[asyncpg.Record], now:
         row = await conn.fetchrow(Q.call_ended_row, r["id"])
         if row is not None and (new := await next_attempt(conn, row, State.CANCELLED, None, now)):
             out.append(new)
+        if row is not None:  # its result webhook, now that it says whether a next number follows
+            await moves.post_results(conn, [row], now)
     return out
 
 

@@ -577,6 +577,44 @@ INSERT INTO webhook_outbox (batch_id, call_id, url, body, next_attempt_at, creat
 VALUES ($1, $2, $3, $4, $5, $5)
 ON CONFLICT (call_id) DO NOTHING
 
+-- name: webhook_enqueue_ended
+-- Result webhooks for calls ended without a provider's callback (cancels, DNC, expiry,
+-- caps, provider rejections, sends given up): webhook_body's body, for the calls of
+-- batches with a result_webhook_url ($1: call ids, $2: now, $3: terminal states; $4 false:
+-- not the DNC-cancelled attempts of several-number leads, whose next number comes first).
+INSERT INTO webhook_outbox (batch_id, call_id, url, body, next_attempt_at, created_at)
+SELECT c.batch_id, c.id, b.result_webhook_url,
+       convert_to((jsonb_build_object(
+           'event', 'call.ended', 'batch_id', c.batch_id, 'call_id', c.id, 'number', c.e164,
+           'external_id', c.external_id, 'state', c.state, 'outcome', c.outcome,
+           'attempt', c.attempt, 'agent', c.agent, 'ended_at', c.ended_at,
+           'will_retry', nx.id IS NOT NULL, 'next_call_id', nx.id,
+           'number_reached', CASE WHEN c.state = 'answered' THEN c.e164 END)
+         || CASE WHEN c.numbers IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(
+           'numbers', to_jsonb(c.numbers),
+           'attempts_per_number', (
+               SELECT jsonb_object_agg(n.e164, (
+                   SELECT count(*) FROM calls a
+                   WHERE (a.id = coalesce(c.lead_id, c.id) OR a.lead_id = coalesce(c.lead_id, c.id))
+                     AND a.e164 = n.e164 AND a.submitted_at IS NOT NULL))
+               FROM unnest(c.numbers) AS n(e164))) END)::text, 'UTF8'),
+       $2::timestamptz, $2::timestamptz
+FROM calls c
+JOIN batches b ON b.id = c.batch_id
+LEFT JOIN LATERAL (SELECT min(x.id) AS id FROM calls x
+                   WHERE x.lead_id = coalesce(c.lead_id, c.id) AND x.id > c.id) nx ON true
+WHERE c.id = ANY($1::bigint[]) AND b.result_webhook_url IS NOT NULL AND c.state = ANY($3::text[])
+  AND ($4::boolean OR c.numbers IS NULL OR c.reason IS DISTINCT FROM 'dnc')
+ON CONFLICT (call_id) DO NOTHING
+
+-- name: batches_with_webhook
+SELECT EXISTS (SELECT 1 FROM batches WHERE id = ANY($1::uuid[]) AND result_webhook_url IS NOT NULL)
+
+-- name: dnc_import_cancelled_ids
+-- The calls dnc_import_cancel just ended ($1: that moment).
+SELECT id FROM calls
+WHERE state = 'cancelled' AND ended_at = $1 AND reason = 'dnc' AND e164 IN (SELECT e164 FROM dnc_import)
+
 -- name: webhook_claim
 UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2
 WHERE id IN (
