@@ -32,7 +32,7 @@ async def check(conn: asyncpg.Connection, batch_id: uuid.UUID, target: str, wind
     every = sorted({n for r in leads for n in (r["numbers"] or [r["e164"]])})
     listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, every, now)}
     seen = {r["e164"]: r for r in await conn.fetch(Q.numbers_seen_by_target, every, target, batch_id,
-                                                   window_start)}
+                                                   window_start, None)}
     single = {r["e164"]: r["line"] for r in await conn.fetch(Q.numbers_in_batch, batch_id, every)}
     taken: dict[str, int] = {}  # numbers kept by earlier several-number leads
     kept: list[tuple[int, str, str, str | None, dict[str, Any]]] = []

@@ -123,9 +123,16 @@ async def post_results(conn: asyncpg.Connection, rows: Sequence[Any], now: datet
     transaction, skipped at once when none of their batches has a ``result_webhook_url``.
     ``rows`` carry ``id`` and ``batch_id``; ``several_dnc=False`` leaves out DNC-cancelled
     attempts of several-number leads (``next_number`` posts them once it chose the next)."""
-    if not rows or not await conn.fetchval(Q.batches_with_webhook, list({r["batch_id"] for r in rows})):
-        return
-    await conn.execute(Q.webhook_enqueue_ended, [r["id"] for r in rows], now, sql_list(TERMINAL), several_dnc)
+    if await _any_webhook(conn, rows):
+        await conn.execute(Q.webhook_enqueue_ended, [r["id"] for r in rows], now, sql_list(TERMINAL),
+                           several_dnc)
+
+
+async def _any_webhook(conn: asyncpg.Connection, rows: Sequence[Any]) -> bool:
+    """Whether any of these rows' batches has a ``result_webhook_url`` (one cheap query)."""
+    if not rows:
+        return False
+    return bool(await conn.fetchval(Q.batches_with_webhook, list({r["batch_id"] for r in rows})))
 
 
 async def end_calls(
@@ -174,9 +181,8 @@ async def cancel_for_dnc(conn: asyncpg.Connection, numbers: Sequence[str], now: 
 async def cancel_for_dnc_import(conn: asyncpg.Connection, now: datetime) -> list[Ended]:
     """The same for every number of a DNC import (its temporary table), in one statement."""
     rows = await conn.fetch(Q.dnc_import_cancel, now)
-    if rows and await conn.fetchval(Q.batches_with_webhook, list({r["batch_id"] for r in rows})):
-        ids = [r["id"] for r in await conn.fetch(Q.dnc_import_cancelled_ids, now)]
-        await conn.execute(Q.webhook_enqueue_ended, ids, now, sql_list(TERMINAL), False)
+    if await _any_webhook(conn, rows):  # rows are per batch here: the calls' ids only when needed
+        await post_results(conn, await conn.fetch(Q.dnc_import_cancelled, now, False), now, several_dnc=False)
     return [Ended(r["target"], State.CANCELLED.value, r["batch_id"], r["n"]) for r in rows]
 
 

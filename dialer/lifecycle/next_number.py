@@ -37,7 +37,7 @@ async def after_dnc(conn: asyncpg.Connection, numbers: list[str], now: datetime)
 
 async def after_dnc_import(conn: asyncpg.Connection, now: datetime) -> list[int]:
     """``after_dnc`` for a DNC import: the numbers are in its temporary table."""
-    return await _go_on(conn, await conn.fetch(Q.numbers_cancelled_for_dnc_import, now), now)
+    return await _go_on(conn, await conn.fetch(Q.dnc_import_cancelled, now, True), now)
 
 
 async def _go_on(conn: asyncpg.Connection, cancelled: list[asyncpg.Record], now: datetime) -> list[int]:
@@ -62,8 +62,8 @@ async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: 
     listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, numbers, now)}
     # the DNC paths know no target config: there only live calls count
     since = now - timedelta(hours=target.dedupe_window_h) if target is not None else None
-    taken = {r["e164"]: r for r in await conn.fetch(Q.numbers_taken_by_other_leads, numbers, row["target"],
-                                                     row["lead"], since)}
+    taken = {r["e164"]: r for r in await conn.fetch(Q.numbers_seen_by_target, numbers, row["target"], None,
+                                                     since, row["lead"])}
     at = numbers.index(row["e164"]) if row["e164"] in numbers else len(numbers) - 1
     skipped: list[dict[str, Any]] = []
     chosen = None

@@ -86,22 +86,12 @@ GROUP BY e164
 
 -- name: numbers_seen_by_target
 -- As finalise_dedupe_target, for a list of numbers: a live call for the target, or one
--- that ended within the window, in another batch.
+-- that ended since $4 (the window's start; NULL: live calls only), not of batch $3 (at
+-- ingest) and not of lead $5 (its first row's id: a several-number lead going on).
 SELECT DISTINCT ON (c.e164) c.e164, c.id, c.ended_at
 FROM calls c JOIN batches b ON b.id = c.batch_id
-WHERE c.e164 = ANY($1::text[]) AND c.target = $2 AND c.batch_id <> $3
-  AND c.state NOT IN ('invalid', 'duplicate', 'dnc')
-  AND b.state IN ('ingested', 'cancelled', 'done')
-  AND (c.ended_at IS NULL OR c.ended_at > $4)
-ORDER BY c.e164, c.ended_at DESC NULLS FIRST
-
--- name: numbers_taken_by_other_leads
--- A several-number lead's numbers that another lead of the target holds: a live call, or
--- one that ended since $4 (the dedupe window's start; NULL: live calls only), counted as
--- finalise_dedupe_target counts them ($3: the lead, its first row's id).
-SELECT DISTINCT ON (c.e164) c.e164, c.id, c.ended_at
-FROM calls c JOIN batches b ON b.id = c.batch_id
-WHERE c.e164 = ANY($1::text[]) AND c.target = $2 AND coalesce(c.lead_id, c.id) <> $3
+WHERE c.e164 = ANY($1::text[]) AND c.target = $2
+  AND c.batch_id IS DISTINCT FROM $3::uuid AND coalesce(c.lead_id, c.id) IS DISTINCT FROM $5::bigint
   AND c.state NOT IN ('invalid', 'duplicate', 'dnc')
   AND b.state IN ('ingested', 'cancelled', 'done')
   AND (c.ended_at IS NULL OR c.ended_at > $4::timestamptz)
@@ -544,10 +534,11 @@ GROUP BY e164
 SELECT id FROM calls
 WHERE e164 = ANY($1::text[]) AND state = 'cancelled' AND ended_at = $2 AND numbers IS NOT NULL
 
--- name: numbers_cancelled_for_dnc_import
--- The same for a DNC import (its temporary table): attempts dnc_import_cancel just ended ($1).
-SELECT id FROM calls
-WHERE state = 'cancelled' AND ended_at = $1 AND reason = 'dnc' AND numbers IS NOT NULL
+-- name: dnc_import_cancelled
+-- The calls dnc_import_cancel just ended ($1: that moment; its temporary table); $2: only
+-- the attempts of several-number leads.
+SELECT id, batch_id FROM calls
+WHERE state = 'cancelled' AND ended_at = $1 AND reason = 'dnc' AND ($2::boolean IS FALSE OR numbers IS NOT NULL)
   AND e164 IN (SELECT e164 FROM dnc_import)
 
 -- name: recycle_count
@@ -609,11 +600,6 @@ ON CONFLICT (call_id) DO NOTHING
 
 -- name: batches_with_webhook
 SELECT EXISTS (SELECT 1 FROM batches WHERE id = ANY($1::uuid[]) AND result_webhook_url IS NOT NULL)
-
--- name: dnc_import_cancelled_ids
--- The calls dnc_import_cancel just ended ($1: that moment).
-SELECT id FROM calls
-WHERE state = 'cancelled' AND ended_at = $1 AND reason = 'dnc' AND e164 IN (SELECT e164 FROM dnc_import)
 
 -- name: webhook_claim
 UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2
