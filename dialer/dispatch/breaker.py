@@ -32,6 +32,16 @@ class Breaker:
             return True
         return False
 
+    def fillable(self) -> bool:
+        """May dispatch record a chunk now? Closed, or the cool-down is over: that chunk's
+        send is the probe (``allow``). Without this an open breaker with no chunk left to
+        send would never be probed, and the target would stop for good."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            return self.clock.monotonic() - self.opened_at >= self.cooldown_s
+        return not self.probing
+
     def success(self) -> None:
         self.state = "closed"
         self.failures = 0

@@ -82,7 +82,7 @@ class Dispatcher:
     async def fill_target(self, name: str) -> int:
         """Record one chunk for the target if pacing allows; returns calls claimed."""
         breaker = self.breakers.setdefault(name, Breaker(self.clock))  # a target added by SIGHUP
-        if breaker.state != "closed":
+        if not breaker.fillable():
             return 0
         now = self.clock.now()
         ended: list[Ended] = []

@@ -216,6 +216,29 @@ async def test_breaker_opens_after_repeated_failures_and_closes_after_a_probe(po
         assert len(refs) == 8 and set(refs.values()) == {1}
 
 
+async def test_an_open_breaker_with_no_chunk_left_is_probed_after_its_cool_down(pool: asyncpg.Pool,
+                                                                              make_settings: Any) -> None:
+    """The breaker opened on sends that all settled (e.g. 5xx after the provider queued
+    them): no chunk is left recorded, so nothing but the next fill can probe it."""
+    clock = FakeClock(SystemClock().now())
+    async with running_stack(pool, make_settings, clock=clock, targets=TARGETS) as st:
+        await st.post(numbers(4))
+        br = st.dispatcher.breakers["sales"]
+        for _ in range(br.threshold):
+            br.failure()
+        assert br.state == "open"
+        await st.dispatcher.tick()
+        assert st.sandbox.submissions_by_ref("customField10") == {}  # cooling down: nothing sent
+        clock.advance(br.cooldown_s + 1)
+
+        async def sent() -> bool:
+            await st.dispatcher.tick()
+            return len(st.sandbox.submissions_by_ref("customField10")) == 4
+
+        await await_for(sent, 30, "the leads sent once the cool-down is over")
+        assert br.state == "closed"
+
+
 @pytest.mark.parametrize("kind", ["campaign", "queue"])
 async def test_single_lead_requests_rotate_through_agents(pool: asyncpg.Pool, make_settings: Any, kind: str) -> None:
     targets = {"sales": {"kind": kind, "queue_id": "1", "agent_mapping": "all-agents",
