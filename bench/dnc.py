@@ -68,7 +68,8 @@ async def _ours(dsn: str, path: Path) -> tuple[float, dict[str, Any]]:
     pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
         t0 = time.perf_counter()
-        report = await dnc.import_file(pool, path, region="US", source="bench", now=datetime.now(UTC))
+        report = await dnc.import_file(pool, path, region="US", source="bench", now=datetime.now(UTC),
+                                       targets={})
         return time.perf_counter() - t0, report.as_dict()
     finally:
         await pool.close()

@@ -223,7 +223,8 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
             task = progress.add_task(f"importing {path.name}", total=size)
             report = await dnc.import_file(
                 pool, path, region=region, source=args.source or path.name, now=SystemClock().now(),
-                default_expiry=expiry, on_progress=lambda done: progress.update(task, completed=done),
+                targets=s.targets, default_expiry=expiry,
+                on_progress=lambda done: progress.update(task, completed=done),
             )
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
         return 0

@@ -55,7 +55,8 @@ async def add_dnc(
         reg = (region or s.targets[s.default_target].default_region).upper()
         if not phones.is_supported_region(reg):
             raise InvalidInput(f"region: unknown region {reg!r}")
-        rep = await dnc_list.import_bytes(ctx.pool, body, region=reg, source="api", now=ctx.clock.now())
+        rep = await dnc_list.import_bytes(ctx.pool, body, region=reg, source="api", now=ctx.clock.now(),
+                                          targets=s.targets)
         return DncOut(
             added=rep.added, updated=rep.updated,
             invalid=[{"index": x["line"], "number": x["value"], "reason": x["reason"] or "invalid"}
@@ -76,7 +77,8 @@ async def add_dnc(
         else:
             good.append(e164)
     added, updated = await dnc_list.add_numbers(ctx.pool, sorted(set(good)), source="api",
-                                                now=ctx.clock.now(), expires_at=payload.expires_at)
+                                                now=ctx.clock.now(), targets=s.targets,
+                                                expires_at=payload.expires_at)
     return DncOut(added=added, updated=updated, invalid=invalid)
 
 

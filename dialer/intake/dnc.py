@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 import anyio
 import asyncpg
 
+from dialer.config import Target
 from dialer.intake.dnc_lines import MAX_SAMPLES, DncChunk, DncJob, iter_part, iter_stream, split_parts
 from dialer.intake.pipeline import from_process, from_thread, merged
 from dialer.lifecycle import moves, next_number, observe
@@ -60,7 +61,7 @@ class DncReport:
 
 
 async def _import(pool: asyncpg.Pool, chunks: AsyncIterator[DncChunk], *, source: str, now: datetime,
-                  on_progress: Callable[[int], None] | None) -> DncReport:
+                  targets: Mapping[str, Target], on_progress: Callable[[int], None] | None) -> DncReport:
     report = DncReport()
     done = 0
     async with pool.acquire() as conn, conn.transaction():
@@ -80,8 +81,9 @@ async def _import(pool: asyncpg.Pool, chunks: AsyncIterator[DncChunk], *, source
         report.invalid_samples.sort(key=lambda s: s["line"])
         del report.invalid_samples[MAX_SAMPLES:]
         report.added, report.updated = await _merge(conn, source, now)
+        await next_number.hold_for_dnc(conn, targets)
         ended = await moves.cancel_for_dnc_import(conn, now)
-        await next_number.after_dnc_import(conn, now)  # several-number leads go on
+        await next_number.after_dnc_import(conn, targets, now)  # several-number leads go on
         report.cancelled_calls = sum(e.n for e in ended)
     observe.ended(ended)
     return report
@@ -106,13 +108,14 @@ async def import_stream(
     region: str,
     source: str,
     now: datetime,
+    targets: Mapping[str, Target],
     default_expiry: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> DncReport:
     """A stream normalised in a worker thread (small inputs); ``on_progress``: bytes read."""
     job = DncJob(region, default_expiry)
     return await _import(pool, from_thread(iter_stream(stream, job)), source=source, now=now,
-                         on_progress=on_progress)
+                         targets=targets, on_progress=on_progress)
 
 
 async def import_file(
@@ -122,6 +125,7 @@ async def import_file(
     region: str,
     source: str,
     now: datetime,
+    targets: Mapping[str, Target],
     default_expiry: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
     parts: int | None = None,
@@ -131,14 +135,14 @@ async def import_file(
     size = (await anyio.Path(path).stat()).st_size
     if size < PROCESS_THRESHOLD_BYTES:
         with path.open("rb") as f:
-            return await import_stream(pool, f, region=region, source=source, now=now,
+            return await import_stream(pool, f, region=region, source=source, now=now, targets=targets,
                                        default_expiry=default_expiry, on_progress=on_progress)
     if parts is None:
         parts = max(1, min(os.cpu_count() or 1, MAX_PARTS, size // PROCESS_THRESHOLD_BYTES))
     job = DncJob(region, default_expiry)
     ranges = await anyio.to_thread.run_sync(split_parts, path, parts)
     async with merged([from_process(iter_part, path, a, b, job) for a, b in ranges]) as chunks:
-        return await _import(pool, chunks, source=source, now=now, on_progress=on_progress)
+        return await _import(pool, chunks, source=source, now=now, targets=targets, on_progress=on_progress)
 
 
 async def import_bytes(pool: asyncpg.Pool, body: bytes, **kwargs: Any) -> DncReport:
@@ -146,14 +150,15 @@ async def import_bytes(pool: asyncpg.Pool, body: bytes, **kwargs: Any) -> DncRep
 
 
 async def add_numbers(pool: asyncpg.Pool, numbers: Sequence[str], *, source: str, now: datetime,
-                      expires_at: datetime | None = None) -> tuple[int, int]:
+                      targets: Mapping[str, Target], expires_at: datetime | None = None) -> tuple[int, int]:
     """Numbers already in E.164 (the API's JSON list): listed, or their expiry replaced, and
     their calls not yet sent cancelled in every target, in one transaction. Returns
     (added, updated)."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(Q.dnc_add, list(numbers), source, now, expires_at)
+        await next_number.hold_for_dnc(conn, targets)
         cancelled = await moves.cancel_for_dnc(conn, numbers, now, {"rule": "dnc", "by": source})
-        await next_number.after_dnc(conn, list(numbers), now)  # several-number leads go on
+        await next_number.after_dnc(conn, list(numbers), targets, now)  # several-number leads go on
     observe.ended(cancelled)
     added = sum(1 for x in rows if x["inserted"])
     return added, len(rows) - added

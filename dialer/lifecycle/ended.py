@@ -69,12 +69,13 @@ async def after_end(
     target = settings.targets.get(row["target"])
     if dispositions.is_dnc(disposition):
         # the customer asked not to be called: list the number and stop its other calls
+        await next_number.hold_for_dnc(conn, settings.targets)
         await conn.execute(Q.dnc_add, [row["e164"]], "disposition", now, None)
         out.dnc_added = True
         out.ended = await moves.cancel_for_dnc(conn, [row["e164"]], now,
                                                {"rule": "dnc_dispositions", "disposition": disposition,
                                                 "from_call": call_id})
-        await next_number.after_dnc(conn, [row["e164"]], now)  # other several-number leads go on
+        await next_number.after_dnc(conn, [row["e164"]], settings.targets, now)  # other leads go on
     elif dispositions.is_callback(disposition):
         out.recycled_to = await callbacks_scheduled.after_disposition(conn, settings, call_id, row["agent"],
                                                                       body or {}, now)

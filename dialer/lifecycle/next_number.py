@@ -16,6 +16,7 @@ are checked at dispatch as for any call.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,26 +29,40 @@ from dialer.lifecycle.states import State
 from dialer.store.queries import Q
 
 
-async def after_dnc(conn: asyncpg.Connection, numbers: list[str], now: datetime) -> list[int]:
+async def hold_for_dnc(conn: asyncpg.Connection, targets: Mapping[str, Target]) -> None:
+    """Before a DNC cancel that may move leads on: every target's dedupe lock, shared. Taken
+    before the cancel locks any row, since a finalise holding one would wait for those rows."""
+    await conn.execute(Q.dedupe_share_targets, sorted(targets))
+
+
+async def after_dnc(conn: asyncpg.Connection, numbers: list[str], targets: Mapping[str, Target],
+                    now: datetime) -> list[int]:
     """Numbers just put on the DNC list cancelled some waiting attempts: a lead with several
     numbers goes on to its next usable one (the others are another phone, not on the list).
-    Returns the new attempts. Caller's transaction, right after the cancel."""
-    return await _go_on(conn, await conn.fetch(Q.numbers_cancelled_for_dnc, numbers, now), now)
+    Returns the new attempts. Caller's transaction, right after the cancel (``hold_for_dnc``
+    before it)."""
+    cancelled = await conn.fetch(Q.numbers_cancelled_for_dnc, numbers, now)
+    return await _go_on(conn, cancelled, targets, now)
 
 
-async def after_dnc_import(conn: asyncpg.Connection, now: datetime) -> list[int]:
+async def after_dnc_import(conn: asyncpg.Connection, targets: Mapping[str, Target],
+                           now: datetime) -> list[int]:
     """``after_dnc`` for a DNC import: the numbers are in its temporary table."""
-    return await _go_on(conn, await conn.fetch(Q.dnc_import_cancelled, now, True), now)
+    return await _go_on(conn, await conn.fetch(Q.dnc_import_cancelled, now, True), targets, now)
 
 
-async def _go_on(conn: asyncpg.Connection, cancelled: list[asyncpg.Record], now: datetime) -> list[int]:
+async def _go_on(conn: asyncpg.Connection, cancelled: list[asyncpg.Record], targets: Mapping[str, Target],
+                 now: datetime) -> list[int]:
+    rows = [row for r in cancelled if (row := await conn.fetchrow(Q.call_ended_row, r["id"])) is not None]
+    # every number these leads may move onto, locked at once in order (next_attempt's own
+    # locks are then already held): two such transactions cannot deadlock
+    await conn.execute(Q.number_locks, sorted({n for row in rows for n in row["numbers"]}))
     out: list[int] = []
-    for r in cancelled:
-        row = await conn.fetchrow(Q.call_ended_row, r["id"])
-        if row is not None and (new := await next_attempt(conn, row, State.CANCELLED, None, now)):
+    for row in rows:
+        if new := await next_attempt(conn, row, State.CANCELLED, targets.get(row["target"]), now):
             out.append(new)
-        if row is not None:  # its result webhook, now that it says whether a next number follows
-            await moves.post_results(conn, [row], now)
+        # its result webhook, now that it says whether a next number follows
+        await moves.post_results(conn, [row], now)
     return out
 
 
@@ -56,11 +71,16 @@ async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: 
     """Create the lead's next attempt, on its next usable number; returns its id, or None
     when every number is used up. Caller's transaction. ``row`` is ``call_ended_row``."""
     numbers: list[str] = list(row["numbers"])
+    # Two calls must never go live on one number: wait for the target's finalise (which
+    # takes this lock exclusively) and for other leads moving onto these numbers, so the
+    # check below sees their calls, and they see ours.
+    await conn.execute(Q.dedupe_share_targets, [row["target"]])
+    await conn.execute(Q.number_locks, sorted(set(numbers)))
     rule = target.recycle.get(ended_as.value) if target is not None else None  # type: ignore[call-overload]
     per_number = 1 + (rule.max if rule is not None else 0)
     tried = {r["e164"]: r["n"] for r in await conn.fetch(Q.lead_number_attempts, row["lead"])}
     listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, numbers, now)}
-    # the DNC paths know no target config: there only live calls count
+    # a target no longer configured: only live calls count
     since = now - timedelta(hours=target.dedupe_window_h) if target is not None else None
     taken = {r["e164"]: r for r in await conn.fetch(Q.numbers_seen_by_target, numbers, row["target"], None,
                                                      since, row["lead"])}

@@ -30,7 +30,15 @@ UPDATE batches SET state = 'failed', error = $2, ended_at = $3 WHERE id = $1
 DELETE FROM calls WHERE batch_id = $1
 
 -- name: batch_lock_target
+-- A target's dedupe lock: its finalise holds it exclusively (see dedupe_share_targets).
 SELECT pg_advisory_xact_lock(hashtext('dialer.dedupe:' || $1))
+
+-- name: dedupe_share_targets
+-- The same lock, shared, for the moves that put a lead on another number (a several-number
+-- lead going on, and a DNC cancel, which may lead to one): they and a finalise of the target
+-- wait for each other, so neither misses the other's uncommitted calls, but they do not
+-- wait for one another (number_locks orders those). $1 sorted: no lock-order deadlocks.
+SELECT pg_advisory_xact_lock_shared(hashtext('dialer.dedupe:' || t)) FROM unnest($1::text[]) AS t
 
 -- name: finalise_collapse_in_batch
 -- Within a batch the same number collapses: the highest priority (then first line) is kept.
@@ -678,6 +686,8 @@ RETURNING c.id, old.state, c.target, c.batch_id
 -- ---------------------------------------------------------------- compliance
 
 -- name: number_locks
+-- Per number, across targets ($1 sorted): claims that count attempts, and leads moving onto
+-- a number, serialise per number and see each other's attempts.
 SELECT pg_advisory_xact_lock(hashtext('dialer.number:' || n)) FROM unnest($1::text[]) AS n
 
 -- name: attempts_since

@@ -55,10 +55,10 @@ async def dnc_add(request: Request, ui: UI, s: Sess) -> Response:
         reports = []
         if text.strip():
             reports.append(await dnc_list.import_bytes(ui.ctx.pool, text.encode(), region=region,
-                                                       source="console", now=now))
+                                                       source="console", now=now, targets=st.targets))
         if form.file_path is not None:
             reports.append(await dnc_list.import_file(ui.ctx.pool, form.file_path, region=region,
-                                                      source="console", now=now))
+                                                      source="console", now=now, targets=st.targets))
     finally:
         form.discard()
     total: dict[str, Any] = {}

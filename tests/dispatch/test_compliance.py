@@ -158,13 +158,13 @@ async def test_dnc_import_streams_flat(pool: asyncpg.Pool, tmp_path: Path) -> No
         f.write("not-a-number\n4155550100,2027-01-01\n")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report = await dnc.import_file(pool, path, region="US", source="registry",
-                                   now=datetime(2026, 6, 1, tzinfo=UTC))
+                                   now=datetime(2026, 6, 1, tzinfo=UTC), targets={})
     grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert report.added == n + 1 and report.invalid == 1
     assert report.invalid_samples[0]["line"] == n + 2
     assert grew_mb < 100  # the file is never held: chunks of 50k lines
     again = await dnc.import_bytes(pool, b"4155550100\n", region="US", source="x",
-                                   now=datetime(2026, 6, 1, tzinfo=UTC))
+                                   now=datetime(2026, 6, 1, tzinfo=UTC), targets={})
     assert again.updated == 1 and again.added == 0
 
 

@@ -132,7 +132,7 @@ async def test_a_file_in_child_processes_merges_like_one_stream(pool: asyncpg.Po
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO dnc (e164, source) VALUES ('+13122000000', 'old')")
     seen: list[int] = []
-    report = await dnc.import_file(pool, path, region="US", source="registry", now=NOW, parts=3,
+    report = await dnc.import_file(pool, path, region="US", source="registry", now=NOW, targets={}, parts=3,
                                    on_progress=seen.append)
     assert seen[-1] == path.stat().st_size and seen == sorted(seen)
     assert report.lines == n + 6 and report.valid == n + 4 and report.invalid == 1
@@ -161,7 +161,7 @@ async def test_a_number_listed_meanwhile_by_another_transaction_is_counted_once(
         tx = other.transaction()
         await tx.start()
         await other.execute("INSERT INTO dnc (e164, source) VALUES ('+14155550101', 'api')")
-        task = asyncio.create_task(dnc.import_file(pool, path, region="US", source="file", now=NOW))
+        task = asyncio.create_task(dnc.import_file(pool, path, region="US", source="file", now=NOW, targets={}))
         async with pool.acquire() as conn:
             for _ in range(500):  # the import's insert waits for the uncommitted row
                 if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type"

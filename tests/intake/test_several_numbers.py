@@ -73,7 +73,8 @@ def test_expires_at_date_is_the_end_of_that_day_in_the_leads_time() -> None:
 
 async def test_each_number_is_deduplicated_and_dnc_checked_on_its_own(pool: asyncpg.Pool, settings: Any,
                                                                        clock: FakeClock) -> None:
-    await dnc.add_numbers(pool, ["+14155550102", "+14155550201"], source="test", now=clock.now())
+    await dnc.add_numbers(pool, ["+14155550102", "+14155550201"], source="test", now=clock.now(),
+                          targets=settings.targets)
     rows = [
         {"number": "+14155550100"},                                              # 0: one number
         {"number": "+14155550101", "number2": "+14155550102", "number3": "+14155550103"},  # 1: n2 DNC

@@ -33,7 +33,8 @@ async def test_a_multi_number_file_through_the_inbox(pool: asyncpg.Pool, make_se
                             no_answer_rate=1, busy_rate=0, unreachable_rate=0)
     async with running_stack(pool, make_settings, sandbox_config=sandbox, settle_s=0,
                              targets={"sales": TARGET}) as st:
-        await dnc.add_numbers(pool, ["+14155550199"], source="api", now=SystemClock().now())
+        await dnc.add_numbers(pool, ["+14155550199"], source="api", now=SystemClock().now(),
+                              targets=st.settings.targets)
         inbox = st.rt.inbox
         inbox.ensure_dirs()
         (inbox.root / "leads.csv.part").write_text(FILE)

@@ -47,7 +47,7 @@ async def test_first_unanswered_second_dnc_third_answered(pool: asyncpg.Pool, ma
         async with pool.acquire() as conn:
             first = await conn.fetchrow("SELECT id, e164, state FROM calls")
         assert first["e164"] == N1 and first["state"] in ("queued", "assigned")
-        await dnc.add_numbers(pool, [N2], source="api", now=clock.now())  # the customer's second phone
+        await dnc.add_numbers(pool, [N2], source="api", now=clock.now(), targets=st.settings.targets)  # the customer's second phone
         await end_live_call(st, "NO_ANSWER")
         async with pool.acquire() as conn:
             nxt = await conn.fetchrow("SELECT id, e164, state, attempt, not_before FROM calls WHERE attempt = 2")
@@ -125,10 +125,10 @@ async def test_a_number_listed_while_its_attempt_waits_moves_the_lead_on(pool: a
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT e164 FROM calls WHERE state = 'retry_wait'") == N2
         if listed_by == "api":
-            await dnc.add_numbers(pool, [N2], source="api", now=clock.now())
+            await dnc.add_numbers(pool, [N2], source="api", now=clock.now(), targets=st.settings.targets)
         else:  # `dialer dnc import` of a file
             report = await dnc.import_bytes(pool, f"{N2}\n".encode(), region="US", source="import",
-                                          now=clock.now())
+                                          now=clock.now(), targets=st.settings.targets)
             assert report.cancelled_calls == 1
         await st.dispatcher.tick()
         await end_live_call(st, "ANSWERED")

@@ -35,10 +35,10 @@ async def test_calls_ended_without_a_callback_are_posted_once(pool: asyncpg.Pool
         c = await st.post([NC], webhook=HOOK)
         await st.post(["+14155550131"])  # no webhook URL: nothing posted for it
         if listed_by == "api":
-            await dnc.add_numbers(pool, [NA, N1], source="api", now=clock.now())
+            await dnc.add_numbers(pool, [NA, N1], source="api", now=clock.now(), targets=st.settings.targets)
         else:
             report = await dnc.import_bytes(pool, f"{NA}\n{N1}\n".encode(), region="US", source="import",
-                                          now=clock.now())
+                                          now=clock.now(), targets=st.settings.targets)
             assert report.cancelled_calls == 2
         async with pool.acquire() as conn, conn.transaction():
             await moves.cancel_batch(conn, a, clock.now(), "api")

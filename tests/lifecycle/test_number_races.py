@@ -1,0 +1,138 @@
+"""Two calls never go live on one number when leads move between numbers concurrently
+(SPEC §6 "Leads with several numbers", "Validation"): a several-number lead going on
+waits for a finalise of its target and for another lead moving onto the same number,
+and the DNC paths apply the target's dedupe window like a callback does.
+
+Each race is driven step by step on two connections: one transaction is held open at
+the point where the other used to miss it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dialer.clock import FakeClock
+from dialer.config import Settings
+from dialer.intake import batches, dnc
+from dialer.intake.submit import Submission, submit
+from dialer.lifecycle import next_number
+from dialer.lifecycle.states import State
+from dialer.store.queries import Q
+from tests.conftest import await_for
+
+N1, N2, N3, N4 = "+14155550101", "+14155550102", "+14155550103", "+14155550104"
+LIVE = "state NOT IN ('invalid', 'duplicate', 'dnc') AND ended_at IS NULL"
+
+
+async def post(pool: asyncpg.Pool, settings: Settings, clock: FakeClock, number: str, **more: Any) -> int:
+    status, out = await submit(pool, settings, clock, Submission(target="sales", rows=[{"number": number,
+                                                                                        **more}]))
+    assert status == 202 and out["accepted"] == 1, out
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT max(id) FROM calls"))
+
+
+async def end(pool: asyncpg.Pool, call_id: int, state: str, clock: FakeClock) -> None:
+    """The call was dialed and ended (its callback's own follow-up is what the test runs)."""
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE calls SET state = $2, submitted_at = $3, ended_at = $3 WHERE id = $1",
+                           call_id, state, clock.now())
+
+
+async def go_on(conn: asyncpg.Connection, settings: Settings, call_id: int, clock: FakeClock) -> int | None:
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.call_ended_row, call_id)
+        return await next_number.next_attempt(conn, row, State.NO_ANSWER, settings.targets["sales"],
+                                              clock.now())
+
+
+async def blocked_or_done(pool: asyncpg.Pool, conn: asyncpg.Connection, task: asyncio.Task[Any]) -> bool:
+    """The task finished, or its connection waits for a lock (what the fix makes it do)."""
+    if task.done():
+        return True
+    async with pool.acquire() as probe:
+        return bool(await probe.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                                         conn.get_server_pid()))
+
+
+async def live_on(pool: asyncpg.Pool, number: str) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval(f"SELECT count(*) FROM calls WHERE e164 = $1 AND {LIVE}", number))
+
+
+async def test_a_lead_going_on_waits_for_a_finalise_that_takes_its_next_number(
+        pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> None:
+    """Lead A (N1, then N2) ends on N1 while another batch holding N2 is being finalised.
+    Before the fix, A's move did not see the batch (still receiving) and the finalise did not
+    see A's uncommitted attempt: both went live on N2."""
+    a = await post(pool, settings, clock, N1, number2=N2)
+    await end(pool, a, "no_answer", clock)
+    async with pool.acquire() as conn:
+        bid = await batches.create_batch(conn, target="sales", source="api", now=clock.now())
+        await conn.execute("INSERT INTO calls (batch_id, target, line, raw_number, e164) VALUES ($1, 'sales', 0, $2, $2)",
+                           bid, N2)
+    async with pool.acquire() as fin, pool.acquire() as mover:
+        tx = fin.transaction()
+        await tx.start()
+        counts = await batches.finalise(fin, bid, "sales", settings.targets["sales"], clock.now())
+        assert counts["accepted"] == 1  # A's N2 is no call yet: the batch's lead is accepted
+        task = asyncio.create_task(go_on(mover, settings, a, clock))
+        await await_for(lambda: blocked_or_done(pool, mover, task), timeout=10, what="the move to wait")
+        await tx.commit()
+        assert await asyncio.wait_for(task, 10) is None  # N2 is the batch's now: A has no number left
+    assert await live_on(pool, N2) == 1
+
+
+async def test_two_leads_going_on_to_the_same_number_do_not_both_take_it(
+        pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> None:
+    """Leads A (N1, N3) and B (N2, N3) end at the same moment in two transactions. Before the
+    fix each missed the other's uncommitted attempt on N3 and both dialed it."""
+    a = await post(pool, settings, clock, N1, number2=N3)
+    b = await post(pool, settings, clock, N2, number2=N4)
+    async with pool.acquire() as conn:  # B's spare is N3 too (ingest kept it from A's spare: no call yet)
+        await conn.execute("UPDATE calls SET numbers = $2 WHERE id = $1", b, [N2, N3])
+    await end(pool, a, "no_answer", clock)
+    await end(pool, b, "no_answer", clock)
+    async with pool.acquire() as first, pool.acquire() as second:
+        tx = first.transaction()
+        await tx.start()
+        row = await first.fetchrow(Q.call_ended_row, a)
+        assert await next_number.next_attempt(first, row, State.NO_ANSWER, settings.targets["sales"],
+                                              clock.now())
+        task = asyncio.create_task(go_on(second, settings, b, clock))
+        await await_for(lambda: blocked_or_done(pool, second, task), timeout=10, what="B's move to wait")
+        await tx.commit()
+        assert await asyncio.wait_for(task, 10) is None  # N3 is A's now, N2 was just tried
+    assert await live_on(pool, N3) == 1
+    async with pool.acquire() as conn:
+        ev = await conn.fetchval("SELECT payload FROM call_events WHERE call_id = $1 AND kind = 'numbers_exhausted'",
+                                 b)
+    assert ev["skipped"][0]["number"] == N3
+    assert ev["skipped"][0]["reason"].startswith("number already has a live call")
+
+
+@pytest.mark.parametrize("listed_by", ["api", "import"])
+async def test_a_lead_moved_on_by_the_dnc_list_respects_the_dedupe_window(
+        pool: asyncpg.Pool, settings: Settings, clock: FakeClock, listed_by: str) -> None:
+    """Lead A (N1, then N2) waits on N1; lead B called N2 an hour ago (within the target's
+    24 h dedupe window). N1 goes on the DNC list: A moves on, but not to N2. Before the fix
+    the DNC paths knew no target and counted only live calls."""
+    a = await post(pool, settings, clock, N1, number2=N2)
+    b = await post(pool, settings, clock, N2)
+    await end(pool, b, "busy", clock)
+    clock.advance(3600)
+    assert settings.targets["sales"].dedupe_window_h > 1
+    if listed_by == "api":
+        await dnc.add_numbers(pool, [N1], source="api", now=clock.now(), targets=settings.targets)
+    else:
+        await dnc.import_bytes(pool, f"{N1}\n".encode(), region="US", source="import", now=clock.now(),
+                               targets=settings.targets)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT state FROM calls WHERE id = $1", a) == "cancelled"
+        assert await conn.fetchval("SELECT count(*) FROM calls WHERE e164 = $1", N2) == 1  # B's only
+        ev = await conn.fetchval("SELECT payload FROM call_events WHERE call_id = $1 AND kind = 'numbers_exhausted'",
+                                 a)
+    assert ev["skipped"][0] == {"number": N2, "reason": f"number was called within the dedupe window (call {b})"}
