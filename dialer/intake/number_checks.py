@@ -72,15 +72,23 @@ async def check(conn: asyncpg.Connection, batch_id: uuid.UUID, target: str, wind
     return dup, dnc
 
 
+def held_by(call: asyncpg.Record) -> str:
+    """Why another lead's call (a ``numbers_seen_by_target`` row) holds its number, in the
+    words of ``finalise_dedupe_target``."""
+    if call["ended_at"] is None:
+        return f"number already has a live call (call {call['id']})"
+    if call["submitted_at"] is None:  # cancelled, expired or capped before it was sent
+        return f"number had a call that ended undialed within the dedupe window (call {call['id']})"
+    return f"number was called within the dedupe window (call {call['id']})"
+
+
 def _why_not(n: str, line: int, listed: set[str], seen: dict[str, asyncpg.Record],
              single: dict[str, int], taken: dict[str, int]) -> tuple[str, str] | None:
     if n in listed:
         return "dnc", "number is on the do-not-call list"
     s = seen.get(n)
     if s is not None:
-        if s["ended_at"] is None:
-            return "duplicate", f"number already has a live call (call {s['id']})"
-        return "duplicate", f"number was called within the dedupe window (call {s['id']})"
+        return "duplicate", held_by(s)
     other = single.get(n, taken.get(n))
     if other is not None and other != line:
         return "duplicate", f"duplicate of line {other} in this batch"

@@ -24,6 +24,7 @@ import asyncpg
 
 from dialer.config import Target
 from dialer.dispatch import windows
+from dialer.intake import number_checks
 from dialer.lifecycle import moves
 from dialer.lifecycle.states import State
 from dialer.store.queries import Q
@@ -91,9 +92,7 @@ async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: 
         if n in listed:
             skipped.append({"number": n, "reason": "on the do-not-call list"})
         elif (other := taken.get(n)) is not None:
-            skipped.append({"number": n, "reason": (
-                f"number already has a live call (call {other['id']})" if other["ended_at"] is None
-                else f"number was called within the dedupe window (call {other['id']})")})
+            skipped.append({"number": n, "reason": number_checks.held_by(other)})
         elif tried.get(n, 0) >= per_number:
             skipped.append({"number": n, "reason": f"used up ({tried.get(n, 0)} of {per_number} attempts)"})
         else:

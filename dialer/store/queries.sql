@@ -64,6 +64,8 @@ UPDATE calls l
 SET state = 'duplicate',
     reason = CASE WHEN c.ended_at IS NULL
                   THEN 'number already has a live call (call ' || c.id || ')'
+                  WHEN c.submitted_at IS NULL  -- cancelled, expired or capped before it was sent
+                  THEN 'number had a call that ended undialed within the dedupe window (call ' || c.id || ')'
                   ELSE 'number was called within the dedupe window (call ' || c.id || ')' END
 FROM calls c JOIN batches b ON b.id = c.batch_id
 WHERE l.batch_id = $1 AND l.state = 'pending'
@@ -96,7 +98,7 @@ GROUP BY e164
 -- As finalise_dedupe_target, for a list of numbers: a live call for the target, or one
 -- that ended since $4 (the window's start; NULL: live calls only), not of batch $3 (at
 -- ingest) and not of lead $5 (its first row's id: a several-number lead going on).
-SELECT DISTINCT ON (c.e164) c.e164, c.id, c.ended_at
+SELECT DISTINCT ON (c.e164) c.e164, c.id, c.ended_at, c.submitted_at
 FROM calls c JOIN batches b ON b.id = c.batch_id
 WHERE c.e164 = ANY($1::text[]) AND c.target = $2
   AND c.batch_id IS DISTINCT FROM $3::uuid AND coalesce(c.lead_id, c.id) IS DISTINCT FROM $5::bigint

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -107,6 +108,32 @@ async def test_dedupe_window_and_dnc(api: httpx.AsyncClient, clock: FakeClock) -
     d = await api.delete("/v1/dnc/+14155550111", headers=AUTH)
     assert d.status_code == 204
     assert (await api.delete("/v1/dnc/+14155550111", headers=AUTH)).status_code == 404
+
+
+async def test_a_duplicate_of_a_call_that_was_never_dialed_says_so(api: httpx.AsyncClient, pool: asyncpg.Pool,
+                                                                   clock: FakeClock) -> None:
+    """A cancelled batch's calls ended within the window too (SPEC: "one ended within
+    dedupe_window_h"), but the reason must not claim the customer was called."""
+    first = (await api.post("/v1/batches", json=leads("+14155550100", "+14155550101"), headers=AUTH)).json()
+    async with pool.acquire() as conn:  # the second one was dialed and not answered
+        await conn.execute("UPDATE calls SET state = 'no_answer', submitted_at = $1, ended_at = $1 "
+                           "WHERE e164 = '+14155550101'", clock.now())
+    assert (await api.post(f"/v1/batches/{first['batch_id']}/cancel", headers=AUTH)).status_code == 200
+    again = (await api.post("/v1/batches", json=leads("+14155550100", "+14155550101"), headers=AUTH)).json()
+    assert again["duplicates"] == 2
+    async with pool.acquire() as conn:
+        old = {r["e164"]: r["id"] for r in await conn.fetch("SELECT e164, id FROM calls WHERE batch_id = $1",
+                                                            UUID(first["batch_id"]))}
+        why = {r["e164"]: r["reason"] for r in await conn.fetch("SELECT e164, reason FROM calls WHERE batch_id = $1",
+                                                                UUID(again["batch_id"]))}
+    assert why == {
+        "+14155550100": f"number had a call that ended undialed within the dedupe window (call {old['+14155550100']})",
+        "+14155550101": f"number was called within the dedupe window (call {old['+14155550101']})"}
+    # a lead's second number is checked on its own, in the same words
+    third = (await api.post("/v1/batches", json={"target": "sales", "leads": [
+        {"number": "+14155550102", "number2": "+14155550100"}]}, headers=AUTH)).json()
+    assert third["rejected"] == [{"index": 0, "field": "number2", "reason": "number2: number had a call that "
+                                  f"ended undialed within the dedupe window (call {old['+14155550100']})"}]
 
 
 @pytest.mark.parametrize(
