@@ -69,9 +69,10 @@ async def after_end(
     target = settings.targets.get(row["target"])
     if dispositions.is_dnc(disposition):
         # the customer asked not to be called: list the number and stop its other calls
-        await next_number.hold_for_dnc(conn, settings.targets)
         await conn.execute(Q.dnc_add, [row["e164"]], "disposition", now, None)
         out.dnc_added = True
+        # after the list's row (as the API and imports do: one order for both locks)
+        await next_number.hold_for_dnc(conn, settings.targets)
         out.ended = await moves.cancel_for_dnc(conn, [row["e164"]], now,
                                                {"rule": "dnc_dispositions", "disposition": disposition,
                                                 "from_call": call_id})

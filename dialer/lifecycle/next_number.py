@@ -16,10 +16,12 @@ are checked at dispatch as for any call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 import asyncpg
 
 from dialer.config import Target
@@ -34,6 +36,23 @@ async def hold_for_dnc(conn: asyncpg.Connection, targets: Mapping[str, Target]) 
     """Before a DNC cancel that may move leads on: every target's dedupe lock, shared. Taken
     before the cancel locks any row, since a finalise holding one would wait for those rows."""
     await conn.execute(Q.dedupe_share_targets, sorted(targets))
+
+
+async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str], attempts: int = 5) -> None:
+    """The per-number locks, in order. A dispatch fill takes its cap locks in more than one
+    run, so it can still close a cycle with us; the deadlock detector then aborts one side.
+    Here only this statement is lost (a savepoint releases what it took) and it runs again,
+    so a DNC import is not undone by it."""
+    ordered = sorted(set(numbers))
+    for attempt in range(1, attempts + 1):
+        try:
+            async with conn.transaction():  # a savepoint
+                await conn.execute(Q.number_locks, ordered)
+            return
+        except asyncpg.DeadlockDetectedError:
+            if attempt == attempts:
+                raise
+            await anyio.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter
 
 
 async def after_dnc(conn: asyncpg.Connection, numbers: list[str], targets: Mapping[str, Target],
@@ -57,7 +76,7 @@ async def _go_on(conn: asyncpg.Connection, cancelled: list[asyncpg.Record], targ
     rows = [row for r in cancelled if (row := await conn.fetchrow(Q.call_ended_row, r["id"])) is not None]
     # every number these leads may move onto, locked at once in order (next_attempt's own
     # locks are then already held): two such transactions cannot deadlock
-    await conn.execute(Q.number_locks, sorted({n for row in rows for n in row["numbers"]}))
+    await lock_numbers(conn, {n for row in rows for n in row["numbers"]})
     out: list[int] = []
     for row in rows:
         if new := await next_attempt(conn, row, State.CANCELLED, targets.get(row["target"]), now):
@@ -76,7 +95,7 @@ async def next_attempt(conn: asyncpg.Connection, row: asyncpg.Record, ended_as: 
     # takes this lock exclusively) and for other leads moving onto these numbers, so the
     # check below sees their calls, and they see ours.
     await conn.execute(Q.dedupe_share_targets, [row["target"]])
-    await conn.execute(Q.number_locks, sorted(set(numbers)))
+    await lock_numbers(conn, set(numbers))
     rule = target.recycle.get(ended_as.value) if target is not None else None  # type: ignore[call-overload]
     per_number = 1 + (rule.max if rule is not None else 0)
     tried = {r["e164"]: r["n"] for r in await conn.fetch(Q.lead_number_attempts, row["lead"])}

@@ -200,3 +200,24 @@ async def test_moves_ingest_and_the_dnc_list_at_once_never_put_two_live_calls_on
                                            "count(*) FILTER (WHERE attempt > 1) FROM calls")
     assert ended >= 30 and moved >= 5  # the moves did happen
     assert [tuple(r) for r in twice] == []
+
+
+async def test_a_deadlock_on_the_number_locks_costs_the_statement_not_the_transaction(pool: asyncpg.Pool) -> None:
+    """A dispatch fill takes its cap locks in more than one run, so it can close a cycle
+    with a DNC import moving leads on. The deadlock detector then aborts one waiter; when it
+    is ours, only the lock statement is lost and runs again: the import's work stays."""
+    async with pool.acquire() as ours, pool.acquire() as fill:
+        await ours.execute("SET deadlock_timeout = '50ms'")  # ours detects the cycle, not the fill
+        await fill.execute("SET deadlock_timeout = '10s'")
+        tx, ftx = ours.transaction(), fill.transaction()
+        await tx.start()
+        await ftx.start()
+        await ours.execute("CREATE TEMP TABLE work (x int) ON COMMIT DROP; INSERT INTO work VALUES (1)")
+        await fill.execute(Q.number_locks, [N4])  # the fill's first run (an owner's callback)
+        task = asyncio.create_task(next_number.lock_numbers(ours, [N4, N1]))  # takes N1, waits for N4
+        await await_for(lambda: blocked_or_done(pool, ours, task), timeout=10, what="ours to wait")
+        await fill.execute(Q.number_locks, [N1])  # the fill's second run: a cycle; ours gives way
+        await ftx.commit()
+        await asyncio.wait_for(task, 10)
+        assert await ours.fetchval("SELECT count(*) FROM work") == 1  # the transaction lives on
+        await tx.commit()
