@@ -675,9 +675,14 @@ SELECT name, filed_path FROM inbox_files WHERE batch_id = $1
 UPDATE batches SET results_path = $2 WHERE id = $1
 
 -- name: dnc_cancel_numbers
+-- Not the calls of a batch still receiving rows: its finalise applies the list to them (and
+-- to each number of a several-number lead on its own). Callers hold the dedupe locks
+-- shared (next_number.hold_for_dnc): that finalise either committed before this statement
+-- (the batch is no longer receiving) or waits for our list entries to commit.
 WITH old AS (
     SELECT id, state FROM calls
     WHERE e164 = ANY($1::text[]) AND state IN ('pending', 'scheduled', 'retry_wait')
+      AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = calls.batch_id AND b.state = 'receiving')
     ORDER BY id
     FOR UPDATE
 )
@@ -718,11 +723,13 @@ SELECT count(*) FILTER (WHERE inserted)::int AS added, count(*) FILTER (WHERE NO
 FROM up
 
 -- name: dnc_import_cancel
--- Calls not yet sent to a newly listed number end as cancelled, in every target.
+-- Calls not yet sent to a newly listed number end as cancelled, in every target (not
+-- those of a batch still receiving rows: see dnc_cancel_numbers).
 WITH old AS (
     SELECT c.id, c.state FROM calls c
     WHERE c.state IN ('pending', 'scheduled', 'retry_wait')
       AND c.e164 IN (SELECT e164 FROM dnc_import)
+      AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'receiving')
     FOR UPDATE OF c
 ), moved AS (
     UPDATE calls c SET state = 'cancelled', ended_at = $1, updated_at = $1, reason = 'dnc'

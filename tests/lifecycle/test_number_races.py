@@ -221,3 +221,21 @@ async def test_a_deadlock_on_the_number_locks_costs_the_statement_not_the_transa
         await asyncio.wait_for(task, 10)
         assert await ours.fetchval("SELECT count(*) FROM work") == 1  # the transaction lives on
         await tx.commit()
+
+
+async def test_a_number_listed_while_its_batch_is_receiving_is_left_to_the_finalise(
+        pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> None:
+    """A several-number lead of a batch still receiving rows: listing its first number does
+    not cancel it and move it on inside the unfinished batch (that attempt would escape the
+    batch's dedupe); the finalise drops the listed number and keeps the lead on the other."""
+    async with pool.acquire() as conn:
+        bid = await batches.create_batch(conn, target="sales", source="api", now=clock.now())
+        await conn.execute("INSERT INTO calls (batch_id, target, line, raw_number, e164, numbers) "
+                           "VALUES ($1, 'sales', 0, $2, $2, $3)", bid, N1, [N1, N2])
+    await dnc.add_numbers(pool, [N1], source="api", now=clock.now(), targets=settings.targets)
+    async with pool.acquire() as conn, conn.transaction():
+        counts = await batches.finalise(conn, bid, "sales", settings.targets["sales"], clock.now())
+    assert counts["accepted"] == 1 and counts["dnc"] == 0
+    async with pool.acquire() as conn:
+        calls = [tuple(r) for r in await conn.fetch("SELECT e164, state, numbers FROM calls ORDER BY id")]
+    assert calls == [(N2, "pending", None)]
