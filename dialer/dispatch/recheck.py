@@ -17,6 +17,7 @@ import asyncpg
 
 from dialer.config import Settings
 from dialer.dispatch import chunker, compliance, windows
+from dialer.lifecycle import next_number
 from dialer.lifecycle.moves import end_calls, withdraw
 from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
@@ -97,7 +98,10 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
     why = {"chunk_id": c.id, "at": "send"}
     out.ended += await end_calls(conn, [r["id"] for r in dnc], State.SUBMITTING, State.CANCELLED,
                                  "cancelled", now, {**why, "rule": "dnc",
-                                                    "reason": "number is on the do-not-call list"})
+                                                    "reason": "number is on the do-not-call list"},
+                                 post=False)
+    # a lead with several numbers goes on, as when the list cancels a waiting attempt
+    await next_number.after_dnc_at_send(conn, [r["id"] for r in dnc], settings.targets, now)
     out.ended += await end_calls(conn, [r["id"] for r in cancelled], State.SUBMITTING, State.CANCELLED,
                                  "cancelled", now, {**why, "rule": "batch_cancelled",
                                                     "reason": "the batch was cancelled"})

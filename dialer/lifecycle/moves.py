@@ -143,14 +143,18 @@ async def end_calls(
     kind: str,
     now: datetime,
     payload: dict[str, Any] | None = None,
+    *,
+    post: bool = True,
 ) -> list[Ended]:
-    """End these (already locked) calls in ``dst``, audited; returns what ended."""
+    """End these (already locked) calls in ``dst``, audited; returns what ended. ``post``
+    False: the caller posts their result webhooks (once it knows what follows them)."""
     assert dst in TERMINAL
     if not ids:
         return []
     rows = await conn.fetch(Q.calls_end, list(ids), dst, now, None)
     await record_events(conn, ids, from_states, dst, kind, now, payload)
-    await post_results(conn, rows, now)
+    if post:
+        await post_results(conn, rows, now)
     return from_rows(rows, dst.value)
 
 

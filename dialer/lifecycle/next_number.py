@@ -62,23 +62,34 @@ async def after_dnc(conn: asyncpg.Connection, numbers: list[str], targets: Mappi
     Returns the new attempts. Caller's transaction, right after the cancel (``hold_for_dnc``
     before it)."""
     cancelled = await conn.fetch(Q.numbers_cancelled_for_dnc, numbers, now)
-    return await _go_on(conn, cancelled, targets, now)
+    return await _go_on(conn, [r["id"] for r in cancelled], targets, now)
 
 
 async def after_dnc_import(conn: asyncpg.Connection, targets: Mapping[str, Target],
                            now: datetime) -> list[int]:
     """``after_dnc`` for a DNC import: the numbers are in its temporary table."""
-    return await _go_on(conn, await conn.fetch(Q.dnc_import_cancelled, now, True), targets, now)
+    cancelled = await conn.fetch(Q.dnc_import_cancelled, now, True)
+    return await _go_on(conn, [r["id"] for r in cancelled], targets, now)
 
 
-async def _go_on(conn: asyncpg.Connection, cancelled: list[asyncpg.Record], targets: Mapping[str, Target],
+async def after_dnc_at_send(conn: asyncpg.Connection, ids: list[int], targets: Mapping[str, Target],
+                            now: datetime) -> list[int]:
+    """Attempts the send-time re-check took out of their chunk (their number went on the
+    list after they were recorded, so the DNC cancel left them to it): several-number leads
+    go on as with ``after_dnc``, and every one's result webhook follows."""
+    return await _go_on(conn, ids, targets, now)
+
+
+async def _go_on(conn: asyncpg.Connection, ids: list[int], targets: Mapping[str, Target],
                  now: datetime) -> list[int]:
-    rows = [row for r in cancelled if (row := await conn.fetchrow(Q.call_ended_row, r["id"])) is not None]
+    rows = [row for i in ids if (row := await conn.fetchrow(Q.call_ended_row, i)) is not None]
+    await moves.post_results(conn, [row for row in rows if row["numbers"] is None], now)
+    several = [row for row in rows if row["numbers"] is not None]
     # every number these leads may move onto, locked at once in order (next_attempt's own
     # locks are then already held): two such transactions cannot deadlock
-    await lock_numbers(conn, {n for row in rows for n in row["numbers"]})
+    await lock_numbers(conn, {n for row in several for n in row["numbers"]})
     out: list[int] = []
-    for row in rows:
+    for row in several:
         if new := await next_attempt(conn, row, State.CANCELLED, targets.get(row["target"]), now):
             out.append(new)
         # its result webhook, now that it says whether a next number follows

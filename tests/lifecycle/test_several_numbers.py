@@ -172,3 +172,24 @@ async def test_a_spare_number_another_lead_holds_is_skipped(pool: asyncpg.Pool, 
                else f"number already has a live call (call {b['id']})")
         assert ev["skipped"][0] == {"number": N2, "reason": why}
         assert ev["reason"].startswith("no number of the lead is usable")  # not "used up": N2 was never tried
+
+
+async def test_a_number_listed_after_its_attempt_was_recorded_moves_the_lead_on_at_send(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """The attempt on N1 is already in a chunk when N1 is listed: the DNC cancel leaves it to
+    the send-time re-check, which takes it out and, as for a waiting attempt, moves the lead
+    on to N2; the result webhook of the taken-out call says a next call follows."""
+    clock = FakeClock(SystemClock().now())
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
+        await st.post([N1], number2=N2, webhook="http://127.0.0.1:9/hook")
+        assert await st.dispatcher.fill_target("sales") == 1  # recorded, not sent
+        await dnc.add_numbers(pool, [N1], source="api", now=clock.now(), targets=st.settings.targets)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT state FROM calls WHERE e164 = $1", N1) == "submitting"
+        assert await st.dispatcher.send_one()
+        async with pool.acquire() as conn:
+            calls = [tuple(r) for r in await conn.fetch("SELECT e164, state, attempt FROM calls ORDER BY id")]
+            hooks = [orjson.loads(r["body"]) for r in await conn.fetch("SELECT body FROM webhook_outbox")]
+        assert calls == [(N1, "cancelled", 1), (N2, "retry_wait", 2)]  # due at once: N2 was never tried
+        assert [(h["number"], h["state"], h["will_retry"]) for h in hooks] == [(N1, "cancelled", True)]
