@@ -64,6 +64,12 @@ class Plan:
     pg_restart: bool = False
     faults: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 40
+    # How long a call whose send outcome is unknown waits for a callback to prove it. With
+    # provider faults it must outlast the sandbox's callback retries (Ryng's 2-minute window,
+    # 12 s here), as production's 30 min outlasts Ryng's: else a re-queued call whose second
+    # send is unknown too ends `failed` while its first send's callback is still retrying,
+    # and that callback, once through, finds a call already ended.
+    uncertain_after_min: float = 0.05
     runs: int = 1  # campaigns in a row, each on a fresh database
 
 
@@ -72,7 +78,7 @@ REPEATED = Plan(leads=2_000, kills=["ingest", "random", "random", "random", "ran
 LONG = Plan(leads=20_000, kills=["ingest", "dispatch", "flood", "dispatch", "flood"], pg_restart=True,
             faults={"error_rate": 0.06, "throttle_rate": 0.05, "timeout_rate": 0.04, "timeout_hang_s": 1.0,
                     "accept_then_fail_rate": 0.05, "accept_then_fail_mode": "drop", "retry_after_s": 1},
-            timeout_s=900)
+            timeout_s=900, uncertain_after_min=0.25)
 
 
 def write_leads(path: Path, rng: random.Random, n: int, dnc: list[str], agents: list[str]) -> int:
@@ -110,7 +116,8 @@ def run_campaign(plan: Plan, seed: int, tmp_path: Path, daemon_env: dict[str, st
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     env = {**daemon_env, "DIALER_DATABASE_URL": dsn, "DIALER_RYNG_TOKEN": "sb-token",
-           "DIALER_INBOX_DIR": str(inbox), "DIALER_STATE_DIR": str(tmp_path / "var"), "DIALER_UNCERTAIN_AFTER_MIN": "0.05", "DIALER_INSTANCE_STALE_S": "2",
+           "DIALER_INBOX_DIR": str(inbox), "DIALER_STATE_DIR": str(tmp_path / "var"), "DIALER_UNCERTAIN_AFTER_MIN": str(plan.uncertain_after_min),
+           "DIALER_INSTANCE_STALE_S": "2",
            "DIALER_RYNG_TIMEOUT_S": "5",
            "DIALER_CONFIG": str(target_toml(tmp_path / "d.toml", agents, chunk_size=100, calls_per_agent=3,
                                             max_retries=0, mapping="inline"))}
@@ -217,6 +224,23 @@ def run_campaign(plan: Plan, seed: int, tmp_path: Path, daemon_env: dict[str, st
             "inbox": inbox, "errors": log_errors(d, allowed_exc=DB_DOWN_ERRORS)}
 
 
+def _story(dsn: str, ids: list[int], out: dict[str, Any]) -> str:
+    """What the database and the sandbox know of these calls: enough to tell a lost callback
+    from a call the daemon gave up on while the provider still had it."""
+    lines = []
+    for cid in ids:
+        row = sql(dsn, "SELECT state, outcome, reason, chunk_id, prev_chunks, submitted_at, ended_at "
+                       "FROM calls WHERE id = $1", cid)
+        events = sql(dsn, "SELECT at, kind, from_state, to_state, applied, payload FROM call_events "
+                          "WHERE call_id = $1 ORDER BY id", cid)
+        at_sandbox = [c for c in out["ended"] if parse_ref(c.get("customField10")) == cid]
+        lines.append(f"call {cid}: {dict(row[0]) if row else None}")
+        lines += [f"  {e['at']:%H:%M:%S.%f} {e['kind']} {e['from_state']}->{e['to_state']} "
+                  f"applied={e['applied']} {str(e['payload'])[:300]}" for e in events]
+        lines += [f"  sandbox: {str(c)[:300]}" for c in at_sandbox]
+    return "\n".join(lines)
+
+
 def check(plan: Plan, out: dict[str, Any], dsn: str) -> str:
     # ---- every input row accounted for, once, in exactly one final state
     batches = sql(dsn, "SELECT id, source, state, counts FROM batches")
@@ -255,7 +279,8 @@ def check(plan: Plan, out: dict[str, Any], dsn: str) -> str:
     ended_ids = {parse_ref(c.get("customField10")) for c in out["ended"]}
     db_ended = {c["id"] for c in calls if c["state"] in CALLBACK_STATES}
     assert db_ended == ended_ids, (f"ended in DB not at sandbox: {sorted(db_ended - ended_ids)[:10]}; "
-                                   f"ended at sandbox not in DB: {sorted(ended_ids - db_ended)[:10]}")
+                                   f"ended at sandbox not in DB: {sorted(ended_ids - db_ended)[:10]}\n"
+                                   + _story(dsn, sorted(db_ended ^ ended_ids)[:5], out))
     by_id = {c["id"]: c for c in calls}
     wrong = [(c.get("customField10"), c["disposition"], by_id[parse_ref(c.get("customField10"))]["state"])
              for c in out["ended"]
