@@ -44,6 +44,8 @@ async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str], attempt
     Here only this statement is lost (a savepoint releases what it took) and it runs again,
     so a DNC import is not undone by it."""
     ordered = sorted(set(numbers))
+    if not ordered:
+        return
     for attempt in range(1, attempts + 1):
         try:
             async with conn.transaction():  # a savepoint
@@ -82,6 +84,8 @@ async def after_dnc_at_send(conn: asyncpg.Connection, ids: list[int], targets: M
 
 async def _go_on(conn: asyncpg.Connection, ids: list[int], targets: Mapping[str, Target],
                  now: datetime) -> list[int]:
+    if not ids:
+        return []
     rows = [row for i in ids if (row := await conn.fetchrow(Q.call_ended_row, i)) is not None]
     await moves.post_results(conn, [row for row in rows if row["numbers"] is None], now)
     several = [row for row in rows if row["numbers"] is not None]
