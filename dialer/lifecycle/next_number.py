@@ -33,8 +33,10 @@ from dialer.store.queries import Q
 
 
 async def hold_for_dnc(conn: asyncpg.Connection, targets: Mapping[str, Target]) -> None:
-    """Before a DNC cancel that may move leads on: every target's dedupe lock, shared. Taken
-    before the cancel locks any row, since a finalise holding one would wait for those rows."""
+    """Before a DNC cancel: every target's dedupe lock, shared. The cancel leaves the calls of
+    a batch still receiving rows to its finalise (``dnc_cancel_numbers``); with this lock that
+    finalise either committed before the cancel or waits until our list entries commit. Taken
+    before the cancel locks any row, and before ``next_attempt`` asks for it again."""
     await conn.execute(Q.dedupe_share_targets, sorted(targets))
 
 
