@@ -96,6 +96,8 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
         return Checked(c)
     out = Checked(None, removed=len(taken_out))
     why = {"chunk_id": c.id, "at": "send"}
+    # never sent: not an attempt (its claim had counted it as one)
+    await conn.execute(Q.calls_not_sent, [r["id"] for r in dnc + cancelled] + [r["id"] for r, _ in expired])
     out.ended += await end_calls(conn, [r["id"] for r in dnc], State.SUBMITTING, State.CANCELLED,
                                  "cancelled", now, {**why, "rule": "dnc",
                                                     "reason": "number is on the do-not-call list"},

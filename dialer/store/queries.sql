@@ -933,6 +933,13 @@ WHERE c.chunk_id = $1
 ORDER BY c.id
 FOR UPDATE OF c
 
+-- name: calls_not_sent
+-- Calls taken out of a chunk just before it was sent, to be ended there: no attempt (as
+-- calls_withdraw) for the caps, the counts and the dedupe wording, unless an earlier send
+-- of theirs (prev_chunks) may have reached the provider.
+UPDATE calls SET submitted_at = NULL
+WHERE id = ANY($1::bigint[]) AND state = 'submitting' AND prev_chunks IS NULL
+
 -- name: calls_withdraw
 -- Rows taken out of a chunk before it was sent: back to waiting (scheduled until the hold
 -- clears, or pending), and no longer an attempt for the caps; hold_reason as calls_hold ($4).

@@ -152,6 +152,34 @@ async def test_rows_are_rechecked_just_before_a_delayed_send(pool: asyncpg.Pool,
             chunks = {r["target"]: r["state"] for r in await conn.fetch("SELECT target, state FROM chunks")}
         assert sorted(rules) == ["batch_cancelled"] * 3 + ["dnc"] * 2
         assert chunks == {"sales": "sent", "other": "withdrawn"}  # the emptied chunk was never sent
+        async with pool.acquire() as conn:
+            attempts = {r["e164"]: r["submitted_at"] is not None
+                        for r in await conn.fetch("SELECT e164, submitted_at FROM calls")}
+        # what was taken out was never sent: no attempt for the caps, the counts, the dedupe
+        assert {n for n, sent in attempts.items() if not sent} == set(nums[:2]) | set(numbers(3, start=2100000))
+
+
+async def test_a_call_ended_at_send_after_an_uncertain_send_still_counts_as_an_attempt(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    clock = FakeClock(SystemClock().now())
+    async with running_stack(pool, make_settings, clock=clock, targets=TARGETS) as st:
+        nums = numbers(4)
+        await st.post(nums)
+        await st.dispatcher.fill_all()
+        await _uncertain_chunk(st, pool, clock.now())
+        async with pool.acquire() as conn:
+            # the earlier send's outcome stays unknown: it may have dialed
+            assert (await outbox.requeue_uncertain(conn, clock.now(), 0))[0] == 4
+        st.sandbox.configure(throttle_rate=1.0, retry_after_s=30)
+        await st.dispatcher.tick()  # recorded again, then 429: the chunk waits
+        async with pool.acquire() as conn:
+            await conn.execute(Q.dnc_add, nums[:1], "api", clock.now(), None)
+        st.sandbox.configure(throttle_rate=0.0)
+        clock.advance(31)
+        await st.dispatcher.tick()
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT state, submitted_at FROM calls WHERE e164 = $1", nums[0])
+        assert row["state"] == "cancelled" and row["submitted_at"] is not None
 
 
 async def test_a_pause_during_a_backoff_keeps_the_chunk_from_going_out(pool: asyncpg.Pool,

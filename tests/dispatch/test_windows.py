@@ -84,6 +84,8 @@ async def test_an_expired_lead_is_taken_out_at_send_time(pool: asyncpg.Pool, mak
         assert states.get("expired") == 1 and await sent(st) == 1
         ev = (await events(pool, "expired"))[0]
         assert ev["from_state"] == "submitting" and ev["payload"]["at"] == "send"
+        async with pool.acquire() as conn:  # never sent: not an attempt
+            assert await conn.fetchval("SELECT submitted_at FROM calls WHERE state = 'expired'") is None
 
 
 async def test_a_calling_hours_hold_at_send_time_lasts_only_until_the_lead_expires(
