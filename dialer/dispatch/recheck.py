@@ -96,20 +96,18 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
         return Checked(c)
     out = Checked(None, removed=len(taken_out))
     why = {"chunk_id": c.id, "at": "send"}
-    # never sent: not an attempt (its claim had counted it as one)
-    await conn.execute(Q.calls_not_sent, [r["id"] for r in dnc + cancelled] + [r["id"] for r, _ in expired])
     out.ended += await end_calls(conn, [r["id"] for r in dnc], State.SUBMITTING, State.CANCELLED,
                                  "cancelled", now, {**why, "rule": "dnc",
                                                     "reason": "number is on the do-not-call list"},
-                                 post=False)
+                                 post=False, not_sent=True)
     # a lead with several numbers goes on, as when the list cancels a waiting attempt
     await next_number.after_dnc_at_send(conn, [r["id"] for r in dnc], settings.targets, now)
     out.ended += await end_calls(conn, [r["id"] for r in cancelled], State.SUBMITTING, State.CANCELLED,
                                  "cancelled", now, {**why, "rule": "batch_cancelled",
-                                                    "reason": "the batch was cancelled"})
+                                                    "reason": "the batch was cancelled"}, not_sent=True)
     for r, detail in expired:
         out.ended += await end_calls(conn, [r["id"]], State.SUBMITTING, State.EXPIRED, "expired", now,
-                                     {**why, **detail})
+                                     {**why, **detail}, not_sent=True)
     await withdraw(conn, [(r["id"], until, {**why, **detail}) for r, until, detail in holds], now)
     if not keep:
         await conn.execute(Q.chunk_withdraw, c.id, "every row was taken out just before sending", now)

@@ -145,12 +145,16 @@ async def end_calls(
     payload: dict[str, Any] | None = None,
     *,
     post: bool = True,
+    not_sent: bool = False,
 ) -> list[Ended]:
     """End these (already locked) calls in ``dst``, audited; returns what ended. ``post``
-    False: the caller posts their result webhooks (once it knows what follows them)."""
+    False: the caller posts their result webhooks (once it knows what follows them).
+    ``not_sent``: taken out of their chunk just before it went, so no attempt."""
     assert dst in TERMINAL
     if not ids:
         return []
+    if not_sent:
+        await conn.execute(Q.calls_not_sent, list(ids))
     rows = await conn.fetch(Q.calls_end, list(ids), dst, now, None)
     await record_events(conn, ids, from_states, dst, kind, now, payload)
     if post:

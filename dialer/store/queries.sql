@@ -1,4 +1,9 @@
 -- Named queries. Each starts with a "-- name: <identifier>" line.
+--
+-- Advisory locks use the two-key form (kind, hashtext(key)), one kind per use, so keys of
+-- different kinds never collide (a number's key could otherwise wait on a file's lock,
+-- held for a whole ingest): 1 dedupe (target), 2 idempotency key, 3 inbox file (sha256),
+-- 4 dispatch (target), 5 singleton job, 6 number, 7 lead. (Migrations: one bigint key.)
 
 -- name: batch_insert
 INSERT INTO batches (target, source, source_name, sha256, result_webhook_url, created_at)
@@ -31,14 +36,14 @@ DELETE FROM calls WHERE batch_id = $1
 
 -- name: batch_lock_target
 -- A target's dedupe lock: its finalise holds it exclusively (see dedupe_share_targets).
-SELECT pg_advisory_xact_lock(hashtext('dialer.dedupe:' || $1))
+SELECT pg_advisory_xact_lock(1, hashtext($1))
 
 -- name: dedupe_share_targets
 -- The same lock, shared, for the moves that put a lead on another number (a several-number
 -- lead going on, and a DNC cancel, which may lead to one): they and a finalise of the target
 -- wait for each other, so neither misses the other's uncommitted calls, but they do not
 -- wait for one another (number_locks orders those). $1 sorted: no lock-order deadlocks.
-SELECT pg_advisory_xact_lock_shared(hashtext('dialer.dedupe:' || t)) FROM unnest($1::text[]) AS t
+SELECT pg_advisory_xact_lock_shared(1, hashtext(t)) FROM unnest($1::text[]) AS t
 
 -- name: finalise_collapse_in_batch
 -- Within a batch the same number collapses: the highest priority (then first line) is kept.
@@ -216,13 +221,13 @@ ON CONFLICT (key) DO NOTHING
 RETURNING key
 
 -- name: idempotency_lock
-SELECT pg_advisory_xact_lock(hashtext('dialer.idem:' || $1))
+SELECT pg_advisory_xact_lock(2, hashtext($1))
 
 -- name: file_try_lock
-SELECT pg_try_advisory_lock(hashtext('dialer.file:' || $1))
+SELECT pg_try_advisory_lock(3, hashtext($1))
 
 -- name: file_unlock
-SELECT pg_advisory_unlock(hashtext('dialer.file:' || $1))
+SELECT pg_advisory_unlock(3, hashtext($1))
 
 -- name: inbox_file_restart
 UPDATE inbox_files SET batch_id = $2, state = 'ingesting', name = $3, target = $4, path = $5
@@ -231,7 +236,7 @@ WHERE sha256 = $1
 -- ---------------------------------------------------------------- dispatch
 
 -- name: dispatch_lock_target
-SELECT pg_advisory_xact_lock(hashtext('dialer.dispatch:' || $1))
+SELECT pg_advisory_xact_lock(4, hashtext($1))
 
 -- name: target_pacing
 -- Pacing's read of a target, in one statement so in one snapshot: read apart, a terminal
@@ -466,7 +471,7 @@ WHERE id = ANY($1::bigint[])
 RETURNING id, target, batch_id
 
 -- name: singleton_try
-SELECT pg_try_advisory_xact_lock(hashtext('dialer.job:' || $1))
+SELECT pg_try_advisory_xact_lock(5, hashtext($1))
 
 -- ---------------------------------------------------------------- callbacks
 
@@ -695,7 +700,7 @@ RETURNING c.id, old.state, c.target, c.batch_id
 -- name: number_locks
 -- Per number, across targets ($1 sorted): claims that count attempts, and leads moving onto
 -- a number, serialise per number and see each other's attempts.
-SELECT pg_advisory_xact_lock(hashtext('dialer.number:' || n)) FROM unnest($1::text[]) AS n
+SELECT pg_advisory_xact_lock(6, hashtext(n)) FROM unnest($1::text[]) AS n
 
 -- name: attempts_since
 -- Attempts count from the moment a call is claimed for sending, in every target
@@ -1030,7 +1035,7 @@ ON CONFLICT (source) DO UPDATE SET polled_at = EXCLUDED.polled_at, polled_by = E
 
 -- name: callback_lead_lock
 -- One scheduling at a time per lead (a CRM and a terminal callback may race).
-SELECT pg_advisory_xact_lock(hashtext('dialer.lead:' || $1::bigint))
+SELECT pg_advisory_xact_lock(7, hashtext($1::bigint::text))
 
 -- name: callback_source_row
 -- The call a callback is asked from, with what may forbid it ($2: now).

@@ -94,3 +94,25 @@ async def test_the_pools_sessions_are_utc_whatever_the_databases_zone(db_url: st
     finally:
         await pool.close()
     assert text == "2026-12-06T12:00:00+00:00"
+
+
+async def _colliding(conn: asyncpg.Connection, left: str, right: str) -> tuple[str, str]:
+    """Two keys whose hashtext, each behind its prefix, is the same (a 32-bit birthday search)."""
+    query = "SELECT i::text AS k, hashtext($1 || i) AS h FROM generate_series(1, 200000) i"
+    seen = {r["h"]: r["k"] for r in await conn.fetch(query, left)}
+    return next((seen[r["h"]], r["k"]) for r in await conn.fetch(query, right) if r["h"] in seen)
+
+
+async def test_advisory_locks_of_different_kinds_never_wait_for_each_other(pool: asyncpg.Pool) -> None:
+    # an inbox file's lock is held for a whole ingest: a number whose key hashed like it would
+    # stall every claim and move on that number (and the dispatch fill holding its target's lock)
+    async with pool.acquire() as holder, pool.acquire() as other:
+        for left, right in [("dialer.file:", "dialer.number:"), ("", "")]:  # the old keys; the new
+            sha, number = await _colliding(holder, left, right)
+            assert await holder.fetchval(Q.file_try_lock, sha)
+            try:
+                async with other.transaction():
+                    await other.execute("SET LOCAL lock_timeout = '5s'")
+                    await other.execute(Q.number_locks, [number])  # a wait would time out
+            finally:
+                await holder.execute(Q.file_unlock, sha)
