@@ -10,30 +10,47 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import asyncpg
 import uvicorn
+from anyio.abc import TaskGroup
 from pydantic import SecretStr
 
 from dialer import metrics
 from dialer.clock import Clock, SystemClock
 from dialer.config import Settings, load_settings
 from dialer.dispatch.dispatcher import Dispatcher
+from dialer.errors import ConfigError
+from dialer.http import callbacks
 from dialer.http.limits import HeaderLimit
+from dialer.http.starting import Switch, starting_app
 from dialer.intake import phones
 from dialer.jobs import Job
+from dialer.lifecycle.service import SpoolOnly
 from dialer.lifecycle.spool import Spool
 from dialer.logs import register_secret
 from dialer.notify import Notifier
 from dialer.runtime import Runtime, assemble
+from dialer.store import retry
 from dialer.store.database import Database
 from dialer.store.queries import Q
 from dialer.supervisor import supervise
 
 log = logging.getLogger("dialer.daemon")
+
+T = TypeVar("T")
+
+# At start-up these mean "the configuration is wrong" (exit), not "the database is away"
+# (wait): credentials refused, no such database, a DSN the driver cannot use.
+_FATAL: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.ClientConfigurationError,
+)
 
 SANDBOX_PATH = "/_sandbox/ryng"
 
@@ -70,6 +87,8 @@ class Daemon:
         self.notify = Notifier()  # reads and unsets NOTIFY_SOCKET before any child process starts
         self.metrics = metrics.Metrics(settings.targets)
         self.runtime: Runtime | None = None  # what a reload reconfigures
+        self._waiting = "not reached yet"  # why the database is not there, for /readyz meanwhile
+        self._fatal: ConfigError | None = None  # the database refused us at start-up
 
     def api_tokens(self) -> list[str]:
         tokens = [t.get_secret_value() for t in self.settings.api_tokens]
@@ -113,61 +132,166 @@ class Daemon:
             register_secret(s.ryng_token.get_secret_value())
         secret = s.secret()
         register_secret(secret.decode())
-        self.notify.status("starting: opening the database")
-        pool = await self.db.open()
+        m = metrics.install(self.metrics)
+        # listening before the database is reached: a daemon (re)started during an outage
+        # keeps its pid and acknowledges callbacks from the spool (SPEC §8)
+        spool = Spool(s.state_dir / "spool")
+        early = SpoolOnly(spool, self.clock, {t.ref_field for t in s.targets.values()})
+        edge = callbacks.routes(lambda: early, secret, count=m.callback)
+        front = Switch(HeaderLimit(starting_app(lambda: self._waiting, edge), fast=edge))
+        sock = bind(s)
+        server = _Server(uvicorn.Config(
+            front, log_config=None, access_log=False, lifespan="off",
+            timeout_keep_alive=15, timeout_graceful_shutdown=20,
+            h11_max_incomplete_event_size=64 * 1024,
+        ))
+        served = anyio.Event()
         sandbox: Any = None
         rt: Runtime | None = None
         try:
-            self.notify.status("starting: applying migrations")
-            applied = await self.db.migrate()
-            if applied:
-                log.info("applied migrations: %s",
-                         ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
-            settings = s
-            if not s.api_tokens and tokens:
-                settings = s.model_copy(update={"api_tokens": [SecretStr(t) for t in tokens]})
-            if s.sandbox_mode:
-                ryng_url, ryng_token, sandbox = self._sandbox()
-                register_secret(ryng_token)
-            else:
-                ryng_url = str(s.ryng_base_url)
-                ryng_token = s.ryng_token.get_secret_value() if s.ryng_token else ""
-            rt = self.runtime = assemble(settings, pool, self.clock, secret=secret,
-                                         instance_id=self.instance_id, ryng_url=ryng_url,
-                                         ryng_token=ryng_token, metrics=metrics.install(self.metrics))
-            if sandbox is not None:
-                rt.app.mount(SANDBOX_PATH, sandbox.app)
-            if self.db.embedded is not None:
-                rt.jobs.extra.append(Job("embedded_postgres", 5, self._keep_embedded_up, singleton=False))
-            sock = bind(s)
-            config = uvicorn.Config(
-                HeaderLimit(rt.app, fast=rt.edge), log_config=None, access_log=False, lifespan="off",
-                timeout_keep_alive=15, timeout_graceful_shutdown=20,
-                h11_max_incomplete_event_size=64 * 1024,
-            )
-            server = _Server(config)
-            await rt.jobs.heartbeat()
-            await self._serve(rt, server, sock, sandbox)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._signals)
+                tg.start_soon(self._serve_http, server, sock, served)
+                waiting = anyio.CancelScope()
+                tg.start_soon(self._keep_systemd_waiting, waiting)
+                pool = await self._open_database()
+                waiting.cancel()
+                if pool is None:  # stopped while waiting for the database, or refused by it
+                    server.should_exit = True
+                    await served.wait()
+                    tg.cancel_scope.cancel()
+                else:
+                    rt, sandbox = self._assemble(pool, tokens, secret, m, spool)
+                    self.runtime = rt
+                    await rt.jobs.heartbeat()
+                    front.app = HeaderLimit(rt.app, fast=rt.edge)  # the whole product from here on
+                    await self._serve(rt, tg, server, served, sandbox)
         finally:
-            with anyio.CancelScope(shield=True):
-                if rt is not None:
-                    rt.jobs.shutdown()
-                    with contextlib.suppress(Exception):
-                        async with pool.acquire() as conn:
-                            await conn.execute(Q.instance_gone, self.instance_id)
-                if sandbox is not None:
-                    await sandbox.stop()
-                if rt is not None:
-                    await rt.aclose()
-                await self.db.close(owner=True)
-            log.info("stopped")
-            self.notify.status("stopped")
+            await self._close(rt, sandbox, spool)
+        if self._fatal is not None:  # here, not in the task group: no ExceptionGroup around it
+            raise self._fatal
 
-    async def _serve(self, rt: Runtime, server: uvicorn.Server, sock: socket.socket, sandbox: Any) -> None:
+    def _assemble(self, pool: asyncpg.Pool, tokens: list[str], secret: bytes, m: metrics.Metrics,
+                  spool: Spool) -> tuple[Runtime, Any]:
+        """The runtime on an open, migrated database (and the sandbox, in sandbox mode)."""
+        s = settings = self.settings
+        if not s.api_tokens and tokens:
+            settings = s.model_copy(update={"api_tokens": [SecretStr(t) for t in tokens]})
+        sandbox: Any = None
+        if s.sandbox_mode:
+            ryng_url, ryng_token, sandbox = self._sandbox()
+            register_secret(ryng_token)
+        else:
+            ryng_url = str(s.ryng_base_url)
+            ryng_token = s.ryng_token.get_secret_value() if s.ryng_token else ""
+        rt = assemble(settings, pool, self.clock, secret=secret, instance_id=self.instance_id,
+                      ryng_url=ryng_url, ryng_token=ryng_token, metrics=m, spool=spool)
+        if sandbox is not None:
+            rt.app.mount(SANDBOX_PATH, sandbox.app)
+        if self.db.embedded is not None:
+            rt.jobs.extra.append(Job("embedded_postgres", 5, self._keep_embedded_up, singleton=False))
+        return rt, sandbox
+
+    async def _close(self, rt: Runtime | None, sandbox: Any, spool: Spool) -> None:
+        with anyio.CancelScope(shield=True):
+            if rt is not None:
+                rt.jobs.shutdown()
+                with contextlib.suppress(Exception):
+                    async with rt.pool.acquire() as conn:
+                        await conn.execute(Q.instance_gone, self.instance_id)
+            if sandbox is not None:
+                await sandbox.stop()
+            if rt is not None:
+                await rt.aclose()
+            else:
+                spool.close()
+            await self.db.close(owner=True)
+        log.info("stopped")
+        self.notify.status("stopped")
+
+    async def _open_database(self) -> asyncpg.Pool | None:
+        """The pool, migrated; waits out a database that is not there yet (retried with
+        backoff, logged, told to systemd). None when stopped meanwhile, or when the database
+        refuses our credentials or does not exist: bad configuration (``_fatal``)."""
+        self.notify.status("starting: opening the database")
+        await anyio.to_thread.run_sync(self.db.resolve_dsn)  # the embedded server, if no DSN
+        delay, attempt = 0.5, 0
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                pool = await self._cancel_on_stop(self._connect_and_migrate)
+            except _FATAL as e:  # raised by run(), outside its task group (no ExceptionGroup)
+                self._fatal = ConfigError(f"the database refused the daemon: {type(e).__name__}: {e}")
+                return None
+            except retry.DB_DOWN as e:
+                self._waiting = f"unreachable: {type(e).__name__}"
+                log.warning("database not reachable at start-up; waiting for it",
+                            extra={"error": type(e).__name__, "detail": str(e)[:200],
+                                   "attempt": attempt, "retry_in_s": delay})
+                self.notify.status(f"starting: waiting for the database ({type(e).__name__}), "
+                                   f"attempt {attempt}")
+                with anyio.move_on_after(delay):
+                    await self._stop.wait()
+                delay = min(delay * 2, 10.0)
+                continue
+            if pool is None or self._stop.is_set():
+                if pool is not None:
+                    await self.db.close(stop_embedded=False)
+                return None
+            return pool
+        return None
+
+    async def _keep_systemd_waiting(self, scope: anyio.CancelScope) -> None:
+        """Until the database is open: systemd's start timeout extended and its watchdog fed,
+        however long the database stays away (a connect alone may take its 60 s timeout)."""
+        with scope:
+            while True:
+                self.notify.send("EXTEND_TIMEOUT_USEC=60000000",
+                                 *(["WATCHDOG=1"] if self.notify.watchdog_s else []))
+                await anyio.sleep(10)
+
+    async def _connect_and_migrate(self) -> asyncpg.Pool:
+        pool = self.db.pool or await self.db.open()
+        self.notify.status("starting: applying migrations")
+        applied = await self.db.migrate()
+        if applied:
+            log.info("applied migrations: %s", ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
+        return pool
+
+    async def _cancel_on_stop(self, fn: Callable[[], Awaitable[T]]) -> T | None:
+        """``fn()``, or None if SIGTERM comes first (a connect may hang for its timeout)."""
+        done: list[T] = []
+        failed: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            async def go() -> None:
+                try:
+                    done.append(await fn())
+                except Exception as e:  # re-raised below as itself, not in an ExceptionGroup
+                    failed.append(e)
+                tg.cancel_scope.cancel()
+
+            async def stopper() -> None:
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(go)
+            tg.start_soon(stopper)
+        if failed:
+            raise failed[0]
+        return done[0] if done else None
+
+    @staticmethod
+    async def _serve_http(server: uvicorn.Server, sock: socket.socket, served: anyio.Event) -> None:
+        try:
+            await server.serve([sock])
+        finally:
+            served.set()
+
+    async def _serve(self, rt: Runtime, tg: TaskGroup, server: uvicorn.Server, served: anyio.Event,
+                     sandbox: Any) -> None:
         """Run every loop under the supervisor until SIGTERM, then drain."""
         s = self.settings
         dispatcher, inbox, service, spool = rt.dispatcher, rt.inbox, rt.service, rt.spool
-        served = anyio.Event()
         dispatched = anyio.Event()
 
         async def dispatch() -> None:
@@ -177,61 +301,52 @@ class Daemon:
             finally:
                 dispatched.set()
 
-        async def serve() -> None:
-            try:
-                await server.serve([sock])
-            finally:
-                served.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._signals)
-            tg.start_soon(serve)
-            if sandbox is not None:
-                await sandbox.start()
-            # every background loop under the supervisor: a failure is logged, counted and
-            # the loop restarted; it never ends the daemon
-            tg.start_soon(supervise, "inbox", inbox.run)
-            tg.start_soon(dispatch)
-            tg.start_soon(supervise, "spool_replayer", service.run_replayer)
-            tg.start_soon(supervise, "webhooks", rt.webhooks.run)
-            tg.start_soon(supervise, "providers", rt.providers.run)
-            rt.jobs.start()
-            with anyio.move_on_after(30):
-                while not server.started:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            log.info(
-                "dialer running",
-                extra={"listen": s.http_listen, "inbox": str(s.inbox),
-                       "sandbox": s.sandbox_mode, "instance": self.instance_id,
-                       "phone_numbers": phones.IMPLEMENTATION},
-            )
-            if phones.IMPLEMENTATION != "rphonenumbers":
-                log.warning("phone numbers are validated by phonenumbers, about 10x slower: "
-                            "rphonenumbers is missing or built from other metadata "
-                            "(install the versions pyproject.toml pins)")
-            _freeze_startup_objects()
-            self.notify.ready(f"running: listening on {s.http_listen}")
-            tg.start_soon(supervise, "watchdog",
-                          lambda: self.notify.watchdog(lambda: _status(dispatcher, spool)))
-            await self._stop.wait()
-            log.info("draining")
-            self.notify.stopping("draining: intake stopped, finishing in-flight work")
-            rt.ctx.draining = True
-            inbox.accepting = False
-            dispatcher.running = False
-            rt.jobs.shutdown()
-            with anyio.move_on_after(25):
-                # a file mid-ingest is resumable, but let a short one finish
-                while inbox.current is not None:  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
-                dispatcher.wake()  # in-flight provider requests finish and settle
-                await dispatched.wait()
-                if spool.depth:
-                    with contextlib.suppress(Exception):
-                        await service.replay_once()
-                server.should_exit = True
-                await served.wait()
-            tg.cancel_scope.cancel()
+        if sandbox is not None:
+            await sandbox.start()
+        # every background loop under the supervisor: a failure is logged, counted and
+        # the loop restarted; it never ends the daemon
+        tg.start_soon(supervise, "inbox", inbox.run)
+        tg.start_soon(dispatch)
+        tg.start_soon(supervise, "spool_replayer", service.run_replayer)
+        tg.start_soon(supervise, "webhooks", rt.webhooks.run)
+        tg.start_soon(supervise, "providers", rt.providers.run)
+        rt.jobs.start()
+        with anyio.move_on_after(30):
+            while not server.started:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        log.info(
+            "dialer running",
+            extra={"listen": s.http_listen, "inbox": str(s.inbox),
+                   "sandbox": s.sandbox_mode, "instance": self.instance_id,
+                   "phone_numbers": phones.IMPLEMENTATION},
+        )
+        if phones.IMPLEMENTATION != "rphonenumbers":
+            log.warning("phone numbers are validated by phonenumbers, about 10x slower: "
+                        "rphonenumbers is missing or built from other metadata "
+                        "(install the versions pyproject.toml pins)")
+        _freeze_startup_objects()
+        self.notify.ready(f"running: listening on {s.http_listen}")
+        tg.start_soon(supervise, "watchdog",
+                      lambda: self.notify.watchdog(lambda: _status(dispatcher, spool)))
+        await self._stop.wait()
+        log.info("draining")
+        self.notify.stopping("draining: intake stopped, finishing in-flight work")
+        rt.ctx.draining = True
+        inbox.accepting = False
+        dispatcher.running = False
+        rt.jobs.shutdown()
+        with anyio.move_on_after(25):
+            # a file mid-ingest is resumable, but let a short one finish
+            while inbox.current is not None:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+            dispatcher.wake()  # in-flight provider requests finish and settle
+            await dispatched.wait()
+            if spool.depth:
+                with contextlib.suppress(Exception):
+                    await service.replay_once()
+            server.should_exit = True
+            await served.wait()
+        tg.cancel_scope.cancel()
 
     async def _keep_embedded_up(self) -> None:
         """Our own database server went away (killed, stopped by hand): bring it back."""

@@ -106,9 +106,11 @@ def assemble(
     ryng_token: str,
     metrics: metrics_mod.Metrics | None = None,
     keep_applied: bool = False,
+    spool: Spool | None = None,
 ) -> Runtime:
     """Every part of an instance, wired; nothing started. ``metrics``: the daemon's (the
-    tests leave it out and get a private registry per app)."""
+    tests leave it out and get a private registry per app); ``spool``: the daemon's, which
+    took callbacks while it waited for the database."""
     s = settings
     ctx = AppContext(settings=s, pool=pool, clock=clock)
     if metrics is not None:
@@ -123,7 +125,7 @@ def assemble(
                             on_settled=metrics.chunk_settled if metrics else None,
                             agents=providers.selector)
     ctx.dispatcher = dispatcher
-    spool = Spool(s.state_dir / "spool")
+    spool = spool or Spool(s.state_dir / "spool")  # the daemon's: open since start-up
     completion = Completion(pool, clock)
     applied: list[Applied] = []
 

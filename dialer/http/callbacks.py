@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from dialer.lifecycle.payload import BadPayload
-from dialer.lifecycle.service import CallbackService
 from dialer.signing import read_token
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,14 @@ MAX_CALLBACK_BYTES = 256 * 1024
 _OK = b'{"status":"ok"}'
 
 
+class Receiver(Protocol):
+    """Makes one callback durable: 'stored' or 'spooled'; raises BadPayload, OSError."""
+
+    async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str: ...
+
+
 def routes(
-    service: Callable[[], CallbackService | None],
+    service: Callable[[], Receiver | None],
     secret: bytes,
     count: Callable[[str, str, float], None] | None = None,
 ) -> list[Route]:

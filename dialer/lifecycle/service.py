@@ -29,6 +29,21 @@ log = logging.getLogger(__name__)
 DB_DOWN: tuple[type[BaseException], ...] = (*retry.DB_DOWN, *retry.RACE)
 
 
+class SpoolOnly:
+    """Callbacks while the daemon waits for its database at start-up: validated as always,
+    made durable in the spool alone; the replayer applies them once the database is there."""
+
+    def __init__(self, spool: Spool, clock: Clock, ref_fields: set[int]) -> None:
+        self.spool = spool
+        self.clock = clock
+        self.ref_fields = ref_fields
+
+    async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:
+        payload.read(payload.decode(body, content_type), self.ref_fields)  # garbage: not stored
+        await self.spool.append(Spooled(kind, chunk_id, content_type, body, self.clock.now().isoformat()))
+        return "spooled"
+
+
 class CallbackService:
     def __init__(
         self,

@@ -202,3 +202,97 @@ def test_poison_callback_in_the_spool(daemon_env: dict[str, str], tmp_path: Path
     errors = log_errors(d, allowed=("spool",), allowed_exc=(*DB_DOWN_ERRORS, "CharacterNotInRepertoireError",
                                                             "UntranslatableCharacterError"))
     assert not errors, "unexpected errors in the daemon log:\n" + short(errors)
+
+
+def _start_without_ready(d: DaemonProcess) -> None:
+    """Start the daemon and wait only for ``/healthz``: its database may not be there."""
+    import sys
+
+    from tests.conftest import start_and_wait
+
+    d.proc = start_and_wait([sys.executable, "-m", "dialer", "run"], d.env, d.cwd, d.log,
+                            d.url + "/healthz", "daemon")
+
+
+@pytest.mark.timeout(300)
+def test_restarted_while_postgres_is_down_it_waits_and_loses_no_callback(daemon_env: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    """The daemon dies during a database outage and systemd starts it again before the
+    database is back: it keeps that pid, acknowledges the callbacks of the calls in flight
+    from the spool, and applies them once the database returns."""
+    agents = [f"a{i}" for i in range(4)]
+    # every call is answered and talks for ~3 h: the sandbox sends nothing more during the test
+    cfg = SandboxConfig(time_scale=1, seed=5, ring_s=(0, 0), talk_s=(10_000, 10_000), agent_pickup_s=0,
+                        default_max_dispose_s=0, agents=agents, token="sb-token", answer_rate=1,
+                        no_answer_rate=0, busy_rate=0, unreachable_rate=0)
+    with dedicated_postgres(tmp_path) as (pg, dsn), SandboxThread(cfg) as sb:
+        conf = target_toml(tmp_path / "d.toml", agents, chunk_size=10, calls_per_agent=1)
+        d = DaemonProcess(sandbox_env(daemon_env, sb, conf, DIALER_DATABASE_URL=dsn,
+                                      DIALER_DISPATCH_INTERVAL_S="3600"), tmp_path)
+        try:
+            d.start()
+            with d.client() as c:
+                r = c.post("/v1/batches", json={"leads": [{"number": number(i)} for i in range(4)]})
+                assert r.status_code == 202, r.text
+                assert c.post("/v1/targets/sales/resume").status_code == 200  # wakes dispatch now
+            poll(lambda: sql(dsn, "SELECT count(*) = 4 AS ok FROM calls WHERE state IN ('assigned', 'connected')"
+                             )[0]["ok"], 30, "the four calls assigned at the sandbox",
+                 detail=lambda: call_states(dsn))
+            rows = sql(dsn, "SELECT c.id, c.e164, k.token FROM calls c JOIN chunks k ON k.id = c.chunk_id "
+                            "ORDER BY c.id")
+            d.kill9()
+            pg.stop("fast")
+            try:
+                _start_without_ready(d)
+                w = Watched(d)
+                ready = httpx.get(d.url + "/readyz", timeout=5)
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["checks"]["database"].startswith("unreachable"), ready.text
+                with d.client() as c:
+                    api = c.get("/v1/targets")
+                assert api.status_code == 503 and api.headers.get("retry-after"), api.text
+                outcomes = ["NO_ANSWER", "BUSY", "UNREACHABLE", "ANSWERED"]
+                url = d.url + "/callbacks/ryng/terminal/{}"
+                form = {"content-type": "application/x-www-form-urlencoded"}
+                with httpx.Client(timeout=10) as http:
+                    forged = http.post(url.format("forged"), headers=form, content=b"event=terminated")
+                    assert forged.status_code == 401, forged.text
+                    for row, outcome in zip(rows, outcomes, strict=True):
+                        r = http.post(url.format(row["token"]), headers=form, content=(
+                            f"event=terminated&disposition={outcome}&agent=a1&attempts=1"
+                            f"&customField10={call_ref(row['id'])}&number=%2B{row['e164'][1:]}").encode())
+                        assert r.status_code == 200, f"callback before the database was reached: {r.text}"
+                # it keeps trying, and keeps its pid, for as long as the database is away
+                poll(lambda: (w.check(), d.log.read_text().count("waiting for it") >= 3)[1], 60,
+                     "three attempts to reach the database")
+                w.check("while the database was away at start-up")
+            finally:
+                pg.start()
+            poll(lambda: (w.check(), status(d.url + "/readyz") == 200)[1], 60, "/readyz 200 once it returned")
+            want = {row["id"]: o.lower() for row, o in zip(rows, outcomes, strict=True)}
+            poll(lambda: {r["id"]: r["state"] for r in sql(dsn, "SELECT id, state FROM calls")} == want, 30,
+                 "the callbacks acknowledged before the database was there applied",
+                 detail=lambda: call_states(dsn))
+            assert metric(d, "dialer_spool_depth") == 0
+            w.check("at the end")
+            assert d.stop() == 0
+        finally:
+            if d.proc is not None and d.proc.poll() is None:
+                d.stop()
+    errors = log_errors(d, allowed_exc=DB_DOWN_ERRORS)
+    assert not errors, "unexpected errors in the daemon log:\n" + short(errors)
+
+
+def test_a_database_that_refuses_the_daemon_at_start_up_is_bad_configuration(
+        daemon_env: dict[str, str], tmp_path: Path, db_url: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import with_database
+
+    # the server answers, but has no such database: exit 2 with the reason, no waiting
+    env = {**daemon_env, "DIALER_DATABASE_URL": with_database(db_url, "no_such_database")}
+    r = subprocess.run([sys.executable, "-m", "dialer", "run"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "InvalidCatalogNameError" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -206,3 +206,23 @@ def test_sigterm_drains_under_load_and_exits_0_within_30s(daemon: DaemonProcess,
     else:
         assert batch["rows_read"] == ROWS
         assert list(inbox.glob("processed/*/big.csv.report.json"))
+
+
+def test_a_daemon_waiting_for_its_database_keeps_systemd_waiting_and_stops_cleanly(
+        daemon: DaemonProcess, notify_socket: Notifications) -> None:
+    import sys
+
+    from tests.conftest import free_port, start_and_wait
+
+    # nothing listens there: the daemon waits (systemd told why, its start timeout extended)
+    daemon.env.update(NOTIFY_SOCKET=notify_socket.path, WATCHDOG_USEC="30000000",
+                      DIALER_DATABASE_URL=f"postgresql://dialer@127.0.0.1:{free_port()}/x")
+    daemon.proc = start_and_wait([sys.executable, "-m", "dialer", "run"], daemon.env, daemon.cwd, daemon.log,
+                                 daemon.url + "/healthz", "daemon")
+    notify_socket.wait("STATUS=starting: waiting for the database (ConnectionRefusedError), attempt 2")
+    assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in notify_socket.lines())
+    assert "WATCHDOG=1" in notify_socket.lines()
+    r = httpx.get(daemon.url + "/readyz", timeout=5)
+    assert r.status_code == 503 and r.json()["checks"]["database"] == "unreachable: ConnectionRefusedError"
+    assert not any("READY=1" in m for m in notify_socket.messages())
+    assert daemon.stop() == 0  # SIGTERM while waiting: a clean stop
