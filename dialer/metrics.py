@@ -21,6 +21,7 @@ daemon wires the rest through the hooks its components already offer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -197,6 +198,10 @@ class Metrics:
         self.wrapup_agents = Gauge(
             "dialer_wrapup_agents", "Agents in wrap-up (max_dispose_s after a call)", ["target"],
             registry=r)
+        self.queue_depth = Gauge(
+            "dialer_provider_queue_depth",
+            "Callers waiting in the target's provider queue (PortSIP /waiting, ringme waiting_members);"
+            " no sample when no provider reports it", ["target"], registry=r)
         self.paused = Gauge(
             "dialer_target_paused", "1 while a target is paused through the API", ["target"],
             registry=r)
@@ -433,6 +438,12 @@ class Metrics:
                 self.pacing_limit.labels(name).set(pace.limit)
                 self.ready_agents.labels(name).set(pace.ready_agents)
                 self.wrapup_agents.labels(name).set(pace.wrapup_agents)
+            depth = r.queue_depth.get(name)
+            if depth is not None:
+                self.queue_depth.labels(name).set(depth)
+            else:
+                with contextlib.suppress(KeyError):  # never reported, or no longer
+                    self.queue_depth.remove(name)
         self.webhook_backlog.set(r.webhook_backlog)
         await self.budgets.refresh(ctx, ctx.dispatcher or self.dispatcher)
 

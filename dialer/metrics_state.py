@@ -29,6 +29,7 @@ class Readings:
     paces: dict[str, Pace] = field(default_factory=dict)
     webhook_backlog: int = 0
     callbacks: dict[tuple[str, str], int] = field(default_factory=dict)  # (target, status) → open callbacks
+    queue_depth: dict[str, int | None] = field(default_factory=dict)  # callers waiting at the provider
 
 
 async def read(ctx: AppContext, dispatcher: Any, now: datetime) -> Readings:
@@ -43,6 +44,8 @@ async def read(ctx: AppContext, dispatcher: Any, now: datetime) -> Readings:
                                await conn.fetch(Q.metrics_callback_wait, now, WAITING_FOR_CALLBACK)}
         for name, t in settings.targets.items():
             out.paces[name] = await measure(conn, name, t, agents, now)
+            depth = getattr(agents, "depth", None)  # the providers' selector; not static agents
+            out.queue_depth[name] = await depth(conn, name) if depth is not None else None
         out.webhook_backlog = int(await conn.fetchval(Q.webhook_backlog) or 0)
         for x in await conn.fetch(Q.metrics_callbacks, now):
             for status in ("upcoming", "due", "overdue"):

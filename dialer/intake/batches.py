@@ -158,20 +158,18 @@ async def fail_batch(
 
 
 async def rejected_rows(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, prefetch: int = 2000
+    conn: asyncpg.Connection, batch_id: uuid.UUID, prefetch: int = 2000, *, indexed: bool = False
 ) -> AsyncIterator[dict[str, Any]]:
-    """Every row that will not be dialed, in line order (a server-side cursor: flat memory)."""
+    """Every row that will not be dialed, in line order (a server-side cursor: flat memory).
+    ``indexed``: each also with its ``index`` among the batch's records (API batches)."""
+    query = Q.batch_rejected_rows_indexed if indexed else Q.batch_rejected_rows
     async with conn.transaction():
-        async for r in conn.cursor(Q.batch_rejected_rows, batch_id, prefetch=prefetch):
+        async for r in conn.cursor(query, batch_id, prefetch=prefetch):
+            at = {"line": r["line"], **({"index": r["ordinal"]} if indexed else {})}
             if r["state"] in _REJECTED:
-                yield {
-                    "line": r["line"],
-                    "outcome": r["state"],
-                    "reason": r["reason"],
-                    "number": r["raw_number"],
-                }
+                yield {**at, "outcome": r["state"], "reason": r["reason"], "number": r["raw_number"]}
                 continue
             # an accepted lead some of whose numbers were left out: each, by its column
             for note in (r["number_notes"] or {}).get("rejected", []):
-                yield {"line": r["line"], "outcome": note["outcome"], "reason": note["reason"],
+                yield {**at, "outcome": note["outcome"], "reason": note["reason"],
                        "number": note["number"], "field": note["field"], "lead": "accepted"}

@@ -91,11 +91,13 @@ async def submit(
                 await batches.copy_chunk(conn, batch_id, chunk)
         counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now)
         rejected: list[dict[str, Any]] = []
-        index_key = "index" if sub.rows is not None else "line"
-        async for r in batches.rejected_rows(conn, batch_id):
+        csv_body = sub.rows is None
+        async for r in batches.rejected_rows(conn, batch_id, indexed=csv_body):
             if r["outcome"] == "invalid" or "field" in r:  # a lead's number left out: named by its field
-                rejected.append({index_key: r["line"], "reason": r["reason"],
-                                 **({"field": r["field"]} if "field" in r else {})})
+                # JSON: the lead's index (its "line"); CSV: the record's index and its file line
+                at = {"index": r["index"], "line": r["line"]} if csv_body else {"index": r["line"]}
+                field = {"field": r["field"]} if "field" in r else {}
+                rejected.append({**at, "reason": r["reason"], **field})
         body = {
             "batch_id": str(batch_id),
             "target": sub.target,

@@ -146,6 +146,17 @@ WHERE batch_id = $1 AND attempt = 1
   AND (state IN ('invalid', 'duplicate', 'dnc') OR jsonb_array_length(number_notes->'rejected') > 0)
 ORDER BY line
 
+-- name: batch_rejected_rows_indexed
+-- The same, each with its index among the batch's records (0-based, in line order): a CSV
+-- body's rejects name the record as a JSON body's do (a quoted field may span lines, blank
+-- lines are no record, so the line alone does not give it). API batches only: bounded.
+SELECT line, state, reason, raw_number, number_notes, ordinal
+FROM (SELECT line, state, reason, raw_number, number_notes,
+             (row_number() OVER (ORDER BY line) - 1)::int AS ordinal
+      FROM calls WHERE batch_id = $1 AND attempt = 1) c
+WHERE state IN ('invalid', 'duplicate', 'dnc') OR jsonb_array_length(number_notes->'rejected') > 0
+ORDER BY line
+
 -- name: batch_call_counts
 SELECT state, count(*)::int AS n FROM calls
 WHERE batch_id = $1 AND state NOT IN ('invalid', 'duplicate', 'dnc') GROUP BY state

@@ -57,14 +57,17 @@ async def test_post_batch_json_and_read_it_back(api: httpx.AsyncClient) -> None:
 
 
 async def test_post_batch_csv(api: httpx.AsyncClient) -> None:
-    csv = "Phone;Priority;Lead_ID;Company\n+14155550100;3;a1;Acme\nnope;1;a2;Bad\n"
+    # a blank line and a quoted field over two lines: the index counts records, not lines
+    csv = ('Phone;Priority;Lead_ID;Company\n+14155550100;3;a1;"Acme\nInc"\n\nnope;1;a2;Bad\n'
+           "+14155550101;1;a3;Ok\n")
     r = await api.post("/v1/batches?target=sales", content=csv.encode(),
                        headers={**AUTH, "Content-Type": "text/csv"})
     assert r.status_code == 202, r.text
     out = r.json()
-    assert out["accepted"] == 1
-    assert out["rejected"][0]["line"] == 3
-    assert "number" in out["rejected"][0]["reason"]
+    assert out["accepted"] == 2
+    # as a JSON body's rejects (SPEC §4: "index"), and the file line
+    assert out["rejected"] == [{"index": 1, "line": 5, "reason": "number: not a phone number "
+                                "(the string supplied did not seem to be a phone number)"}]
 
 
 async def test_cursor_paging_walks_every_call(api: httpx.AsyncClient) -> None:

@@ -215,3 +215,35 @@ def test_config_needs_a_queue_and_base_url_for_a_portsip_target() -> None:
                                                      "queues": {"sales": {"queue": "8000"}}}})
     assert s.portsip_token is not None and s.portsip_token.get_secret_value() == "tok-123456"
     assert s.redacted()["portsip_token"] == "***"
+
+
+async def test_the_waiting_list_length_is_exported_as_queue_depth(pool: asyncpg.Pool, pbx: FakePortSip,
+                                                                  client: PortSipClient) -> None:
+    """SPEC §7: "/waiting length is exported as queue depth" (a target no provider reports
+    on has no sample)."""
+    from types import SimpleNamespace
+
+    from dialer import metrics
+    from dialer.http.context import AppContext
+    from dialer.providers.agents import AgentSelector
+
+    qid = pbx.add_queue("Sales", "8000", {"101": "READY"})
+    pbx.set_waiting(qid, 3)
+    s = settings(pbx.url, {"sales": {"queue": "8000", "agents": {"101": "alice"}}})
+    s = s.model_copy(update={"targets": {**s.targets, "other": s.targets["sales"].model_copy()}})
+    clock = FakeClock()
+    r = PortSipReadiness(s, clock, client, pool)
+    await r.poll_once()
+    ctx = AppContext(settings=s, pool=pool, clock=clock)
+    ctx.dispatcher = SimpleNamespace(agents=AgentSelector(s, clock, {"portsip": r}), breakers={})  # type: ignore[assignment]
+    m = metrics.Metrics(s.targets)
+    m.min_refresh_s = 0
+    await m.refresh(ctx)
+    body = (await m.exposition()).decode()
+    assert 'dialer_provider_queue_depth{target="sales"} 3.0' in body
+    assert 'dialer_provider_queue_depth{target="other"}' not in body
+    pbx.set_waiting(qid, 0)
+    clock.advance(5)
+    await r.poll_once()
+    await m.refresh(ctx)
+    assert 'dialer_provider_queue_depth{target="sales"} 0.0' in (await m.exposition()).decode()
