@@ -90,7 +90,8 @@ class Target(_Strict):
     callback_owner_grace_min: float = Field(default=15, ge=0)
     callback_missed: CallbackMissedRule | None = None
     # who is ready (see [portsip]/[ringme]); silent longer than this -> the static `agents` list
-    agents_source: Literal["static", "portsip", "ringme"] = "static"
+    # auto: the best source configured for the target (ringme, then PortSIP, then agents)
+    agents_source: Literal["auto", "static", "portsip", "ringme"] = "auto"
     agents_silence_s: float | None = Field(default=None, gt=0)
     # abandon-rate guard, customer-first targets only (dispatch/abandon.py)
     abandon_slowdown_pct: float = Field(default=2.5, ge=0, le=100)

@@ -1,8 +1,9 @@
 """Which agents are ready, per target: the configured source, else the static list.
 
-A target's ``agents_source`` is ``static`` (its ``agents`` list), ``portsip`` (READY
+A target's ``agents_source`` is ``auto`` (the best source configured for it: ringme, then
+PortSIP, then its ``agents`` list), ``static`` (its ``agents`` list), ``portsip`` (READY
 agents of its PortSIP call queue, polled) or ``ringme`` (agent-login/agent-logout
-events). When that source has not spoken for ``agents_silence_s`` (default: PortSIP
+events). When a source has not spoken for ``agents_silence_s`` (default: PortSIP
 ``max(30, 4 x poll_s)``; ringme ``max(60, 4 x poll_s)`` while its counters poll runs for
 the target, else no limit: events only come on changes), or has never spoken, pacing
 falls back to the static list: one log line when it happens, ``fallback(target)`` true
@@ -55,13 +56,13 @@ class AgentSelector:
         self.clock = clock
         self.sources = dict(sources)
         self.static: AgentSource = static or StaticAgents(settings.targets)
-        self._fallback: dict[str, bool] = {}
+        self._using: dict[str, str] = {}  # target -> the source its pacing last followed
 
-    def silence_s(self, target: str) -> float | None:
+    def silence_s(self, target: str, kind: str | None = None) -> float | None:
         t = self.settings.targets[target]
         if t.agents_silence_s is not None:
             return t.agents_silence_s
-        src = self.sources.get(t.agents_source)
+        src = self.sources.get(kind or self._kind(target))
         return src.silence_default(target) if src is not None else None
 
     def _decide(self, target: str, kind: str, view: SourceView | None) -> tuple[set[str] | None, str | None]:
@@ -70,7 +71,7 @@ class AgentSelector:
             return None, f"{kind} is not configured"
         if view.heard_at is None:
             return None, "no word from it yet"
-        limit = self.silence_s(target)
+        limit = self.silence_s(target, kind)
         quiet = (self.clock.now() - view.heard_at).total_seconds()
         if limit is not None and quiet > limit:
             return None, f"silent for {quiet:.0f} s (limit {limit:g} s)"
@@ -78,33 +79,56 @@ class AgentSelector:
             return None, "it knows no agent status yet"
         return view.ready, None
 
-    def _kind(self, target: str) -> str:
+    def chain(self, target: str) -> list[str]:
+        """The sources a target's pacing follows, best first; the agents list after them.
+
+        ``agents_source = "auto"`` (the default) is SPEC §5's "best source configured":
+        agent events (ringme: ``[ringme]`` maps agents, or polls the target's queue), then
+        agent status polling (PortSIP: ``[portsip.queues.<target>]``). A named source is
+        followed alone; ``static`` is the list alone."""
         t = self.settings.targets.get(target)
-        return t.agents_source if t is not None else "static"
+        if t is None or t.agents_source == "static":
+            return []
+        if t.agents_source != "auto":
+            return [t.agents_source]
+        found = []
+        r = self.settings.ringme
+        if "ringme" in self.sources and (r.agents or target in r.queues):
+            found.append("ringme")
+        if "portsip" in self.sources and target in self.settings.portsip.queues:
+            found.append("portsip")
+        return found
+
+    def _kind(self, target: str) -> str:
+        chain = self.chain(target)
+        return chain[0] if chain else "static"
 
     async def ready(self, conn: asyncpg.Connection, target: str) -> Ready:
-        kind = self._kind(target)
-        if kind == "static":
+        chain = self.chain(target)
+        if not chain:
             return await self.static.ready(conn, target)
-        src = self.sources.get(kind)
-        view = await src.view(conn, target) if src is not None else None
-        ready, why = self._decide(target, kind, view)
-        was = self._fallback.get(target, False)
-        if why is None:
-            if was:
-                log.info("agent source speaks again; pacing follows it",
-                         extra={"target": target, "source": kind})
-            self._fallback[target] = False
-            return Ready(ready, kind)
-        if not was:
+        why_not: list[str] = []
+        was = self._using.get(target)
+        for kind in chain:
+            src = self.sources.get(kind)
+            view = await src.view(conn, target) if src is not None else None
+            ready, why = self._decide(target, kind, view)
+            if why is None:
+                if was is not None and was != kind:
+                    log.info("agent source speaks again; pacing follows it",
+                             extra={"target": target, "source": kind})
+                self._using[target] = kind
+                return Ready(ready, kind)
+            why_not.append(why if len(chain) == 1 else f"{kind}: {why}")
+        if was != FALLBACK_NAME:
             log.warning("agent source unavailable; pacing falls back to the static agents list",
-                        extra={"target": target, "source": kind, "reason": why})
-        self._fallback[target] = True
+                        extra={"target": target, "source": ", ".join(chain), "reason": "; ".join(why_not)})
+        self._using[target] = FALLBACK_NAME
         return Ready((await self.static.ready(conn, target)).agents, FALLBACK_NAME)
 
     def fallback(self, target: str) -> bool:
-        """True while the target's configured source is not used, as last decided (a metric)."""
-        return self._kind(target) != "static" and self._fallback.get(target, True)
+        """True while no configured source is used, as last decided (a metric)."""
+        return bool(self.chain(target)) and self._using.get(target, FALLBACK_NAME) == FALLBACK_NAME
 
     def fallbacks(self) -> dict[str, bool]:
         return {name: self.fallback(name) for name in self.settings.targets}

@@ -379,3 +379,38 @@ def test_the_daemon_serves_both_hooks_and_paces_from_ringme(daemon_env: dict[str
     assert r.status_code == 200
     assert r.json() == {"version": 2, "calls": [{"callId": "c1", "agents": [
         {"stringee_user_id": a, "routing_type": 1, "answer_timeout": 15} for a in ("alice", "bob", "carol")]}]}
+
+
+async def test_by_default_pacing_follows_the_best_source_configured(caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §5: agent events (ringme), then agent status polling (PortSIP), else the list."""
+    base = {"queue_id": "1", "agents": ["alice", "bob", "carol"]}
+    s = load_settings(None, environ={}, overrides={
+        "targets": {"both": base, "portsip_only": base, "none": base},
+        "default_target": "both",
+        "portsip": {"base_url": "http://pbx.invalid:8887",
+                    "queues": {"both": {"queue": "8000"}, "portsip_only": {"queue": "8001"}}},
+        "ringme": {"queues": {"both": "9000"}},
+    })
+    clock = FakeClock()
+    ringme, portsip = Stub(silence=None), Stub(silence=30)
+    sel = AgentSelector(s, clock, {"ringme": ringme, "portsip": portsip})
+    assert (sel.chain("both"), sel.chain("portsip_only"), sel.chain("none")) == (["ringme", "portsip"],
+                                                                                  ["portsip"], [])
+    # nothing heard yet: the list, flagged, with why for each source
+    with caplog.at_level(logging.INFO, logger="dialer.providers.agents"):
+        assert await source(sel, "both") == FALLBACK_NAME and sel.fallback("both")
+    assert caplog.records[-1].__dict__["reason"] == ("ringme: no word from it yet; "
+                                                      "portsip: no word from it yet")
+    portsip.heard, portsip.agents = clock.now(), {"bob"}
+    assert await ready(sel, "both") == {"bob"} and await source(sel, "both") == "portsip"
+    assert await source(sel, "portsip_only") == "portsip" and not sel.fallback("portsip_only")
+    ringme.heard, ringme.agents = clock.now(), {"carol"}
+    assert await ready(sel, "both") == {"carol"} and await source(sel, "both") == "ringme"
+    assert await source(sel, "portsip_only") == "portsip"  # ringme is not configured for it
+    # a target with no source configured: its list, and that is no fallback
+    assert await source(sel, "none") == "static" and not sel.fallback("none")
+    # a named source is followed alone
+    named = s.model_copy(update={"targets": {**s.targets, "both": s.targets["both"].model_copy(
+        update={"agents_source": "portsip"})}})
+    sel.settings = named
+    assert await source(sel, "both") == "portsip"
