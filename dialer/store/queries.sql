@@ -517,9 +517,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING id
 
 -- name: calls_stale
--- Live at the provider with no callback for stale_after_h: the provider lost it, or we did.
+-- Live at the provider with no terminal callback for stale_after_h since it was handed over
+-- (SPEC §5; progress callbacks do not restart the clock): the provider lost it, or we did.
 SELECT id, target, state FROM calls
-WHERE state IN ('queued', 'assigned', 'connected') AND updated_at < $1
+WHERE state IN ('queued', 'assigned', 'connected') AND coalesce(submitted_at, updated_at) < $1
 ORDER BY id LIMIT 5000
 FOR UPDATE SKIP LOCKED
 

@@ -17,7 +17,7 @@ from dialer.jobs import Jobs
 from dialer.lifecycle import moves, payload
 from dialer.store.queries import Q
 from tests.dispatch.test_dispatch import TARGETS, numbers
-from tests.stack import running_stack
+from tests.stack import SandboxConfig, running_stack
 
 
 @pytest.fixture
@@ -113,6 +113,29 @@ async def test_stale_calls_at_the_provider_expire_whatever_their_live_state(pool
         await st.completion.check()
         assert (await batch_row(pool, bid))["state"] == "done"
     assert outcome(counted, "sales", "expired") == 3
+
+
+async def test_a_progress_callback_does_not_restart_the_stale_clock(pool: asyncpg.Pool,
+                                                                   make_settings: Any) -> None:
+    """SPEC §5: live with no *terminal* callback for stale_after_h since it was handed over."""
+    clock = FakeClock(SystemClock().now())
+    quiet = SandboxConfig(time_scale=1, seed=3, ring_s=(3600, 3600), talk_s=(3600, 3600))  # no callback
+    async with running_stack(pool, make_settings, clock=clock, targets=TARGETS, stale_after_h=1,
+                             sandbox_config=quiet) as st:
+        await st.post(numbers(2))
+        await st.dispatcher.tick()  # handed to the sandbox: queued, submitted now
+        async with pool.acquire() as conn:
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM calls WHERE state = 'queued' ORDER BY id")]
+            assert len(ids) == 2
+            clock.advance(3000)
+            # a connect callback 50 min later moves the first one on (and touches updated_at)
+            await conn.execute("UPDATE calls SET state = 'connected', updated_at = $2 WHERE id = $1",
+                               ids[0], clock.now())
+        clock.advance(601)  # 60 min and a second after the hand-over
+        await Jobs(pool, st.settings, clock, "test-1").reaper()
+        async with pool.acquire() as conn:
+            states = [r["state"] for r in await conn.fetch("SELECT state FROM calls ORDER BY id")]
+        assert states == ["expired", "expired"]
 
 
 async def test_uncertain_calls_of_a_cancelled_batch_are_cancelled_not_requeued(pool: asyncpg.Pool,
