@@ -35,7 +35,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     errors.install(app)
     tokens = [t.get_secret_value() for t in ctx.settings.api_tokens]
-    app.include_router(router(TokenCheck(tokens)))
+    app.state.token_check = check = TokenCheck(tokens)  # also for /v1 paths no route has (errors.py)
+    app.include_router(router(check))
     mount_ui(app, ctx)  # the sales-ops console: /ui/... and / -> /ui/ (not in the OpenAPI schema)
 
     @app.get("/healthz", response_model=Health, summary="The process is alive")

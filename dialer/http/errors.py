@@ -63,7 +63,17 @@ def install(app: FastAPI) -> None:
                               "(such as NUL)", None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        # every /v1/* call needs the token (SPEC §4), a path or method that does not exist too:
+        # without it the answer is 401, so the API's shape is not shown to whoever asks
+        check = getattr(request.app.state, "token_check", None)
+        path = request.url.path
+        if check is not None and exc.status_code in (404, 405) and (path == "/v1" or path.startswith("/v1/")):
+            try:
+                await check(request)
+            except DialerError as e:
+                return error_response(e.http_status, e.code, e.message, e.details,
+                                      {"WWW-Authenticate": "Bearer"})
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), None,
                               dict(exc.headers) if exc.headers else None)

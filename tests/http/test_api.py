@@ -204,6 +204,19 @@ async def test_every_v1_route_needs_the_token(api: httpx.AsyncClient, method: st
     assert r.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.parametrize(("method", "path", "with_token"), [
+    ("GET", "/v1/no-such-thing", 404), ("GET", "/v1", 404), ("DELETE", "/v1/batches/x", 405),
+    ("PUT", "/v1/dnc", 405),
+])
+async def test_a_v1_path_or_method_that_does_not_exist_is_401_without_the_token(
+        api: httpx.AsyncClient, method: str, path: str, with_token: int) -> None:
+    # SPEC §4: the token on every /v1/* call; the API's shape is not shown to whoever asks
+    r = await api.request(method, path)
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized"), r.text
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert (await api.request(method, path, headers=AUTH)).status_code == with_token
+
+
 async def test_health_and_openapi(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).json()["status"] == "ok"
     ready = await api.get("/readyz")
