@@ -36,8 +36,11 @@ async def hold_for_dnc(conn: asyncpg.Connection, targets: Mapping[str, Target]) 
     """Before a DNC cancel: every target's dedupe lock, shared. The cancel leaves the calls of
     a batch still receiving rows to its finalise (``dnc_cancel_numbers``); with this lock that
     finalise either committed before the cancel or waits until our list entries commit. Taken
-    before the cancel locks any row, and before ``next_attempt`` asks for it again."""
-    await conn.execute(Q.dedupe_share_targets, sorted(targets))
+    before the cancel locks any row, and before ``next_attempt`` asks for it again. The
+    targets of batches still receiving are held too: a reload may have removed a target while
+    one of its files was still ingesting."""
+    receiving = {r["target"] for r in await conn.fetch(Q.batches_receiving_targets)}
+    await conn.execute(Q.dedupe_share_targets, sorted(set(targets) | receiving))
 
 
 async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str], attempts: int = 5) -> None:

@@ -45,6 +45,9 @@ SELECT pg_advisory_xact_lock(1, hashtext($1))
 -- wait for one another (number_locks orders those). $1 sorted: no lock-order deadlocks.
 SELECT pg_advisory_xact_lock_shared(1, hashtext(t)) FROM unnest($1::text[]) AS t
 
+-- name: batches_receiving_targets
+SELECT DISTINCT target FROM batches WHERE state = 'receiving'
+
 -- name: finalise_collapse_in_batch
 -- Within a batch the same number collapses: the highest priority (then first line) is kept.
 WITH ranked AS (

@@ -249,3 +249,35 @@ async def test_a_number_listed_while_its_batch_is_receiving_is_left_to_the_final
     async with pool.acquire() as conn:
         calls = [tuple(r) for r in await conn.fetch("SELECT e164, state, numbers FROM calls ORDER BY id")]
     assert calls == [(N2, "pending", None)]
+
+
+async def test_a_dnc_addition_waits_for_the_finalise_of_a_target_a_reload_removed(
+        pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> None:
+    """A file of a target the last reload removed is still being finalised: the addition
+    holds that target's dedupe lock too, so it cancels the call once the finalise committed
+    (without: it left the 'receiving' batch to a finalise that had read the list already)."""
+    async with pool.acquire() as conn:
+        bid = await batches.create_batch(conn, target="gone", source="inbox", now=clock.now())
+        await conn.execute("INSERT INTO calls (batch_id, target, line, raw_number, e164) "
+                           "VALUES ($1, 'gone', 0, $2, $2)", bid, N1)
+    assert "gone" not in settings.targets
+    async with pool.acquire() as finalising:
+        tx = finalising.transaction()
+        await tx.start()
+        counts = await batches.finalise(finalising, bid, "gone", settings.targets["sales"], clock.now())
+        assert counts["accepted"] == 1  # the list was read: N1 was not on it yet
+        adding = asyncio.create_task(dnc.add_numbers(pool, [N1], source="api", now=clock.now(),
+                                                     targets=settings.targets))
+        try:
+            await await_for(lambda: adding.done() or _waits_for_lock(pool), 10, "the addition waits")
+            assert not adding.done(), "the addition did not wait for the finalise of the removed target"
+        finally:
+            await tx.commit()
+        await adding
+    assert await live_on(pool, N1) == 0
+
+
+async def _waits_for_lock(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire() as probe:
+        return bool(await probe.fetchval("SELECT count(*) > 0 FROM pg_stat_activity "
+                                         "WHERE wait_event_type = 'Lock' AND datname = current_database()"))
