@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from dialer.intake.columns import canonical
 
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
@@ -27,7 +29,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LeadIn(_Strict):
+class LeadIn(BaseModel):
+    """A lead, keyed as a file's columns are (SPEC §4): case-insensitive, with the aliases
+    (``phone``, ``agentsAssigned``, ``lead_id``, ``alt_number``, ``number6``…); every other
+    key is a custom field, as the keys of ``fields`` are."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, FieldValue] = Field(init=False)
+
     number: str = Field(min_length=1, max_length=64, description="Phone number, national or E.164")
     priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1,
                                  description="Bigger dials first")
@@ -48,6 +57,24 @@ class LeadIn(_Strict):
         default=None, max_length=40,
         description="ISO 8601 date or time after which the lead is not dialed (ends expired); "
         "without an offset in the lead's local time, a date meaning the end of that day")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        """Each key to the field it names, so the field's own checks apply to it."""
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        named: dict[str, str] = {}
+        for key, value in data.items():
+            field = canonical(key) if isinstance(key, str) and key != "fields" else None
+            name = field if field in cls.model_fields else key
+            if field is not None:
+                if field in named:
+                    raise ValueError(f"keys {named[field]!r} and {key!r} both mean {field}")
+                named[field] = key
+            out[name] = value
+        return out
 
 
 class BatchIn(_Strict):

@@ -145,7 +145,7 @@ async def test_a_duplicate_of_a_call_that_was_never_dialed_says_so(api: httpx.As
         ({"target": "sales"}, "leads"),
         ({"leads": [{"priority": 1}]}, "leads[0].number"),
         ({"leads": [{"number": "+14155550100", "priority": "high"}]}, "leads[0].priority"),
-        ({"leads": [{"number": "+14155550100", "colour": "red"}]}, "leads[0].colour"),
+        ({"leads": [{"number": "+14155550100", "colour": {"r": 1}}]}, "leads[0].colour"),
         ({"leads": [], "result_webhook_url": "ftp://x"}, "result_webhook_url"),
     ],
 )
@@ -288,3 +288,26 @@ async def test_a_misspelt_or_repeated_query_parameter_is_refused(api: httpx.Asyn
     r = await api.get("/v1/callbacks?agent=bob&agent=alice", headers=AUTH)
     assert r.status_code == 422 and r.json()["error"]["message"] == "query parameter 'agent' given more than once"
     assert (await api.get("/v1/targets/sales/waiting", headers=AUTH)).status_code == 200
+
+
+async def test_json_leads_take_the_column_aliases_and_other_keys_as_custom_fields(api: httpx.AsyncClient) -> None:
+    """SPEC §4 "Columns / fields (case-insensitive, aliases)": a lead posted as JSON is
+    keyed as a file's columns are."""
+    body = {"target": "sales", "leads": [
+        {"Phone": "+14155550110", "agentsAssigned": "alice;bob", "lead_id": "crm-9", "tz": "America/Chicago",
+         "alt_number": "+14155550111", "number6": "+14155550112", "first_name": "Ann",
+         "fields": {"plan": "gold"}},
+    ]}
+    r = await api.post("/v1/batches", json=body, headers=AUTH)
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == 1 and r.json()["rejected"] == []
+    call = (await api.get("/v1/calls?external_id=crm-9", headers=AUTH)).json()
+    call = call["calls"][0] if "calls" in call else call
+    assert call["number"] == "+14155550110" and call["fields"] == {"first_name": "Ann", "plan": "gold"}
+    assert call["timezone"] == "America/Chicago" and sorted(call["agents"]) == ["alice", "bob"]
+    # two keys for one field: refused, naming both
+    r = await api.post("/v1/batches", json=leads("+14155550113", phone="+14155550114"), headers=AUTH)
+    assert r.status_code == 422 and "'number' and 'phone' both mean number" in r.text, r.text
+    # a custom field must be a scalar, as in "fields"
+    r = await api.post("/v1/batches", json=leads("+14155550115", extra={"a": 1}), headers=AUTH)
+    assert r.status_code == 422, r.text
