@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -44,15 +46,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_db(s: Settings, fn: Callable[[Any], Awaitable[int]], stop: bool = True) -> int:
+async def _with_db(s: Settings, fn: Callable[[Any], Awaitable[int]], stop: bool = True, *,
+                   schema: bool = True) -> int:
+    """``fn(pool)`` on the configured database. ``schema``: it needs the current schema: the
+    embedded database is migrated here (it is ours); another is left to ``dialer migrate``
+    and the daemon (its instances may run another version), with a message saying so."""
+    from dialer.store import migrate
     from dialer.store.database import Database
 
     db = Database(s)
     pool = await db.open()
     try:
+        if schema:
+            async with pool.acquire() as conn:
+                todo = await migrate.pending(conn)
+                if todo and db.embedded is not None:
+                    await migrate.migrate(conn)
+                    print(f"applied {len(todo)} migrations to the embedded database", file=sys.stderr)
+                elif todo:
+                    raise DialerError(f"the database schema is not current ({len(todo)} migrations "
+                                      "pending): run 'dialer migrate', or start the daemon, first")
         return await fn(pool)
     finally:
         await db.close(stop_embedded=stop)
+
+
+class _Lines:
+    """Progress as plain lines on stderr where no bar can be drawn (a pipe, a log, CI): one
+    every ``every_s`` seconds, and one at the end."""
+
+    def __init__(self, what: str, unit: str, every_s: float = 5.0) -> None:
+        self.what, self.unit, self.every_s = what, unit, every_s
+        self.done = 0
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        self.done = done
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            print(f"{self.what}: {self.done:,} {self.unit} so far", file=sys.stderr, flush=True)
+
+    def advance(self, n: int) -> None:
+        self.update(self.done + n)
+
+    def finish(self) -> None:
+        print(f"{self.what}: {self.done:,} {self.unit} in {time.monotonic() - self.t0:.1f} s",
+              file=sys.stderr, flush=True)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -71,7 +110,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print("schema is current: no migration to apply")
         return 0
 
-    return anyio.run(_with_db, s, go)
+    return anyio.run(functools.partial(_with_db, s, go, schema=False))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -89,15 +128,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     async def go(pool: Any) -> int:
         ing = FileIngestor(pool, s, SystemClock())
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("rows"), TimeElapsedColumn(), console=console, transient=False,
-            disable=not console.is_terminal and not args.progress,
-        ) as progress:
-            task = progress.add_task(f"ingesting {path.name}", total=None)
-            outcome = await ing.ingest(
-                path, target, source="cli", on_progress=lambda n: progress.advance(task, n)
-            )
+        if console.is_terminal or args.progress:
+            with Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("rows"), TimeElapsedColumn(), console=console, transient=False,
+            ) as progress:
+                task = progress.add_task(f"ingesting {path.name}", total=None)
+                outcome = await ing.ingest(
+                    path, target, source="cli", on_progress=lambda n: progress.advance(task, n)
+                )
+        else:
+            lines = _Lines(f"ingesting {path.name}", "rows")
+            outcome = await ing.ingest(path, target, source="cli", on_progress=lines.advance)
+            lines.finish()
         if outcome.kind == "failed":
             print(f"error: {path.name}: {outcome.error}", file=sys.stderr)
             return 1
@@ -217,15 +260,21 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
     size = path.stat().st_size
 
     async def go(pool: Any) -> int:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                      TimeElapsedColumn(), console=console,
-                      disable=not console.is_terminal and not args.progress) as progress:
-            task = progress.add_task(f"importing {path.name}", total=size)
-            report = await dnc.import_file(
+        async def run(on_progress: Callable[[int], None]) -> Any:
+            return await dnc.import_file(
                 pool, path, region=region, source=args.source or path.name, now=SystemClock().now(),
-                targets=s.targets, default_expiry=expiry,
-                on_progress=lambda done: progress.update(task, completed=done),
+                targets=s.targets, default_expiry=expiry, on_progress=on_progress,
             )
+
+        if console.is_terminal or args.progress:
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                          TimeElapsedColumn(), console=console) as progress:
+                task = progress.add_task(f"importing {path.name}", total=size)
+                report = await run(lambda done: progress.update(task, completed=done))
+        else:
+            lines = _Lines(f"importing {path.name}", "bytes")
+            report = await run(lines.update)
+            lines.finish()
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
         return 0
 
@@ -298,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="a .csv, .json, .ndjson/.jsonl or .xlsx lead file")
     i.add_argument("--target", help="target name (default: default_target)")
     i.add_argument("--report", help="also write the report to this path")
-    i.add_argument("--progress", action="store_true", help="show progress even when not a TTY")
+    i.add_argument("--progress", action="store_true",
+                   help="draw the progress bar even off a terminal (else: a line every 5 s)")
     i.set_defaults(fn=cmd_ingest)
     st = sub.add_parser("status", help="batches and calls by state")
     st.add_argument("--limit", type=int, default=20, help="how many recent batches (default 20)")
@@ -320,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--region", help="region for national numbers (default: the default target's)")
     di.add_argument("--source", help="recorded as the entries' source (default: the file name)")
     di.add_argument("--expires-at", help="expiry for entries that don't carry one (ISO date/time)")
-    di.add_argument("--progress", action="store_true", help="show progress even when not a TTY")
+    di.add_argument("--progress", action="store_true",
+                    help="draw the progress bar even off a terminal (else: a line every 5 s)")
     di.set_defaults(fn=cmd_dnc_import)
     de = dsub.add_parser("export", help="write the list as CSV (stdout or --output)")
     de.add_argument("--output", "-o")

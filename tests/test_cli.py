@@ -1,0 +1,65 @@
+"""The CLI as a newcomer runs it (SPEC §8): ``dialer ingest`` and ``dialer status`` on a
+fresh state directory (the embedded database is migrated for them), a database whose
+schema is not current (a message, not a traceback), and progress shown off a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from tests.conftest import with_database
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dialer", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=180)
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
+    env.update(DIALER_STATE_DIR=str(tmp_path / "var"), DIALER_LOG_FORMAT="json")
+    return env
+
+
+def test_ingest_and_status_on_a_fresh_state_directory(tmp_path: Path) -> None:
+    leads = tmp_path / "leads.csv"
+    leads.write_text("number,first_name\n+14155550100,Ann\n(415) 555-0101,Bob\nnope,Carl\n")
+    env = base_env(tmp_path)
+    r = run(["ingest", str(leads)], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["counts"]["accepted"] == 2 and report["counts"]["invalid"] == 1, report
+    # the embedded database was migrated for it; progress shows without a terminal
+    assert "migrations to the embedded database" in r.stderr
+    assert "ingesting leads.csv: 3 rows in" in r.stderr, r.stderr
+    r = run(["status"], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_database_whose_schema_is_not_current_is_a_message_not_a_traceback(tmp_path: Path,
+                                                                            pg_server: str) -> None:
+    name = f"unmigrated_{os.getpid()}"
+
+    async def make(sql: str) -> None:
+        conn = await asyncpg.connect(pg_server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(make(f"CREATE DATABASE {name}"))
+    try:
+        env = {**base_env(tmp_path), "DIALER_DATABASE_URL": with_database(pg_server, name)}
+        r = run(["status"], env, tmp_path)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "schema is not current" in r.stderr and "dialer migrate" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        asyncio.run(make(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
