@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -56,6 +57,11 @@ async def write_results_csv(conn: asyncpg.Connection, batch_id: uuid.UUID, dest:
         await f.aclose()
     await anyio.Path(tmp).replace(dest)
     return n
+
+
+# How long a finalised inbox batch waits for its file to be filed before it may end without
+# a results file (the filing normally follows the finalise within a second)
+FILING_GRACE = timedelta(minutes=10)
 
 
 class Completion:
@@ -115,12 +121,18 @@ class Completion:
                          extra={"batch_id": str(batch_id), "calls": len(ended)})
         if await conn.fetchval(Q.batch_has_live_calls, batch_id):
             return False
+        inbox = b is not None and b["source"] == "inbox"
+        f = await conn.fetchrow(Q.inbox_file_for_batch, batch_id) if inbox else None
+        if f is not None and f["state"] == "ingested" and b is not None and b["ingested_at"] is not None \
+                and self.clock.now() - b["ingested_at"] < FILING_GRACE:
+            # finalised, its file not yet moved beside its report: the results go there, so
+            # wait for the filing (it sweeps again); a file never filed ends without them
+            return False
         row = await conn.fetchrow(Q.batch_done, batch_id, self.clock.now())
         if row is None:
             return False
         log.info("batch done", extra={"batch_id": str(batch_id)})
         if row["source"] == "inbox":
-            f = await conn.fetchrow(Q.inbox_file_for_batch, batch_id)
             if f is not None and f["filed_path"]:
                 filed = Path(f["filed_path"])
                 dest = filed.with_name(filed.name + ".results.csv")

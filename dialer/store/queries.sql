@@ -689,7 +689,7 @@ WHERE c.batch_id = $1
 ORDER BY coalesce(c.lead_id, c.id), c.attempt DESC
 
 -- name: inbox_file_for_batch
-SELECT name, filed_path FROM inbox_files WHERE batch_id = $1
+SELECT name, state, filed_path FROM inbox_files WHERE batch_id = $1
 
 -- name: batch_set_results_path
 UPDATE batches SET results_path = $2 WHERE id = $1

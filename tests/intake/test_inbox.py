@@ -216,3 +216,30 @@ async def test_ten_thousand_invalid_rows_are_all_reported(inbox: Inbox, clock: F
     rep = report(inbox, "bad.csv")
     assert rep["counts"]["invalid"] == 10_000
     assert [r["line"] for r in rep["rejected"]] == list(range(2, 10_002))
+
+
+async def test_a_batch_that_ends_before_its_file_is_filed_still_gets_its_results(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool) -> None:
+    """Every row rejected: the batch has nothing live from its finalise on. A completion
+    sweep (this instance's or another's) that comes before the file is filed waits for the
+    filing, so the results file is written beside it, not lost."""
+    from dialer.results.files import Completion
+
+    completion = Completion(pool, clock)
+    write_report = inbox.ingestor.write_report
+
+    swept: list[list[Any]] = []
+
+    async def a_sweep_first(outcome: Any, dest: Path) -> dict[str, Any]:
+        swept.append(await completion.check())
+        return await write_report(outcome, dest)
+
+    inbox.ingestor.write_report = a_sweep_first  # type: ignore[method-assign]
+    drop(inbox, "bad.csv", "number\nnope\n12\n")
+    await settle_and_scan(inbox, clock)
+    assert swept == [[]]  # finalised, not yet filed: not done yet
+    completion.sweep_soon()  # what filing a file does (on_ingested)
+    assert len(await completion.check()) == 1
+    day = clock.now().astimezone().date().isoformat()
+    results = inbox.root / "processed" / day / "bad.csv.results.csv"
+    assert results.read_text().count("\n") == 3  # the header and both rejected leads
