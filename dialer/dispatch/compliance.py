@@ -195,8 +195,11 @@ class Rules:
             # a lead's region we cannot place (a typo, a name): any window may apply to it
             return _intersect([own, *self.by_region.values()]), UNRECOGNISED
         country = region.split("-")[0] if region else None
-        if region and "-" in region and country in self.by_region:
-            return self.by_region[country], f"calling_hours_by_region.{country}"
+        if region and "-" in region:
+            # a subdivision we know with no window of its own: its country's, else the target's
+            if country in self.by_region:
+                return self.by_region[country], f"calling_hours_by_region.{country}"
+            return own, "calling_hours"
         if country:
             # subdivision unknown: every window that could apply in that country, the strictest
             cands = [w for k, w in self.by_region.items() if k.split("-")[0] == country]

@@ -69,7 +69,24 @@ def test_an_unrecognised_region_takes_the_strictest_window() -> None:
     # recognised codes keep their own answer
     assert r.window_for(t, "US-TX")[1] == "calling_hours_by_region.US-TX"
     assert r.window_for(t, "FR")[1] == "calling_hours"  # a country with no override: the target's own
-    assert "US-*" in r.window_for(t, "US-NY")[1]  # a US state without its own: the US windows
+    # a state we know with no window of its own: the target's (SPEC §9: region windows win
+    # over calling_hours where they apply; strictest only when the state is unknown)
+    assert r.window_for(t, "US-NY")[1] == "calling_hours"
+    assert "US-*" in r.window_for(t, "US")[1]
+    r2, _ = rules(calling_hours_by_region={"US": "09:00-20:00", "US-TX": "09:00-21:00"})
+    assert r2.window_for(t, "US-NY")[1] == "calling_hours_by_region.US"  # its country's
+
+
+def test_a_known_state_without_its_own_window_keeps_the_targets_hours() -> None:
+    r, t = rules(calling_hours_by_region={"US-TX": "10:00-19:00"})  # the target's: 09:00-20:00
+    sf, dallas = "+14155550100", "+12145550100"  # US-CA (no window of its own), US-TX
+    assert compliance.region_of(sf, None, None) == "US-CA"
+    morning = datetime(2026, 6, 2, 16, 30, tzinfo=UTC)  # 09:30 in San Francisco, 11:30 in Dallas
+    assert r.check("sales", t, sf, None, None, morning) is None  # Texas' 10:00 does not reach California
+    evening = datetime(2026, 6, 3, 0, 30, tzinfo=UTC)  # 17:30 in San Francisco, 19:30 in Dallas
+    assert r.check("sales", t, sf, None, None, evening) is None
+    hold = r.check("sales", t, dallas, None, None, evening)
+    assert hold is not None and hold.rule == "calling_hours_by_region.US-TX"
 
 
 def test_holidays_from_dates_and_ics(tmp_path: Path) -> None:
