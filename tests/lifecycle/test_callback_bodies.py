@@ -73,3 +73,20 @@ async def test_the_reference_in_ref_field_wins_over_other_custom_fields(pool: as
     assert await svc.receive(1, "terminal", body, "application/json") == "stored"
     assert await states(pool) == {a: "answered", b: "queued", c: "busy"}
     svc.spool.close()
+
+
+def test_event_values_read_in_any_spelling() -> None:
+    """SPEC §6 reads the callback "case-insensitively in camelCase or snake_case"."""
+    from dialer.config import load_settings
+    from dialer.lifecycle import events, payload
+    from dialer.lifecycle.dispositions import Dispositions
+    from dialer.lifecycle.states import State
+
+    s = load_settings(None, environ={})
+    disp = Dispositions(s.dispositions, s.compliance.dnc_dispositions)
+    for word in ("customer_answered", "customerAnswered", "CustomerAnswered", "CUSTOMER-ANSWERED"):
+        cb = payload.read({"event": word, "customField10": "dl1"})
+        assert cb.event == "customer_answered"
+        assert events.target_state("connect", cb, disp) == State.CONNECTED
+    for word in ("agentAssigned", "agent_answered", "agentAnswered"):
+        assert events.target_state("connect", payload.read({"event": word}), disp) == State.ASSIGNED
