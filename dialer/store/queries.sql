@@ -672,11 +672,16 @@ WHERE id = $1 AND state IN ('ingested', 'cancelled') AND ended_at IS NULL
 RETURNING source, source_name
 
 -- name: batch_results
--- One row per lead: its latest attempt; a lead with several numbers also its attempts per
--- number (one-number leads skip that lookup).
+-- One row per lead: its latest attempt, and how many of its attempts were dialed (sent to
+-- the provider: none for a lead rejected at intake or ended before its send); a lead with
+-- several numbers also its attempts per number (one-number leads skip that lookup). The
+-- window sorts as DISTINCT ON does: one sort.
 SELECT DISTINCT ON (coalesce(c.lead_id, c.id))
        coalesce(c.raw_number, c.e164) AS raw_number, c.e164, c.external_id, c.state, c.outcome,
-       c.attempt AS attempts, c.agent, c.ended_at, c.line, c.numbers,
+       (count(*) FILTER (WHERE c.submitted_at IS NOT NULL) OVER (
+            PARTITION BY coalesce(c.lead_id, c.id) ORDER BY c.attempt DESC
+            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))::int AS attempts,
+       c.agent, c.ended_at, c.line, c.numbers,
        CASE WHEN c.numbers IS NOT NULL THEN (
            SELECT jsonb_object_agg(a.e164, a.n) FROM (
                SELECT x.e164, count(*)::int AS n FROM calls x

@@ -243,3 +243,7 @@ async def test_a_batch_that_ends_before_its_file_is_filed_still_gets_its_results
     day = clock.now().astimezone().date().isoformat()
     results = inbox.root / "processed" / day / "bad.csv.results.csv"
     assert results.read_text().count("\n") == 3  # the header and both rejected leads
+    import csv
+
+    rows = list(csv.DictReader(results.open()))
+    assert [(r["state"], r["attempts"]) for r in rows] == [("invalid", "0"), ("invalid", "0")]  # never dialed

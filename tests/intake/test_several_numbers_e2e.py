@@ -54,6 +54,7 @@ async def test_a_multi_number_file_through_the_inbox(pool: asyncpg.Pool, make_se
         assert report["rejected"][0]["reason"] == "number2: not a valid phone number for region US"
         rows = {r["external_id"]: r for r in csv.DictReader(results.open())}
         assert rows["a"]["attempts_per_number"] == "+14155550101:1;+14155550102:1;+14155550103:1"
+        assert (rows["a"]["attempts"], rows["b"]["attempts"]) == ("3", "1")  # dials, all numbers
         assert (rows["a"]["state"], rows["a"]["number"], rows["a"]["number_reached"]) == (
             "no_answer", "+14155550103", "")
         assert rows["b"]["attempts_per_number"] == "+14155550111:1"
