@@ -124,6 +124,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     logs.setup(s.log_format, "warning")
     path = _input_file(args.file)
     target = args.target or s.default_target
+    if target not in s.targets:
+        known = ", ".join(sorted(s.targets))
+        raise _Usage(f"--target: unknown target {target!r}; configured targets: {known}")
     console = Console(stderr=True)
 
     async def go(pool: Any) -> int:

@@ -63,3 +63,11 @@ def test_a_database_whose_schema_is_not_current_is_a_message_not_a_traceback(tmp
         assert "Traceback" not in r.stderr
     finally:
         asyncio.run(make(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def test_ingest_into_an_unknown_target_is_a_usage_error(tmp_path: Path) -> None:
+    leads = tmp_path / "leads.csv"
+    leads.write_text("number\n+14155550100\n")
+    r = run(["ingest", str(leads), "--target", "nope"], base_env(tmp_path), tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "unknown target 'nope'" in r.stderr and "Traceback" not in r.stderr

@@ -79,4 +79,13 @@ def routes(
         counted(kind, result, t0)
         return Response(_OK, 200, media_type="application/json")
 
-    return [Route("/callbacks/ryng/{kind}/{token}", ryng, methods=["POST"])]
+    async def unsigned(request: Request) -> Response:
+        # a callback URL without its token is unsigned: refused and counted as forged
+        kind = request.path_params["kind"]
+        counted(kind, "forged", time.perf_counter())
+        return Response(b'{"error":{"code":"unauthorized","message":"callback URL is not signed"}}',
+                        401, media_type="application/json")
+
+    return [Route("/callbacks/ryng/{kind}/{token}", ryng, methods=["POST"]),
+            Route("/callbacks/ryng/{kind}", unsigned, methods=["POST"]),
+            Route("/callbacks/ryng/{kind}/", unsigned, methods=["POST"])]

@@ -52,6 +52,9 @@ async def test_forged_tokens_are_401_and_nothing_is_stored(pool: asyncpg.Pool, m
             for t in forged:
                 r = await http.post(f"{base}/{t}", json={"event": "terminated", "disposition": "ANSWERED", **rows[0]})
                 assert r.status_code == 401, t
+            for unsigned in (base, base + "/"):  # no token at all
+                r = await http.post(unsigned, json={"event": "terminated", "disposition": "ANSWERED", **rows[0]})
+                assert r.status_code == 401, unsigned
             assert await conn.fetchval("SELECT count(*) FROM call_events") == before
             assert (await st.states()) == states
 
