@@ -41,6 +41,13 @@ def test_ingest_and_status_on_a_fresh_state_directory(tmp_path: Path) -> None:
     r = run(["status"], env, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
+    dnc = tmp_path / "dnc.txt"
+    dnc.write_text("+14155550100\n(415) 555-0199\n")
+    r = run(["dnc", "import", str(dnc)], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["added"] == 2 and "importing dnc.txt:" in r.stderr, r.stdout + r.stderr
+    r = run(["dnc", "export"], env, tmp_path)
+    assert r.returncode == 0 and "+14155550199" in r.stdout and "+14155550100" in r.stdout, r.stdout
 
 
 def test_a_database_whose_schema_is_not_current_is_a_message_not_a_traceback(tmp_path: Path,
@@ -71,3 +78,31 @@ def test_ingest_into_an_unknown_target_is_a_usage_error(tmp_path: Path) -> None:
     r = run(["ingest", str(leads), "--target", "nope"], base_env(tmp_path), tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "unknown target 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def _commands() -> list[list[str]]:
+    """Every command and sub-command the parser knows, from the parser itself."""
+    import argparse
+
+    from dialer.cli import build_parser
+
+    out: list[list[str]] = [[]]
+
+    def walk(p: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    out.append([*path, name])
+                    walk(child, [*path, name])
+
+    walk(build_parser(), [])
+    return out
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    """SPEC §8: "--help everywhere"."""
+    commands = _commands()
+    assert {"run", "migrate", "ingest", "status", "sandbox", "check-config"} <= {c[0] for c in commands if c}
+    for cmd in commands:
+        r = run([*cmd, "--help"], base_env(tmp_path), tmp_path)
+        assert r.returncode == 0 and r.stdout.startswith("usage: dialer"), (cmd, r.stdout + r.stderr)
