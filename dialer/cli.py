@@ -48,9 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _with_db(s: Settings, fn: Callable[[Any], Awaitable[int]], stop: bool = True, *,
                    schema: bool = True) -> int:
-    """``fn(pool)`` on the configured database. ``schema``: it needs the current schema: the
-    embedded database is migrated here (it is ours); another is left to ``dialer migrate``
-    and the daemon (its instances may run another version), with a message saying so."""
+    """``fn(pool)`` on the configured database. ``schema``: it needs the current schema: an
+    embedded database this command started is migrated here (no daemon runs on it); one a
+    daemon runs, or a database of your own, is left to ``dialer migrate`` and the daemon (it
+    may run another version), with a message saying so."""
     from dialer.store import migrate
     from dialer.store.database import Database
 
@@ -60,9 +61,9 @@ async def _with_db(s: Settings, fn: Callable[[Any], Awaitable[int]], stop: bool 
         if schema:
             async with pool.acquire() as conn:
                 todo = await migrate.pending(conn)
-                if todo and db.embedded is not None:
-                    await migrate.migrate(conn)
-                    print(f"applied {len(todo)} migrations to the embedded database", file=sys.stderr)
+                if todo and db.embedded is not None and db.embedded.started_here:
+                    done = await migrate.migrate(conn)
+                    print(f"applied {len(done)} migrations to the embedded database", file=sys.stderr)
                 elif todo:
                     raise DialerError(f"the database schema is not current ({len(todo)} migrations "
                                       "pending): run 'dialer migrate', or start the daemon, first")

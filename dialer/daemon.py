@@ -24,15 +24,16 @@ from dialer import metrics
 from dialer.clock import Clock, SystemClock
 from dialer.config import Settings, load_settings
 from dialer.dispatch.dispatcher import Dispatcher
-from dialer.errors import ConfigError
+from dialer.errors import ConfigError, DialerError
 from dialer.http import callbacks
+from dialer.http.auth import TokenCheck
 from dialer.http.limits import HeaderLimit
 from dialer.http.starting import Switch, starting_app
 from dialer.intake import phones
 from dialer.jobs import Job
 from dialer.lifecycle.service import SpoolOnly
 from dialer.lifecycle.spool import Spool
-from dialer.logs import register_secret
+from dialer.logs import register_secret, scrub
 from dialer.notify import Notifier
 from dialer.runtime import Runtime, assemble
 from dialer.store import retry
@@ -88,7 +89,7 @@ class Daemon:
         self.metrics = metrics.Metrics(settings.targets)
         self.runtime: Runtime | None = None  # what a reload reconfigures
         self._waiting = "not reached yet"  # why the database is not there, for /readyz meanwhile
-        self._fatal: ConfigError | None = None  # the database refused us at start-up
+        self._fatal: DialerError | None = None  # start-up cannot go on (raised by run)
 
     def api_tokens(self) -> list[str]:
         tokens = [t.get_secret_value() for t in self.settings.api_tokens]
@@ -138,7 +139,10 @@ class Daemon:
         spool = Spool(s.state_dir / "spool")
         early = SpoolOnly(spool, self.clock, {t.ref_field for t in s.targets.values()})
         edge = callbacks.routes(lambda: early, secret, count=m.callback)
-        front = Switch(HeaderLimit(starting_app(lambda: self._waiting, edge), fast=edge))
+        m.watch_spool(spool)
+        m.db_up.set(0)  # until the database is open
+        check = TokenCheck(tokens)
+        front = Switch(HeaderLimit(starting_app(lambda: self._waiting, edge, m.exposition, check), fast=edge))
         sock = bind(s)
         server = _Server(uvicorn.Config(
             front, log_config=None, access_log=False, lifespan="off",
@@ -163,7 +167,11 @@ class Daemon:
                 else:
                     rt, sandbox = self._assemble(pool, tokens, secret, m, spool)
                     self.runtime = rt
-                    await rt.jobs.heartbeat()
+                    try:
+                        await rt.jobs.heartbeat()
+                    except retry.DB_DOWN as e:  # a blip just after the migrations: its job beats again
+                        log.warning("first heartbeat failed; the heartbeat job will retry",
+                                    extra={"error": type(e).__name__})
                     front.app = HeaderLimit(rt.app, fast=rt.edge)  # the whole product from here on
                     await self._serve(rt, tg, server, served, sandbox)
         finally:
@@ -211,35 +219,58 @@ class Daemon:
 
     async def _open_database(self) -> asyncpg.Pool | None:
         """The pool, migrated; waits out a database that is not there yet (retried with
-        backoff, logged, told to systemd). None when stopped meanwhile, or when the database
-        refuses our credentials or does not exist: bad configuration (``_fatal``)."""
+        backoff, logged, told to systemd). None when stopped meanwhile, or when start-up
+        cannot go on: the database refuses our credentials or does not exist, the DSN is
+        unusable, a migration fails (``_fatal``, raised by ``run`` outside its task group)."""
         self.notify.status("starting: opening the database")
-        await anyio.to_thread.run_sync(self.db.resolve_dsn)  # the embedded server, if no DSN
+        try:
+            await anyio.to_thread.run_sync(self.db.resolve_dsn)  # the embedded server, if no DSN
+        except Exception as e:
+            self._fatal = e if isinstance(e, DialerError) else DialerError(
+                f"the embedded database did not start: {type(e).__name__}: {scrub(str(e))}")
+            return None
         delay, attempt = 0.5, 0
         while not self._stop.is_set():
             attempt += 1
             try:
+                await self._embedded_up()
                 pool = await self._cancel_on_stop(self._connect_and_migrate)
-            except _FATAL as e:  # raised by run(), outside its task group (no ExceptionGroup)
-                self._fatal = ConfigError(f"the database refused the daemon: {type(e).__name__}: {e}")
+            except _FATAL as e:
+                why = f"{type(e).__name__}: {scrub(str(e))}"
+                self._fatal = ConfigError(f"the database refused the daemon: {why}")
                 return None
             except retry.DB_DOWN as e:
                 self._waiting = f"unreachable: {type(e).__name__}"
-                log.warning("database not reachable at start-up; waiting for it",
-                            extra={"error": type(e).__name__, "detail": str(e)[:200],
-                                   "attempt": attempt, "retry_in_s": delay})
+                if attempt <= 3 or attempt % 30 == 0:  # the first ones, then every few minutes
+                    log.warning("database not reachable at start-up; waiting for it",
+                                extra={"error": type(e).__name__, "detail": str(e)[:200],
+                                       "attempt": attempt, "retry_in_s": delay})
                 self.notify.status(f"starting: waiting for the database ({type(e).__name__}), "
                                    f"attempt {attempt}")
                 with anyio.move_on_after(delay):
                     await self._stop.wait()
                 delay = min(delay * 2, 10.0)
                 continue
+            except ValueError as e:  # the driver cannot use the DSN
+                self._fatal = ConfigError(f"DIALER_DATABASE_URL: {type(e).__name__}: {scrub(str(e))}")
+                return None
+            except Exception as e:  # a migration that fails, a server that refuses it
+                self._fatal = DialerError(f"start-up failed: {type(e).__name__}: {scrub(str(e))}")
+                return None
             if pool is None or self._stop.is_set():
                 if pool is not None:
                     await self.db.close(stop_embedded=False)
                 return None
             return pool
         return None
+
+    async def _embedded_up(self) -> None:
+        """Our own server went away while we waited for it (killed, out of memory): start it
+        again, as ``_keep_embedded_up`` does once the daemon runs."""
+        emb = self.db.embedded
+        if emb is not None and not emb.running():
+            log.error("embedded PostgreSQL is not running; starting it")
+            await anyio.to_thread.run_sync(emb.start)
 
     async def _keep_systemd_waiting(self, scope: anyio.CancelScope) -> None:
         """Until the database is open: systemd's start timeout extended and its watchdog fed,
@@ -370,13 +401,14 @@ class Daemon:
 
         An invalid file is logged and the running configuration kept.
         """
-        self.notify.reloading()
+        if self.runtime is not None:  # not while starting: READY=1 would end it (see _after_reload)
+            self.notify.reloading()
         try:
             new = load_settings(self.config_path)
         except Exception as e:
             log.error("config reload failed; keeping the running configuration", extra={"error": str(e)})
             self.metrics.config_reload(False)
-            self.notify.ready("running: config reload failed, kept the running configuration")
+            self._after_reload("config reload failed, kept the running configuration")
             return False
         untouched = {"targets", "default_target"}
         needs_restart = sorted(k for k in Settings.model_fields
@@ -386,11 +418,22 @@ class Daemon:
                         extra={"keys": needs_restart})
         if self.runtime is not None:
             self.runtime.reconfigure(new)
+        else:  # still waiting for the database: the runtime is built from these settings
+            self.settings = self.settings.model_copy(
+                update={"targets": new.targets, "default_target": new.default_target})
         self.metrics.set_targets(new.targets)
         self.metrics.config_reload(True)
         log.info("config reloaded", extra={"targets": sorted(new.targets)})
-        self.notify.ready("running: configuration reloaded")
+        self._after_reload("configuration reloaded")
         return True
+
+    def _after_reload(self, what: str) -> None:
+        """READY=1 ends a reload for systemd, but only once the daemon runs: before that it
+        would mark the unit started while it still waits for its database."""
+        if self.runtime is not None:
+            self.notify.ready(f"running: {what}")
+        else:
+            self.notify.status(f"starting: {what}; waiting for the database")
 
     def stop(self) -> None:
         self._stop.set()

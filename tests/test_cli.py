@@ -106,3 +106,17 @@ def test_every_command_has_help(tmp_path: Path) -> None:
     for cmd in commands:
         r = run([*cmd, "--help"], base_env(tmp_path), tmp_path)
         assert r.returncode == 0 and r.stdout.startswith("usage: dialer"), (cmd, r.stdout + r.stderr)
+
+
+def test_the_cli_leaves_the_schema_of_an_embedded_database_a_daemon_runs_to_the_daemon(tmp_path: Path) -> None:
+    """A daemon of an older version may be running on it (an upgrade not yet restarted): the
+    CLI does not migrate under it, it says what to do."""
+    from dialer.store.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_path / "var" / "postgres")  # started here, as the daemon would
+    pg.start()
+    try:
+        r = run(["status"], base_env(tmp_path), tmp_path)
+        assert r.returncode == 1 and "schema is not current" in r.stderr, r.stdout + r.stderr
+    finally:
+        pg.stop()

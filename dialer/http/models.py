@@ -25,6 +25,9 @@ StrictInt64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_
 FieldValue = str | Int64 | float | bool | None
 
 
+NumberList = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=9)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,8 +54,9 @@ class LeadIn(BaseModel):
     number3: str | None = Field(default=None, max_length=64, description="Another number of the lead")
     number4: str | None = Field(default=None, max_length=64, description="Another number of the lead")
     number5: str | None = Field(default=None, max_length=64, description="Another number of the lead")
-    numbers: list[Annotated[str, Field(max_length=64)]] | None = Field(
-        default=None, max_length=9, description="More numbers of the lead, after number..number5")
+    numbers: NumberList | Annotated[str, Field(max_length=640)] | None = Field(
+        default=None, description="More numbers of the lead, after number..number5: a list, or "
+        "one string separated by ';' '|' ','")
     expires_at: str | None = Field(
         default=None, max_length=40,
         description="ISO 8601 date or time after which the lead is not dialed (ends expired); "
@@ -67,7 +71,10 @@ class LeadIn(BaseModel):
         out: dict[str, Any] = {}
         named: dict[str, str] = {}
         for key, value in data.items():
-            field = canonical(key) if isinstance(key, str) and key != "fields" else None
+            if isinstance(key, str) and key.lower() == "fields":
+                field: str | None = "fields"  # custom fields, however the key is spelled
+            else:
+                field = canonical(key) if isinstance(key, str) else None
             name = field if field in cls.model_fields else key
             if field is not None:
                 if field in named:

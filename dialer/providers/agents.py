@@ -83,7 +83,7 @@ class AgentSelector:
         """The sources a target's pacing follows, best first; the agents list after them.
 
         ``agents_source = "auto"`` (the default) is SPEC §5's "best source configured":
-        agent events (ringme: ``[ringme]`` maps agents, or polls the target's queue), then
+        agent events (ringme: it polls the target's queue, or maps some of its agents), then
         agent status polling (PortSIP: ``[portsip.queues.<target>]``). A named source is
         followed alone; ``static`` is the list alone."""
         t = self.settings.targets.get(target)
@@ -93,7 +93,9 @@ class AgentSelector:
             return [t.agents_source]
         found = []
         r = self.settings.ringme
-        if "ringme" in self.sources and (r.agents or target in r.queues):
+        # ringme's agent map is global: it speaks for a target that polls its queue, or whose
+        # agents it maps (a target of other agents would read "nobody ready" from it)
+        if "ringme" in self.sources and (target in r.queues or set(t.agents) & set(r.agents.values())):
             found.append("ringme")
         if "portsip" in self.sources and target in self.settings.portsip.queues:
             found.append("portsip")

@@ -133,6 +133,7 @@ class Completion:
             return False
         log.info("batch done", extra={"batch_id": str(batch_id)})
         if row["source"] == "inbox":
+            f = await conn.fetchrow(Q.inbox_file_for_batch, batch_id)  # filed meanwhile, maybe
             if f is not None and f["filed_path"]:
                 filed = Path(f["filed_path"])
                 dest = filed.with_name(filed.name + ".results.csv")

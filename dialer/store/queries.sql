@@ -522,10 +522,13 @@ RETURNING id
 -- name: calls_stale
 -- Live at the provider with no terminal callback for stale_after_h since it was handed over
 -- (SPEC §5; progress callbacks do not restart the clock): the provider lost it, or we did.
-SELECT id, target, state FROM calls
-WHERE state IN ('queued', 'assigned', 'connected') AND coalesce(submitted_at, updated_at) < $1
-ORDER BY id LIMIT 5000
-FOR UPDATE SKIP LOCKED
+-- Handed over when its chunk was sent (a chunk may wait long after its claim: a breaker,
+-- the rate budget, a stopped daemon); submitted_at is the claim.
+SELECT c.id, c.target, c.state FROM calls c LEFT JOIN chunks k ON k.id = c.chunk_id
+WHERE c.state IN ('queued', 'assigned', 'connected')
+  AND coalesce(k.sent_at, c.submitted_at, c.updated_at) < $1
+ORDER BY c.id LIMIT 5000
+FOR UPDATE OF c SKIP LOCKED
 
 -- name: batch_cancel_calls
 WITH old AS (

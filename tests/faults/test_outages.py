@@ -296,3 +296,9 @@ def test_a_database_that_refuses_the_daemon_at_start_up_is_bad_configuration(
                        text=True, timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "InvalidCatalogNameError" in r.stdout + r.stderr, r.stdout + r.stderr
+    # a DSN the driver cannot use: the same, and the password is not printed
+    env["DIALER_DATABASE_URL"] = "postgresql://u:pw-secret-9@127.0.0.1:notaport/db"
+    r = subprocess.run([sys.executable, "-m", "dialer", "run"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "DIALER_DATABASE_URL" in r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "pw-secret-9" not in r.stdout + r.stderr

@@ -305,6 +305,14 @@ async def test_json_leads_take_the_column_aliases_and_other_keys_as_custom_field
     call = call["calls"][0] if "calls" in call else call
     assert call["number"] == "+14155550110" and call["fields"] == {"first_name": "Ann", "plan": "gold"}
     assert call["timezone"] == "America/Chicago" and sorted(call["agents"]) == ["alice", "bob"]
+    # "Fields" in any case holds the custom fields; more numbers as one separated string
+    r = await api.post("/v1/batches", json={"target": "sales", "leads": [
+        {"number": "+14155550120", "Fields": {"plan": "silver"}, "phones": "+14155550121;+14155550122",
+         "external_id": "crm-10"}]}, headers=AUTH)
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    call = (await api.get("/v1/calls?external_id=crm-10", headers=AUTH)).json()
+    call = call["calls"][0] if "calls" in call else call
+    assert call["fields"] == {"plan": "silver"}
     # two keys for one field: refused, naming both
     r = await api.post("/v1/batches", json=leads("+14155550113", phone="+14155550114"), headers=AUTH)
     assert r.status_code == 422 and "'number' and 'phone' both mean number" in r.text, r.text

@@ -172,3 +172,23 @@ async def test_dnc_disposition_cancels_are_counted_once_under_their_own_target(
         await st.service.store(row["chunk_id"], "terminal", cb)
     assert outcome(counted, "other", "cancelled") == 1
     assert outcome(counted, "sales", "cancelled") == 0
+
+
+async def test_the_stale_clock_starts_when_the_chunk_is_sent_not_when_it_was_claimed(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """A chunk held long after its claim (a breaker, the rate budget, a stopped daemon) is
+    live at the provider from its send on: not expired at the next sweep."""
+    clock = FakeClock(SystemClock().now())
+    quiet = SandboxConfig(time_scale=1, seed=3, ring_s=(3600, 3600), talk_s=(3600, 3600))  # no callback
+    async with running_stack(pool, make_settings, clock=clock, targets=TARGETS, stale_after_h=1,
+                             sandbox_config=quiet) as st:
+        await st.post(numbers(2))
+        await st.dispatcher.fill_all()  # claimed: recorded, submitted_at now
+        clock.advance(2 * 3600)  # held two hours before it goes
+        await st.dispatcher.send_all()
+        assert await st.states() == {"queued": 2}
+        await Jobs(pool, st.settings, clock, "test-1").reaper()
+        assert await st.states() == {"queued": 2}
+        clock.advance(3601)
+        await Jobs(pool, st.settings, clock, "test-1").reaper()
+        assert await st.states() == {"expired": 2}

@@ -224,5 +224,14 @@ def test_a_daemon_waiting_for_its_database_keeps_systemd_waiting_and_stops_clean
     assert "WATCHDOG=1" in notify_socket.lines()
     r = httpx.get(daemon.url + "/readyz", timeout=5)
     assert r.status_code == 503 and r.json()["checks"]["database"] == "unreachable: ConnectionRefusedError"
-    assert not any("READY=1" in m for m in notify_socket.messages())
+    # Prometheus still scrapes it: the database is down, the spool's depth is shown
+    m = httpx.get(daemon.url + "/metrics", timeout=5)
+    assert m.status_code == 200 and "dialer_db_up 0.0" in m.text and "dialer_spool_depth 0.0" in m.text
+    assert httpx.get(daemon.url + "/v1/targets", timeout=5).status_code == 401  # no token: 401 first
+    # a reload while it waits: no READY=1 (systemd would mark the unit started)
+    seen = len(notify_socket.messages())
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    notify_socket.wait("configuration reloaded; waiting for the database", seen)
+    assert not any("READY=1" in m or "RELOADING=1" in m for m in notify_socket.messages())
     assert daemon.stop() == 0  # SIGTERM while waiting: a clean stop

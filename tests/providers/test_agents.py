@@ -409,6 +409,13 @@ async def test_by_default_pacing_follows_the_best_source_configured(caplog: pyte
     assert await source(sel, "portsip_only") == "portsip"  # ringme is not configured for it
     # a target with no source configured: its list, and that is no fallback
     assert await source(sel, "none") == "static" and not sel.fallback("none")
+    # ringme's agent map is global: it speaks only for targets whose agents it maps
+    mapped = s.model_copy(update={"ringme": s.ringme.model_copy(update={"queues": {}, "agents": {"7": "alice"}}),
+                                  "targets": {**s.targets, "others": s.targets["none"].model_copy(
+                                      update={"agents": ["zed"]})}})
+    sel.settings = mapped
+    assert (sel.chain("none"), sel.chain("others")) == (["ringme"], [])
+    sel.settings = s
     # a named source is followed alone
     named = s.model_copy(update={"targets": {**s.targets, "both": s.targets["both"].model_copy(
         update={"agents_source": "portsip"})}})
