@@ -247,3 +247,13 @@ async def test_a_batch_that_ends_before_its_file_is_filed_still_gets_its_results
 
     rows = list(csv.DictReader(results.open()))
     assert [(r["state"], r["attempts"]) for r in rows] == [("invalid", "0"), ("invalid", "0")]  # never dialed
+
+
+async def test_a_file_in_a_folder_that_is_no_target_goes_to_failed_naming_the_targets(
+        inbox: Inbox, clock: FakeClock) -> None:
+    drop(inbox, "x.csv", "number\n+14155550100\n", target="nosuch")
+    await settle_and_scan(inbox, clock)
+    failed = list((inbox.root / "failed").glob("x.csv*"))
+    assert sorted(p.name for p in failed) == ["x.csv", "x.csv.error.txt"], failed
+    text = (inbox.root / "failed" / "x.csv.error.txt").read_text()
+    assert "unknown target 'nosuch'" in text and "sales" in text
