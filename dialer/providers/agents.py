@@ -116,9 +116,13 @@ class AgentSelector:
             view = await src.view(conn, target) if src is not None else None
             ready, why = self._decide(target, kind, view)
             if why is None:
-                if was is not None and was != kind:
+                if was == FALLBACK_NAME:
                     log.info("agent source speaks again; pacing follows it",
                              extra={"target": target, "source": kind})
+                elif was is not None and was != kind:  # from one source to another in the chain
+                    log.warning("agent source changed; pacing follows the next one that speaks",
+                                extra={"target": target, "source": kind, "was": was,
+                                       "reason": "; ".join(why_not) or "a better source speaks again"})
                 self._using[target] = kind
                 return Ready(ready, kind)
             why_not.append(why if len(chain) == 1 else f"{kind}: {why}")

@@ -405,7 +405,11 @@ async def test_by_default_pacing_follows_the_best_source_configured(caplog: pyte
     assert await ready(sel, "both") == {"bob"} and await source(sel, "both") == "portsip"
     assert await source(sel, "portsip_only") == "portsip" and not sel.fallback("portsip_only")
     ringme.heard, ringme.agents = clock.now(), {"carol"}
-    assert await ready(sel, "both") == {"carol"} and await source(sel, "both") == "ringme"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dialer.providers.agents"):
+        assert await ready(sel, "both") == {"carol"} and await source(sel, "both") == "ringme"
+    changed = [r for r in caplog.records if r.getMessage().startswith("agent source changed")]
+    assert [(r.__dict__["was"], r.__dict__["source"]) for r in changed] == [("portsip", "ringme")]
     assert await source(sel, "portsip_only") == "portsip"  # ringme is not configured for it
     # a target with no source configured: its list, and that is no fallback
     assert await source(sel, "none") == "static" and not sel.fallback("none")
