@@ -68,8 +68,12 @@ def assign_slots(existing: dict[str, int], names: Sequence[str], ref_field: int)
 
 def _row_json(row: Row, slots: dict[str, int], t: Target) -> dict[str, Any]:
     out: dict[str, Any] = {"number": row.number, "priority": row.priority}
-    if t.agent_mapping == "inline" and row.agents:
-        out["agentsAssigned"] = row.agents
+    if t.agent_mapping == "inline":
+        # Ryng reads each row's agents under inline mapping (a row without is refused): a
+        # lead that names none goes to any of the target's agents
+        agents = row.agents or list(t.agents)
+        if agents:
+            out["agentsAssigned"] = agents
     for name, value in (row.fields or {}).items():
         slot = slots.get(name)
         if slot is not None:

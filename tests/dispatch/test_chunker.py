@@ -47,7 +47,7 @@ def test_inline_mapping_sends_agents_assigned_per_row() -> None:
     b = chunker.build("s", t, ROWS, {}, "c", "t", 1)
     rows = b.body["customerData"]["jsonData"]
     assert rows[0]["agentsAssigned"] == ["alice"]
-    assert "agentsAssigned" not in rows[1]
+    assert rows[1]["agentsAssigned"] == ["alice"]  # a lead naming none: the target's agents
     assert "agents" not in b.body and b.body["agentMapping"] == "inline"
 
 
@@ -96,3 +96,16 @@ def test_slots_are_stable_and_skip_the_ref_field() -> None:
 def test_refs_round_trip() -> None:
     assert chunker.parse_ref(chunker.call_ref(123)) == 123
     assert chunker.parse_ref("dlx") is None and chunker.parse_ref(5) is None
+
+
+def test_inline_chunks_with_and_without_lead_agents_pass_the_sandbox_validator() -> None:
+    """Ryng (and the sandbox, which follows its page) refuses an inline row without
+    agentsAssigned: a chunk mixing leads with and without agents must still be taken."""
+    from dialer.providers.ryng.sandbox_requests import Defaults, parse_json
+
+    t = Target(kind="queue", queue_id="1", agent_mapping="inline", agents=["alice", "bob"])
+    d = Defaults(leg_direction="agent-first", max_dispose_s=0, max_retries=0, retry_interval_min=0, max_calls=100)
+    for rows in (ROWS, ROWS[1:]):  # mixed, and no lead naming an agent
+        b = chunker.build("s", t, rows, {}, "https://d/c", "https://d/t", 1)
+        sub = parse_json(b.body, "queue", ["alice", "bob"], d)
+        assert all(r.agents_assigned for r in sub.rows)
