@@ -12,9 +12,10 @@ import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -42,6 +43,27 @@ def _check_dates(v: list[str]) -> list[str]:
         except ValueError:
             raise ValueError(f"{d!r} is not a date like 2026-12-25") from None
     return v
+
+
+def _check_http_url(v: str | None) -> str | None:
+    """An http(s) URL with a host: a bare host name or a typo would only fail at the first
+    request (every chunk uncertain, every callback URL broken), long after start-up."""
+    if v is None:
+        return v
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(v.strip())
+        port_ok = u.port is None or u.port > 0
+    except ValueError:
+        port_ok = False
+        u = urlsplit("")
+    if u.scheme not in ("http", "https") or not u.hostname or not port_ok:
+        raise ValueError(f"{v!r} is not an http(s) URL with a host, like https://host.example")
+    return v.strip()
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 
 
 def _check_ics(v: str | None) -> str | None:
@@ -278,7 +300,7 @@ class PortSipQueue(_Strict):
 
 
 class PortSipSettings(_Strict):
-    base_url: str | None = None  # e.g. https://pbx.example.com:8887 (the API is under /api)
+    base_url: HttpUrl | None = None  # e.g. https://pbx.example.com:8887 (the API is under /api)
     poll_s: float = Field(default=5.0, gt=0)
     timeout_s: float = Field(default=10.0, gt=0)
     queues: dict[str, PortSipQueue] = Field(default_factory=dict)  # target -> call queue
@@ -290,7 +312,7 @@ class PortSipSettings(_Strict):
 
 
 class RingmeSettings(_Strict):
-    base_url: str | None = None  # API root for the optional counters poll, e.g. https://host/api/ver1.0
+    base_url: HttpUrl | None = None  # API root for the optional counters poll, e.g. https://host/api/ver1.0
     poll_s: float = Field(default=30.0, gt=0)
     timeout_s: float = Field(default=10.0, gt=0)
     agents: dict[str, str] = Field(default_factory=dict)  # agent_id/extension_name/agent_number -> username
@@ -327,7 +349,7 @@ class StringeeQueue(_Strict):
 
 
 class StringeeSettings(_Strict):
-    api_base: str = "https://icc-api.stringee.com"
+    api_base: HttpUrl = "https://icc-api.stringee.com"
     key_sid: str | None = None
     queue_id: str | None = None  # unset: found by queue.name, else created
     routing_type: Literal[1, 2] = 1
@@ -368,8 +390,8 @@ class Settings(_Strict):
     state_dir: Path = Path("./var")
     inbox_dir: Path | None = None
     http_listen: str = "127.0.0.1:8080"
-    public_url: str | None = None
-    ryng_base_url: str | None = None
+    public_url: HttpUrl | None = None
+    ryng_base_url: HttpUrl | None = None
     ryng_token: SecretStr | None = None
     api_tokens: list[SecretStr] = Field(default_factory=list)
     callback_secret: SecretStr | None = None

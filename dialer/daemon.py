@@ -192,6 +192,9 @@ class Daemon:
         else:
             ryng_url = str(s.ryng_base_url)
             ryng_token = s.ryng_token.get_secret_value() if s.ryng_token else ""
+            if not ryng_token:
+                log.warning("DIALER_RYNG_TOKEN is not set: Ryng will refuse every request "
+                            "(chunks end rejected_by_provider)", extra={"ryng": ryng_url})
         rt = assemble(settings, pool, self.clock, secret=secret, instance_id=self.instance_id,
                       ryng_url=ryng_url, ryng_token=ryng_token, metrics=m, spool=spool)
         if sandbox is not None:

@@ -107,3 +107,14 @@ def test_check_config_fails_with_the_key(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode == 2
     assert "bogus: unknown key" in r.stderr
+
+
+@pytest.mark.parametrize("key", ["DIALER_RYNG_BASE_URL", "DIALER_PUBLIC_URL"])
+@pytest.mark.parametrize("value", ["acme.ryng.in", "ftp://acme.ryng.in", "https://", "http://host:0"])
+def test_a_url_that_is_no_http_url_stops_start_up_naming_the_key(tmp_path: Path, key: str, value: str) -> None:
+    # SPEC §3: bad values stop start-up; a bare host would only fail at the first request
+    env = {"DIALER_STATE_DIR": str(tmp_path), key: value}
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, environ=env)
+    assert key.removeprefix("DIALER_").lower() in str(e.value) and "http(s) URL" in str(e.value)
+    assert load_settings(None, environ={**env, key: "https://acme.ryng.example:8443/base"})
