@@ -112,5 +112,11 @@ class RyngClient:
         if status >= 500:
             return SendResult("unknown", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
                               endpoint=endpoint)
+        if 300 <= status < 400:
+            # a redirect (http → https, a moved base URL): the request was not taken, and the
+            # calls are not at fault; retried with backoff, so the breaker and its alert show it
+            where = resp.headers.get("location", "")
+            return SendResult("retry", status, body, error=f"HTTP {status} redirect to {where[:200]!r}: "
+                              "check DIALER_RYNG_BASE_URL", elapsed_s=elapsed, endpoint=endpoint)
         return SendResult("rejected", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
                           endpoint=endpoint)
