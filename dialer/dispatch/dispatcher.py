@@ -71,6 +71,7 @@ class Dispatcher:
         self.running = True
         self.max_parallel_sends = 4
         self._unsent: set[int] = set()  # claimed, never sent, not yet given back
+        self._ryng_hold: datetime | None = None  # no send before this (a Retry-After)
         self.budget = RateBudget(pool, clock, settings.providers.ryng,
                                  request_timeout_s=settings.ryng_timeout_s)
         self.abandon = Guard(clock)
@@ -131,6 +132,8 @@ class Dispatcher:
         if self._unsent:
             await self._release_unsent()
         now = self.clock.now()
+        if self._ryng_hold is not None and now < self._ryng_hold:
+            return False  # Ryng asked us to wait (429 + Retry-After): nothing goes out until then
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(Q.chunk_claim, self.instance_id, now)
         if row is None:
@@ -152,6 +155,11 @@ class Dispatcher:
             return True
         checked, reservation = held
         result = await self._post(checked)
+        if result.status in (429, 503) and result.retry_after_s is not None:
+            # Retry-After is about the API, not this request: hold every send of this
+            # instance (the shared rate budget, when configured, slows the others too)
+            until = self.clock.now() + timedelta(seconds=result.retry_after_s)
+            self._ryng_hold = max(self._ryng_hold or until, until)
         await self._budget_done(reservation, checked, result)
         if self.on_send:
             self.on_send(c.target, result)

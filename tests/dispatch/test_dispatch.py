@@ -250,3 +250,29 @@ async def test_single_lead_requests_rotate_through_agents(pool: asyncpg.Pool, ma
         calls = st.sandbox.calls()
         agents = [c["agent"] for c in sorted(calls, key=lambda c: c["number"])]
         assert sorted(agents) == ["alice", "alice", "bob", "bob", "carol", "carol"]
+
+
+async def test_a_retry_after_holds_every_send_not_only_the_throttled_chunk(pool: asyncpg.Pool,
+                                                                          make_settings: Any) -> None:
+    """SPEC §5: honouring Retry-After. A 429 says "not before N s" of the API: the other
+    recorded chunks (another target's too) wait for it as well, not only the one refused."""
+    clock = FakeClock(SystemClock().now())
+    targets = {"sales": TARGETS["sales"], "other": {**TARGETS["sales"], "queue_id": "43"}}
+    async with running_stack(pool, make_settings, clock=clock, targets=targets) as st:
+        st.sandbox.configure(throttle_rate=1.0, retry_after_s=30)
+        await st.post(numbers(2))
+        await st.post(numbers(2, start=2100000), target="other")
+        await st.dispatcher.tick()
+        async with pool.acquire() as conn:
+            posted = await conn.fetchval("SELECT count(*) FROM chunks WHERE http_status = 429")
+        assert posted == 1  # the first send was throttled; the second was never tried
+        st.sandbox.configure(throttle_rate=0.0)
+        await st.dispatcher.tick()
+        assert st.sandbox.dials_by_number() == {}  # still within the 30 s
+        clock.advance(31)
+        await st.dispatcher.tick()
+        await await_for(lambda: _sent(st, 4), 30, "both chunks sent after the Retry-After")
+
+
+async def _sent(st: Any, n: int) -> bool:
+    return len(st.sandbox.submissions_by_ref("customField10")) == n
