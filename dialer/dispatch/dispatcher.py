@@ -133,7 +133,9 @@ class Dispatcher:
             await self._release_unsent()
         now = self.clock.now()
         if self._ryng_hold is not None and now < self._ryng_hold:
-            return False  # Ryng asked us to wait (429 + Retry-After): nothing goes out until then
+            # Ryng asked us to wait (429 + Retry-After): nothing goes out until then. (With a
+            # shared rate budget configured, the budget holds every instance instead.)
+            return False
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(Q.chunk_claim, self.instance_id, now)
         if row is None:
@@ -155,9 +157,10 @@ class Dispatcher:
             return True
         checked, reservation = held
         result = await self._post(checked)
-        if result.status in (429, 503) and result.retry_after_s is not None:
+        if result.status in (429, 503) and result.retry_after_s is not None \
+                and not self.budget.enabled:
             # Retry-After is about the API, not this request: hold every send of this
-            # instance (the shared rate budget, when configured, slows the others too)
+            # instance (a shared rate budget, when configured, holds every instance itself)
             until = self.clock.now() + timedelta(seconds=result.retry_after_s)
             self._ryng_hold = max(self._ryng_hold or until, until)
         await self._budget_done(reservation, checked, result)
