@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,8 @@ from dialer.lifecycle.observe import Ended
 from dialer.lifecycle.states import State
 from dialer.signing import make_token
 from dialer.store.queries import Q
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Claimed", "record_chunk", "record_events"]
 
@@ -44,7 +47,15 @@ async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set
     if new:
         await conn.execute(Q.fields_add, target, list(new), list(new.values()))
         existing = {r["name"]: r["slot"] for r in await conn.fetch(Q.fields_for_target, target)}
+    left_out = sorted(n for n in names - set(existing) if (target, n) not in _NO_SLOT)
+    if left_out:  # Ryng has customField slots only so far: said once per field, not per chunk
+        _NO_SLOT.update((target, n) for n in left_out)
+        log.warning("custom fields not sent to Ryng: the target's customField slots are all taken",
+                    extra={"target": target, "fields": left_out[:20], "slots": chunker.MAX_SLOTS})
     return existing
+
+
+_NO_SLOT: set[tuple[str, str]] = set()  # (target, field) already warned about
 
 
 @dataclass(slots=True)

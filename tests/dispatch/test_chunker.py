@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
+import asyncpg
+import pytest
+
 from dialer.config import Target
 from dialer.dispatch import chunker
 from dialer.dispatch.chunker import Row
@@ -109,3 +112,20 @@ def test_inline_chunks_with_and_without_lead_agents_pass_the_sandbox_validator()
         b = chunker.build("s", t, rows, {}, "https://d/c", "https://d/t", 1)
         sub = parse_json(b.body, "queue", ["alice", "bob"], d)
         assert all(r.agents_assigned for r in sub.rows)
+
+
+async def test_fields_past_the_last_slot_are_said_once_not_dropped_silently(
+        pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from dialer.dispatch import outbox
+
+    t = Target(kind="queue", queue_id="1")
+    names = {f"f{i:02d}" for i in range(60)}
+    with caplog.at_level(logging.WARNING, logger="dialer.dispatch.outbox"):
+        async with pool.acquire() as conn:
+            slots = await outbox.slots_for(conn, "sales", t, names)
+            again = await outbox.slots_for(conn, "sales", t, names)
+    assert len(slots) == chunker.MAX_SLOTS - 1 and again == slots  # every slot but the reference's
+    warned = [r for r in caplog.records if "customField slots are all taken" in r.getMessage()]
+    assert len(warned) == 1 and len(warned[0].__dict__["fields"]) == 60 - len(slots)
