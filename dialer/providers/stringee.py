@@ -251,13 +251,16 @@ class StringeeRouter:
         return entry
 
     async def owners(self, numbers: list[str]) -> dict[str, tuple[str, list[str]]]:
+        """Per number, its lead's target and agents: the agent an agent-scheduled callback
+        still belongs to alone (as dispatch sends it to that agent alone), else the lead's."""
         if not numbers:
             return {}
         targets = list(self.settings.stringee.targets)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(Q.stringee_lead_owners, numbers, targets, INTAKE_OUTCOMES,
                                     sql_list(TERMINAL))
-        return {r["e164"]: (r["target"], list(r["agents"] or [])) for r in rows}
+        return {r["e164"]: (r["target"], [r["owner"]] if r["owner"] else list(r["agents"] or []))
+                for r in rows}
 
     async def answer(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict) or not isinstance(payload.get("calls"), list):

@@ -240,6 +240,29 @@ async def test_each_call_gets_the_agents_of_its_lead(pool: asyncpg.Pool,
     ]}
 
 
+async def test_a_callback_an_agent_promised_goes_to_that_agent(pool: asyncpg.Pool,
+                                                              make_settings: Callable[..., Settings]) -> None:
+    """SPEC §7 "the agents that own the matching lead (from agents/ownership)": an
+    agent-scheduled callback belongs to its agent alone until its grace is over."""
+    s = make_settings(targets=TARGETS, stringee=STRINGEE)
+    async with pool.acquire() as conn:
+        for number, released in (("+84986776777", None), ("+84919982888", T0)):
+            await add_call(conn, number, ["alice", "bob"], "scheduled", 1)
+            cid = await conn.fetchval("SELECT max(id) FROM calls")
+            await conn.execute(
+                "INSERT INTO callbacks (call_id, lead_id, target, owner, asked_at, due_at, grace_until, "
+                "released_at, source, from_call, created_at) VALUES ($1, $1, 'sales', 'carol', $2, $2, $2, $3, "
+                "'disposition', $1, $2)", cid, T0, released)
+    calls = [{"callId": "owned", "from": "84986776777", "to": "842473082666"},
+             {"callId": "released", "from": "84919982888", "to": "842473082666"}]
+    async with routed(pool, s) as (fake, _):
+        answer = await fake.route_calls(calls)
+    assert answer == {"version": 2, "calls": [
+        {"callId": "owned", "agents": [entry("carol")]},  # the agent who promised it
+        {"callId": "released", "agents": [entry("alice"), entry("bob")]},  # grace over: the lead's
+    ]}
+
+
 async def test_the_documented_sample_request(pool: asyncpg.Pool, make_settings: Callable[..., Settings]) -> None:
     s = make_settings(targets={"sales": {"queue_id": "42", "agents": ["agent_1", "agent_2"]}},
                       stringee={"routing_type": 2, "answer_timeout": 15,
