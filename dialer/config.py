@@ -182,6 +182,8 @@ class Target(_Strict):
     def _hours(cls, v: str) -> str:
         if not _HOURS.match(v):
             raise ValueError("must look like 09:00-20:00")
+        if v[:5] == v[6:]:
+            raise ValueError(f"{v!r} is an empty window: no call would ever go out")
         return v
 
     _dates = field_validator("holidays")(_check_dates)
@@ -236,6 +238,8 @@ class Compliance(_Strict):
                 raise ValueError(f"{region!r} is not an ISO 3166 country or subdivision like US-TX")
             if not _HOURS.match(hours):
                 raise ValueError(f"{region}: {hours!r} must look like 09:00-20:00")
+            if hours[:5] == hours[6:]:
+                raise ValueError(f"{region}: {hours!r} is an empty window: no call would ever go out")
         return v
 
 

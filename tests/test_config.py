@@ -118,3 +118,11 @@ def test_a_url_that_is_no_http_url_stops_start_up_naming_the_key(tmp_path: Path,
         load_settings(None, environ=env)
     assert key.removeprefix("DIALER_").lower() in str(e.value) and "http(s) URL" in str(e.value)
     assert load_settings(None, environ={**env, key: "https://acme.ryng.example:8443/base"})
+
+
+def test_an_empty_calling_window_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="empty window"):
+        load_settings(None, environ={}, overrides={"targets": {"sales": {"queue_id": "1",
+                                                                         "calling_hours": "09:00-09:00"}}})
+    with pytest.raises(ConfigError, match="empty window"):
+        load_settings(None, environ={}, overrides={"compliance": {"calling_hours_by_region": {"DE": "10:00-10:00"}}})
