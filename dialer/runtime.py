@@ -145,7 +145,7 @@ def assemble(
     # first in the route table: the hot path should not walk the API's routes
     edge = callbacks.routes(lambda: service, secret, count=metrics.callback if metrics else None)
     app.router.routes[0:0] = edge
-    app.router.routes.extend(hooks.routes(secret, providers.ringme, StringeeRouter(pool, s)))
+    app.router.routes.extend(hooks.routes(secret, providers.ringme, StringeeRouter(pool, s, clock)))
     ingestor = FileIngestor(pool, s, clock)
     inbox = Inbox(s, ingestor, clock)
     jobs = Jobs(pool, s, clock, instance_id)

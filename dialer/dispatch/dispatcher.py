@@ -71,7 +71,7 @@ class Dispatcher:
         self.running = True
         self.max_parallel_sends = 4
         self._unsent: set[int] = set()  # claimed, never sent, not yet given back
-        self._ryng_hold: datetime | None = None  # no send before this (a Retry-After)
+        self._ryng_hold: float | None = None  # monotonic: no send before this (a Retry-After)
         self.budget = RateBudget(pool, clock, settings.providers.ryng,
                                  request_timeout_s=settings.ryng_timeout_s)
         self.abandon = Guard(clock)
@@ -132,7 +132,7 @@ class Dispatcher:
         if self._unsent:
             await self._release_unsent()
         now = self.clock.now()
-        if self._ryng_hold is not None and now < self._ryng_hold:
+        if self._ryng_hold is not None and self.clock.monotonic() < self._ryng_hold:
             # Ryng asked us to wait (429 + Retry-After): nothing goes out until then. (With a
             # shared rate budget configured, the budget holds every instance instead.)
             return False
@@ -161,7 +161,7 @@ class Dispatcher:
                 and not self.budget.enabled:
             # Retry-After is about the API, not this request: hold every send of this
             # instance (a shared rate budget, when configured, holds every instance itself)
-            until = self.clock.now() + timedelta(seconds=result.retry_after_s)
+            until = self.clock.monotonic() + result.retry_after_s  # a wall-clock step moves it not
             self._ryng_hold = max(self._ryng_hold or until, until)
         await self._budget_done(reservation, checked, result)
         if self.on_send:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,6 +50,8 @@ async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set
         existing = {r["name"]: r["slot"] for r in await conn.fetch(Q.fields_for_target, target)}
     left_out = sorted(n for n in names - set(existing) if (target, n) not in _NO_SLOT)
     if left_out:  # Ryng has customField slots only so far: said once per field, not per chunk
+        if len(_NO_SLOT) > 10_000:  # field names come from leads: bounded, at worst said again
+            _NO_SLOT.clear()
         _NO_SLOT.update((target, n) for n in left_out)
         log.warning("custom fields not sent to Ryng: the target's customField slots are all taken",
                     extra={"target": target, "fields": left_out[:20], "slots": chunker.MAX_SLOTS})
@@ -211,6 +214,10 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
         # i-th of them (round-robin within the request), and each row says to whom
         order = order or pool
         offered_to = [named or order[i % len(order)] for i in range(len(rows))]
+    if t.agent_mapping == "inline" and named is None and order is None and pool:
+        # sent inline: Ryng reads each row's agents (a row without is refused); a lead naming
+        # none goes to the agents ready now (chunker falls back to the static list otherwise)
+        rows = [r if r.agents else dataclasses.replace(r, agents=list(pool)) for r in rows]
     base = settings.base_url
     built = chunker.build(
         name, t, rows, slots,

@@ -31,6 +31,7 @@ import httpx
 import orjson
 import phonenumbers
 
+from dialer.clock import Clock, SystemClock
 from dialer.config import Settings
 from dialer.lifecycle.states import INTAKE_OUTCOMES, TERMINAL, sql_list
 from dialer.store.queries import Q
@@ -223,9 +224,10 @@ def candidates(raw: Any, regions: list[str]) -> list[str]:
 
 
 class StringeeRouter:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Clock | None = None) -> None:
         self.pool = pool
         self.settings = settings
+        self.clock: Clock = clock or SystemClock()
 
     def targets(self) -> list[str]:
         known = self.settings.targets
@@ -251,14 +253,14 @@ class StringeeRouter:
         return entry
 
     async def owners(self, numbers: list[str]) -> dict[str, tuple[str, list[str]]]:
-        """Per number, its lead's target and agents: the agent an agent-scheduled callback
-        still belongs to alone (as dispatch sends it to that agent alone), else the lead's."""
+        """Per number, its lead's target and agents: the agent a live agent-scheduled callback
+        still belongs to (within its grace) alone, as dispatch sends it; else the lead's."""
         if not numbers:
             return {}
         targets = list(self.settings.stringee.targets)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(Q.stringee_lead_owners, numbers, targets, INTAKE_OUTCOMES,
-                                    sql_list(TERMINAL))
+                                    sql_list(TERMINAL), self.clock.now())
         return {r["e164"]: (r["target"], [r["owner"]] if r["owner"] else list(r["agents"] or []))
                 for r in rows}
 

@@ -989,9 +989,11 @@ WHERE id = $1 AND state = 'sending'
 -- One query for every number of a Stringee get_list_agents_url request: per number, the
 -- most recent live call, else the most recent call ($1: E.164 numbers, $2: targets, empty
 -- = all; $3: intake outcomes, $4: terminal states — both from lifecycle/states.py).
--- owner: the agent an agent-scheduled callback still belongs to (its grace not over).
+-- owner: the agent a live agent-scheduled callback still belongs to (its grace not over, $5 now).
 SELECT DISTINCT ON (e164) e164, target, agents,
-       (SELECT k.owner FROM callbacks k WHERE k.call_id = calls.id AND k.released_at IS NULL) AS owner
+       (SELECT k.owner FROM callbacks k
+        WHERE k.call_id = calls.id AND k.released_at IS NULL AND k.grace_until > $5
+          AND NOT (calls.state = ANY($4::text[]))) AS owner
 FROM calls
 WHERE e164 = ANY($1::text[])
   AND NOT (state = ANY($3::text[]))

@@ -276,3 +276,17 @@ async def test_a_retry_after_holds_every_send_not_only_the_throttled_chunk(pool:
 
 async def _sent(st: Any, n: int) -> bool:
     return len(st.sandbox.submissions_by_ref("customField10")) == n
+
+
+async def test_an_inline_chunk_mixing_leads_with_and_without_agents_is_taken(pool: asyncpg.Pool,
+                                                                            make_settings: Any) -> None:
+    """Under inline mapping Ryng reads every row's agentsAssigned: a lead that names none goes
+    to the agents ready now, and the chunk is taken whole (not rejected for that row)."""
+    targets = {"sales": {**TARGETS["sales"], "agent_mapping": "inline", "chunk_size": 10, "calls_per_agent": 5}}
+    async with running_stack(pool, make_settings, targets=targets) as st:
+        nums = numbers(6)
+        await st.post(nums[:3])
+        await st.post(nums[3:], agents=["bob"])
+        await st.dispatcher.tick()
+        await await_for(lambda: _sent(st, 6), 30, "every lead sent")
+        assert "rejected_by_provider" not in await st.states()

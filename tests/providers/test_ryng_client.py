@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dialer.providers.ryng.client import RyngClient
+from dialer.providers.ryng.client import MAX_RETRY_AFTER_S, RyngClient
 from tests.conftest import free_port
 from tests.fakes.server import serve
 
@@ -23,6 +23,9 @@ ANSWERS: dict[str, tuple[int, dict[str, str]]] = {
     "error": (500, {}),
     "gateway": (502, {}),
     "moved": (301, {"Location": "https://elsewhere.example/rest-api"}),
+    "see-other": (303, {"Location": "https://ryng.example/result/1"}),
+    "forever": (429, {"Retry-After": "2299641242"}),
+    "infinite": (429, {"Retry-After": "inf"}),
     "bad": (400, {}),
     "forbidden": (403, {}),
 }
@@ -42,6 +45,8 @@ APP = Starlette(routes=[Route("/rest-api/v1/progressive/queue/{case}/calls", ans
 @pytest.mark.parametrize(("case", "kind"), [
     ("ok", "ok"), ("throttled", "retry"), ("unavailable", "retry"), ("error", "unknown"),
     ("gateway", "unknown"), ("moved", "retry"), ("bad", "rejected"), ("forbidden", "rejected"),
+    ("see-other", "unknown"),  # a 303 answers a POST that was processed: maybe taken
+    ("forever", "retry"), ("infinite", "retry"),
     ("slow", "unknown"),  # a read timeout: it may have been taken
 ])
 async def test_each_answer_is_read_as_what_it_proves(case: str, kind: str) -> None:
@@ -56,6 +61,10 @@ async def test_each_answer_is_read_as_what_it_proves(case: str, kind: str) -> No
         assert got.retry_after_s == 7
     if case == "moved":
         assert "elsewhere.example" in (got.error or "")
+    if case == "forever":  # capped: a year-long hold would stop every send of the instance
+        assert got.retry_after_s == MAX_RETRY_AFTER_S
+    if case == "infinite":
+        assert got.retry_after_s is None  # not a number of seconds: the usual backoff
 
 
 async def test_retry_after_as_an_http_date_and_a_refused_connection() -> None:

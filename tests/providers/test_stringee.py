@@ -245,21 +245,28 @@ async def test_a_callback_an_agent_promised_goes_to_that_agent(pool: asyncpg.Poo
     """SPEC §7 "the agents that own the matching lead (from agents/ownership)": an
     agent-scheduled callback belongs to its agent alone until its grace is over."""
     s = make_settings(targets=TARGETS, stringee=STRINGEE)
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    cases = [("+84986776777", "scheduled", soon, None),  # owned: within its grace
+             ("+84919982888", "scheduled", soon, T0),  # released: the owner was not ready in time
+             ("+84912345678", "scheduled", T0, None),  # its grace is over
+             ("+84987654321", "answered", soon, None)]  # taken and ended: the lead is no one's now
     async with pool.acquire() as conn:
-        for number, released in (("+84986776777", None), ("+84919982888", T0)):
-            await add_call(conn, number, ["alice", "bob"], "scheduled", 1)
+        for number, state, grace, released in cases:
+            await add_call(conn, number, ["alice", "bob"], state, 1)
             cid = await conn.fetchval("SELECT max(id) FROM calls")
             await conn.execute(
                 "INSERT INTO callbacks (call_id, lead_id, target, owner, asked_at, due_at, grace_until, "
-                "released_at, source, from_call, created_at) VALUES ($1, $1, 'sales', 'carol', $2, $2, $2, $3, "
-                "'disposition', $1, $2)", cid, T0, released)
-    calls = [{"callId": "owned", "from": "84986776777", "to": "842473082666"},
-             {"callId": "released", "from": "84919982888", "to": "842473082666"}]
+                "released_at, source, from_call, created_at) VALUES ($1, $1, 'sales', 'carol', $2, $2, $3, $4, "
+                "'disposition', $1, $2)", cid, T0, grace, released)
+    calls = [{"callId": c, "from": n.removeprefix("+"), "to": "842473082666"}
+             for c, (n, *_) in zip(("owned", "released", "grace-over", "ended"), cases, strict=True)]
     async with routed(pool, s) as (fake, _):
         answer = await fake.route_calls(calls)
+    lead = [entry("alice"), entry("bob")]
     assert answer == {"version": 2, "calls": [
         {"callId": "owned", "agents": [entry("carol")]},  # the agent who promised it
-        {"callId": "released", "agents": [entry("alice"), entry("bob")]},  # grace over: the lead's
+        {"callId": "released", "agents": lead}, {"callId": "grace-over", "agents": lead},
+        {"callId": "ended", "agents": lead},
     ]}
 
 

@@ -13,6 +13,7 @@ Every send is classified so the outbox can decide safely:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -33,18 +34,24 @@ class SendResult:
     endpoint: str = ""
 
 
+# The longest Retry-After taken as given: a proxy's or a bug's "come back in a year" would
+# stop every send of the instance; past it, the next send simply asks again.
+MAX_RETRY_AFTER_S = 600.0
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        dt = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, dt.timestamp() - time.time())
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
 def _body(resp: httpx.Response) -> Any:
@@ -112,11 +119,15 @@ class RyngClient:
         if status >= 500:
             return SendResult("unknown", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
                               endpoint=endpoint)
-        if 300 <= status < 400:
-            # a redirect (http → https, a moved base URL): the request was not taken, and the
-            # calls are not at fault; retried with backoff, so the breaker and its alert show it
+        if status in (301, 302, 307, 308):
+            # moved (http → https, another base URL): the request was not processed, and the
+            # calls are not at fault; retried with backoff, so the breaker and its alert show it.
+            # (A 303 answers a POST that *was* processed: like any other 3xx, it is uncertain.)
             where = resp.headers.get("location", "")
             return SendResult("retry", status, body, error=f"HTTP {status} redirect to {where[:200]!r}: "
                               "check DIALER_RYNG_BASE_URL", elapsed_s=elapsed, endpoint=endpoint)
+        if 300 <= status < 400:
+            return SendResult("unknown", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
+                              endpoint=endpoint)
         return SendResult("rejected", status, body, error=f"HTTP {status}", elapsed_s=elapsed,
                           endpoint=endpoint)
