@@ -35,10 +35,10 @@ class Applied:
 
 
 def target_state(kind: str, cb: CallbackData, disp: Dispositions) -> State:
-    ev = (cb.event or "").replace("-", "_")
-    if kind == "terminal" or ev in ("terminated", "call_terminated", "ended", "terminal"):
+    ev = cb.event or ""  # read without case, '_' or '-' (payload._key)
+    if kind == "terminal" or ev in ("terminated", "callterminated", "ended", "terminal"):
         return disp.state_for(cb.disposition)
-    if ev in ("customer_answered", "connected", "customer_connected"):
+    if ev in ("customeranswered", "connected", "customerconnected"):
         return State.CONNECTED
     return State.ASSIGNED  # agent_assigned, agent_answered, or a bare connect callback
 

@@ -13,7 +13,6 @@ surrogate cannot be encoded at all, so both become U+FFFD before anything reache
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,7 +149,8 @@ def read(data: dict[str, Any], ref_fields: Collection[int] = ()) -> CallbackData
     reference (a CRM may store one of ours in its own field) are only a fallback."""
     keyed = {_key(str(k)): v for k, v in data.items()}
     out = CallbackData(raw=data)
-    out.event = _snake(_text(keyed.get("event")) or "") or None
+    # the value read as the keys are (customerAnswered, customer_answered, CUSTOMER-ANSWERED)
+    out.event = _key(_text(keyed.get("event")) or "") or None
     out.disposition = _text(keyed.get("disposition") or keyed.get("status"))
     out.agent = _text(keyed.get("agent") or keyed.get("agentusername") or keyed.get("agentname"))
     out.call_id = _text(keyed.get("callid"))
@@ -173,12 +173,3 @@ def read(data: dict[str, Any], ref_fields: Collection[int] = ()) -> CallbackData
             if slot is not None:
                 out.ref_slots[ref] = slot
     return out
-
-
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-
-
-def _snake(word: str) -> str:
-    """An event value in snake_case whatever its spelling: customerAnswered, Customer-Answered
-    and CUSTOMER_ANSWERED all read customer_answered."""
-    return _CAMEL.sub("_", word.strip()).replace("-", "_").replace(" ", "_").lower()
