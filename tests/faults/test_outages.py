@@ -143,46 +143,53 @@ def test_postgres_stopped_under_dispatch_and_callbacks(daemon_env: dict[str, str
           f"/readyz during it {dict(ready_down)}; states {dict(states)}; callbacks {cbs['terminal']}")
 
 
+def _quiet_sandbox(agents: list[str]) -> SandboxConfig:
+    """Every call answered, talking for ~3 h: the sandbox sends no callback during the test."""
+    return SandboxConfig(time_scale=1, seed=5, ring_s=(0, 0), talk_s=(10_000, 10_000), agent_pickup_s=0,
+                         default_max_dispose_s=0, agents=agents, token="sb-token", answer_rate=1,
+                         no_answer_rate=0, busy_rate=0, unreachable_rate=0)
+
+
+def _calls_at_the_sandbox(d: DaemonProcess, dsn: str, n: int) -> list[Any]:
+    """``n`` leads posted and sent at once (no timed dispatch tick needed): their rows, each
+    with its chunk's token, once the sandbox has assigned every one."""
+    with d.client() as c:
+        r = c.post("/v1/batches", json={"leads": [{"number": number(i)} for i in range(n)]})
+        assert r.status_code == 202, r.text
+        assert c.post("/v1/targets/sales/resume").status_code == 200  # wakes dispatch now
+    poll(lambda: sql(dsn, "SELECT count(*) = $1 AS ok FROM calls WHERE state IN ('assigned', 'connected')",
+                     n)[0]["ok"], 30, f"the {n} calls assigned at the sandbox", detail=lambda: call_states(dsn))
+    return sql(dsn, "SELECT c.id, c.e164, k.token FROM calls c JOIN chunks k ON k.id = c.chunk_id ORDER BY c.id")
+
+
+def _terminal(http: httpx.Client, d: DaemonProcess, row: Any, form: str) -> httpx.Response:
+    """A form-encoded terminal callback for ``row``, ``form`` before its reference and number."""
+    return http.post(f"{d.url}/callbacks/ryng/terminal/{row['token']}",
+                     headers={"content-type": "application/x-www-form-urlencoded"},
+                     content=f"{form}&customField10={call_ref(row['id'])}&number=%2B{row['e164'][1:]}".encode())
+
+
 def test_poison_callback_in_the_spool(daemon_env: dict[str, str], tmp_path: Path) -> None:
     """A callback PostgreSQL will never take (a NUL byte in text) must not wedge the spool."""
     agents = [f"a{i}" for i in range(5)]
-    # every call is answered and talks for ~3 h: the sandbox sends nothing more during the test
-    cfg = SandboxConfig(time_scale=1, seed=5, ring_s=(0, 0), talk_s=(10_000, 10_000), agent_pickup_s=0,
-                        default_max_dispose_s=0, agents=agents, token="sb-token", answer_rate=1,
-                        no_answer_rate=0, busy_rate=0, unreachable_rate=0)
-    with dedicated_postgres(tmp_path) as (pg, dsn), SandboxThread(cfg) as sb:
+    with dedicated_postgres(tmp_path) as (pg, dsn), SandboxThread(_quiet_sandbox(agents)) as sb:
         conf = target_toml(tmp_path / "d.toml", agents, chunk_size=10, calls_per_agent=2)
-        # the five calls are sent at once; no timed dispatch tick needed (it is the other
-        # test's subject what a tick does while the database is away)
         d = DaemonProcess(sandbox_env(daemon_env, sb, conf, DIALER_DATABASE_URL=dsn,
                                       DIALER_DISPATCH_INTERVAL_S="3600"), tmp_path)
         try:
             d.start()
             w = Watched(d)
-            with d.client() as c:
-                r = c.post("/v1/batches", json={"leads": [{"number": number(i)} for i in range(5)]})
-                assert r.status_code == 202, r.text
-                assert c.post("/v1/targets/sales/resume").status_code == 200  # wakes dispatch now
-            poll(lambda: sql(dsn, "SELECT count(*) = 5 AS ok FROM calls WHERE state IN ('assigned', 'connected')"
-                             )[0]["ok"], 30, "the five calls assigned at the sandbox",
-                 detail=lambda: call_states(dsn))
-            rows = sql(dsn, "SELECT c.id, c.e164, k.token FROM calls c JOIN chunks k ON k.id = c.chunk_id "
-                            "ORDER BY c.id")
+            rows = _calls_at_the_sandbox(d, dsn, 5)
             poison, normal = rows[0], rows[1:]
             outcomes = ["NO_ANSWER", "BUSY", "UNREACHABLE", "ANSWERED"]
-            url = d.url + "/callbacks/ryng/terminal/{}"
-            form = {"content-type": "application/x-www-form-urlencoded"}
             pg.stop("fast")
             try:
                 with httpx.Client(timeout=10) as http:
-                    r = http.post(url.format(poison["token"]), headers=form, content=(
-                        f"event=terminated&disposition=ANSWERED&agent=a0%00evil&customField3=x%00y"
-                        f"&customField10={call_ref(poison['id'])}&number=%2B{poison['e164'][1:]}").encode())
+                    r = _terminal(http, d, poison, "event=terminated&disposition=ANSWERED&agent=a0%00evil"
+                                                   "&customField3=x%00y")
                     assert r.status_code == 200, f"poison callback while the database is down: {r.status_code}"
                     for row, outcome in zip(normal, outcomes, strict=True):
-                        r = http.post(url.format(row["token"]), headers=form, content=(
-                            f"event=terminated&disposition={outcome}&agent=a1&attempts=1"
-                            f"&customField10={call_ref(row['id'])}&number=%2B{row['e164'][1:]}").encode())
+                        r = _terminal(http, d, row, f"event=terminated&disposition={outcome}&agent=a1&attempts=1")
                         assert r.status_code == 200, f"callback while the database is down: {r.status_code}"
                 spooled = metric(d, "dialer_spool_depth")
                 w.check("with the callbacks spooled")
@@ -221,25 +228,13 @@ def test_restarted_while_postgres_is_down_it_waits_and_loses_no_callback(daemon_
     database is back: it keeps that pid, acknowledges the callbacks of the calls in flight
     from the spool, and applies them once the database returns."""
     agents = [f"a{i}" for i in range(4)]
-    # every call is answered and talks for ~3 h: the sandbox sends nothing more during the test
-    cfg = SandboxConfig(time_scale=1, seed=5, ring_s=(0, 0), talk_s=(10_000, 10_000), agent_pickup_s=0,
-                        default_max_dispose_s=0, agents=agents, token="sb-token", answer_rate=1,
-                        no_answer_rate=0, busy_rate=0, unreachable_rate=0)
-    with dedicated_postgres(tmp_path) as (pg, dsn), SandboxThread(cfg) as sb:
+    with dedicated_postgres(tmp_path) as (pg, dsn), SandboxThread(_quiet_sandbox(agents)) as sb:
         conf = target_toml(tmp_path / "d.toml", agents, chunk_size=10, calls_per_agent=1)
         d = DaemonProcess(sandbox_env(daemon_env, sb, conf, DIALER_DATABASE_URL=dsn,
                                       DIALER_DISPATCH_INTERVAL_S="3600"), tmp_path)
         try:
             d.start()
-            with d.client() as c:
-                r = c.post("/v1/batches", json={"leads": [{"number": number(i)} for i in range(4)]})
-                assert r.status_code == 202, r.text
-                assert c.post("/v1/targets/sales/resume").status_code == 200  # wakes dispatch now
-            poll(lambda: sql(dsn, "SELECT count(*) = 4 AS ok FROM calls WHERE state IN ('assigned', 'connected')"
-                             )[0]["ok"], 30, "the four calls assigned at the sandbox",
-                 detail=lambda: call_states(dsn))
-            rows = sql(dsn, "SELECT c.id, c.e164, k.token FROM calls c JOIN chunks k ON k.id = c.chunk_id "
-                            "ORDER BY c.id")
+            rows = _calls_at_the_sandbox(d, dsn, 4)
             d.kill9()
             pg.stop("fast")
             try:
@@ -252,15 +247,11 @@ def test_restarted_while_postgres_is_down_it_waits_and_loses_no_callback(daemon_
                     api = c.get("/v1/targets")
                 assert api.status_code == 503 and api.headers.get("retry-after"), api.text
                 outcomes = ["NO_ANSWER", "BUSY", "UNREACHABLE", "ANSWERED"]
-                url = d.url + "/callbacks/ryng/terminal/{}"
-                form = {"content-type": "application/x-www-form-urlencoded"}
                 with httpx.Client(timeout=10) as http:
-                    forged = http.post(url.format("forged"), headers=form, content=b"event=terminated")
+                    forged = _terminal(http, d, {**rows[0], "token": "forged"}, "event=terminated")
                     assert forged.status_code == 401, forged.text
                     for row, outcome in zip(rows, outcomes, strict=True):
-                        r = http.post(url.format(row["token"]), headers=form, content=(
-                            f"event=terminated&disposition={outcome}&agent=a1&attempts=1"
-                            f"&customField10={call_ref(row['id'])}&number=%2B{row['e164'][1:]}").encode())
+                        r = _terminal(http, d, row, f"event=terminated&disposition={outcome}&agent=a1&attempts=1")
                         assert r.status_code == 200, f"callback before the database was reached: {r.text}"
                 # it keeps trying, and keeps its pid, for as long as the database is away
                 poll(lambda: (w.check(), d.log.read_text().count("waiting for it") >= 3)[1], 60,
