@@ -7,6 +7,7 @@ environment or files and are redacted whenever the config is shown.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -584,13 +585,45 @@ def load_settings(
                     f"{key}: secrets are read from the environment "
                     f"({_ENV_KEYS[key]}), not from the config file"
                 )
+    return settings_from(data, source, env, overrides)
+
+
+def settings_from(
+    from_file: dict[str, Any],
+    source: str,
+    env: dict[str, str],
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Settings from a parsed TOML document, the environment (wins) and overrides (win)."""
+    data = dict(from_file)
+    replaced: set[str] = set()
     for key, var in _ENV_KEYS.items():
         value = env.get(var)
         if value is not None and value != "":
             data[key] = value
+            replaced.add(key)
     if overrides:
         data.update(overrides)
+        replaced.update(overrides)
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+    if from_file:
+        _check_file_types(from_file, settings, replaced, source)
+    return settings
+
+
+def _check_file_types(from_file: dict[str, Any], settings: Settings, replaced: set[str],
+                      source: str) -> None:
+    """TOML values have types: ``chunk_size = true`` or ``calls_per_agent = "2"`` is a mistake
+    that the lax validation (which must turn environment strings into numbers) would accept as
+    1 and 2. So the file's values are validated again strictly, with what the environment
+    replaced taken from the validated settings."""
+    dumped = settings.model_dump(mode="json")
+    data = {k: v for k, v in from_file.items() if k not in replaced}
+    data.update({k: dumped[k] for k in replaced if k in dumped})
+    try:
+        Settings.model_validate_json(json.dumps(data, default=str), strict=True)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dialer.config import load_settings
+from dialer.config import load_settings, settings_from
 from dialer.errors import ConfigError
 
 GOOD = """
@@ -75,6 +78,61 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> Non
     with pytest.raises(ConfigError) as e:
         load_settings(write(tmp_path, text), environ={})
     assert needle in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (GOOD.replace("chunk_size = 500", "chunk_size = true"), "targets.sales.chunk_size"),
+        (GOOD.replace("calls_per_agent = 2", 'calls_per_agent = "2"'), "targets.sales.calls_per_agent"),
+        ('settle_s = "2"\n' + GOOD, "settle_s"),
+        ('webhook_allow_private = "yes"\n' + GOOD, "webhook_allow_private"),
+        ("db_pool_size = 10.5\n" + GOOD, "db_pool_size"),
+    ],
+)
+def test_a_toml_value_of_the_wrong_type_is_not_coerced(tmp_path: Path, text: str, needle: str) -> None:
+    # the lax validation the environment's strings need would read true as 1 and "2" as 2
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, text), environ={})
+    assert needle in e.value.message
+
+
+def test_environment_strings_still_become_numbers_over_a_file(tmp_path: Path) -> None:
+    text = "settle_s = 1.5\ndb_pool_size = 6\n" + GOOD
+    s = load_settings(write(tmp_path, text), environ={
+        "DIALER_SETTLE_S": "3", "DIALER_DB_POOL_SIZE": "12", "DIALER_WEBHOOK_ALLOW_PRIVATE": "true",
+        "DIALER_API_TOKENS": "a,b", "DIALER_RYNG_TOKEN": "t",
+    })
+    assert (s.settle_s, s.db_pool_size, s.webhook_allow_private) == (3.0, 12, True)
+    assert [t.get_secret_value() for t in s.api_tokens] == ["a", "b"]
+    # a whole number where a float goes is fine in TOML
+    assert load_settings(write(tmp_path, "settle_s = 2\n" + GOOD), environ={}).settle_s == 2.0
+
+
+@pytest.mark.parametrize("doc", ["README.md", "SPEC.md"])
+def test_every_toml_example_in_the_docs_loads(tmp_path: Path, doc: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    path = root / doc if doc == "README.md" else root.parent / "shared" / doc
+    if not path.exists():
+        pytest.skip(f"{path} is not beside the repository")
+    blocks = re.findall(r"```toml\n(.*?)```", path.read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        data = tomllib.loads(block)
+        if "default_target" not in data:  # a fragment: over the full example
+            data = _merged(tomllib.loads(GOOD), data)
+        try:
+            settings_from(data, doc, env={})
+        except ConfigError as e:
+            # examples may name files (holidays_ics) that exist only on a real host
+            assert "is not a readable file" in e.message, (doc, block, e.message)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def test_bad_env_value_names_the_key() -> None:
