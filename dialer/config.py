@@ -549,10 +549,12 @@ _SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url", "
                 "ringme_token", "stringee_key_secret"}
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, from_env: frozenset[str] = frozenset()) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["loc"] and e["loc"][0] in from_env:  # where the operator has to look
+            loc = f"{loc} (from {_ENV_KEYS[str(e['loc'][0])]})"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"  {loc}: {msg}")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
@@ -608,7 +610,8 @@ def settings_from(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        env_keys = frozenset(k for k in replaced if k in _ENV_KEYS and k not in (overrides or {}))
+        raise ConfigError(_format_errors(e, source, env_keys)) from None
     if from_file:
         _check_file_types(from_file, settings, replaced, source)
     return settings

@@ -138,7 +138,7 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def test_bad_env_value_names_the_key() -> None:
     with pytest.raises(ConfigError) as e:
         load_settings(None, environ={"DIALER_SETTLE_S": "soon"})
-    assert "settle_s" in e.value.message
+    assert "settle_s (from DIALER_SETTLE_S)" in e.value.message
 
 
 def test_check_config_redacts_secrets(tmp_path: Path) -> None:
