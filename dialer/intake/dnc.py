@@ -151,7 +151,8 @@ async def import_bytes(pool: asyncpg.Pool, body: bytes, **kwargs: Any) -> DncRep
 
 async def add_numbers(pool: asyncpg.Pool, numbers: Sequence[str], *, source: str, now: datetime,
                       targets: Mapping[str, Target], expires_at: datetime | None = None) -> tuple[int, int]:
-    """Numbers already in E.164 (the API's JSON list): listed, or their expiry replaced, and
+    """Numbers already in E.164 (the API's JSON list): listed, or their listing extended (the
+    longer protection wins: see dnc_add), and
     their calls not yet sent cancelled in every target, in one transaction. Returns
     (added, updated)."""
     async with pool.acquire() as conn, conn.transaction():

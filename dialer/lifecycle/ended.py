@@ -50,6 +50,32 @@ def webhook_body(row: asyncpg.Record, next_call: int | None,
     return orjson.dumps(body)
 
 
+async def _list_number(conn: asyncpg.Connection, settings: Settings, e164: str, call_id: int,
+                       disposition: str | None, now: datetime) -> list[Ended]:
+    """The customer asked not to be called: list the number and stop its other calls."""
+    await conn.execute(Q.dnc_add, [e164], "disposition", now, None)
+    # after the list's row (as the API and imports do: one order for both locks)
+    await next_number.hold_for_dnc(conn, settings.targets)
+    ended = await moves.cancel_for_dnc(conn, [e164], now, {"rule": "dnc_dispositions",
+                                                          "disposition": disposition, "from_call": call_id})
+    await next_number.after_dnc(conn, [e164], settings.targets, now)  # other leads go on
+    return ended
+
+
+async def late_dnc(conn: asyncpg.Connection, settings: Settings, dispositions: Dispositions,
+                   call_id: int, disposition: str | None, now: datetime) -> EndEffects | None:
+    """A DNC disposition on a call that had already ended (reaped as expired, or ended by an
+    earlier callback): the call stays as it is (state only moves forward) but the customer's
+    word still counts. None when the disposition is no DNC one."""
+    if not dispositions.is_dnc(disposition):
+        return None
+    e164 = await conn.fetchval(Q.call_e164, call_id)
+    if e164 is None:
+        return None
+    cancelled = await _list_number(conn, settings, e164, call_id, disposition, now)
+    return EndEffects(dnc_added=True, ended=cancelled)
+
+
 async def after_end(
     conn: asyncpg.Connection,
     settings: Settings,
@@ -68,15 +94,8 @@ async def after_end(
     state = State(row["state"])
     target = settings.targets.get(row["target"])
     if dispositions.is_dnc(disposition):
-        # the customer asked not to be called: list the number and stop its other calls
-        await conn.execute(Q.dnc_add, [row["e164"]], "disposition", now, None)
+        out.ended = await _list_number(conn, settings, row["e164"], call_id, disposition, now)
         out.dnc_added = True
-        # after the list's row (as the API and imports do: one order for both locks)
-        await next_number.hold_for_dnc(conn, settings.targets)
-        out.ended = await moves.cancel_for_dnc(conn, [row["e164"]], now,
-                                               {"rule": "dnc_dispositions", "disposition": disposition,
-                                                "from_call": call_id})
-        await next_number.after_dnc(conn, [row["e164"]], settings.targets, now)  # other leads go on
     elif dispositions.is_callback(disposition):
         out.recycled_to = await callbacks_scheduled.after_disposition(conn, settings, call_id, row["agent"],
                                                                       body or {}, now)

@@ -138,6 +138,10 @@ class CallbackService:
                     and result.call_id is not None:
                 result.effects = await ended.after_end(conn, self.settings, self.dispositions,
                                                        result.call_id, cb.disposition, now, cb.raw)
+            elif result.result == "duplicate" and kind == "terminal" and self.settings is not None \
+                    and result.call_id is not None:
+                result.effects = await ended.late_dnc(conn, self.settings, self.dispositions,
+                                                      result.call_id, cb.disposition, now)
         return result
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:

@@ -219,7 +219,14 @@ WHERE sha256 = $1
 -- name: dnc_add
 INSERT INTO dnc (e164, source, added_at, expires_at)
 SELECT n, $2, $3, $4 FROM unnest($1::text[]) AS n
-ON CONFLICT (e164) DO UPDATE SET expires_at = EXCLUDED.expires_at, source = EXCLUDED.source
+ON CONFLICT (e164) DO UPDATE SET
+    -- the longer protection wins (no expiry: never): a listing the customer asked for is
+    -- never shortened by a later add or import (to shorten one: delete, then add)
+    source = CASE WHEN dnc.expires_at IS NOT NULL
+                       AND (EXCLUDED.expires_at IS NULL OR EXCLUDED.expires_at > dnc.expires_at)
+                  THEN EXCLUDED.source ELSE dnc.source END,
+    expires_at = CASE WHEN dnc.expires_at IS NULL OR EXCLUDED.expires_at IS NULL THEN NULL
+                      ELSE greatest(dnc.expires_at, EXCLUDED.expires_at) END
 RETURNING e164, (xmax = 0) AS inserted
 
 -- name: dnc_delete
@@ -744,7 +751,12 @@ WITH src AS (
 ), up AS (
     INSERT INTO dnc (e164, source, added_at, expires_at)
     SELECT e164, $1, $2, expires_at FROM src
-    ON CONFLICT (e164) DO UPDATE SET source = EXCLUDED.source, expires_at = EXCLUDED.expires_at
+    ON CONFLICT (e164) DO UPDATE SET  -- the longer protection wins, as dnc_add
+        source = CASE WHEN dnc.expires_at IS NOT NULL
+                           AND (EXCLUDED.expires_at IS NULL OR EXCLUDED.expires_at > dnc.expires_at)
+                      THEN EXCLUDED.source ELSE dnc.source END,
+        expires_at = CASE WHEN dnc.expires_at IS NULL OR EXCLUDED.expires_at IS NULL THEN NULL
+                          ELSE greatest(dnc.expires_at, EXCLUDED.expires_at) END
     RETURNING (xmax = 0) AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted)::int AS added, count(*) FILTER (WHERE NOT inserted)::int AS updated
@@ -1222,7 +1234,11 @@ ORDER BY e164, expires_at DESC NULLS FIRST
 -- insert fail (unique violation): the caller then rolls back to its savepoint and runs
 -- dnc_import_merge, which settles such races row by row.
 WITH upd AS (
-    UPDATE dnc d SET source = $1, expires_at = s.expires_at
+    UPDATE dnc d SET  -- the longer protection wins, as dnc_add
+        source = CASE WHEN d.expires_at IS NOT NULL AND (s.expires_at IS NULL OR s.expires_at > d.expires_at)
+                      THEN $1 ELSE d.source END,
+        expires_at = CASE WHEN d.expires_at IS NULL OR s.expires_at IS NULL THEN NULL
+                          ELSE greatest(d.expires_at, s.expires_at) END
     FROM dnc_import_src s WHERE d.e164 = s.e164
     RETURNING 1
 ), ins AS (
@@ -1284,3 +1300,6 @@ FROM (
     ) c
 ) w
 GROUP BY w.why
+
+-- name: call_e164
+SELECT e164 FROM calls WHERE id = $1
