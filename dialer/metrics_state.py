@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from dialer.dispatch import abandon
 from dialer.dispatch.pacing import Pace, StaticAgents, measure
 from dialer.store.queries import Q
 
@@ -43,7 +44,8 @@ async def read(ctx: AppContext, dispatcher: Any, now: datetime) -> Readings:
         out.callback_wait_s = {x["target"]: max(0.0, float(x["age"] or 0.0)) for x in
                                await conn.fetch(Q.metrics_callback_wait, now, WAITING_FOR_CALLBACK)}
         for name, t in settings.targets.items():
-            out.paces[name] = await measure(conn, name, t, agents, now)
+            pace = await measure(conn, name, t, agents, now)
+            out.paces[name] = await abandon.as_dispatched(conn, name, t, pace)
             depth = getattr(agents, "depth", None)  # the providers' selector; not static agents
             out.queue_depth[name] = await depth(conn, name) if depth is not None else None
         out.webhook_backlog = int(await conn.fetchval(Q.webhook_backlog) or 0)

@@ -6,7 +6,7 @@ answered by a person). Read in the fill transaction, under the target's dispatch
 most every ``CHECK_EVERY_S`` per instance; the level is kept in ``abandon_guard`` so every
 instance and the metrics see one answer.
 
-* rate ≥ ``abandon_slowdown_pct``: ``slowdown`` — pacing drops to one call per ready agent.
+* rate > ``abandon_slowdown_pct``: ``slowdown`` — pacing drops to one call per ready agent.
 * rate ≥ ``abandon_max_pct``: ``paused`` — the target pauses itself (``paused_reason``
   ``abandon_guard``), with an event and a log line; the metric drives the alert.
 * an operator who resumes a self-paused target overrides the guard: ``overridden`` keeps
@@ -53,14 +53,31 @@ class Reading:
 def next_level(current: str, rate: float, t: Target, paused: bool) -> str:
     """Where the guard goes from ``current`` at ``rate`` (0..1); ``paused``: the target is
     paused now (by anyone). Pure, for the tests."""
-    pct = rate * 100.0
+    pct = round(rate * 100.0, 9)  # 1 / 40 is 2.5 %, not 2.5000000000000004
     if current == "paused" and not paused:
         current = "overridden"  # resumed by an operator while self-paused
     if pct >= t.abandon_max_pct:
         return current if current in ("paused", "overridden") else "paused"
-    if pct >= t.abandon_slowdown_pct:
+    if pct > t.abandon_slowdown_pct:  # "past" it (SPEC §10); the maximum counts when reached
         return "slowdown"
     return "ok"
+
+
+def slowed(pace: Pace, level: str | None) -> Pace:
+    """The pace under the guard's level: one call per ready agent unless it is ``ok``."""
+    if level in ("slowdown", "overridden", "paused"):
+        return dataclasses.replace(pace, limit=min(pace.limit, pace.ready_agents))
+    return pace
+
+
+async def as_dispatched(conn: asyncpg.Connection, name: str, t: Target, pace: Pace) -> Pace:
+    """The pace the dispatcher works to, for those who measure it on their own (the waiting
+    counts, the pacing gauges, GET /v1/targets): the guard's shared level applied, else a
+    slowed target would show room it does not use."""
+    if not watched(t):
+        return pace
+    row = await conn.fetchrow(Q.abandon_guard_get, name)
+    return slowed(pace, row["level"] if row else None)
 
 
 class Guard:
@@ -81,9 +98,7 @@ class Guard:
             level = await self._evaluate(conn, name, t, paused, now)
         if level == "paused":
             paused = True
-        if level in ("slowdown", "overridden", "paused"):
-            pace = dataclasses.replace(pace, limit=min(pace.limit, pace.ready_agents))
-        return pace, paused
+        return slowed(pace, level), paused
 
     async def _evaluate(self, conn: asyncpg.Connection, name: str, t: Target, paused: bool,
                         now: datetime) -> str:

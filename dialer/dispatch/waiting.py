@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from dialer.config import Target
-from dialer.dispatch import windows
+from dialer.dispatch import abandon, windows
 from dialer.dispatch.pacing import Pace, StaticAgents, measure
 from dialer.store.queries import Q
 
@@ -87,7 +87,7 @@ async def for_target(conn: asyncpg.Connection, name: str, t: Target, dispatcher:
         expiring += int(r["expiring"])
         first_expiry = _first(first_expiry, r["first_expiry"])
     source = agents or (dispatcher.agents if dispatcher is not None else None) or StaticAgents({name: t})
-    pace = await measure(conn, name, t, source, now)
+    pace = await abandon.as_dispatched(conn, name, t, await measure(conn, name, t, source, now))
     now_n = counts.pop("now", 0)
     clears.pop("now", None)
     if now_n:

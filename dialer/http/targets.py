@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 
+from dialer.dispatch import abandon
 from dialer.dispatch.pacing import StaticAgents, measure
 from dialer.dispatch.targets import set_paused
 from dialer.errors import NotFound
@@ -62,7 +63,8 @@ async def target_views(ctx: AppContext) -> list[TargetOut]:
             waiting.setdefault(x["target"], {})[x["state"]] = x["n"]
         for name, t in ctx.settings.targets.items():
             agents = d.agents if d is not None else StaticAgents(ctx.settings.targets)
-            pace = await measure(conn, name, t, agents, ctx.clock.now())
+            pace = await abandon.as_dispatched(conn, name, t, await measure(conn, name, t, agents,
+                                                                           ctx.clock.now()))
             st = states.get(name)
             br = d.breakers.get(name) if d is not None else None
             breaker = br.snapshot() if br is not None else {"state": "closed"}

@@ -186,8 +186,18 @@ async def schedule(
     if owner is not None and t.agents and owner not in t.agents and not from_provider:
         raise Refused("unknown_agent", f"agent {owner!r} is not one of target {row['target']}'s agents",
                       {"agents": list(t.agents)})
+    earliest, held = max(asked, now), None
+    if row["abandoned_at"] is not None:  # the abandon guard (SPEC §10), as for re-dials
+        floor = row["abandoned_at"] + timedelta(minutes=t.abandon_redial_min)
+        if earliest < floor:
+            earliest = floor
+            held = {"rule": "abandon_redial_min", "abandon_redial_min": t.abandon_redial_min,
+                    "abandoned_at": row["abandoned_at"].isoformat(), "asked": asked.isoformat()}
     due, moved = into_hours(rules or compliance.Rules(settings), row["target"], t, row["e164"],
-                            row["timezone"], row["fields"], max(asked, now))
+                            row["timezone"], row["fields"], earliest)
+    if held is not None:  # one account of why: the guard's, with the hours' move on top if any
+        moved = {**held, "until": due.isoformat()} if moved is None else \
+            {**moved, "asked": asked.isoformat(), "abandon_redial": held}
     grace = timedelta(minutes=t.callback_owner_grace_min)
     new = await moves.new_callback(conn, from_call, due, now)
     if new is None:

@@ -1085,7 +1085,10 @@ SELECT c.id, c.batch_id, c.target, c.e164, c.timezone, c.fields, c.state, c.agen
        (SELECT min(l.id) FROM calls l
         WHERE (l.id = coalesce(c.lead_id, c.id) OR l.lead_id = coalesce(c.lead_id, c.id))
           AND l.state IN ('pending', 'scheduled', 'retry_wait', 'submitting', 'uncertain',
-                          'queued', 'assigned', 'connected')) AS live_call
+                          'queued', 'assigned', 'connected')) AS live_call,
+       (SELECT max(l.ended_at) FROM calls l
+        WHERE (l.id = coalesce(c.lead_id, c.id) OR l.lead_id = coalesce(c.lead_id, c.id))
+          AND l.state = 'abandoned') AS abandoned_at
 FROM calls c JOIN batches b ON b.id = c.batch_id
 WHERE c.id = $1
 

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from dialer import metrics
 from dialer.clock import FakeClock, SystemClock
 from dialer.config import Target
-from dialer.dispatch import abandon
+from dialer.dispatch import abandon, waiting
 from dialer.dispatch.targets import set_paused
+from dialer.http.targets import target_views
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.states import TERMINAL, State
 from tests.conftest import await_for
@@ -31,7 +32,10 @@ TARGET = {"queue_id": "42", "agent_mapping": "global", "agents": ["alice", "bob"
 def test_the_guard_levels() -> None:
     t = Target(queue_id="1")  # 2.5 % / 3 %
     assert abandon.next_level("ok", 0.02, t, False) == "ok"
-    assert abandon.next_level("ok", 0.025, t, False) == "slowdown"
+    assert abandon.next_level("ok", 0.025, t, False) == "ok"  # at it is not past it (SPEC §10)
+    assert abandon.next_level("ok", 1 / 40, t, False) == "ok"
+    assert abandon.next_level("ok", 0.0251, t, False) == "slowdown"
+    assert abandon.next_level("ok", 0.0, t.model_copy(update={"abandon_slowdown_pct": 0.0}), False) == "ok"
     assert abandon.next_level("slowdown", 0.03, t, False) == "paused"
     assert abandon.next_level("paused", 0.04, t, True) == "paused"
     # an operator resumed it: slowed, not paused again while the rate stays up
@@ -96,6 +100,13 @@ async def test_abandons_slow_the_target_then_pause_it(pool: asyncpg.Pool, make_s
         assert await _guard(st, clock) == ("slowdown", False, 3, 3)
         assert round(await _metric(st, "dialer_abandon_rate"), 4) == round(3 / 103, 4)
         assert await _metric(st, "dialer_abandon_guard_level") == 1
+        # those who measure the pace on their own show the slowed limit, not the full 6
+        assert await _metric(st, "dialer_pacing_limit") == 3
+        async with pool.acquire() as conn:
+            w = await waiting.for_target(conn, "sales", st.settings.targets["sales"], st.dispatcher,
+                                         False, clock.now())
+        assert w.pace.limit == 3
+        assert next(v for v in await target_views(st.rt.ctx) if v.name == "sales").limit == 3
         await _dial(st, ["+14155550004"], "abandoned")
         # 4 / 104 = 3.85 %: the target paused itself
         level, paused, _, _ = await _guard(st, clock)
@@ -146,3 +157,36 @@ async def test_an_abandoned_several_number_lead_waits_too_and_only_with_a_rule(p
         # the lead's other phone is not dialed at once: abandon_redial_min first; no rule, no re-dial
         assert [(r["target"], r["e164"]) for r in rows] == [("sales", "+14155550102")]
         assert rows[0]["not_before"] == rows[0]["ended_at"] + timedelta(minutes=30)
+
+
+async def test_a_callback_asked_for_an_abandoned_lead_waits_out_abandon_redial_min(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """SPEC §10: an abandoned lead is not re-dialed within abandon_redial_min — a callback a
+    CRM or the console asks for is a re-dial too: its due time moves, with the rule."""
+    from datetime import UTC, datetime
+
+    from dialer.dispatch.chunker import call_ref
+    from dialer.lifecycle import callbacks_scheduled, payload
+
+    t0 = datetime(2026, 12, 1, 17, 0, tzinfo=UTC)
+    clock = FakeClock(t0)
+    target = {**TARGET, "calling_hours": "00:00-24:00", "abandon_redial_min": 4320, "recycle": {}}
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": target}) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)  # no callback of its own
+        await st.post(["+14155550101"])
+        await st.dispatcher.tick()
+        call_id, chunk_id = await pool.fetchrow("SELECT id, chunk_id FROM calls")
+        cb = payload.read({"event": "terminated", "disposition": "ABANDONED",
+                           "customField10": call_ref(call_id)})
+        assert (await st.service.store(chunk_id, "terminal", cb)).result == "applied"
+        clock.advance(60)
+        asked = clock.now() + timedelta(minutes=2)
+        s = await callbacks_scheduled.request(pool, st.settings, call_id, asked.isoformat(), "alice",
+                                              "api", clock.now())
+        assert s.due_at == t0 + timedelta(minutes=4320)
+        assert s.moved is not None and s.moved["rule"] == "abandon_redial_min"
+        assert await pool.fetchval("SELECT not_before FROM calls WHERE id = $1", s.call_id) == s.due_at
+        # not dialed before then
+        clock.advance(3600)
+        await st.dispatcher.tick()
+        assert await pool.fetchval("SELECT state FROM calls WHERE id = $1", s.call_id) == "retry_wait"
