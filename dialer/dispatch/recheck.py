@@ -71,7 +71,9 @@ async def recheck(conn: asyncpg.Connection, settings: Settings, rules: complianc
             gh = windows.clamp(compliance.Hold(gate.until, gate.rule, gate.detail), exp.get(r["id"]))
             holds.append((r, gh.until, {"rule": gh.rule, **gh.detail, "until": gh.until.isoformat()}))
         elif paused or t is None:
-            holds.append((r, None, {"rule": "paused", "reason": "target is paused"}))
+            # until an operator resumes it (or the guard does): no time to name (SPEC §9)
+            holds.append((r, None, {"rule": "paused", "reason": "target is paused", "until": None,
+                                    "until_what": "the target is resumed"}))
         elif waited and (h := rules.check(c.target, t, r["e164"], r["timezone"], r["fields"], now)):
             h = windows.clamp(h, exp.get(r["id"]))  # a hold past the lead's expiry: until then
             holds.append((r, h.until, {"rule": h.rule, **h.detail, "until": h.until.isoformat()}))

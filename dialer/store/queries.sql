@@ -795,13 +795,19 @@ SELECT id FROM batches WHERE target = $1 AND (ended_at IS NULL OR created_at >= 
 
 -- name: figures_totals
 -- Leads (first attempts), attempts (calls claimed for sending, as the caps count them),
--- leads attempted (a re-dial exists only after a first attempt ended, so a lead was
--- attempted iff its first row was), answered, mean talk time (from the applied terminal
+-- leads attempted (its first row was sent, or — a first row that ended unsent: a number
+-- DNC-listed before it went, the lead then on to its next number — a later one was; the
+-- look-up only for such rows), answered, mean talk time (from the applied terminal
 -- callback of each answered call), calls still waiting to be sent, and attempts claimed
 -- in ($2, $3] (the recent send rate).
 SELECT count(*) FILTER (WHERE c.attempt = 1)::int AS leads,
        count(*) FILTER (WHERE c.submitted_at IS NOT NULL)::int AS attempts,
-       count(*) FILTER (WHERE c.attempt = 1 AND c.submitted_at IS NOT NULL)::int AS leads_attempted,
+       count(*) FILTER (WHERE CASE WHEN c.attempt <> 1 THEN false
+                                   WHEN c.submitted_at IS NOT NULL THEN true
+                                   WHEN c.ended_at IS NULL THEN false
+                                   ELSE EXISTS (SELECT 1 FROM calls l WHERE l.lead_id = c.id
+                                                AND l.submitted_at IS NOT NULL) END)::int
+           AS leads_attempted,
        count(*) FILTER (WHERE c.state = 'answered')::int AS answered,
        count(tk.talk_s)::int AS talk_reported,
        avg(tk.talk_s)::float8 AS talk_mean_s,
@@ -1275,7 +1281,7 @@ WITH b AS (
     SELECT coalesce(array_agg(id) FILTER (WHERE state = 'receiving'), '{}') AS receiving,
            coalesce(array_agg(id) FILTER (WHERE ttl <= $3), '{}') AS ttl_ids,
            coalesce(array_agg(ttl) FILTER (WHERE ttl <= $3), '{}') AS ttl_at
-    FROM (SELECT id, state, created_at + make_interval(hours => $4::int) AS ttl FROM batches
+    FROM (SELECT id, state, created_at + $4::float8 * interval '1 hour' AS ttl FROM batches
           WHERE target = $1 AND state IN ('receiving', 'ingested')) x
 )
 SELECT w.why, count(*)::bigint AS n, min(w.clears) AS clears_at,

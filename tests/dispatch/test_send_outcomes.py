@@ -199,7 +199,11 @@ async def test_a_pause_during_a_backoff_keeps_the_chunk_from_going_out(pool: asy
         async with pool.acquire() as conn:
             holds = await conn.fetchval("SELECT count(*) FROM call_events WHERE kind = 'hold' "
                                         "AND payload->>'rule' = 'paused'")
+            # every hold names until when (SPEC §9): here, no time but the resume
+            untils = await conn.fetch("SELECT payload ? 'until' AS u, payload->>'until_what' AS w "
+                                      "FROM call_events WHERE kind = 'hold'")
             await conn.execute(Q.target_pause, "sales", False, None, clock.now())
         assert holds == 4
+        assert {(r["u"], r["w"]) for r in untils} == {(True, "the target is resumed")}
         await await_for(lambda: _ended(st, 4), 30, "every call ended after the resume")
         assert set(st.sandbox.dials_by_number().values()) == {1}

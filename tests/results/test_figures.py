@@ -163,3 +163,43 @@ def test_a_number_is_read_in_the_zone_the_dispatcher_gives_it() -> None:
     assert figures._zone_of("+442071234567", known) in ("Europe/London", "Europe/Guernsey")  # shortcut
     assert figures._zone_of("tz:Asia/Tokyo", known) == "Asia/Tokyo"
     assert figures._zone_of("tz:Mars/Base", known) == "UTC"  # PostgreSQL would not know it
+
+
+async def test_a_lead_whose_first_number_never_went_counts_as_attempted_by_its_second(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """Penetration is leads attempted / leads: a lead whose first number was DNC-listed
+    before it was sent, and that went on to dial its second number, was attempted."""
+    from dialer.intake import dnc
+
+    clock = FakeClock(T0)
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
+        bid = await st.post(["+14155550101"], number2="+14155550102")
+        await dnc.add_numbers(pool, ["+14155550101"], source="api", now=clock.now(),
+                              targets=st.settings.targets)
+        await st.dispatcher.tick()
+        rows = await pool.fetch("SELECT attempt, e164, submitted_at IS NOT NULL AS sent FROM calls ORDER BY id")
+        assert [tuple(r) for r in rows] == [(1, "+14155550101", False), (2, "+14155550102", True)]
+        async with pool.acquire() as conn:
+            f = await figures.for_batch(conn, uuid.UUID(bid), clock.now())
+        assert (f.leads, f.attempts, f.leads_attempted, f.penetration) == (1, 1, 1, 1.0)
+
+
+async def test_expired_soon_reads_a_fractional_lead_ttl(pool: asyncpg.Pool, make_settings: Any) -> None:
+    from dialer.dispatch import waiting
+
+    clock = FakeClock(T0)
+    async with running_stack(pool, make_settings, clock=clock,
+                             targets={"sales": {**TARGET, "lead_ttl_h": 1.5}}) as st:
+        await st.post(["+14155550101"])
+        t = st.settings.targets["sales"]
+
+        async def expiring() -> tuple[int, datetime | None]:
+            async with pool.acquire() as conn:
+                w = await waiting.for_target(conn, "sales", t, st.dispatcher, False, clock.now())
+            r = next((r for r in w.reasons if r.reason == "expired_soon"), None)
+            return (r.count, r.clears_at) if r is not None else (0, None)
+
+        assert (await expiring())[0] == 0  # 90 min left: not within the hour
+        clock.advance(45 * 60)
+        assert await expiring() == (1, T0 + timedelta(minutes=90))
