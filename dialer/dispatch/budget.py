@@ -17,8 +17,8 @@ goes, alone in an empty window.
 
 A 429 lowers the rate (AIMD): the window stretches to ``W / factor`` with the factor
 halved (at most once per window, floor 5 %), then the factor climbs back linearly, to
-full after ``rate_recover_s`` from nothing; a ``Retry-After`` holds every instance's
-sends until it passes. Each lowering is logged and recorded as an event.
+full after ``rate_recover_s`` from nothing; a ``Retry-After`` (of a 429, or of a 503)
+holds every instance's sends until it passes. Each lowering is logged and recorded as an event.
 """
 
 from __future__ import annotations
@@ -232,11 +232,19 @@ class RateBudget:
         async with self.pool.acquire() as conn, conn.transaction():
             if r is not None:
                 await conn.execute(Q.rate_budget_finish, r.id, now)
-            if status != 429:
+            if status != 429 and not (status == 503 and retry_after_s):
                 return False
             await conn.execute(Q.rate_budget_ensure, self.provider)
             row = await conn.fetchrow(Q.rate_budget_lock, self.provider)
             before = Aimd(row["factor"], row["changed_at"], row["blocked_until"])
+            if status == 503:
+                # unavailable, not "too fast": the rate stays, but its Retry-After holds every
+                # instance's sends as a 429's does (SPEC §5: Retry-After honoured)
+                until = now + timedelta(seconds=retry_after_s or 0)
+                held = max(until, before.blocked_until or until)
+                await conn.execute(Q.rate_budget_lower, self.provider, before.factor, before.changed_at,
+                                   held, False)
+                return False
             after, lowered = before.lowered(now, self.limits.rate_recover_s, self._window(), retry_after_s)
             await conn.execute(Q.rate_budget_lower, self.provider, after.factor, after.changed_at,
                                after.blocked_until, lowered)

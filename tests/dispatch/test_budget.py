@@ -166,3 +166,25 @@ async def test_a_long_retry_after_hold_gives_chunks_back_instead_of_holding_them
         assert [(c["state"], c["attempts"]) for c in chunks] == [("recorded", 1), ("recorded", 0)]
         assert all(c["next_attempt_at"] == clock.now() + timedelta(seconds=60) for c in chunks)
         assert st.sandbox.stats()["requests"]["queue_append"] == {"429": 1}
+
+
+async def test_a_503_retry_after_holds_every_send_without_lowering_the_rate(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """With a budget the instance's own Retry-After hold is off (the budget holds every
+    instance): a 503's Retry-After must reach the budget too, not only a 429's."""
+    clock = FakeClock(SystemClock().now())
+    providers = {"ryng": {"max_calls_per_s": 4}}
+    async with running_stack(pool, make_settings, clock=clock, targets=TARGETS, providers=providers) as st:
+        d = st.dispatcher
+        st.sandbox.configure(error_rate=1.0, error_statuses=[503], retry_after_s=60)
+        await st.post(numbers(8))
+        await d.fill_all()
+        assert await d.send_one()  # 503, Retry-After: 60
+        st.sandbox.configure(error_rate=0.0)
+        assert await d.send_one()  # the next chunk is claimed, and given back until the hold ends
+        assert not await d.send_one()
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT factor, lowered_total, blocked_until FROM rate_budget")
+        assert (row["factor"], row["lowered_total"]) == (1.0, 0)  # unavailable is not "too fast"
+        assert row["blocked_until"] == clock.now() + timedelta(seconds=60)
+        assert st.sandbox.stats()["requests"]["queue_append"] == {"503": 1}

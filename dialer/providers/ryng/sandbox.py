@@ -94,7 +94,8 @@ Faults (``SandboxConfig``, also settable at run time) and admin
 answering: a sender killed meanwhile leaves calls the provider has), ``timeout_rate``
 (hang ``timeout_hang_s``, then 504 or a dropped connection; nothing is queued),
 ``throttle_rate`` (429 + ``Retry-After``),
-``error_rate`` (500 JSON, 502 HTML or 503 text; nothing queued),
+``error_rate`` (500 JSON, 502 HTML or 503 text + ``Retry-After``, drawn from
+``error_statuses``; nothing queued),
 ``accept_then_fail_rate`` (calls ARE queued, then — ``accept_then_fail_mode``
 mixed | 5xx | drop — a 5xx drawn from ``accept_then_fail_statuses`` (default 500,
 502, 504 — never 503, which says "not taken"; 504 is a gateway timeout page) or a
@@ -167,7 +168,8 @@ _POSITIVE = ("time_scale", "callback_timeout_s", "callback_after_s")
 _SERVER_ERRORS = (500, 502, 503, 504)
 _RUNTIME = frozenset((*_RATES, *_NON_NEGATIVE, *_POSITIVE, "ring_s", "talk_s", "default_leg_direction",
                       "default_max_retries", "retry_after_s", "accept_then_fail_mode",
-                      "accept_then_fail_statuses", "campaign_connect_termination", "keep_ended_calls"))
+                      "accept_then_fail_statuses", "error_statuses", "campaign_connect_termination",
+                      "keep_ended_calls"))
 
 
 def _check(name: str, value: Any) -> Any:
@@ -206,7 +208,7 @@ def _check(name: str, value: Any) -> Any:
         if value not in ("mixed", "5xx", "drop"):
             raise ValueError(f"{name} must be one of mixed, 5xx, drop")
         return value
-    if name == "accept_then_fail_statuses":
+    if name in ("accept_then_fail_statuses", "error_statuses"):
         if (not isinstance(value, list | tuple) or not value
                 or not all(v in _SERVER_ERRORS for v in value)):
             raise ValueError(f"{name} must be a non-empty list of {', '.join(map(str, _SERVER_ERRORS))}")
@@ -438,7 +440,7 @@ class RyngSandbox:
         roll -= cfg.throttle_rate
         if roll < cfg.error_rate:
             self._faults["error"] += 1
-            return self._server_error()
+            return self._server_error(cfg.error_statuses)
         token = request.headers.get("x-access-token", "")
         if not secrets.compare_digest(token.encode(), cfg.token.encode()):
             return _error(401, "invalid or missing x-access-token")

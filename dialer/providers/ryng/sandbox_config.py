@@ -32,6 +32,7 @@ class SandboxConfig:
     keep_requests: int = 100_000  # the API request log (_sandbox/requests)
     # fault injection (all off by default)
     error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 502, 503)  # what error_rate answers (nothing queued)
     throttle_rate: float = 0.0
     retry_after_s: int = 1
     timeout_rate: float = 0.0
