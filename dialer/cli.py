@@ -21,8 +21,12 @@ from dialer.errors import ConfigError, DialerError
 log = logging.getLogger("dialer")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config) if args.config else None)
+def _settings(args: argparse.Namespace, *, show_warnings: bool = True) -> Settings:
+    s = load_settings(Path(args.config) if args.config else None)
+    if show_warnings:  # `run` logs them instead, once logging is set up
+        for w in s.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return s
 
 
 class _Usage(DialerError):
@@ -39,8 +43,10 @@ def _input_file(arg: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from dialer.daemon import Daemon
 
-    s = _settings(args)
+    s = _settings(args, show_warnings=False)
     logs.setup(s.log_format, s.log_level)
+    for w in s.warnings:
+        log.warning(w)
     daemon = Daemon(s, config_path=Path(args.config) if args.config else None)
     anyio.run(daemon.run, backend_options={"use_uvloop": True})
     return 0

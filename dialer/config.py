@@ -7,6 +7,7 @@ environment or files and are redacted whenever the config is shown.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -434,6 +436,9 @@ class Settings(_Strict):
     # result webhooks to loopback/private/link-local addresses; unset: only in sandbox mode
     webhook_allow_private: bool | None = None
 
+    # found while loading, for the CLI to show: logging is not set up yet at that point
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
     @field_validator("dispositions")
     @classmethod
     def _dispositions(cls, v: dict[str, str]) -> dict[str, str]:
@@ -481,6 +486,11 @@ class Settings(_Strict):
         return self
 
     # -- derived -------------------------------------------------------------
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What loading noticed but did not refuse (a misspelled ``DIALER_*`` variable)."""
+        return self._warnings
+
     @property
     def inbox(self) -> Path:
         return self.inbox_dir or self.state_dir / "inbox"
@@ -545,6 +555,11 @@ _ENV_KEYS = {
 }
 for _nested in ("compliance", "sandbox", "dispositions", "portsip", "ringme", "stringee", "providers"):
     _ENV_KEYS.pop(_nested)
+# DIALER_* variables read by something other than Settings (the CLI, tests, benchmarks).
+_OTHER_ENV = frozenset({
+    "DIALER_CONFIG", "DIALER_TEST_DATABASE_URL", "DIALER_SLOW", "DIALER_FAULT_SEED",
+    "DIALER_OUTAGE_S", "DIALER_UI_SCREENSHOTS", "DIALER_FUZZ_EXAMPLES",
+})
 _SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url", "portsip_token",
                 "ringme_token", "stringee_key_secret"}
 
@@ -587,7 +602,23 @@ def load_settings(
                     f"{key}: secrets are read from the environment "
                     f"({_ENV_KEYS[key]}), not from the config file"
                 )
-    return settings_from(data, source, env, overrides)
+    settings = settings_from(data, source, env, overrides)
+    settings._warnings = tuple(unknown_env(env))
+    return settings
+
+
+def unknown_env(env: dict[str, str]) -> list[str]:
+    """A warning for each ``DIALER_*`` variable nothing reads: a typo (DIALER_RYNG_BASEURL)
+    would otherwise leave its setting at the default unnoticed. Not an error: a harness may
+    set variables of its own. Values are not shown (they may be secrets)."""
+    known = sorted({*_ENV_KEYS.values(), *_OTHER_ENV})
+    out = []
+    for var in sorted(env):
+        if var.startswith("DIALER_") and var not in known:
+            near = difflib.get_close_matches(var, known, n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            out.append(f"{var} is not a dialer setting and is ignored{hint}")
+    return out
 
 
 def settings_from(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -141,6 +142,14 @@ def test_bad_env_value_names_the_key() -> None:
     assert "settle_s (from DIALER_SETTLE_S)" in e.value.message
 
 
+def check_config(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``dialer check-config`` with only ``env`` (and PATH, and PYTHONPATH: the code under test)."""
+    keep = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+    return subprocess.run([sys.executable, "-m", "dialer", "check-config"],
+                          env={"PATH": "/usr/bin:/bin", **keep, **env},
+                          capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
 def test_check_config_redacts_secrets(tmp_path: Path) -> None:
     env = {
         "DIALER_CONFIG": str(write(tmp_path, GOOD)),
@@ -148,10 +157,8 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
         "DIALER_API_TOKENS": "tok-aaaaaaaa,tok-bbbbbbbb",
         "DIALER_DATABASE_URL": "postgresql://u:pw-secret@db/x",
         "DIALER_CALLBACK_SECRET": "cb-secret-123456",
-        "PATH": "/usr/bin:/bin",
     }
-    r = subprocess.run([sys.executable, "-m", "dialer", "check-config"], env=env,
-                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    r = check_config(env, tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout + r.stderr
     for secret in ("ryng-secret-token-xyz", "tok-aaaaaaaa", "pw-secret", "cb-secret-123456"):
@@ -160,9 +167,7 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
 
 
 def test_check_config_fails_with_the_key(tmp_path: Path) -> None:
-    env = {"DIALER_CONFIG": str(write(tmp_path, "bogus = 1\n" + GOOD)), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "dialer", "check-config"], env=env,
-                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    r = check_config({"DIALER_CONFIG": str(write(tmp_path, "bogus = 1\n" + GOOD))}, tmp_path)
     assert r.returncode == 2
     assert "bogus: unknown key" in r.stderr
 
@@ -184,3 +189,22 @@ def test_an_empty_calling_window_stops_start_up(tmp_path: Path) -> None:
                                                                          "calling_hours": "09:00-09:00"}}})
     with pytest.raises(ConfigError, match="empty window"):
         load_settings(None, environ={}, overrides={"compliance": {"calling_hours_by_region": {"DE": "10:00-10:00"}}})
+
+
+def test_a_misspelled_dialer_variable_is_a_warning_with_a_suggestion() -> None:
+    s = load_settings(None, environ={"DIALER_RYNG_BASEURL": "https://acme.ryng.in", "DIALER_SLOW": "1",
+                                     "DIALER_CONFIG": "", "DIALER_SETTLE_S": "1", "DIALERX": "y"})
+    assert s.sandbox_mode  # the typo is not read: that is why it must be said
+    assert s.warnings == ("DIALER_RYNG_BASEURL is not a dialer setting and is ignored; "
+                          "did you mean DIALER_RYNG_BASE_URL?",)
+    (w,) = load_settings(None, environ={"DIALER_ZZZZZZZZZZZZZZZZZZZ": "x"}).warnings
+    assert "DIALER_ZZZZZZZZZZZZZZZZZZZ" in w and "did you mean" not in w
+
+
+def test_check_config_prints_the_warnings_on_stderr(tmp_path: Path) -> None:
+    env = {"DIALER_CONFIG": str(write(tmp_path, GOOD)), "DIALER_RYNG_BASEURL": "https://secret-host.example"}
+    r = check_config(env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: DIALER_RYNG_BASEURL is not a dialer setting" in r.stderr
+    assert "did you mean DIALER_RYNG_BASE_URL?" in r.stderr
+    assert "DIALER_RYNG_BASEURL" not in r.stdout and "secret-host" not in r.stdout + r.stderr

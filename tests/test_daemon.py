@@ -97,3 +97,14 @@ def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: Daemon
     assert _fetchval(db_url, "SELECT count(*) FROM calls WHERE state NOT IN ('invalid', 'duplicate', 'dnc')") == rows - rows // 50
     assert _fetchval(db_url, "SELECT count(DISTINCT e164) FROM calls") == rows - rows // 50
     assert daemon.stop() == 0
+
+
+def test_a_misspelled_variable_is_logged_at_start_up(daemon: DaemonProcess) -> None:
+    daemon.env["DIALER_RYNG_BASEURL"] = "https://acme.ryng.example"
+    daemon.start()
+    assert daemon.stop() == 0
+    warnings = [json.loads(line) for line in daemon.log.read_text().splitlines()
+                if line.startswith("{") and "DIALER_RYNG_BASEURL" in line]
+    assert [(w["level"], w["msg"]) for w in warnings] == [
+        ("warning", "DIALER_RYNG_BASEURL is not a dialer setting and is ignored; "
+                    "did you mean DIALER_RYNG_BASE_URL?")]
