@@ -70,8 +70,41 @@ HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 
 
 def _check_ics(v: str | None) -> str | None:
-    if v is not None and not Path(v).is_file():
+    """Parsed here, by the parser the dispatcher uses: a broken calendar would otherwise
+    pass check-config and stop ``dialer run`` with a traceback."""
+    if v is None:
+        return v
+    if not Path(v).is_file():
         raise ValueError(f"{v!r} is not a readable file")
+    from dialer.dispatch.compliance import load_ics
+
+    try:
+        load_ics(v)
+    except Exception as e:  # icalendar raises ValueError and its subclasses; OSError too
+        raise ValueError(f"{v!r} is not a readable iCalendar (.ics) file: {str(e)[:200]}") from None
+    return v
+
+
+def _check_dsn(v: SecretStr | None) -> SecretStr | None:
+    """A DSN asyncpg can use, checked without ever echoing it (it holds the password)."""
+    if v is None:
+        return v
+    from urllib.parse import urlsplit
+
+    dsn = v.get_secret_value()
+    scheme, sep, _ = dsn.partition("://")
+    if not sep or scheme.lower() not in ("postgres", "postgresql"):
+        raise ValueError("must be a postgresql:// or postgres:// URL, like "
+                         "postgresql://user:password@host:5432/dialer")
+    try:
+        netloc = urlsplit(dsn).netloc
+    except ValueError:
+        raise ValueError("is not a valid URL (the value is not shown: it may hold a password)") from None
+    for host in netloc.rpartition("@")[2].split(","):  # asyncpg takes host1:port1,host2:port2
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        port = port.rpartition(":")[2] if ":" in port else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("has a port that is not a number from 1 to 65535")
     return v
 
 
@@ -439,6 +472,8 @@ class Settings(_Strict):
     # found while loading, for the CLI to show: logging is not set up yet at that point
     _warnings: tuple[str, ...] = PrivateAttr(default=())
 
+    _dsn = field_validator("database_url")(_check_dsn)
+
     @field_validator("dispositions")
     @classmethod
     def _dispositions(cls, v: dict[str, str]) -> dict[str, str]:
@@ -451,7 +486,7 @@ class Settings(_Strict):
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
         return v
 
@@ -593,6 +628,13 @@ def load_settings(
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a file") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text: byte {e.object[e.start]:#04x} "
+                              f"at offset {e.start}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         source = str(path)
@@ -656,7 +698,8 @@ def _check_file_types(from_file: dict[str, Any], settings: Settings, replaced: s
     replaced taken from the validated settings."""
     dumped = settings.model_dump(mode="json")
     data = {k: v for k, v in from_file.items() if k not in replaced}
-    data.update({k: dumped[k] for k in replaced if k in dumped})
+    # secrets dump masked ("**********"): left out, none comes from the file anyway
+    data.update({k: dumped[k] for k in replaced if k in dumped and k not in _SECRET_KEYS})
     try:
         Settings.model_validate_json(json.dumps(data, default=str), strict=True)
     except ValidationError as e:
