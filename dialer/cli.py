@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,28 @@ class _Lines:
     def finish(self) -> None:
         print(f"{self.what}: {self.done:,} {self.unit} in {time.monotonic() - self.t0:.1f} s",
               file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _progress(what: str, unit: str, total: int | None, bar: bool,
+              shown: bool = True) -> Iterator[Callable[[int], None]]:
+    """``update(done)`` for a bar on stderr when it is a terminal (or ``bar``), else ``_Lines``;
+    nothing at all unless ``shown``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not shown:
+        yield lambda done: None
+    elif console.is_terminal or bar:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn(unit), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(what, total=total)
+            yield lambda done: progress.update(task, completed=done)
+    else:
+        lines = _Lines(what, unit)
+        yield lines.update
+        lines.finish()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -332,10 +355,20 @@ def cmd_dnc_export(args: argparse.Namespace) -> int:
         # the csv module quotes a source holding a comma, a quote or a line end
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["number", "source", "added_at", "expires_at"])
-        async with pool.acquire() as conn, conn.transaction():
-            async for r in conn.cursor(Q.dnc_export, prefetch=5000):
-                exp = r["expires_at"].isoformat() if r["expires_at"] else ""
-                w.writerow([r["e164"], r["source"], r["added_at"].isoformat(), exp])
+        # one snapshot: the total the progress shows is the number of rows written
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            total = await conn.fetchval(Q.dnc_count)
+            # rows going to the terminal are their own progress: a bar would break into them
+            shown = not (out is sys.stdout and sys.stdout.isatty())
+            with _progress("exporting the do-not-call list", "rows", total, args.progress, shown) as update:
+                n = 0
+                async for r in conn.cursor(Q.dnc_export, prefetch=5000):
+                    exp = r["expires_at"].isoformat() if r["expires_at"] else ""
+                    w.writerow([r["e164"], r["source"], r["added_at"].isoformat(), exp])
+                    n += 1
+                    if n % 5000 == 0:  # not per row: a bar update costs more than a row
+                        update(n)
+                update(n)
         return 0
 
     try:
@@ -419,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.set_defaults(fn=cmd_dnc_import)
     de = dsub.add_parser("export", help="write the list as CSV (stdout or --output)")
     de.add_argument("--output", "-o")
+    de.add_argument("--progress", action="store_true",
+                    help="draw the progress bar even off a terminal (else: a line every 5 s)")
     de.set_defaults(fn=cmd_dnc_export)
     for sp in (dn, di, de):
         sp.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)

@@ -164,3 +164,16 @@ def test_dnc_export_is_csv_a_reader_reads_back(tmp_path: Path, db_url: str) -> N
         (row,) = list(csv.DictReader(f))
     assert row["number"] == "+14155550100" and row["source"] == source
     assert row["expires_at"] == "2031-01-02T00:00:00+00:00"
+
+
+def test_dnc_export_shows_progress_on_stderr_off_a_terminal(tmp_path: Path, db_url: str) -> None:
+    env = {**base_env(tmp_path), "DIALER_DATABASE_URL": db_url}
+    dnc = tmp_path / "dnc.txt"
+    dnc.write_text("+14155550100\n+14155550101\n+14155550102\n")
+    assert run(["dnc", "import", str(dnc)], env, tmp_path).returncode == 0
+    r = run(["dnc", "export"], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "exporting the do-not-call list: 3 rows in" in r.stderr, r.stderr
+    assert len(r.stdout.splitlines()) == 4 and "exporting" not in r.stdout  # the CSV alone
+    r = run(["dnc", "export", "--progress", "-o", str(tmp_path / "out.csv")], env, tmp_path)
+    assert r.returncode == 0 and "3/3 rows" in r.stderr, r.stdout + r.stderr
