@@ -81,7 +81,7 @@ def bind(settings: Settings) -> socket.socket:
     return sock
 
 
-def _make_dirs(settings: Settings) -> None:
+def make_dirs(settings: Settings) -> None:
     """The state and inbox directories, or a ConfigError naming the setting: later they
     would fail as a traceback, or as an inbox loop that restarts forever."""
     for key, path in (("state_dir", settings.state_dir), ("inbox_dir", settings.inbox)):
@@ -142,7 +142,7 @@ class Daemon:
 
     async def run(self) -> None:
         s = self.settings
-        _make_dirs(s)
+        make_dirs(s)
         sock = bind(s)  # both before anything is opened: a mistake here only exits (code 2)
         tokens = self.api_tokens()
         for t in tokens:

@@ -138,11 +138,11 @@ def test_a_setting_run_cannot_use_exits_2_naming_it(tmp_path: Path, setting: str
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_a_state_dir_this_user_cannot_write_is_named(tmp_path: Path) -> None:
     from dialer.config import load_settings
-    from dialer.daemon import _make_dirs
+    from dialer.daemon import make_dirs
     from dialer.errors import ConfigError
 
     (tmp_path / "var").mkdir(mode=0o500)
     s = load_settings(None, environ={"DIALER_STATE_DIR": str(tmp_path / "var"),
                                      "DIALER_INBOX_DIR": str(tmp_path / "inbox")})
     with pytest.raises(ConfigError, match=r"state_dir: .* is not writable"):
-        _make_dirs(s)
+        make_dirs(s)
