@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import functools
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,12 @@ from dialer.errors import ConfigError, DialerError
 log = logging.getLogger("dialer")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config) if args.config else None)
+def _settings(args: argparse.Namespace, *, show_warnings: bool = True) -> Settings:
+    s = load_settings(Path(args.config) if args.config else None)
+    if show_warnings:  # `run` logs them instead, once logging is set up
+        for w in s.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return s
 
 
 class _Usage(DialerError):
@@ -36,11 +43,39 @@ def _input_file(arg: str) -> Path:
     return path
 
 
+# Option types: a bad value exits 2 through argparse, naming the option, before any work.
+def _expiry(text: str) -> datetime:
+    from dialer.intake.dnc_lines import parse_expiry
+
+    try:
+        return parse_expiry(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or time, like 2026-12-31 or 2026-12-31T18:00+01:00"
+        ) from None
+
+
+def _region(text: str) -> str:
+    import phonenumbers
+
+    if text.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise argparse.ArgumentTypeError(f"unknown region {text!r}; expected a country code like US or GB")
+    return text.upper()
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 0 or more")
+    return int(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dialer.daemon import Daemon
 
-    s = _settings(args)
+    s = _settings(args, show_warnings=False)
     logs.setup(s.log_format, s.log_level)
+    for w in s.warnings:
+        log.warning(w)
     daemon = Daemon(s, config_path=Path(args.config) if args.config else None)
     anyio.run(daemon.run, backend_options={"use_uvloop": True})
     return 0
@@ -93,6 +128,28 @@ class _Lines:
     def finish(self) -> None:
         print(f"{self.what}: {self.done:,} {self.unit} in {time.monotonic() - self.t0:.1f} s",
               file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _progress(what: str, unit: str, total: int | None, bar: bool,
+              shown: bool = True) -> Iterator[Callable[[int], None]]:
+    """``update(done)`` for a bar on stderr when it is a terminal (or ``bar``), else ``_Lines``;
+    nothing at all unless ``shown``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not shown:
+        yield lambda done: None
+    elif console.is_terminal or bar:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn(unit), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(what, total=total)
+            yield lambda done: progress.update(task, completed=done)
+    else:
+        lines = _Lines(what, unit)
+        yield lines.update
+        lines.finish()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -247,8 +304,6 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_dnc_import(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -258,8 +313,8 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
     s = _settings(args)
     logs.setup(s.log_format, "warning")
     path = _input_file(args.file)
-    region = (args.region or s.targets[s.default_target].default_region).upper()
-    expiry = datetime.fromisoformat(args.expires_at) if args.expires_at else None
+    region = args.region or s.targets[s.default_target].default_region
+    expiry = args.expires_at
     console = Console(stderr=True)
     size = path.stat().st_size
 
@@ -291,20 +346,36 @@ def cmd_dnc_export(args: argparse.Namespace) -> int:
     s = _settings(args)
     logs.setup(s.log_format, "warning")
 
+    try:  # before the database is opened: a path that cannot be written is a usage error
+        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    except OSError as e:
+        raise _Usage(f"--output: cannot write {args.output}: {e.strerror or e}") from None
+
     async def go(pool: Any) -> int:
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: ASYNC230
-        try:
-            out.write("number,source,added_at,expires_at\n")
-            async with pool.acquire() as conn, conn.transaction():
+        # the csv module quotes a source holding a comma, a quote or a line end
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["number", "source", "added_at", "expires_at"])
+        # one snapshot: the total the progress shows is the number of rows written
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            total = await conn.fetchval(Q.dnc_count)
+            # rows going to the terminal are their own progress: a bar would break into them
+            shown = not (out is sys.stdout and sys.stdout.isatty())
+            with _progress("exporting the do-not-call list", "rows", total, args.progress, shown) as update:
+                n = 0
                 async for r in conn.cursor(Q.dnc_export, prefetch=5000):
                     exp = r["expires_at"].isoformat() if r["expires_at"] else ""
-                    out.write(f"{r['e164']},{r['source']},{r['added_at'].isoformat()},{exp}\n")
-        finally:
-            if out is not sys.stdout:
-                out.close()
+                    w.writerow([r["e164"], r["source"], r["added_at"].isoformat(), exp])
+                    n += 1
+                    if n % 5000 == 0:  # not per row: a bar update costs more than a row
+                        update(n)
+                update(n)
         return 0
 
-    return anyio.run(_with_db, s, go)
+    try:
+        return anyio.run(_with_db, s, go)
+    finally:
+        if out is not sys.stdout:
+            out.close()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -355,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the progress bar even off a terminal (else: a line every 5 s)")
     i.set_defaults(fn=cmd_ingest)
     st = sub.add_parser("status", help="batches and calls by state")
-    st.add_argument("--limit", type=int, default=20, help="how many recent batches (default 20)")
+    st.add_argument("--limit", type=_count, default=20, help="how many recent batches (default 20)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(fn=cmd_status)
     c = sub.add_parser("check-config", help="validate and print the effective config (secrets redacted)")
@@ -371,14 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dn.add_subparsers(dest="dnc_command", metavar="ACTION", required=True)
     di = dsub.add_parser("import", help="add numbers from a file (one per line, or number,expires_at)")
     di.add_argument("file")
-    di.add_argument("--region", help="region for national numbers (default: the default target's)")
+    di.add_argument("--region", type=_region,
+                    help="region for national numbers (default: the default target's)")
     di.add_argument("--source", help="recorded as the entries' source (default: the file name)")
-    di.add_argument("--expires-at", help="expiry for entries that don't carry one (ISO date/time)")
+    di.add_argument("--expires-at", type=_expiry,
+                    help="expiry for entries that don't carry one (ISO date/time; no offset: UTC)")
     di.add_argument("--progress", action="store_true",
                     help="draw the progress bar even off a terminal (else: a line every 5 s)")
     di.set_defaults(fn=cmd_dnc_import)
     de = dsub.add_parser("export", help="write the list as CSV (stdout or --output)")
     de.add_argument("--output", "-o")
+    de.add_argument("--progress", action="store_true",
+                    help="draw the progress bar even off a terminal (else: a line every 5 s)")
     de.set_defaults(fn=cmd_dnc_export)
     for sp in (dn, di, de):
         sp.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ environment or files and are redacted whenever the config is shown.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -68,8 +70,41 @@ HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 
 
 def _check_ics(v: str | None) -> str | None:
-    if v is not None and not Path(v).is_file():
+    """Parsed here, by the parser the dispatcher uses: a broken calendar would otherwise
+    pass check-config and stop ``dialer run`` with a traceback."""
+    if v is None:
+        return v
+    if not Path(v).is_file():
         raise ValueError(f"{v!r} is not a readable file")
+    from dialer.dispatch.compliance import load_ics
+
+    try:
+        load_ics(v)
+    except Exception as e:  # icalendar raises ValueError and its subclasses; OSError too
+        raise ValueError(f"{v!r} is not a readable iCalendar (.ics) file: {str(e)[:200]}") from None
+    return v
+
+
+def _check_dsn(v: SecretStr | None) -> SecretStr | None:
+    """A DSN asyncpg can use, checked without ever echoing it (it holds the password)."""
+    if v is None:
+        return v
+    from urllib.parse import urlsplit
+
+    dsn = v.get_secret_value()
+    scheme, sep, _ = dsn.partition("://")
+    if not sep or scheme.lower() not in ("postgres", "postgresql"):
+        raise ValueError("must be a postgresql:// or postgres:// URL, like "
+                         "postgresql://user:password@host:5432/dialer")
+    try:
+        netloc = urlsplit(dsn).netloc
+    except ValueError:
+        raise ValueError("is not a valid URL (the value is not shown: it may hold a password)") from None
+    for host in netloc.rpartition("@")[2].split(","):  # asyncpg takes host1:port1,host2:port2
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        port = port.rpartition(":")[2] if ":" in port else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("has a port that is not a number from 1 to 65535")
     return v
 
 
@@ -434,6 +469,11 @@ class Settings(_Strict):
     # result webhooks to loopback/private/link-local addresses; unset: only in sandbox mode
     webhook_allow_private: bool | None = None
 
+    # found while loading, for the CLI to show: logging is not set up yet at that point
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    _dsn = field_validator("database_url")(_check_dsn)
+
     @field_validator("dispositions")
     @classmethod
     def _dispositions(cls, v: dict[str, str]) -> dict[str, str]:
@@ -446,7 +486,7 @@ class Settings(_Strict):
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
         return v
 
@@ -481,6 +521,11 @@ class Settings(_Strict):
         return self
 
     # -- derived -------------------------------------------------------------
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What loading noticed but did not refuse (a misspelled ``DIALER_*`` variable)."""
+        return self._warnings
+
     @property
     def inbox(self) -> Path:
         return self.inbox_dir or self.state_dir / "inbox"
@@ -545,6 +590,11 @@ _ENV_KEYS = {
 }
 for _nested in ("compliance", "sandbox", "dispositions", "portsip", "ringme", "stringee", "providers"):
     _ENV_KEYS.pop(_nested)
+# DIALER_* variables read by something other than Settings (the CLI, tests, benchmarks).
+_OTHER_ENV = frozenset({
+    "DIALER_CONFIG", "DIALER_TEST_DATABASE_URL", "DIALER_SLOW", "DIALER_FAULT_SEED",
+    "DIALER_OUTAGE_S", "DIALER_UI_SCREENSHOTS", "DIALER_FUZZ_EXAMPLES",
+})
 _SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url", "portsip_token",
                 "ringme_token", "stringee_key_secret"}
 
@@ -578,6 +628,13 @@ def load_settings(
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a file") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text: byte {e.object[e.start]:#04x} "
+                              f"at offset {e.start}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         source = str(path)
@@ -587,7 +644,23 @@ def load_settings(
                     f"{key}: secrets are read from the environment "
                     f"({_ENV_KEYS[key]}), not from the config file"
                 )
-    return settings_from(data, source, env, overrides)
+    settings = settings_from(data, source, env, overrides)
+    settings._warnings = tuple(unknown_env(env))
+    return settings
+
+
+def unknown_env(env: dict[str, str]) -> list[str]:
+    """A warning for each ``DIALER_*`` variable nothing reads: a typo (DIALER_RYNG_BASEURL)
+    would otherwise leave its setting at the default unnoticed. Not an error: a harness may
+    set variables of its own. Values are not shown (they may be secrets)."""
+    known = sorted({*_ENV_KEYS.values(), *_OTHER_ENV})
+    out = []
+    for var in sorted(env):
+        if var.startswith("DIALER_") and var not in known:
+            near = difflib.get_close_matches(var, known, n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            out.append(f"{var} is not a dialer setting and is ignored{hint}")
+    return out
 
 
 def settings_from(
@@ -625,7 +698,8 @@ def _check_file_types(from_file: dict[str, Any], settings: Settings, replaced: s
     replaced taken from the validated settings."""
     dumped = settings.model_dump(mode="json")
     data = {k: v for k, v in from_file.items() if k not in replaced}
-    data.update({k: dumped[k] for k in replaced if k in dumped})
+    # secrets dump masked ("**********"): left out, none comes from the file anyway
+    data.update({k: dumped[k] for k in replaced if k in dumped and k not in _SECRET_KEYS})
     try:
         Settings.model_validate_json(json.dumps(data, default=str), strict=True)
     except ValidationError as e:

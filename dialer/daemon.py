@@ -70,10 +70,27 @@ def bind(settings: Settings) -> socket.socket:
     # protocol says TCP; without it keep-alive answers wait ~40 ms for Nagle
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host.strip("[]"), port))
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:  # no such address here, a port taken or privileged: the config's to fix
+        sock.close()
+        raise ConfigError(f"http_listen: cannot listen on {settings.http_listen}: "
+                          f"{e.strerror or e}") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def make_dirs(settings: Settings) -> None:
+    """The state and inbox directories, or a ConfigError naming the setting: later they
+    would fail as a traceback, or as an inbox loop that restarts forever."""
+    for key, path in (("state_dir", settings.state_dir), ("inbox_dir", settings.inbox)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot create {path}: {e.strerror or e}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: {path} is not writable by this user")
 
 
 class Daemon:
@@ -125,7 +142,8 @@ class Daemon:
 
     async def run(self) -> None:
         s = self.settings
-        s.state_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(s)
+        sock = bind(s)  # both before anything is opened: a mistake here only exits (code 2)
         tokens = self.api_tokens()
         for t in tokens:
             register_secret(t)
@@ -143,7 +161,6 @@ class Daemon:
         m.db_up.set(0)  # until the database is open
         check = TokenCheck(tokens)
         front = Switch(HeaderLimit(starting_app(lambda: self._waiting, edge, m.exposition, check), fast=edge))
-        sock = bind(s)
         server = _Server(uvicorn.Config(
             front, log_config=None, access_log=False, lifespan="off",
             timeout_keep_alive=15, timeout_graceful_shutdown=20,

@@ -33,7 +33,10 @@ def on_restart(fn: Callable[[str], None]) -> Callable[[], None]:
 
 def failed(task: str, e: BaseException) -> None:
     """Log and count one failure of ``task`` (a loop, or one run of a periodic job)."""
-    if only(e, DB_DOWN):
+    if _all(e, _filesystem):  # before DB_DOWN, which holds OSError
+        paths = sorted({str(x.filename) for x in _leaves(e) if isinstance(x, OSError)})
+        log.error("task failed: filesystem error", extra={"task": task, "error": str(e), "paths": paths})
+    elif only(e, DB_DOWN):
         log.warning("task failed: database unreachable", extra={"task": task, "error": str(e)})
     else:
         log.error("task failed", exc_info=e, extra={"task": task})
@@ -46,9 +49,24 @@ def failed(task: str, e: BaseException) -> None:
 
 def only(e: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
     """``e`` is one of ``kinds``, or an exception group of nothing else."""
+    return _all(e, lambda x: isinstance(x, kinds))
+
+
+def _all(e: BaseException, test: Callable[[BaseException], bool]) -> bool:
+    return all(test(x) for x in _leaves(e))
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
     if isinstance(e, BaseExceptionGroup):
-        return all(only(x, kinds) for x in e.exceptions)
-    return isinstance(e, kinds)
+        return [leaf for x in e.exceptions for leaf in _leaves(x)]
+    return [e]
+
+
+def _filesystem(e: BaseException) -> bool:
+    """An OSError about a path (an inbox dir missing or not writable, a full disk on open):
+    it names its file. A database socket that is not there (FileNotFoundError on the
+    embedded server's Unix socket) names none: that is an outage."""
+    return isinstance(e, OSError) and e.filename is not None
 
 
 async def supervise(task: str, loop: Callable[[], Awaitable[object]],

@@ -5,13 +5,16 @@ schema is not current (a message, not a traceback), and progress shown off a ter
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.conftest import with_database
 
@@ -120,3 +123,57 @@ def test_the_cli_leaves_the_schema_of_an_embedded_database_a_daemon_runs_to_the_
         assert r.returncode == 1 and "schema is not current" in r.stderr, r.stdout + r.stderr
     finally:
         pg.stop()
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["dnc", "import", "{dnc}", "--expires-at", "notadate"], "argument --expires-at: 'notadate' is not an ISO 8601"),
+    (["dnc", "import", "{dnc}", "--region", "ZZ"], "argument --region: unknown region 'ZZ'"),
+    (["status", "--limit", "-1"], "argument --limit: '-1' is not a whole number"),
+    (["dnc", "export", "-o", "{tmp}/missing/x.csv"], "--output: cannot write {tmp}/missing/x.csv: No such file"),
+])
+def test_a_bad_option_value_exits_2_naming_the_option(tmp_path: Path, args: list[str], needle: str) -> None:
+    dnc = tmp_path / "dnc.txt"
+    dnc.write_text("+14155550100\n")
+    r = run([a.format(dnc=dnc, tmp=tmp_path) for a in args], base_env(tmp_path), tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle.format(tmp=tmp_path) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "var" / "postgres").exists()  # refused before any database was started
+
+
+def test_a_date_only_expiry_is_utc_midnight() -> None:
+    # naive, it would be read in whatever zone the reader assumes (the client's, the session's)
+    from dialer.cli import build_parser
+
+    args = build_parser().parse_args(["dnc", "import", "f.txt", "--expires-at", "2031-01-02"])
+    assert args.expires_at == datetime(2031, 1, 2, tzinfo=UTC)
+    args = build_parser().parse_args(["dnc", "import", "f.txt", "--expires-at", "2031-01-02T09:00+02:00"])
+    assert args.expires_at == datetime(2031, 1, 2, 7, tzinfo=UTC)
+
+
+def test_dnc_export_is_csv_a_reader_reads_back(tmp_path: Path, db_url: str) -> None:
+    env = {**base_env(tmp_path), "DIALER_DATABASE_URL": db_url, "TZ": "Asia/Tokyo"}
+    dnc = tmp_path / "dnc.txt"
+    dnc.write_text("+14155550100\n")
+    source = 'web form, "urgent"\nsecond line'
+    r = run(["dnc", "import", str(dnc), "--source", source, "--expires-at", "2031-01-02"], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "export.csv"
+    r = run(["dnc", "export", "-o", str(out)], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with out.open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["number"] == "+14155550100" and row["source"] == source
+    assert row["expires_at"] == "2031-01-02T00:00:00+00:00"
+
+
+def test_dnc_export_shows_progress_on_stderr_off_a_terminal(tmp_path: Path, db_url: str) -> None:
+    env = {**base_env(tmp_path), "DIALER_DATABASE_URL": db_url}
+    dnc = tmp_path / "dnc.txt"
+    dnc.write_text("+14155550100\n+14155550101\n+14155550102\n")
+    assert run(["dnc", "import", str(dnc)], env, tmp_path).returncode == 0
+    r = run(["dnc", "export"], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "exporting the do-not-call list: 3 rows in" in r.stderr, r.stderr
+    assert len(r.stdout.splitlines()) == 4 and "exporting" not in r.stdout  # the CSV alone
+    r = run(["dnc", "export", "--progress", "-o", str(tmp_path / "out.csv")], env, tmp_path)
+    assert r.returncode == 0 and "3/3 rows" in r.stderr, r.stdout + r.stderr

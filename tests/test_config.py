@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -141,6 +142,14 @@ def test_bad_env_value_names_the_key() -> None:
     assert "settle_s (from DIALER_SETTLE_S)" in e.value.message
 
 
+def check_config(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``dialer check-config`` with only ``env`` (and PATH, and PYTHONPATH: the code under test)."""
+    keep = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+    return subprocess.run([sys.executable, "-m", "dialer", "check-config"],
+                          env={"PATH": "/usr/bin:/bin", **keep, **env},
+                          capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
 def test_check_config_redacts_secrets(tmp_path: Path) -> None:
     env = {
         "DIALER_CONFIG": str(write(tmp_path, GOOD)),
@@ -148,10 +157,8 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
         "DIALER_API_TOKENS": "tok-aaaaaaaa,tok-bbbbbbbb",
         "DIALER_DATABASE_URL": "postgresql://u:pw-secret@db/x",
         "DIALER_CALLBACK_SECRET": "cb-secret-123456",
-        "PATH": "/usr/bin:/bin",
     }
-    r = subprocess.run([sys.executable, "-m", "dialer", "check-config"], env=env,
-                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    r = check_config(env, tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout + r.stderr
     for secret in ("ryng-secret-token-xyz", "tok-aaaaaaaa", "pw-secret", "cb-secret-123456"):
@@ -160,9 +167,7 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
 
 
 def test_check_config_fails_with_the_key(tmp_path: Path) -> None:
-    env = {"DIALER_CONFIG": str(write(tmp_path, "bogus = 1\n" + GOOD)), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "dialer", "check-config"], env=env,
-                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    r = check_config({"DIALER_CONFIG": str(write(tmp_path, "bogus = 1\n" + GOOD))}, tmp_path)
     assert r.returncode == 2
     assert "bogus: unknown key" in r.stderr
 
@@ -184,3 +189,96 @@ def test_an_empty_calling_window_stops_start_up(tmp_path: Path) -> None:
                                                                          "calling_hours": "09:00-09:00"}}})
     with pytest.raises(ConfigError, match="empty window"):
         load_settings(None, environ={}, overrides={"compliance": {"calling_hours_by_region": {"DE": "10:00-10:00"}}})
+
+
+def test_a_misspelled_dialer_variable_is_a_warning_with_a_suggestion() -> None:
+    s = load_settings(None, environ={"DIALER_RYNG_BASEURL": "https://acme.ryng.in", "DIALER_SLOW": "1",
+                                     "DIALER_CONFIG": "", "DIALER_SETTLE_S": "1", "DIALERX": "y"})
+    assert s.sandbox_mode  # the typo is not read: that is why it must be said
+    assert s.warnings == ("DIALER_RYNG_BASEURL is not a dialer setting and is ignored; "
+                          "did you mean DIALER_RYNG_BASE_URL?",)
+    (w,) = load_settings(None, environ={"DIALER_ZZZZZZZZZZZZZZZZZZZ": "x"}).warnings
+    assert "DIALER_ZZZZZZZZZZZZZZZZZZZ" in w and "did you mean" not in w
+
+
+def test_check_config_prints_the_warnings_on_stderr(tmp_path: Path) -> None:
+    env = {"DIALER_CONFIG": str(write(tmp_path, GOOD)), "DIALER_RYNG_BASEURL": "https://secret-host.example"}
+    r = check_config(env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: DIALER_RYNG_BASEURL is not a dialer setting" in r.stderr
+    assert "did you mean DIALER_RYNG_BASE_URL?" in r.stderr
+    assert "DIALER_RYNG_BASEURL" not in r.stdout and "secret-host" not in r.stdout + r.stderr
+
+
+ICS = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//test//EN
+BEGIN:VEVENT
+DTSTART;VALUE=DATE:20261225
+SUMMARY:Christmas
+END:VEVENT
+END:VCALENDAR
+"""
+
+
+@pytest.mark.parametrize("key", ["compliance.holidays_ics", "targets.sales.holidays_ics"])
+@pytest.mark.parametrize("content", [b"not a calendar\n", b"\xff\xfe\x00\x01",
+                                     ICS.replace("20261225", "2026zz").encode()])
+def test_a_holidays_ics_that_does_not_parse_stops_start_up(tmp_path: Path, key: str, content: bytes) -> None:
+    # it used to pass check-config and crash `dialer run` with a traceback
+    ics = tmp_path / "holidays.ics"
+    ics.write_bytes(content)
+    line = f'holidays_ics = "{ics}"\n'
+    text = (GOOD + "\n[compliance]\n" + line if key.startswith("compliance")
+            else GOOD.replace("[targets.sales]\n", "[targets.sales]\n" + line))
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, text), environ={})
+    assert f"{key}: " in e.value.message and "iCalendar" in e.value.message
+    ics.write_text(ICS)
+    load_settings(write(tmp_path, text), environ={})
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda p: p.mkdir(), "is a directory, not a file"),
+    (lambda p: p.write_bytes(b'default_target = "caf\xe9"\n'), "is not UTF-8 text: byte 0xe9 at offset 21"),
+])
+def test_a_config_file_that_cannot_be_read_is_a_config_error(tmp_path: Path, make: Any, needle: str) -> None:
+    path = tmp_path / "dialer.toml"
+    make(path)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert e.value.message == f"config file {path} {needle}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    path.chmod(0)
+    with pytest.raises(ConfigError, match=f"config file {path} cannot be read: Permission denied"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("dsn", [
+    "mysql://app:pw-s3cret@db/x", "pw-s3cret@db/x", "postgresql://app:pw-s3cret@db:port/x",
+    "postgres://app:pw-s3cret@db:99999/x", "postgresql://app:pw-s3cret@h1:5432,h2:x/x",
+])
+def test_a_database_url_asyncpg_cannot_use_names_the_key_not_the_password(dsn: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, environ={"DIALER_DATABASE_URL": dsn})
+    assert "database_url (from DIALER_DATABASE_URL)" in e.value.message
+    assert "s3cret" not in e.value.message
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://app:pw@db:5432/x", "postgres://db/x", "postgresql://[::1]:5433/x",
+    "postgresql://h1:5432,h2:5433/x", "postgresql:///x?host=/run/postgresql", "POSTGRESQL://db:5432/x",
+])
+def test_database_urls_asyncpg_takes_are_accepted(dsn: str) -> None:
+    s = load_settings(None, environ={"DIALER_DATABASE_URL": dsn})
+    assert s.database_url is not None and s.database_url.get_secret_value() == dsn
+
+
+def test_http_listen_on_port_0_is_refused() -> None:
+    # the kernel would pick a port nobody knows; callbacks and the console could not find it
+    with pytest.raises(ConfigError, match="http_listen"):
+        load_settings(None, environ={"DIALER_HTTP_LISTEN": "127.0.0.1:0"})

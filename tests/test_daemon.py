@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +101,48 @@ def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: Daemon
     assert _fetchval(db_url, "SELECT count(*) FROM calls WHERE state NOT IN ('invalid', 'duplicate', 'dnc')") == rows - rows // 50
     assert _fetchval(db_url, "SELECT count(DISTINCT e164) FROM calls") == rows - rows // 50
     assert daemon.stop() == 0
+
+
+def test_a_misspelled_variable_is_logged_at_start_up(daemon: DaemonProcess) -> None:
+    daemon.env["DIALER_RYNG_BASEURL"] = "https://acme.ryng.example"
+    daemon.start()
+    assert daemon.stop() == 0
+    warnings = [json.loads(line) for line in daemon.log.read_text().splitlines()
+                if line.startswith("{") and "DIALER_RYNG_BASEURL" in line]
+    assert [(w["level"], w["msg"]) for w in warnings] == [
+        ("warning", "DIALER_RYNG_BASEURL is not a dialer setting and is ignored; "
+                    "did you mean DIALER_RYNG_BASE_URL?")]
+
+
+@pytest.mark.parametrize(("setting", "value", "needle"), [
+    ("DIALER_STATE_DIR", "{file}/var", "state_dir: cannot create {file}/var: Not a directory"),
+    ("DIALER_INBOX_DIR", "{file}/inbox", "inbox_dir: cannot create {file}/inbox: Not a directory"),
+    ("DIALER_HTTP_LISTEN", "999.1.1.1:{port}", "http_listen: cannot listen on 999.1.1.1:{port}"),
+])
+def test_a_setting_run_cannot_use_exits_2_naming_it(tmp_path: Path, setting: str, value: str,
+                                                    needle: str) -> None:
+    """Caught before the database is opened: a message, no traceback, exit 2 (SPEC §8)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
+    env.update(DIALER_STATE_DIR=str(tmp_path / "var"), DIALER_HTTP_LISTEN=f"127.0.0.1:{port}")
+    env[setting] = value.format(file=a_file, port=port)
+    r = subprocess.run([sys.executable, "-m", "dialer", "run"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"error: {needle.format(file=a_file, port=port)}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_state_dir_this_user_cannot_write_is_named(tmp_path: Path) -> None:
+    from dialer.config import load_settings
+    from dialer.daemon import make_dirs
+    from dialer.errors import ConfigError
+
+    (tmp_path / "var").mkdir(mode=0o500)
+    s = load_settings(None, environ={"DIALER_STATE_DIR": str(tmp_path / "var"),
+                                     "DIALER_INBOX_DIR": str(tmp_path / "inbox")})
+    with pytest.raises(ConfigError, match=r"state_dir: .* is not writable"):
+        make_dirs(s)

@@ -4,6 +4,7 @@ task group included — is logged, counted and the loop restarted; it never ends
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -46,6 +47,47 @@ async def test_a_database_outage_is_a_warning_without_a_traceback(caplog: pytest
         supervisor.failed("dispatch", group)
     (rec,) = caplog.records
     assert rec.levelno == logging.WARNING and rec.exc_info is None
+
+
+async def test_a_filesystem_error_is_logged_as_one_not_as_a_database_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OSError is in DB_DOWN (a refused connection is one): an inbox dir that cannot be made
+    must not read as a database outage, yet the loop is restarted like any other."""
+    m = metrics.Metrics()
+    metrics.install(m)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    runs = 0
+
+    async def inbox() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            (a_file / "inbox").mkdir(parents=True)  # NotADirectoryError, naming the path
+        if runs == 2:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_raise, PermissionError(13, "Permission denied", "/srv/inbox/processed"))
+
+    try:
+        with caplog.at_level(logging.INFO, logger="dialer.supervisor"):
+            with anyio.fail_after(10):
+                await supervisor.supervise("inbox", inbox, initial_backoff_s=0.01)
+    finally:
+        metrics._current = None
+    assert runs == 3
+    assert m.registry.get_sample_value("dialer_task_restarts_total", {"task": "inbox"}) == 2
+    failures = [r for r in caplog.records if r.getMessage().startswith("task failed")]
+    assert [(r.getMessage(), r.levelno) for r in failures] == [("task failed: filesystem error", logging.ERROR)] * 2
+    assert [r.paths for r in failures] == [[str(a_file / "inbox")], ["/srv/inbox/processed"]]
+
+
+async def test_a_database_socket_that_is_not_there_is_still_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    # what connecting to a stopped embedded server's Unix socket raises: no file name
+    with caplog.at_level(logging.WARNING, logger="dialer.supervisor"):
+        supervisor.failed("dispatch", FileNotFoundError(2, "No such file or directory"))
+    (rec,) = caplog.records
+    assert rec.getMessage() == "task failed: database unreachable"
 
 
 async def test_cancellation_passes_through() -> None:

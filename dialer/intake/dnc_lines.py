@@ -50,7 +50,9 @@ class DncChunk:
     read: int  # bytes of the input consumed since the previous chunk
 
 
-def _parse_expiry(text: str) -> datetime | None:
+def parse_expiry(text: str) -> datetime:
+    """An ISO 8601 date or time; with no offset it is UTC (a date: its UTC midnight), so the
+    database never reads it in its session's zone."""
     dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
@@ -163,7 +165,7 @@ def encode(pieces: Iterator[tuple[str, int]], job: DncJob, first_line: int,
             expiry = default_text
             if e164 is not None and rest.strip():
                 try:
-                    dt = _parse_expiry(rest.split(",")[0].strip('" '))
+                    dt = parse_expiry(rest.split(",")[0].strip('" '))
                     expiry = dt.isoformat() if dt else "\\N"
                 except ValueError:
                     e164, why = None, f"expires_at {rest.strip()[:40]!r} is not an ISO date"

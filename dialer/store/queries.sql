@@ -784,6 +784,10 @@ SELECT target, batch_id, count(*)::int AS n FROM moved GROUP BY target, batch_id
 -- name: dnc_export
 SELECT e164, source, added_at, expires_at FROM dnc ORDER BY e164
 
+-- name: dnc_count
+-- The export's progress total (read in the export's snapshot).
+SELECT count(*) FROM dnc
+
 -- ---------------------------------------------------------------- campaign figures
 -- SPEC §10, dialer/results/figures.py. The scope is a list of batches ($1): one batch, or
 -- a target's (figures_target_batches). Calls are read by batch (calls_batch_line), so a

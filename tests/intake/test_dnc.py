@@ -40,7 +40,7 @@ def as_one_stream(data: bytes, region: str = "US") -> dict[str, Any]:
         expiry = None
         if e164 is not None and rest.strip():
             try:
-                expiry = dnc_lines._parse_expiry(rest.split(",")[0].strip('" '))
+                expiry = dnc_lines.parse_expiry(rest.split(",")[0].strip('" '))
             except ValueError:
                 e164, why = None, f"expires_at {rest.strip()[:40]!r} is not an ISO date"
         if e164 is None:

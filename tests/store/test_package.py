@@ -99,6 +99,19 @@ def test_wheel_carries_migrations_queries_and_ui_files(wheel: Path) -> None:
     assert "dialer/ui/templates/base.html" in names
     assert "dialer/ui/static/app.css" in names
     assert "dialer/py.typed" in names
+    # the Grafana dashboard, its provisioning and the alert rules (with their promtool tests)
+    assert {"dialer/grafana/dashboards/dialer.json", "dialer/grafana/alerts.yml",
+            "dialer/grafana/alerts_test.yml"} <= names
+    shipped = {f"dialer/{p.relative_to(ROOT / 'dialer').as_posix()}"
+               for p in (ROOT / "dialer" / "grafana").rglob("*") if p.is_file()}
+    assert shipped - names == set()
+
+
+def test_top_level_grafana_is_a_symlink_into_the_package() -> None:
+    # SPEC §2 wants grafana/ at the top; one copy, in git as a symlink (mode 120000) like sql/
+    assert (ROOT / "grafana").is_symlink()
+    assert (ROOT / "grafana").resolve() == (ROOT / "dialer" / "grafana").resolve()
+    assert (ROOT / "grafana" / "dashboards" / "dialer.json").is_file()
 
 
 def test_installed_package_is_imported_from_the_fresh_venv(venv: Path, outside: Path) -> None:
