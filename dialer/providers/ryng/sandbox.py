@@ -65,13 +65,15 @@ are retried up to ``maxRetries`` times, ``retryInterval`` minutes later.
 
 Callbacks (JSON POSTs; only a 200 answer counts as delivered)
 -------------------------------------------------------------
-Connect URL, at every assignment of a call to an agent (each attempt)::
+Connect URL of a queue append, at every assignment of a call to an agent (each attempt;
+``customer-first``: once the customer answered, so an unanswered or abandoned call has
+none)::
 
     {"event": "agent_assigned", "callId", "number", "agent", "attempts", "priority",
      "queueId" | "campaignId" (+ "campaignName"), "timestamp", "customField1", ...}
 
-Campaigns also send ``agent_answered`` and ``customer_answered`` (same fields) to the
-connect URL, and, as the page's "call termination" milestone, a copy of the
+Campaigns send the campaign page's three milestones instead: ``agent_answered`` and
+``customer_answered`` (same fields), and, as "call termination", a copy of the
 ``terminated`` body below (``campaign_connect_termination``). Terminal URL, once
 per call when it ends::
 

@@ -277,7 +277,12 @@ class Engine:
             attempt.talk_s = self.rng.uniform(*cfg.talk_s)
         else:
             attempt.ring_s = cfg.ring_s[1] if outcome == NO_ANSWER else SIGNAL_S
-        self._emit(call, "connect", self._body(call, "agent_assigned"))
+        if not campaign and sub.leg_direction == "agent-first":
+            # the queue page: one connect callback "each time a call is assigned to an agent";
+            # the campaign page names only its three milestones (agent picks up, customer
+            # picks up, call termination), and a customer-first call reaches an agent only
+            # once the customer has answered (below)
+            self._emit(call, "connect", self._body(call, "agent_assigned"))
         if sub.leg_direction == "agent-first":
             await self._sleep(cfg.agent_pickup_s)
             if campaign:
@@ -296,6 +301,8 @@ class Engine:
             if outcome == ANSWERED:
                 if campaign:
                     self._emit(call, "connect", self._body(call, "customer_answered"))
+                else:  # the answered customer is put through to the agent
+                    self._emit(call, "connect", self._body(call, "agent_assigned"))
                 await self._sleep(cfg.agent_pickup_s)
                 if campaign:
                     self._emit(call, "connect", self._body(call, "agent_answered"))
