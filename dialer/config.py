@@ -645,8 +645,29 @@ def load_settings(
                     f"({_ENV_KEYS[key]}), not from the config file"
                 )
     settings = settings_from(data, source, env, overrides)
-    settings._warnings = tuple(unknown_env(env))
+    settings._warnings = (*unknown_env(env), *ignored_for_campaigns(settings))
     return settings
+
+
+# Queue-append parameters the campaign page does not have: set on a campaign target they
+# never reach Ryng (pacing still reads max_dispose_s as the agents' wrap-up).
+_QUEUE_ONLY = {"max_retries": "maxRetries", "retry_interval_min": "retryInterval",
+               "leg_direction": "legDirection"}
+
+
+def ignored_for_campaigns(settings: Settings) -> list[str]:
+    """A warning for each queue-only key set on a ``kind = "campaign"`` target."""
+    out = []
+    for name, t in settings.targets.items():
+        if t.kind != "campaign":
+            continue
+        for key, param in _QUEUE_ONLY.items():
+            if key in t.model_fields_set and getattr(t, key) is not None:
+                note = (" (customer-first still turns on the abandon-rate guard)"
+                        if key == "leg_direction" and t.leg_direction == "customer-first" else "")
+                out.append(f"targets.{name}.{key} is not sent: Ryng campaigns take no {param}, "
+                           f"only queue appends (kind = \"queue\") do{note}")
+    return out
 
 
 def unknown_env(env: dict[str, str]) -> list[str]:

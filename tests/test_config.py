@@ -282,3 +282,18 @@ def test_http_listen_on_port_0_is_refused() -> None:
     # the kernel would pick a port nobody knows; callbacks and the console could not find it
     with pytest.raises(ConfigError, match="http_listen"):
         load_settings(None, environ={"DIALER_HTTP_LISTEN": "127.0.0.1:0"})
+
+
+def test_queue_only_keys_on_a_campaign_target_are_a_warning(tmp_path: Path) -> None:
+    text = GOOD.replace('kind = "queue"', 'kind = "campaign"').replace(
+        'leg_direction = "agent-first"', 'leg_direction = "customer-first"')
+    s = load_settings(write(tmp_path, text), environ={})
+    assert s.warnings == (
+        "targets.sales.max_retries is not sent: Ryng campaigns take no maxRetries, only queue "
+        'appends (kind = "queue") do',
+        "targets.sales.retry_interval_min is not sent: Ryng campaigns take no retryInterval, only "
+        'queue appends (kind = "queue") do',
+        "targets.sales.leg_direction is not sent: Ryng campaigns take no legDirection, only queue "
+        'appends (kind = "queue") do (customer-first still turns on the abandon-rate guard)',
+    )
+    assert load_settings(write(tmp_path, GOOD), environ={}).warnings == ()

@@ -138,7 +138,8 @@ def build(
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(cols)
         for r in json_rows:
-            w.writerow(["|".join(r[c]) if c == "agentsAssigned" and c in r else r.get(c, "") for c in cols])
+            # agentsAssigned: "Comma separated list" (the campaign page); csv quotes the cell
+            w.writerow([",".join(r[c]) if c == "agentsAssigned" and c in r else r.get(c, "") for c in cols])
         form = {
             "campaign-name": campaign_name,
             "agents": ",".join(agents) if agents else ("in-file" if t.agent_mapping == "inline" else ""),

@@ -129,3 +129,15 @@ async def test_fields_past_the_last_slot_are_said_once_not_dropped_silently(
     assert len(slots) == chunker.MAX_SLOTS - 1 and again == slots  # every slot but the reference's
     warned = [r for r in caplog.records if "customField slots are all taken" in r.getMessage()]
     assert len(warned) == 1 and len(warned[0].__dict__["fields"]) == 60 - len(slots)
+
+
+def test_an_in_file_sheet_lists_each_rows_agents_comma_separated() -> None:
+    """The campaign page: agentsAssigned is a "Comma separated list" (the csv module quotes
+    the cell, so the commas stay inside it)."""
+    t = Target(kind="campaign", upload="sheet", agent_mapping="inline", agents=["alice", "bob", "carol"])
+    rows = [Row(11, "+14155550100", 5, ["alice", "bob"], {}), Row(12, "+14155550101", 1, None, {})]
+    b = chunker.build("sales", t, rows, {}, "c", "t", 5)
+    assert b.sheet is not None and b.body["agents"] == "in-file"
+    got = list(csv.DictReader(io.StringIO(b.sheet.decode())))
+    assert [r["agentsAssigned"] for r in got] == ["alice,bob", "alice,bob,carol"]
+    assert '"alice,bob"' in b.sheet.decode()
