@@ -43,6 +43,18 @@ def target_state(kind: str, cb: CallbackData, disp: Dispositions) -> State:
     return State.ASSIGNED  # agent_assigned, agent_answered, or a bare connect callback
 
 
+MAX_DIALS = 100
+
+
+def provider_dials(cb: CallbackData) -> int | None:
+    """The provider's dials of a call past its first (Ryng's maxRetries), from the terminal
+    callback's ``attempts``; None when once (or not said). Capped: a garbled count must not
+    hold a number for ever."""
+    if cb.attempts is None or cb.attempts <= 1:
+        return None
+    return min(cb.attempts, MAX_DIALS)
+
+
 def _numbers(n: str | None) -> list[str]:
     if not n:
         return []
@@ -87,7 +99,8 @@ async def apply(
     terminal = dst in TERMINAL
     outcome = (cb.disposition or "unknown") if terminal else None
     # ended_at: our clock, not the provider's (no skew in wrap-up)
-    await moves.apply_callback(conn, row["id"], src, dst, now, cb.agent, outcome, cb.call_id)
+    dials = provider_dials(cb) if terminal else None
+    await moves.apply_callback(conn, row["id"], src, dst, now, cb.agent, outcome, cb.call_id, dials)
     await conn.execute(Q.event_insert, row["id"], now, event_kind, src.value, dst.value, True, payload)
     return Applied("applied", row["id"], src.value, dst.value, row["target"], terminal,
                    agent=cb.agent or row["agent"], disposition=cb.disposition, batch_id=row["batch_id"],

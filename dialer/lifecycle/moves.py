@@ -218,10 +218,12 @@ async def new_callback(conn: asyncpg.Connection, call_id: int, due: datetime,
 
 
 async def apply_callback(conn: asyncpg.Connection, call_id: int, src: State, dst: State, now: datetime,
-                         agent: str | None, outcome: str | None, provider_call_id: str | None) -> None:
-    """One callback's move of one (locked) call; the caller checked ``can_move``."""
+                         agent: str | None, outcome: str | None, provider_call_id: str | None,
+                         dials: int | None = None) -> None:
+    """One callback's move of one (locked) call; the caller checked ``can_move``. ``dials``:
+    how often the provider dialed it, when its terminal callback says more than once."""
     await conn.execute(Q.call_move, call_id, dst.value, now, agent, outcome, dst in TERMINAL, None,
-                       provider_call_id)
+                       provider_call_id, dials)
 
 
 async def classify_intake(conn: asyncpg.Connection, batch_id: object, target: str, window_start: datetime,

@@ -126,6 +126,8 @@ class CallbackService:
         dst = events.target_state(kind, cb, self.dispositions)
         if dst in self._recycle_states or self.dispositions.is_dnc(cb.disposition):
             return None
+        if kind == "terminal" and events.provider_dials(cb) is not None:
+            return None  # the provider dialed it more than once: the caps count each (slow path)
         if self.dispositions.is_callback(cb.disposition) or (dst in self._callback_missed_states):
             return None  # a callback to schedule, or a scheduled one that may have missed
         return await self._batcher.apply(chunk_id, cb.refs[0], kind, cb, dst)

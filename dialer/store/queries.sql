@@ -518,7 +518,8 @@ UPDATE calls SET state = $2, updated_at = $3::timestamptz,
        agent = coalesce($4, agent),
        outcome = coalesce($5, outcome),
        ended_at = CASE WHEN $6::boolean THEN coalesce($7::timestamptz, $3::timestamptz) ELSE ended_at END,
-       provider_call_id = coalesce($8, provider_call_id)
+       provider_call_id = coalesce($8, provider_call_id),
+       dials = coalesce($9::smallint, dials)
 WHERE id = $1
 
 -- name: event_insert
@@ -734,9 +735,14 @@ SELECT pg_advisory_xact_lock(6, hashtext(n)) FROM unnest($1::text[]) AS n
 
 -- name: attempts_since
 -- Attempts count from the moment a call is claimed for sending, in every target
--- ($3: calls not to count, e.g. the very attempts being re-checked).
+-- ($3: calls not to count, e.g. the very attempts being re-checked); the provider's own
+-- re-dials of a call (dials, from its terminal callback) count as well, each at the
+-- call's end (the latest they can have been: a window never lets one out early).
 SELECT e164, submitted_at FROM calls
 WHERE e164 = ANY($1::text[]) AND submitted_at > $2 AND NOT (id = ANY($3::bigint[]))
+UNION ALL
+SELECT c.e164, c.ended_at FROM calls c CROSS JOIN LATERAL generate_series(2, c.dials) AS g
+WHERE c.e164 = ANY($1::text[]) AND c.dials > 1 AND c.ended_at > $2 AND NOT (c.id = ANY($3::bigint[]))
 
 -- ---------------------------------------------------------------- do-not-call lists
 

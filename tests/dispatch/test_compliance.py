@@ -137,6 +137,40 @@ async def test_caps_hold_across_targets_and_two_instances(pool: asyncpg.Pool, ma
         assert sent == 4
 
 
+async def test_the_providers_own_redials_count_against_the_caps(pool: asyncpg.Pool, make_settings: Any) -> None:
+    """SPEC §9: caps count every attempt to a number. Ryng re-dials an unreachable or busy
+    customer up to maxRetries times within one request; its terminal callback says how often
+    (``attempts``), and those dials count too."""
+    from dialer.dispatch.chunker import call_ref
+    from dialer.lifecycle import payload
+
+    t0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    clock = FakeClock(t0)
+    target = {**TARGET, "queue_id": "1", "max_retries": 2,
+              "recycle": {"no_answer": {"after_min": 60, "max": 5}}}
+    caps = {"max_attempts_per_number": [{"count": 3, "window_h": 24}]}
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": target},
+                             compliance=caps) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)  # our callbacks drive
+        number = "+14155550100"
+        await st.post([number])
+        await st.dispatcher.tick()
+        call_id, chunk_id = await pool.fetchrow("SELECT id, chunk_id FROM calls")
+        clock.advance(3600)  # Ryng's two retries, 30 min apart
+        cb = payload.read({"event": "terminated", "disposition": "NO_ANSWER", "attempts": 3,
+                           "customField10": call_ref(call_id)})
+        assert (await st.service.store(chunk_id, "terminal", cb)).result == "applied"
+        assert await pool.fetchval("SELECT dials FROM calls WHERE id = $1", call_id) == 3
+        clock.advance(3601)  # the re-dial is due: three dials in the window already
+        await st.dispatcher.tick()
+        redial = await pool.fetchrow("SELECT id, state, submitted_at FROM calls WHERE attempt = 2")
+        assert (redial["state"], redial["submitted_at"]) == ("capped", None)  # a re-dial over a cap
+        ev = await pool.fetchrow("SELECT payload FROM call_events WHERE call_id = $1 "
+                                 "AND payload->>'rule' = 'max_attempts_per_number'", redial["id"])
+        assert ev is not None, "the capped re-dial names the rule"
+        assert ev["payload"]["attempts_in_window"] == 3
+
+
 async def test_a_lead_with_an_unrecognised_region_waits_for_the_strictest_window(
         pool: asyncpg.Pool, make_settings: Any) -> None:
     # 20:30 in Dallas: inside the target's hours and Texas's, outside California's 10:00-19:00
