@@ -7,6 +7,7 @@ import contextlib
 import csv
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -346,8 +347,13 @@ def cmd_dnc_export(args: argparse.Namespace) -> int:
     s = _settings(args)
     logs.setup(s.log_format, "warning")
 
-    try:  # before the database is opened: a path that cannot be written is a usage error
-        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    # Written beside the file and renamed over it once complete: a failed export (database
+    # away, schema not current) never truncates the last good one. Opened before the
+    # database is: a path that cannot be written is a usage error.
+    final = Path(args.output) if args.output else None
+    part = final.with_name(f".{final.name}.part") if final is not None else None
+    try:
+        out = open(part, "w", encoding="utf-8", newline="") if part is not None else sys.stdout
     except OSError as e:
         raise _Usage(f"--output: cannot write {args.output}: {e.strerror or e}") from None
 
@@ -371,11 +377,18 @@ def cmd_dnc_export(args: argparse.Namespace) -> int:
                 update(n)
         return 0
 
+    done = False
     try:
-        return anyio.run(_with_db, s, go)
+        rc = anyio.run(_with_db, s, go)
+        done = rc == 0
+        return rc
     finally:
-        if out is not sys.stdout:
+        if part is not None and final is not None:
             out.close()
+            if done:
+                os.replace(part, final)
+            else:
+                part.unlink(missing_ok=True)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ metrics and sd_notify; a clean drain on SIGTERM and a target reload on SIGHUP.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -72,13 +73,25 @@ def bind(settings: Settings) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
-    except OSError as e:  # no such address here, a port taken or privileged: the config's to fix
+    except OSError as e:
         sock.close()
-        raise ConfigError(f"http_listen: cannot listen on {settings.http_listen}: "
-                          f"{e.strerror or e}") from None
+        msg = f"http_listen: cannot listen on {settings.http_listen}: {e.strerror or e}"
+        if _passing(e):
+            # a port still held by a stopping instance, an address (a VIP) not up yet, a
+            # resolver not ready at boot: exit 1, which systemd restarts (exit 2 it does not)
+            raise DialerError(msg) from None
+        raise ConfigError(msg) from None  # no such host, a privileged port: the config's to fix
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def _passing(e: OSError) -> bool:
+    """An error of the moment rather than of the configuration."""
+    if isinstance(e, socket.gaierror):
+        return e.errno == socket.EAI_AGAIN
+    return e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ENOSPC, errno.EIO, errno.EAGAIN,
+                       errno.ENOMEM, errno.ENOBUFS, errno.EMFILE, errno.ENFILE)
 
 
 def make_dirs(settings: Settings) -> None:
@@ -88,7 +101,8 @@ def make_dirs(settings: Settings) -> None:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"{key}: cannot create {path}: {e.strerror or e}") from None
+            msg = f"{key}: cannot create {path}: {e.strerror or e}"
+            raise (DialerError(msg) if _passing(e) else ConfigError(msg)) from None
         if not os.access(path, os.W_OK | os.X_OK):
             raise ConfigError(f"{key}: {path} is not writable by this user")
 

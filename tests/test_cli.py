@@ -177,3 +177,16 @@ def test_dnc_export_shows_progress_on_stderr_off_a_terminal(tmp_path: Path, db_u
     assert len(r.stdout.splitlines()) == 4 and "exporting" not in r.stdout  # the CSV alone
     r = run(["dnc", "export", "--progress", "-o", str(tmp_path / "out.csv")], env, tmp_path)
     assert r.returncode == 0 and "3/3 rows" in r.stderr, r.stdout + r.stderr
+
+
+def test_a_failed_dnc_export_leaves_the_last_good_file_as_it_was(tmp_path: Path) -> None:
+    """The nightly `dnc export -o backup.csv` during a database outage: the previous export
+    stays whole (the rows go to a file beside it, renamed over it only when complete)."""
+    out = tmp_path / "dnc.csv"
+    out.write_text("number,source,added_at,expires_at\n+14155550100,api,2026-12-01T00:00:00+00:00,\n")
+    before = out.read_bytes()
+    env = {**base_env(tmp_path), "DIALER_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    r = run(["dnc", "export", "-o", str(out)], env, tmp_path)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "var") == ["dnc.csv"]  # no part left

@@ -135,6 +135,29 @@ def test_a_setting_run_cannot_use_exits_2_naming_it(tmp_path: Path, setting: str
     assert "Traceback" not in r.stderr
 
 
+def test_a_port_held_by_another_process_is_not_a_configuration_error(tmp_path: Path) -> None:
+    """EADDRINUSE (an instance still stopping, a hand-started daemon) passes: exit 1, which
+    systemd's Restart=on-failure retries; exit 2 would keep the service down for good."""
+    import socket
+
+    from dialer.config import load_settings
+    from dialer.daemon import bind
+    from dialer.errors import ConfigError, DialerError
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        port = holder.getsockname()[1]
+        s = load_settings(None, environ={"DIALER_HTTP_LISTEN": f"127.0.0.1:{port}",
+                                         "DIALER_STATE_DIR": str(tmp_path / "var")})
+        with pytest.raises(DialerError, match=f"http_listen: cannot listen on 127.0.0.1:{port}") as e:
+            bind(s)
+        assert not isinstance(e.value, ConfigError)
+    finally:
+        holder.close()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_a_state_dir_this_user_cannot_write_is_named(tmp_path: Path) -> None:
     from dialer.config import load_settings

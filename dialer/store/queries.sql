@@ -221,8 +221,10 @@ INSERT INTO dnc (e164, source, added_at, expires_at)
 SELECT n, $2, $3, $4 FROM unnest($1::text[]) AS n
 ON CONFLICT (e164) DO UPDATE SET
     -- the longer protection wins (no expiry: never): a listing the customer asked for is
-    -- never shortened by a later add or import (to shorten one: delete, then add)
-    source = CASE WHEN dnc.expires_at IS NOT NULL
+    -- never shortened by a later add or import (to shorten one: delete, then add); and the
+    -- customer's own word ('disposition') is what the row says, whoever listed it first
+    source = CASE WHEN EXCLUDED.source = 'disposition' THEN EXCLUDED.source
+                  WHEN dnc.expires_at IS NOT NULL
                        AND (EXCLUDED.expires_at IS NULL OR EXCLUDED.expires_at > dnc.expires_at)
                   THEN EXCLUDED.source ELSE dnc.source END,
     expires_at = CASE WHEN dnc.expires_at IS NULL OR EXCLUDED.expires_at IS NULL THEN NULL

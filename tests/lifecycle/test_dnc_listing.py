@@ -108,3 +108,19 @@ async def test_a_later_expiry_extends_a_listing_and_an_earlier_one_does_not(
         assert (two["source"], two["expires_at"].date().isoformat()) == ("a.csv", "2026-12-10")
         await dnc.add_numbers(pool, ["+14155550102"], source="api", now=clock.now(), targets=targets)
         assert (await _listing(pool, "+14155550102")) == {"source": "api", "expires_at": None}
+
+
+async def test_the_customers_own_word_is_the_listings_source_over_a_registry_listing(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """A number a registry listed for good, then a DNC disposition: the row says the
+    customer asked (an operator pruning registry numbers must not delete it unawares)."""
+    clock = FakeClock(T0)
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        st.sandbox.configure(**QUIET)
+        await st.post(["+14155550101"])
+        await st.dispatcher.tick()
+        call_id = await pool.fetchval("SELECT id FROM calls")
+        await dnc.import_bytes(pool, b"4155550101\n", region="US", source="registry.csv",
+                               now=clock.now(), targets=st.settings.targets)
+        await _terminal(st, call_id, "DNC")
+        assert (await _listing(pool, "+14155550101")) == {"source": "disposition", "expires_at": None}
