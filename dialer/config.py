@@ -599,9 +599,10 @@ _SECRET_KEYS = {"ryng_token", "callback_secret", "api_tokens", "database_url", "
                 "ringme_token", "stringee_key_secret"}
 
 
-def _format_errors(err: ValidationError, source: str, from_env: frozenset[str] = frozenset()) -> str:
+def _format_errors(err: ValidationError | list[Any], source: str,
+                   from_env: frozenset[str] = frozenset()) -> str:
     lines = []
-    for e in err.errors():
+    for e in err.errors() if isinstance(err, ValidationError) else err:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["loc"] and e["loc"][0] in from_env:  # where the operator has to look
             loc = f"{loc} (from {_ENV_KEYS[str(e['loc'][0])]})"
@@ -724,4 +725,8 @@ def _check_file_types(from_file: dict[str, Any], settings: Settings, replaced: s
     try:
         Settings.model_validate_json(json.dumps(data, default=str), strict=True)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        # only what a TOML writer gets wrong: a boolean or a quoted value where a number (or
+        # a boolean) goes; 5.0 for a whole number is the number (as the lax pass reads it)
+        wrong = [x for x in e.errors() if isinstance(x.get("input"), bool | str)]
+        if wrong:
+            raise ConfigError(_format_errors(wrong, source)) from None

@@ -106,8 +106,10 @@ def test_environment_strings_still_become_numbers_over_a_file(tmp_path: Path) ->
     })
     assert (s.settle_s, s.db_pool_size, s.webhook_allow_private) == (3.0, 12, True)
     assert [t.get_secret_value() for t in s.api_tokens] == ["a", "b"]
-    # a whole number where a float goes is fine in TOML
+    # a whole number where a float goes is fine in TOML, and so is 45.0 for a whole number
     assert load_settings(write(tmp_path, "settle_s = 2\n" + GOOD), environ={}).settle_s == 2.0
+    s = load_settings(write(tmp_path, GOOD.replace("max_dispose_s = 45", "max_dispose_s = 45.0")), environ={})
+    assert s.targets["sales"].max_dispose_s == 45
 
 
 @pytest.mark.parametrize("doc", ["README.md", "SPEC.md"])
