@@ -59,6 +59,16 @@ def tmpdirs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture
+def short() -> Iterator[Path]:
+    """A state-dir root short enough for a Unix socket path under it, whatever TMPDIR is
+    (a CI's TMPDIR can make pytest's tmp_path too long: then the socket falls back to the
+    temp dir, which the long-path cases test)."""
+    d = Path(tempfile.mkdtemp(prefix="dpg-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def use_tmpdir(monkeypatch: pytest.MonkeyPatch, d: Path) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(d))
 
@@ -69,8 +79,9 @@ def long_pgdata(tmp_path: Path) -> Path:
     return pgdata
 
 
-def test_the_socket_goes_next_to_pgdata_unless_the_path_is_too_long_for_a_unix_socket(tmp_path: Path) -> None:
-    assert socket_dir_for(tmp_path / "var" / "postgres") == (tmp_path / "var" / "postgres-run").resolve()
+def test_the_socket_goes_next_to_pgdata_unless_the_path_is_too_long_for_a_unix_socket(
+        tmp_path: Path, short: Path) -> None:
+    assert socket_dir_for(short / "var" / "postgres") == (short / "var" / "postgres-run").resolve()
     assert socket_dir_for(Path("/var/lib/dialer/postgres")).name == "postgres-run"
     fallback = socket_dir_for(long_pgdata(tmp_path))
     assert fallback.parent == Path(tempfile.gettempdir()) and fallback.name.startswith("dialer-pg-")
@@ -82,13 +93,13 @@ def test_the_socket_goes_next_to_pgdata_unless_the_path_is_too_long_for_a_unix_s
 
 @pytest.mark.parametrize("layout", ["state-dir", "long-path"])
 def test_a_server_started_under_another_tmpdir_is_found_and_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmpdirs: list[Path], servers: list[EmbeddedPostgres],
-    layout: str,
+    tmp_path: Path, short: Path, monkeypatch: pytest.MonkeyPatch, tmpdirs: list[Path],
+    servers: list[EmbeddedPostgres], layout: str,
 ) -> None:
     """The daemon (one /tmp) started the server; a CLI (another /tmp) finds it running and
     connects, instead of trying to start a second server on the same PGDATA."""
     a, b = tmpdirs
-    pgdata = tmp_path / "var" / "postgres" if layout == "state-dir" else long_pgdata(tmp_path)
+    pgdata = short / "var" / "postgres" if layout == "state-dir" else long_pgdata(tmp_path)
     use_tmpdir(monkeypatch, a)
     daemon = EmbeddedPostgres(pgdata, fsync=False)
     servers.append(daemon)
@@ -112,12 +123,12 @@ def test_a_server_started_under_another_tmpdir_is_found_and_used(
 
 
 def test_a_server_with_its_socket_in_tmp_the_old_layout_is_still_found(
-    tmp_path: Path, servers: list[EmbeddedPostgres]
+    short: Path, servers: list[EmbeddedPostgres]
 ) -> None:
     """A server an older version started (socket in /tmp/dialer-pg-<hash>) keeps working
     after an upgrade: found, connected to, and restarted in the same place, so the DSN a
     daemon's pool holds stays valid until the daemon restarts."""
-    pgdata = tmp_path / "var" / "postgres"
+    pgdata = short / "var" / "postgres"
     digest = hashlib.sha256(str(pgdata.resolve()).encode()).hexdigest()[:12]
     old_dir = Path(tempfile.gettempdir()) / f"dialer-pg-{digest}"
     old = EmbeddedPostgres(pgdata, fsync=False)
