@@ -4,6 +4,7 @@ task group included — is logged, counted and the loop restarted; it never ends
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -13,9 +14,21 @@ import pytest
 from dialer import metrics, supervisor
 
 
-async def test_a_failing_loop_is_logged_counted_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+async def _supervised(task: str, loop: Callable[[], Awaitable[None]],
+                      caplog: pytest.LogCaptureFixture) -> metrics.Metrics:
+    """Run ``loop`` under the supervisor until it returns, with metrics and the log captured."""
     m = metrics.Metrics()
     metrics.install(m)
+    try:
+        with caplog.at_level(logging.INFO, logger="dialer.supervisor"):
+            with anyio.fail_after(10):
+                await supervisor.supervise(task, loop, initial_backoff_s=0.01)
+    finally:
+        metrics._current = None
+    return m
+
+
+async def test_a_failing_loop_is_logged_counted_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
     runs = 0
 
     async def loop() -> None:
@@ -29,12 +42,7 @@ async def test_a_failing_loop_is_logged_counted_and_restarted(caplog: pytest.Log
             raise asyncpg.DeadlockDetectedError("deadlock detected")
         # the third run returns: the loop is done (as at drain)
 
-    try:
-        with caplog.at_level(logging.INFO, logger="dialer.supervisor"):
-            with anyio.fail_after(10):
-                await supervisor.supervise("dispatch", loop, initial_backoff_s=0.01)
-    finally:
-        metrics._current = None
+    m = await _supervised("dispatch", loop, caplog)
     assert runs == 3
     assert m.registry.get_sample_value("dialer_task_restarts_total", {"task": "dispatch"}) == 2
     failures = [r for r in caplog.records if r.getMessage() == "task failed"]
@@ -54,8 +62,6 @@ async def test_a_filesystem_error_is_logged_as_one_not_as_a_database_outage(
 ) -> None:
     """OSError is in DB_DOWN (a refused connection is one): an inbox dir that cannot be made
     must not read as a database outage, yet the loop is restarted like any other."""
-    m = metrics.Metrics()
-    metrics.install(m)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     runs = 0
@@ -69,12 +75,7 @@ async def test_a_filesystem_error_is_logged_as_one_not_as_a_database_outage(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_raise, PermissionError(13, "Permission denied", "/srv/inbox/processed"))
 
-    try:
-        with caplog.at_level(logging.INFO, logger="dialer.supervisor"):
-            with anyio.fail_after(10):
-                await supervisor.supervise("inbox", inbox, initial_backoff_s=0.01)
-    finally:
-        metrics._current = None
+    m = await _supervised("inbox", inbox, caplog)
     assert runs == 3
     assert m.registry.get_sample_value("dialer_task_restarts_total", {"task": "inbox"}) == 2
     failures = [r for r in caplog.records if r.getMessage().startswith("task failed")]

@@ -4,6 +4,8 @@ add or import never shortens a listing."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +31,17 @@ async def _terminal(st: Stack, call_id: int, disposition: str) -> Applied:
     return await st.service.store(row["chunk_id"], "terminal", cb)
 
 
+@contextlib.asynccontextmanager
+async def _one_call_sent(pool: asyncpg.Pool, make_settings: Any, clock: FakeClock,
+                         **settings: Any) -> AsyncIterator[tuple[Stack, int]]:
+    """A stack whose sandbox stays quiet, with one lead for +14155550101 sent: (stack, call id)."""
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}, **settings) as st:
+        st.sandbox.configure(**QUIET)
+        await st.post(["+14155550101"])
+        await st.dispatcher.tick()
+        yield st, int(await pool.fetchval("SELECT id FROM calls"))
+
+
 async def _listing(pool: asyncpg.Pool, e164: str) -> dict[str, Any] | None:
     row = await pool.fetchrow("SELECT source, expires_at FROM dnc WHERE e164 = $1", e164)
     return dict(row) if row else None
@@ -37,15 +50,10 @@ async def _listing(pool: asyncpg.Pool, e164: str) -> dict[str, Any] | None:
 async def test_a_dnc_disposition_after_the_call_was_reaped_still_lists_the_number(
         pool: asyncpg.Pool, make_settings: Any) -> None:
     clock = FakeClock(T0)
-    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET},
-                             stale_after_h=1) as st:
-        st.sandbox.configure(**QUIET)
-        await st.post(["+14155550101"])
-        await st.dispatcher.tick()
+    async with _one_call_sent(pool, make_settings, clock, stale_after_h=1) as (st, call_id):
         clock.advance(2 * 3600)
         await st.rt.jobs.reaper()
-        call_id, state = await pool.fetchrow("SELECT id, state FROM calls")
-        assert state == "expired"
+        assert await pool.fetchval("SELECT state FROM calls WHERE id = $1", call_id) == "expired"
         result = await _terminal(st, call_id, "DNC")
         assert result.result == "duplicate"  # the call stays expired: state only moves forward
         assert (await _listing(pool, "+14155550101")) == {"source": "disposition", "expires_at": None}
@@ -59,11 +67,7 @@ async def test_a_dnc_disposition_after_the_call_was_reaped_still_lists_the_numbe
 async def test_a_repeated_dnc_callback_lists_once_and_changes_nothing(
         pool: asyncpg.Pool, make_settings: Any) -> None:
     clock = FakeClock(T0)
-    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
-        st.sandbox.configure(**QUIET)
-        await st.post(["+14155550101"])
-        await st.dispatcher.tick()
-        call_id = await pool.fetchval("SELECT id FROM calls")
+    async with _one_call_sent(pool, make_settings, clock) as (st, call_id):
         assert (await _terminal(st, call_id, "DNC")).result == "applied"
         ended = await pool.fetchrow("SELECT state, ended_at FROM calls WHERE id = $1", call_id)
         clock.advance(60)
@@ -76,11 +80,7 @@ async def test_a_repeated_dnc_callback_lists_once_and_changes_nothing(
 async def test_an_import_with_an_expiry_never_shortens_a_disposition_listing(
         pool: asyncpg.Pool, make_settings: Any) -> None:
     clock = FakeClock(T0)
-    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
-        st.sandbox.configure(**QUIET)
-        await st.post(["+14155550101"])
-        await st.dispatcher.tick()
-        call_id = await pool.fetchval("SELECT id FROM calls")
+    async with _one_call_sent(pool, make_settings, clock) as (st, call_id):
         await _terminal(st, call_id, "DNC")
         # the registry's file lists the number until tomorrow; the API adds it for a week
         await dnc.import_bytes(pool, b"4155550101,2026-12-02\n", region="US", source="registry.csv",
@@ -115,11 +115,7 @@ async def test_the_customers_own_word_is_the_listings_source_over_a_registry_lis
     """A number a registry listed for good, then a DNC disposition: the row says the
     customer asked (an operator pruning registry numbers must not delete it unawares)."""
     clock = FakeClock(T0)
-    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
-        st.sandbox.configure(**QUIET)
-        await st.post(["+14155550101"])
-        await st.dispatcher.tick()
-        call_id = await pool.fetchval("SELECT id FROM calls")
+    async with _one_call_sent(pool, make_settings, clock) as (st, call_id):
         await dnc.import_bytes(pool, b"4155550101\n", region="US", source="registry.csv",
                                now=clock.now(), targets=st.settings.targets)
         await _terminal(st, call_id, "DNC")
