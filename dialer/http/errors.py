@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import Any
 
 import asyncpg
@@ -12,6 +14,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from dialer.errors import DialerError
+
+log = logging.getLogger(__name__)
+
+# The database is away (refused, broken mid-request, restarting, out of connections, a
+# standby mid-failover): the request may succeed in a moment, so 503 with Retry-After, as
+# while the daemon starts (starting.py), never a bare 500. Not every OSError: a file
+# error is a fault of its own, not the database's.
+DB_AWAY: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InternalClientError,
+    asyncpg.ReadOnlySQLTransactionError,
+)
+RETRY_AFTER_S = 5
 
 
 class ORJSONResponse(JSONResponse):
@@ -61,6 +85,23 @@ def install(app: FastAPI) -> None:
     async def _text(_: Request, exc: Exception) -> ORJSONResponse:
         return error_response(422, "invalid", "text contains a character PostgreSQL cannot store "
                               "(such as NUL)", None)
+
+    async def _away(request: Request, exc: Exception) -> Any:
+        log.warning("request answered 503: the database is unreachable",
+                    extra={"path": request.url.path, "error": type(exc).__name__})
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        ui = getattr(request.app.state, "ui", None)
+        path = request.url.path
+        if ui is not None and (path == "/ui" or path.startswith("/ui/")):
+            page = await ui.unavailable(request)
+            page.headers.update(headers)
+            return page
+        return error_response(503, "database_unavailable",
+                              f"the database is unreachable right now; retry in {RETRY_AFTER_S} s",
+                              None, headers)
+
+    for kind in DB_AWAY:
+        app.add_exception_handler(kind, _away)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:

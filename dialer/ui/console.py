@@ -143,6 +143,12 @@ class Console:
         )
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
+    async def unavailable(self, request: Request) -> Response:
+        """The page for a request the database could not answer (it is away for now)."""
+        return await self.on_error(request, UiError(
+            503, "The database is unreachable right now; try again in a few seconds.",
+            title="Database unavailable"))
+
     async def on_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, UiError)
         if exc.status in (302, 303) and exc.location:
