@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,15 @@ def _expiry(text: str) -> datetime:
     from dialer.intake.dnc_lines import parse_expiry
 
     try:
-        return parse_expiry(text)
+        when = parse_expiry(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO 8601 date or time, like 2026-12-31 or 2026-12-31T18:00+01:00"
         ) from None
+    if when <= datetime.now(UTC):
+        raise argparse.ArgumentTypeError(f"{text!r} is in the past: a listing that has already ended "
+                                         "protects no one")
+    return when
 
 
 def _region(text: str) -> str:

@@ -127,6 +127,7 @@ def test_the_cli_leaves_the_schema_of_an_embedded_database_a_daemon_runs_to_the_
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["dnc", "import", "{dnc}", "--expires-at", "notadate"], "argument --expires-at: 'notadate' is not an ISO 8601"),
+    (["dnc", "import", "{dnc}", "--expires-at", "2001-01-01"], "argument --expires-at: '2001-01-01' is in the past"),
     (["dnc", "import", "{dnc}", "--region", "ZZ"], "argument --region: unknown region 'ZZ'"),
     (["status", "--limit", "-1"], "argument --limit: '-1' is not a whole number"),
     (["dnc", "export", "-o", "{tmp}/missing/x.csv"], "--output: cannot write {tmp}/missing/x.csv: No such file"),

@@ -63,6 +63,9 @@ async def add_dnc(
                      for x in rep.invalid_samples],
         )
     payload = validated(DncIn, loads(body))
+    if payload.expires_at is not None and payload.expires_at <= ctx.clock.now():
+        raise InvalidInput("expires_at: in the past; a listing that has already ended protects no one",
+                           [{"field": "expires_at", "message": "in the past"}])
     if payload.region is not None and not phones.is_supported_region(payload.region, exact=True):
         raise InvalidInput(f"region: unknown region {payload.region!r} (ISO 3166 code, upper case)")
     region = (payload.region or region or s.targets[s.default_target].default_region).upper()

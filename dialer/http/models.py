@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from dialer.intake.columns import canonical
+from dialer.intake.dnc_lines import parse_expiry
 
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
@@ -183,10 +184,27 @@ class CallList(_Strict):
     calls: list[CallOut]
 
 
+def _expiry_text(v: Any) -> Any:
+    """An ISO 8601 date or time string, as ``dialer dnc import --expires-at`` takes (no
+    offset: UTC). Not a number: pydantic would read ``0`` as 1970, a listing expired before
+    it was made."""
+    if v is None or isinstance(v, datetime):
+        return v
+    if not isinstance(v, str):
+        raise ValueError("expected an ISO 8601 date or time string, like 2027-06-30 or 2027-06-30T18:00:00Z")
+    try:
+        return parse_expiry(v)
+    except ValueError:
+        raise ValueError(f"{v[:40]!r} is not an ISO 8601 date or time, like 2027-06-30 or "
+                         "2027-06-30T18:00:00Z") from None
+
+
 class DncIn(_Strict):
     numbers: list[str] = Field(max_length=100_000)
     region: str | None = Field(default=None, description="Region for national numbers")
-    expires_at: datetime | None = None
+    expires_at: Annotated[datetime | None, BeforeValidator(_expiry_text)] = Field(
+        default=None, description="When the listing ends (ISO 8601 date or time; no offset: UTC). "
+                                  "Must be in the future; omitted: never")
 
 
 class DncInvalid(_Strict):

@@ -113,6 +113,34 @@ async def test_dedupe_window_and_dnc(api: httpx.AsyncClient, clock: FakeClock) -
     assert (await api.delete("/v1/dnc/+14155550111", headers=AUTH)).status_code == 404
 
 
+@pytest.mark.parametrize(("expires_at", "needle"), [
+    (0, "expires_at: Value error, expected an ISO 8601 date or time string"),
+    (True, "expected an ISO 8601 date or time string"),
+    ("someday", "'someday' is not an ISO 8601 date or time"),
+    ("2001-01-01T00:00:00Z", "expires_at: in the past"),
+])
+async def test_a_dnc_expiry_that_protects_no_one_is_refused(api: httpx.AsyncClient, expires_at: object,
+                                                            needle: str) -> None:
+    """An expiry of 0 (read as 1970) or a past time used to answer "added" while the
+    number stayed dialable."""
+    r = await api.post("/v1/dnc", json={"numbers": ["+14155550177"], "expires_at": expires_at}, headers=AUTH)
+    assert r.status_code == 422 and needle in r.json()["error"]["message"], r.text
+    out = (await api.post("/v1/batches", json=leads("+14155550177"), headers=AUTH)).json()
+    assert out["accepted"] == 1 and out["dnc"] == 0  # nothing was listed
+
+
+async def test_a_dnc_expiry_is_a_date_or_a_time_no_offset_utc(api: httpx.AsyncClient, pool: asyncpg.Pool,
+                                                             clock: FakeClock) -> None:
+    year = clock.now().year + 1
+    for number, given, stored in (("+14155550178", f"{year}-06-30", f"{year}-06-30T00:00:00+00:00"),
+                                  ("+14155550179", f"{year}-06-30T18:00:00+02:00", f"{year}-06-30T16:00:00+00:00")):
+        r = await api.post("/v1/dnc", json={"numbers": [number], "expires_at": given}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["added"] == 1, r.text
+        async with pool.acquire() as conn:
+            got = await conn.fetchval("SELECT expires_at FROM dnc WHERE e164 = $1", number)
+        assert got.isoformat() == stored
+
+
 async def test_a_duplicate_of_a_call_that_was_never_dialed_says_so(api: httpx.AsyncClient, pool: asyncpg.Pool,
                                                                    clock: FakeClock) -> None:
     """A cancelled batch's calls ended within the window too (SPEC: "one ended within
