@@ -17,6 +17,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
     404: {"model": ErrorOut, "description": "Not found"},
     422: {"model": ErrorOut, "description": "Malformed request"},
+    503: {"model": ErrorOut,
+          "description": "The database is unreachable for now, or the daemon is shutting down: "
+                         "send the same request again after Retry-After seconds",
+          "headers": {"Retry-After": {"description": "Seconds to wait before retrying",
+                                      "schema": {"type": "integer"}}}},
 }
 
 

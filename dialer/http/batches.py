@@ -15,7 +15,7 @@ from dialer.http.bodies import content_type, loads, validated
 from dialer.http.calls import call_summary
 from dialer.http.context import Ctx
 from dialer.http.limits import read_body
-from dialer.http.models import BatchAccepted, BatchIn, BatchOut, CallsPage, CancelOut, ErrorOut
+from dialer.http.models import CSV_HEADER, BatchAccepted, BatchIn, BatchOut, CallsPage, CancelOut, ErrorOut
 from dialer.intake.submit import Submission, submit
 from dialer.lifecycle import moves, observe
 from dialer.results import destinations
@@ -40,9 +40,11 @@ router = APIRouter()
                 "application/json": {"schema": {"$ref": "#/components/schemas/BatchIn"}},
                 "text/csv": {"schema": {
                     "type": "string",
-                    "description": "A CSV whose header names a number column",
-                    # a header line naming the number column ("," ";" or tab separated)
-                    "pattern": "^\\ufeff?(?i:number|phone|mobile)\\r?\\n",
+                    "description": "A CSV whose header line names a number column (number, "
+                                   "phone, phone_number or mobile; any case), among others",
+                    # the header line: fields separated by "," ";" or tab, one of them
+                    # (maybe quoted) the number column
+                    "pattern": CSV_HEADER,
                 }},
             },
         }

@@ -69,7 +69,8 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(DialerError)
     async def _dialer(_: Request, exc: DialerError) -> ORJSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        headers = ({"WWW-Authenticate": "Bearer"} if exc.http_status == 401
+                   else {"Retry-After": str(RETRY_AFTER_S)} if exc.http_status == 503 else None)
         return error_response(exc.http_status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -51,16 +51,25 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
+def _size(n: int) -> str:
+    """A limit as people write it: 50 MB, 64 KB (not "0 MB")."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:g} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} bytes"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused (413) past ``limit`` bytes: declared or streamed."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
+        raise TooLarge(f"body is over the {_size(limit)} limit", {"limit": limit})
     chunks: list[bytes] = []
     size = 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
-            raise TooLarge(f"body is over the {limit // (1024 * 1024)} MB limit", {"limit": limit})
+            raise TooLarge(f"body is over the {_size(limit)} limit", {"limit": limit})
         chunks.append(part)
     return b"".join(chunks)

@@ -250,11 +250,21 @@ class CancelOut(_Strict):
 
 
 # ISO 8601 date and time, with or without an offset (without: the lead's local time)
-ISO_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}:\d{2})?$"
+# The shape checked on input: anything else is "invalid"; a date or time out of range
+# (month 13) gets the endpoint's own precise "invalid_time". The schema publishes the
+# tighter ISO_TIME (month 01-12, day 01-31, hour 00-23; a day past its month's end,
+# like 02-30, is still answered invalid_time).
+ISO_SHAPE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}:\d{2})?$"
+ISO_TIME = (r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[T ]([01][0-9]|2[0-3]):[0-5][0-9]"
+            r"(:[0-5][0-9](\.[0-9]{1,6})?)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$")
+# the header line of a text/csv batch: "," ";" or tab separated, one field (maybe quoted)
+# naming the number column in any case (SPEC §4's aliases)
+CSV_HEADER = (r"^\ufeff?([^\r\n]*[,;\t])?[ ]*\"?(?i:number|phone|phone_number|mobile)\"?[ ]*"
+              r"([,;\t][^\r\n]*)?\r?\n")
 
 
 class ScheduleIn(_Strict):
-    at: str = Field(pattern=ISO_TIME, max_length=40,
+    at: str = Field(pattern=ISO_SHAPE, max_length=40, json_schema_extra={"pattern": ISO_TIME},
                     description="When to call back: ISO 8601; without an offset, in the lead's local time")
     agent: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^\x00]+$",
                               description="The agent who owns the callback (default: the call's agent)")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -255,6 +257,29 @@ async def test_health_and_openapi(api: httpx.AsyncClient) -> None:
     assert (await api.get("/docs")).status_code == 200
 
 
+async def test_the_openapi_document_describes_what_the_api_takes_and_answers(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    post = spec["paths"]["/v1/batches"]["post"]
+    # the README's own example file matches the text/csv body's schema (it demanded a
+    # header of the number column alone)
+    csv_header = re.compile(post["requestBody"]["content"]["text/csv"]["schema"]["pattern"])
+    example = (Path(__file__).parents[2] / "examples" / "leads.csv").read_text()
+    assert csv_header.match(example)
+    for text in ("phone_number;name\n+14155550100\n", 'name\t"Mobile"\n1\n', "\ufeffNUMBER\r\n1\r\n"):
+        assert csv_header.match(text), text
+    for text in ("name,company\n", "numbers\n1\n"):
+        assert not csv_header.match(text), text
+    # a 503 (database away, shutting down) is documented, with its Retry-After, on every /v1 operation
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if path.startswith("/v1/"):
+                assert "Retry-After" in op["responses"]["503"]["headers"], (method, path)
+    # a schedule time the endpoint cannot read is outside the schema
+    at = re.compile(spec["components"]["schemas"]["ScheduleIn"]["properties"]["at"]["pattern"])
+    assert at.match("2026-12-01T16:00") and at.match("2026-12-01 16:00:30.5+05:30")
+    assert not any(at.match(t) for t in ("0000-00-00T00:00", "2026-13-01T10:00", "2026-12-01T24:00"))
+
+
 async def test_not_found_uses_error_shape(api: httpx.AsyncClient) -> None:
     r = await api.get("/v1/batches/00000000-0000-0000-0000-000000000000", headers=AUTH)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
@@ -347,3 +372,10 @@ async def test_json_leads_take_the_column_aliases_and_other_keys_as_custom_field
     # a custom field must be a scalar, as in "fields"
     r = await api.post("/v1/batches", json=leads("+14155550115", extra={"a": 1}), headers=AUTH)
     assert r.status_code == 422, r.text
+
+
+async def test_a_body_over_a_small_limit_names_it_in_kb(api: httpx.AsyncClient) -> None:
+    """The schedule body's limit is 64 KB: the message said "over the 0 MB limit"."""
+    r = await api.post("/v1/calls/1/schedule", content=b'{"at": "' + b"x" * 70_000 + b'"}',
+                       headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["message"] == "body is over the 64 KB limit", r.text
