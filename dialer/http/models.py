@@ -102,6 +102,13 @@ class Rejected(_Strict):
     field: str | None = Field(default=None, description="number2…: one number of an accepted lead left out")
 
 
+class NotDialed(_Strict):
+    index: int
+    line: int | None = None
+    outcome: str = Field(description="duplicate | dnc")
+    reason: str
+
+
 class BatchAccepted(_Strict):
     batch_id: str
     target: str
@@ -109,6 +116,10 @@ class BatchAccepted(_Strict):
     rejected: list[Rejected]
     duplicates: int
     dnc: int
+    not_dialed: list[NotDialed] = Field(
+        default_factory=list,
+        description="The leads counted in duplicates and dnc, each with its index and why (a valid "
+                    "number that will not be dialed)")
 
 
 class ErrorDetail(_Strict):

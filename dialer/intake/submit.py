@@ -91,13 +91,16 @@ async def submit(
                 await batches.copy_chunk(conn, batch_id, chunk)
         counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now)
         rejected: list[dict[str, Any]] = []
+        not_dialed: list[dict[str, Any]] = []  # duplicate and dnc leads: which ones, not only how many
         csv_body = sub.rows is None
         async for r in batches.rejected_rows(conn, batch_id, indexed=csv_body):
+            # JSON: the lead's index (its "line"); CSV: the record's index and its file line
+            at = {"index": r["index"], "line": r["line"]} if csv_body else {"index": r["line"]}
             if r["outcome"] == "invalid" or "field" in r:  # a lead's number left out: named by its field
-                # JSON: the lead's index (its "line"); CSV: the record's index and its file line
-                at = {"index": r["index"], "line": r["line"]} if csv_body else {"index": r["line"]}
                 field = {"field": r["field"]} if "field" in r else {}
                 rejected.append({**at, "reason": r["reason"], **field})
+            else:
+                not_dialed.append({**at, "outcome": r["outcome"], "reason": r["reason"]})
         body = {
             "batch_id": str(batch_id),
             "target": sub.target,
@@ -105,6 +108,7 @@ async def submit(
             "rejected": rejected,
             "duplicates": counts["duplicate"],
             "dnc": counts["dnc"],
+            "not_dialed": not_dialed,
         }
         if key is not None:
             await conn.execute(Q.idempotency_put, key, sub.request_sha256, 202, body, now)

@@ -115,6 +115,27 @@ async def test_dedupe_window_and_dnc(api: httpx.AsyncClient, clock: FakeClock) -
     assert (await api.delete("/v1/dnc/+14155550111", headers=AUTH)).status_code == 404
 
 
+async def test_the_answer_names_the_leads_counted_as_duplicate_or_dnc(api: httpx.AsyncClient) -> None:
+    """SPEC §4: nothing dropped silently. The counts alone left a CRM unable to tell which
+    of its leads will not be dialed (the calls API does not list intake outcomes)."""
+    await api.post("/v1/dnc", json={"numbers": ["+14155550190"]}, headers=AUTH)
+    body = {"leads": [{"number": "+14155550191", "external_id": "d1"},
+                      {"number": "+14155550191", "external_id": "d2", "priority": 9},
+                      {"number": "+14155550190", "external_id": "d3"},
+                      {"number": "x", "external_id": "d4"}]}
+    out = (await api.post("/v1/batches", json=body, headers=AUTH)).json()
+    assert out["accepted"] == 1 and out["duplicates"] == 1 and out["dnc"] == 1
+    assert [r["index"] for r in out["rejected"]] == [3]
+    assert out["not_dialed"] == [
+        {"index": 0, "outcome": "duplicate", "reason": "duplicate of line 1 in this batch"},
+        {"index": 2, "outcome": "dnc", "reason": "number is on the do-not-call list"},
+    ]
+    csv = "number,external_id\n+14155550192,c1\n+14155550190,c2\n"
+    out = (await api.post("/v1/batches?target=sales", content=csv,
+                          headers={**AUTH, "content-type": "text/csv"})).json()
+    assert out["not_dialed"] == [{"index": 1, "line": 3, "outcome": "dnc", "reason": "number is on the do-not-call list"}]
+
+
 @pytest.mark.parametrize(("expires_at", "needle"), [
     (0, "expires_at: Value error, expected an ISO 8601 date or time string"),
     (True, "expected an ISO 8601 date or time string"),
