@@ -2,7 +2,8 @@
 
 When every call of a batch has ended, the batch is ``done`` and, for a batch that came
 from the inbox, ``<name>.results.csv`` is written beside its report: one row per lead
-(its latest attempt).
+(its latest attempt). Text from outside (the number as typed, the external id, the
+provider's disposition and agent) goes through ``cells.csv_text``: never a live formula.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncpg
 from dialer.clock import Clock
 from dialer.lifecycle import moves, number_report, observe
 from dialer.lifecycle.observe import Ended
+from dialer.results.cells import csv_text
 from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,10 @@ async def write_results_csv(conn: asyncpg.Connection, batch_id: uuid.UUID, dest:
         w.writerow(COLUMNS)
         async with conn.transaction():
             async for r in conn.cursor(Q.batch_results, batch_id, prefetch=2000):
+                # outside text through csv_text; the rest is ours (a state, a count, a time, E.164)
                 w.writerow([
-                    r["e164"] or r["raw_number"] or "", r["external_id"] or "", r["state"],
-                    r["outcome"] or "", r["attempts"], r["agent"] or "",
+                    csv_text(r["e164"] or r["raw_number"] or ""), csv_text(r["external_id"] or ""),
+                    r["state"], csv_text(r["outcome"] or ""), r["attempts"], csv_text(r["agent"] or ""),
                     r["ended_at"].isoformat() if r["ended_at"] else "",
                     *number_report.result_cells(r),
                 ])

@@ -3,7 +3,9 @@
 Each is written to a temporary file under the state dir by the same code the inbox uses
 (``FileIngestor.write_report``, ``write_results_csv``) or, for Excel, from the same
 ``batch_results`` rows through openpyxl's write-only mode; memory stays flat whatever
-the batch size. The routes below stream it and remove it once sent.
+the batch size. The routes below stream it and remove it once sent. Text from leads and
+CRMs shows as typed: results.csv neutralises what a spreadsheet would evaluate
+(``results.cells.csv_text``), the workbook stores every such text as a string cell.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncpg
 import orjson
 from fastapi import APIRouter
 from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell import Cell, WriteOnlyCell
 from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from starlette.background import BackgroundTask
@@ -144,9 +146,21 @@ def xlsx_row(r: Any) -> list[Any]:
 _ENDED = COLUMNS.index("ended_at")
 
 
+def _text_cell(ws: WriteOnlyWorksheet, value: str) -> Cell:
+    """``value`` as a string cell. openpyxl stores a str starting with ``=`` as a formula
+    (and one spelled like an error, ``#N/A``, as an error): an external id of
+    ``=HYPERLINK(...)`` would be a live link in the user's Excel."""
+    c = WriteOnlyCell(ws, value=value)
+    c.data_type = "s"
+    return c
+
+
 def _append(ws: WriteOnlyWorksheet, rows: Sequence[list[Any]]) -> None:
     for row in rows:
-        cells: list[Any] = list(row)
+        # only the text openpyxl would not take as a string gets a cell of its own (a cell
+        # per text costs a fifth more time on a large batch)
+        cells: list[Any] = [_text_cell(ws, v) if isinstance(v, str) and v[:1] in ("=", "#") else v
+                            for v in row]
         if row[_ENDED] is not None:
             c = WriteOnlyCell(ws, value=row[_ENDED])
             c.number_format = "yyyy-mm-dd hh:mm:ss"

@@ -249,6 +249,26 @@ async def test_a_batch_that_ends_before_its_file_is_filed_still_gets_its_results
     assert [(r["state"], r["attempts"]) for r in rows] == [("invalid", "0"), ("invalid", "0")]  # never dialed
 
 
+async def test_the_results_file_shows_lead_text_never_a_formula(inbox: Inbox, clock: FakeClock,
+                                                                pool: asyncpg.Pool) -> None:
+    """What a spreadsheet would evaluate gets a leading ' (OWASP CSV injection); numbers as
+    typed, E.164 or national, stay byte for byte."""
+    from dialer.results.files import Completion
+
+    drop(inbox, "evil.csv", 'number,external_id,note\n'
+                            '=1+1,"=HYPERLINK(""http://evil.example"",""x"")",=2+2\n'
+                            '@SUM(1+1),+1 (415) 555-01,@x\n'
+                            '+1 (415) 555-01,-2+3,\n')
+    await settle_and_scan(inbox, clock)
+    assert len(await Completion(pool, clock).check()) == 1  # every row invalid: done at once
+    day = clock.now().astimezone().date().isoformat()
+    assert (inbox.root / "processed" / day / "evil.csv.results.csv").read_bytes() == (
+        b"number,external_id,state,outcome,attempts,agent,ended_at,number_reached,attempts_per_number\r\n"
+        b"""'=1+1,"'=HYPERLINK(""http://evil.example"",""x"")",invalid,,0,,,,\r\n"""
+        b"'@SUM(1+1),+1 (415) 555-01,invalid,,0,,,,\r\n"
+        b"+1 (415) 555-01,-2+3,invalid,,0,,,,\r\n")
+
+
 async def test_a_file_in_a_folder_that_is_no_target_goes_to_failed_naming_the_targets(
         inbox: Inbox, clock: FakeClock) -> None:
     drop(inbox, "x.csv", "number\n+14155550100\n", target="nosuch")

@@ -94,6 +94,35 @@ async def test_upload_goes_through_intake_and_shows_its_report(console: Console,
         assert await conn.fetchval("SELECT count(*) FROM batches") == 1
 
 
+async def test_results_downloads_show_lead_text_never_a_formula(console: Console) -> None:
+    """An external id, a custom field or a number as typed that starts with = or @: the
+    workbook holds it as a string cell, shown as typed; results.csv gives it a leading '
+    (OWASP CSV injection); numbers, E.164 or national, are unchanged."""
+    link = '=HYPERLINK("http://evil.example","x")'
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["number", "external_id", "note"],
+                               ["+14155550100", link, "=1+2"],
+                               ["+14155550101", "@SUM(1+1)", "@cmd"],
+                               ["=1+1", "#N/A", ""],
+                               ["+1 (415) 555-01", "-2+3", "-x"]])
+    bid = (await upload(console, "evil.csv", buf.getvalue().encode())).split("/")[3].split("?")[0]
+
+    xl = await console.c.get(f"/ui/batches/{bid}/results.xlsx")
+    ws = openpyxl.load_workbook(io.BytesIO(xl.content)).active
+    assert ws is not None
+    cells = [c for row in ws.iter_rows(min_row=2) for c in row if c.value is not None]
+    assert [c.coordinate for c in cells if c.data_type != "s" and isinstance(c.value, str)] == []
+    assert not [c.coordinate for c in cells if c.data_type in ("f", "e")]
+    assert [[c.value for c in row[:2]] for row in ws.iter_rows(min_row=2)] == [
+        ["+14155550100", link], ["+14155550101", "@SUM(1+1)"], ["=1+1", "#N/A"], ["+1 (415) 555-01", "-2+3"]]
+
+    got = await console.c.get(f"/ui/batches/{bid}/results.csv")
+    rows = list(csv.reader(io.StringIO(got.text)))
+    assert [r[:2] for r in rows[1:]] == [
+        ["+14155550100", "'" + link], ["+14155550101", "'@SUM(1+1)"], ["'=1+1", "#N/A"],
+        ["+1 (415) 555-01", "-2+3"]]
+
+
 async def test_upload_refusals(pool: asyncpg.Pool, make_settings: object, clock: FakeClock,
                                make_client: object, settings: Settings) -> None:
     from dialer.http.app import create_app
