@@ -8,7 +8,7 @@ for the target, or is on the do-not-call list is left out of its lead and noted 
 report; the lead keeps its other numbers, in order, and is rejected (``duplicate`` or
 ``dnc``, the reason naming every number) only when none is left. Within the batch a
 one-number lead keeps a number a several-number lead repeats, and among several-number
-leads the earlier line keeps it.
+leads the one of highest priority keeps it (the earlier line on a tie).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ async def check(conn: asyncpg.Connection, batch_id: uuid.UUID, target: str, wind
     seen = {r["e164"]: r for r in await conn.fetch(Q.numbers_seen_by_target, every, target, batch_id,
                                                    window_start, None)}
     single = {r["e164"]: r["line"] for r in await conn.fetch(Q.numbers_in_batch, batch_id, every)}
-    taken: dict[str, int] = {}  # numbers kept by earlier several-number leads
+    taken: dict[str, int] = {}  # numbers kept by several-number leads of higher priority
     kept: list[tuple[int, str, str, str | None, dict[str, Any]]] = []
     rejected: list[tuple[int, str, str, dict[str, Any]]] = []
     dup = dnc = 0

@@ -90,10 +90,11 @@ WHERE l.batch_id = $1 AND l.state = 'pending' AND d.e164 = l.e164
   AND (d.expires_at IS NULL OR d.expires_at > $2)
 
 -- name: numbers_leads
--- A batch's leads with several numbers (or numbers left out), for their per-number checks.
+-- A batch's leads with several numbers (or numbers left out), for their per-number checks:
+-- highest priority first, so a number two of them share stays with the higher (SPEC §4).
 SELECT id, line, e164, numbers, number_notes FROM calls
 WHERE batch_id = $1 AND (numbers IS NOT NULL OR number_notes IS NOT NULL) AND state = 'pending'
-ORDER BY line
+ORDER BY priority DESC, line
 
 -- name: numbers_in_batch
 -- The batch's one-number leads that hold one of these numbers (the first line of each).

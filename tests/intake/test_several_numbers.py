@@ -103,3 +103,23 @@ async def test_each_number_is_deduplicated_and_dnc_checked_on_its_own(pool: asyn
         (1, "number2", "dnc"), (2, "number", "duplicate"), (3, None, "dnc"), (4, "number2", "invalid")]
     assert report[1]["reason"] == "number: duplicate of line 0 in this batch"
     assert all(r.get("lead", "accepted") == "accepted" for r in report if r["line"] != 3)
+
+
+async def test_a_number_two_several_number_leads_share_stays_with_the_higher_priority(
+        pool: asyncpg.Pool, settings: Any, clock: FakeClock) -> None:
+    """SPEC §4: within a batch duplicates collapse, highest priority kept (the earlier line
+    kept it, whatever the priorities)."""
+    rows = [{"number": "+14155550301", "number2": "+14155550302", "priority": 1},
+            {"number": "+14155550301", "number2": "+14155550303", "priority": 9},
+            {"number": "+14155550304", "number2": "+14155550305", "priority": 2},
+            {"number": "+14155550304", "number2": "+14155550306", "priority": 2}]
+    status, out = await submit(pool, settings, clock, Submission(target="sales", rows=rows))
+    assert status == 202 and out["accepted"] == 4
+    assert out["rejected"] == [
+        {"index": 0, "field": "number", "reason": "number: duplicate of line 1 in this batch"},
+        {"index": 3, "field": "number", "reason": "number: duplicate of line 2 in this batch"}]  # a tie
+    async with pool.acquire() as conn:
+        calls = {r["line"]: r for r in await conn.fetch("SELECT line, e164, numbers FROM calls")}
+    assert calls[1]["numbers"] == ["+14155550301", "+14155550303"]
+    assert calls[0]["e164"] == "+14155550302" and calls[0]["numbers"] is None
+    assert calls[2]["numbers"] == ["+14155550304", "+14155550305"]
