@@ -4,6 +4,7 @@ from the target's ``ref_field`` before any other ``customField*``."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlencode
 
 import asyncpg
 import orjson
@@ -90,3 +91,27 @@ def test_event_values_read_in_any_spelling() -> None:
         assert events.target_state("connect", cb, disp) == State.CONNECTED
     for word in ("agentAssigned", "agent_answered", "agentAnswered"):
         assert events.target_state("connect", payload.read({"event": word}), disp) == State.ASSIGNED
+
+
+def multipart(fields: dict[str, str], boundary: str = "ryng-7c1f") -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body as ``curl -F`` sends one, and its content type."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
+    return "".join(parts).encode() + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def test_a_multipart_callback_moves_its_call_like_a_form_encoded_one(pool: asyncpg.Pool, settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    """Ryng's API pages send form-data as multipart: a callback may come that way too."""
+    a, b = await queued_calls(pool, 2)
+    svc = service(pool, settings, tmp_path / "spool")
+    fields = {"event": "terminated", "disposition": "BUSY", "agent": "bob"}
+    async with endpoint(svc, settings) as ep:
+        r1 = await ep.post(urlencode({**fields, "customField10": call_ref(a)}).encode(), FORM)
+        r2 = await ep.post(*multipart({**fields, "customField10": call_ref(b), "note": "é"}))
+    assert (r1.status_code, r2.status_code) == (200, 200), (r1.text, r2.text)
+    assert ep.answered == ["stored", "stored"]
+    assert await states(pool) == {a: "busy", b: "busy"}
+    async with pool.acquire() as conn:
+        body = await conn.fetchval("SELECT payload->'body' FROM call_events WHERE call_id = $1", b)
+    assert body == {**fields, "customField10": call_ref(b), "note": "é"}
+    svc.spool.close()
