@@ -115,6 +115,11 @@ class CallbackService:
         return {t.ref_field for t in self.settings.targets.values()} if self.settings else set()
 
     @property
+    def _regions(self) -> dict[str, str]:
+        # each target's default_region, for a callback matched by its number; read each time
+        return {name: t.default_region for name, t in self.settings.targets.items()} if self.settings else {}
+
+    @property
     def _recycle_states(self) -> set[State]:
         # read each time: a SIGHUP reload may add or drop re-dial rules
         targets = self.settings.targets.values() if self.settings else []
@@ -144,7 +149,7 @@ class CallbackService:
     async def _store_slow(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                           now: datetime) -> events.Applied:
         async with self.pool.acquire(timeout=2) as conn, conn.transaction():
-            result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now)
+            result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now, self._regions)
             if result.result == "applied" and result.terminal and self.settings is not None \
                     and result.call_id is not None:
                 result.effects = await ended.after_end(conn, self.settings, self.dispositions,

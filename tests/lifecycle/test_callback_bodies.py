@@ -1,11 +1,12 @@
 """Callback bodies PostgreSQL would refuse are stored anyway, bodies that cannot be read
-are kept as bytes, and the reference is read from the target's ``ref_field`` before any
-other ``customField*``."""
+are kept as bytes, the reference is read from the target's ``ref_field`` before any
+other ``customField*``, and a number without one is read as intake read the lead's."""
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
@@ -77,6 +78,28 @@ async def test_the_reference_in_ref_field_wins_over_other_custom_fields(pool: as
     body = orjson.dumps({"event": "terminated", "disposition": "BUSY", "customField3": call_ref(c)})
     assert await svc.receive(1, "terminal", body, "application/json") == "stored"
     assert await states(pool) == {a: "answered", b: "queued", c: "busy"}
+    svc.spool.close()
+
+
+async def test_a_national_number_matches_in_its_chunks_target_region(pool: asyncpg.Pool, make_settings: Any,
+                                                                     tmp_path: Path) -> None:
+    """SPEC §6 falls back to the chunk token plus ``number``: a number sent as the lead was
+    written (no country code) matches in the default_region of the chunk's target."""
+    settings = make_settings(targets={"sales": {"queue_id": "42", "default_region": "US"},
+                                      "uk": {"queue_id": "43", "default_region": "GB"}})
+    (us,) = await queued_calls(pool, 1, chunk_id=1)
+    (gb,) = await queued_calls(pool, 1, chunk_id=2)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE calls SET e164 = '+14155550107' WHERE id = $1", us)
+        await conn.execute("UPDATE calls SET e164 = '+442079460018', target = 'uk' WHERE id = $1", gb)
+        await conn.execute("UPDATE chunks SET target = 'uk' WHERE id = 2")
+    svc = service(pool, settings, tmp_path / "spool")
+    for chunk, number in ((1, "4155550107"), (2, "020 7946 0018")):
+        body = orjson.dumps({"event": "terminated", "disposition": "ANSWERED", "number": number})
+        assert await svc.receive(chunk, "terminal", body, "application/json") == "stored"
+    assert await states(pool) == {us: "answered", gb: "answered"}
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM call_events WHERE call_id IS NULL") == 0  # none unmatched
     svc.spool.close()
 
 
