@@ -160,7 +160,8 @@ class Metrics:
         # -- callbacks -----------------------------------------------------------------
         self.callbacks = Counter(
             "dialer_callbacks", "Provider callbacks received, by what we answered: stored "
-            "(committed), spooled (fsync'd locally), or refused", ["kind", "result"], registry=r)
+            "(committed), spooled (fsync'd locally), bad_payload (a body that cannot be read, kept "
+            "as bytes), or refused", ["kind", "result"], registry=r)
         self.callback_latency = Histogram(
             "dialer_callback_duration_seconds", "Time to make a callback durable and answer it",
             ["kind"], buckets=CALLBACK_BUCKETS, registry=r)

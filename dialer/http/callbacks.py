@@ -2,7 +2,9 @@
 
 ``POST /callbacks/ryng/{connect|terminal}/{token}``: 401 for a forged token (nothing
 stored), 200 only once the event is durable (committed, or fsync'd to the spool),
-503 if it cannot be made durable (Ryng then retries).
+503 if it cannot be made durable (Ryng then retries). A signed body that cannot be read
+is made durable as bytes and answered 200 too: Ryng resends on anything else, and a
+resent body would read no better.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dialer.lifecycle.payload import BadPayload
 from dialer.signing import read_token
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ _OK = b'{"status":"ok"}'
 
 
 class Receiver(Protocol):
-    """Makes one callback durable: 'stored' or 'spooled'; raises BadPayload, OSError."""
+    """Makes one callback durable: 'stored', 'spooled', or 'bad_payload' (an unreadable body,
+    kept as bytes); raises OSError."""
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str: ...
 
@@ -66,11 +68,6 @@ def routes(
                             media_type="application/json")
         try:
             result = await svc.receive(int(ident), kind, body, request.headers.get("content-type", ""))
-        except BadPayload as e:
-            counted(kind, "bad_payload", t0)
-            msg = str(e).replace('"', "'")
-            return Response(f'{{"error":{{"code":"invalid","message":"{msg}"}}}}'.encode(), 422,
-                            media_type="application/json")
         except OSError as e:  # disk full while spooling: not durable, so not a 200
             counted(kind, "unavailable", t0)
             log.error("callback could not be made durable", extra={"error": str(e)})

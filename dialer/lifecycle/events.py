@@ -6,11 +6,13 @@ never moves a call backwards and never counts twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
+from dialer.intake import phones
 from dialer.lifecycle import moves
 from dialer.lifecycle.dispositions import Dispositions
 from dialer.lifecycle.payload import CallbackData
@@ -55,11 +57,17 @@ def provider_dials(cb: CallbackData) -> int | None:
     return min(cb.attempts, MAX_DIALS)
 
 
-def _numbers(n: str | None) -> list[str]:
-    if not n:
-        return []
+def _numbers(n: str, region: str | None) -> list[str]:
+    """The spellings of ``n`` a call's E.164 may be: as sent, ``+`` and its digits, its
+    digits alone, and as intake normalised it in ``region`` (a national spelling such as
+    ``4155550107`` has no country code to be found by the others)."""
     digits = "".join(ch for ch in n if ch.isdigit())
-    return list({n, "+" + digits, digits}) if digits else [n]
+    out = {n, "+" + digits, digits} if digits else {n}
+    if region is not None:
+        e164, _ = phones.normalise(n, region)
+        if e164 is not None:
+            out.add(e164)
+    return list(out)
 
 
 async def apply(
@@ -69,8 +77,10 @@ async def apply(
     cb: CallbackData,
     disp: Dispositions,
     now: datetime,
+    regions: Mapping[str, str] | None = None,
 ) -> Applied:
-    """Runs in the caller's transaction."""
+    """Runs in the caller's transaction. ``regions``: each target's ``default_region``, to
+    read a number with no reference to match as intake read the lead's."""
     call_id: int | None = None
     for ref in cb.refs:
         call_id = ref
@@ -80,7 +90,10 @@ async def apply(
         # a reference from another chunk under this chunk's token: don't trust it
         row = None
     if row is None and cb.number:
-        cid = await conn.fetchval(Q.call_by_chunk_number, chunk_id, _numbers(cb.number))
+        region = None
+        if regions and (target := await conn.fetchval(Q.chunk_target, chunk_id)) is not None:
+            region = regions.get(target)
+        cid = await conn.fetchval(Q.call_by_chunk_number, chunk_id, _numbers(cb.number, region))
         if cid is not None:
             row = await conn.fetchrow(Q.call_for_update, cid)
     event_kind = f"callback_{kind}"

@@ -1,8 +1,9 @@
 """Lenient reading of provider callback bodies.
 
-The vendor page does not document the callback body, so we accept JSON or
-form-encoded bodies and read, case-insensitively in camelCase or snake_case:
-``event``, ``disposition``/``status``, ``agent``, ``callId``, ``attempts``,
+The vendor page does not document the callback body, so we accept JSON or form-encoded
+bodies (``application/x-www-form-urlencoded``, or ``multipart/form-data``: the encoding
+Ryng's own API takes its requests in) and read, case-insensitively in camelCase or
+snake_case: ``event``, ``disposition``/``status``, ``agent``, ``callId``, ``attempts``,
 ``startTime``, ``endTime``, ``talkTime``/``duration``, ``recordingUrl``, ``number`` and
 every ``customField*``.
 
@@ -20,6 +21,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from dialer.dispatch.chunker import parse_ref
 
@@ -85,6 +88,8 @@ def _decode(body: bytes, content_type: str) -> dict[str, Any]:
             raise BadPayload(f"form body is not UTF-8: {e}") from None
     if not body.strip():
         return {}
+    if ctype == "multipart/form-data":
+        return _multipart(body, content_type)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -96,6 +101,51 @@ def _decode(body: bytes, content_type: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadPayload("JSON body is not an object")
     return data
+
+
+def _multipart(body: bytes, content_type: str) -> dict[str, Any]:
+    """Each part's content by its name, the last of a repeated name winning (as in a form).
+    A part with a file name is read like any other: a callback has no file to keep. The
+    body is whole already (the endpoint's size limit), so it is parsed in one go."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise BadPayload("multipart body has no boundary")
+    parts: list[tuple[bytes, bytearray]] = []  # (Content-Disposition, content)
+    header: list[bytes] = [b"", b""]  # the header being read: name, value
+
+    def header_end() -> None:
+        if header[0].lower() == b"content-disposition":
+            parts[-1] = (header[1], parts[-1][1])
+        header[:] = [b"", b""]
+
+    def add(i: int) -> Any:
+        def on(data: bytes, start: int, end: int) -> None:
+            header[i] += data[start:end]
+        return on
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": lambda: parts.append((b"", bytearray())),
+        "on_header_field": add(0),
+        "on_header_value": add(1),
+        "on_header_end": header_end,
+        "on_part_data": lambda data, start, end: parts[-1][1].extend(data[start:end]),
+    })
+    try:
+        parser.write(body)
+    except FormParserError as e:
+        raise BadPayload(f"multipart body could not be read: {e}") from None
+    if parser.state != MultipartState.END:
+        raise BadPayload("multipart body is cut short (no closing boundary)")
+    out: dict[str, Any] = {}
+    for disposition, content in parts:
+        name = parse_options_header(disposition.decode("latin-1"))[1].get(b"name")
+        if name is None:
+            continue  # not a form field
+        try:
+            out[name.decode("utf-8")] = content.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadPayload(f"multipart field is not UTF-8: {e}") from None
+    return out
 
 
 def _text(v: Any) -> str | None:

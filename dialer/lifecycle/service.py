@@ -39,9 +39,18 @@ class SpoolOnly:
         self.ref_fields = ref_fields
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:
-        payload.read(payload.decode(body, content_type), self.ref_fields)  # garbage: not stored
+        # a body that cannot be read is spooled too: the replayer records it as bytes
+        cb = _read(body, content_type, self.ref_fields)
         await self.spool.append(Spooled(kind, chunk_id, content_type, body, self.clock.now().isoformat()))
-        return "spooled"
+        return "bad_payload" if isinstance(cb, payload.BadPayload) else "spooled"
+
+
+def _read(body: bytes, content_type: str, ref_fields: set[int]) -> payload.CallbackData | payload.BadPayload:
+    """The callback read, or why it cannot be."""
+    try:
+        return payload.read(payload.decode(body, content_type), ref_fields)
+    except payload.BadPayload as e:
+        return e
 
 
 class CallbackService:
@@ -106,6 +115,11 @@ class CallbackService:
         return {t.ref_field for t in self.settings.targets.values()} if self.settings else set()
 
     @property
+    def _regions(self) -> dict[str, str]:
+        # each target's default_region, for a callback matched by its number; read each time
+        return {name: t.default_region for name, t in self.settings.targets.items()} if self.settings else {}
+
+    @property
     def _recycle_states(self) -> set[State]:
         # read each time: a SIGHUP reload may add or drop re-dial rules
         targets = self.settings.targets.values() if self.settings else []
@@ -135,7 +149,7 @@ class CallbackService:
     async def _store_slow(self, chunk_id: int, kind: str, cb: payload.CallbackData,
                           now: datetime) -> events.Applied:
         async with self.pool.acquire(timeout=2) as conn, conn.transaction():
-            result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now)
+            result = await events.apply(conn, chunk_id, kind, cb, self.dispositions, now, self._regions)
             if result.result == "applied" and result.terminal and self.settings is not None \
                     and result.call_id is not None:
                 result.effects = await ended.after_end(conn, self.settings, self.dispositions,
@@ -150,10 +164,14 @@ class CallbackService:
         return result
 
     async def receive(self, chunk_id: int, kind: str, body: bytes, content_type: str) -> str:
-        """Make one callback durable; returns 'stored' or 'spooled'. Raises BadPayload, OSError."""
-        cb = payload.read(payload.decode(body, content_type), self._ref_fields)  # garbage: not stored
+        """Make one callback durable; returns 'stored' or 'spooled', or 'bad_payload' for a
+        body that cannot be read (recorded or spooled all the same). Raises OSError."""
+        cb = _read(body, content_type, self._ref_fields)
         if self.spool.depth == 0:
             try:
+                if isinstance(cb, payload.BadPayload):
+                    await self._unreadable(chunk_id, kind, body, content_type, cb, self.clock.now())
+                    return "bad_payload"
                 await self.store(chunk_id, kind, cb)
                 return "stored"
             except DB_DOWN as e:
@@ -161,12 +179,31 @@ class CallbackService:
         await self.spool.append(Spooled(kind, chunk_id, content_type, body, self.clock.now().isoformat()))
         if self.on_spooled:
             self.on_spooled(kind)
-        return "spooled"
+        return "bad_payload" if isinstance(cb, payload.BadPayload) else "spooled"
+
+    async def _unreadable(self, chunk_id: int, kind: str, body: bytes, content_type: str,
+                          error: payload.BadPayload, now: datetime) -> None:
+        """A signed callback whose body cannot be read: its bytes are recorded, not applied.
+        Acknowledged once recorded, for a body that will never read cannot be retried into
+        anything, and it must not be lost without a trace either."""
+        log.warning("callback body could not be read; recorded as bytes",
+                    extra={"chunk_id": chunk_id, "kind": kind, "error": str(error)})
+        event = {
+            "chunk_id": chunk_id, "note": "body could not be read", "error": payload.storable(str(error)),
+            "content_type": payload.storable(content_type),
+            "body_base64": base64.b64encode(body).decode(),  # any bytes: PostgreSQL takes this
+        }
+        async with self.pool.acquire(timeout=2) as conn:
+            await conn.execute(Q.event_insert, None, now, f"callback_{kind}", None, None, False, event)
 
     async def _replay_one(self, item: Spooled) -> None:
-        cb = payload.read(payload.decode(item.body, item.content_type), self._ref_fields)
+        cb = _read(item.body, item.content_type, self._ref_fields)
         received = datetime.fromisoformat(item.received_at)
-        await self.store(item.chunk_id, item.kind, cb, now=max(received, self.clock.now()))
+        now = max(received, self.clock.now())
+        if isinstance(cb, payload.BadPayload):  # spooled as received: record it as bytes now
+            await self._unreadable(item.chunk_id, item.kind, item.body, item.content_type, cb, now)
+            return
+        await self.store(item.chunk_id, item.kind, cb, now=now)
 
     async def _quarantined(self, q: Quarantined) -> None:
         """A spooled callback the database refused (not "unreachable"): count, log, audit."""

@@ -506,6 +506,10 @@ FROM calls WHERE id = $1 FOR UPDATE
 -- name: chunk_state
 SELECT state FROM chunks WHERE id = $1
 
+-- name: chunk_target
+-- The target a chunk was sent for: a callback's number is read in its default_region.
+SELECT target FROM chunks WHERE id = $1
+
 -- name: call_ended_row
 SELECT id, batch_id, target, e164, external_id, state, outcome, attempt, agent, ended_at,
        coalesce(lead_id, id) AS lead, numbers, expires_at,
