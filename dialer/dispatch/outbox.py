@@ -197,7 +197,8 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
     order: list[str] | None = None
     offered_to: list[str | None] | None = None
     inline_agents = t.agent_mapping == "inline" and any(r.agents for r in rows)
-    pool = [a for a in (pace.agents if pace.takers is None else pace.takers) if a != "*"] or list(t.agents)
+    pool = ([a for a in (pace.agents if pace.takers is None else pace.takers) if a != "*"]
+            or list(dict.fromkeys(t.agents)))  # the list as configured, once each
     if owner is not None:
         named = owner
     elif pool and not inline_agents and len(rows) < len(pool):
@@ -205,8 +206,7 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
         # time: small chunks (a single-lead campaign, a one-slot refill) would all land on
         # the first agent. We keep our own rotation across requests and start each
         # request's agent list where the previous one stopped.
-        start = int(await conn.fetchval(Q.target_next_agent, name, len(rows))) % len(pool)
-        order = pool[start:] + pool[:start]
+        order = await rotation(conn, name, t, pool, len(rows))
         if t.kind == "campaign" and len(rows) == 1:
             named = order[0]
     if t.agent_mapping == "global" and pace.room is not None and pool:
@@ -231,6 +231,23 @@ async def build(conn: asyncpg.Connection, settings: Settings, secret: bytes, nam
     if t.kind == "queue":
         request["queue_id"] = t.queue_id
     return Request(chunk_id, token, request, built.kind, named, offered_to)
+
+
+async def rotation(conn: asyncpg.Connection, name: str, t: Target, pool: list[str], n: int) -> list[str]:
+    """``pool`` (the agents with room) in rotation order from where the target's rotation
+    stands; it moves on past the first ``n`` of them.
+
+    The rotation walks a stable order, the configured agents then any others by name,
+    skipping those not in ``pool``. A position in ``pool`` itself meant nothing: under
+    pacing by agent it is most room first, an order that changes with every call (alice,
+    alice, bob, alice while bob was ready with more room)."""
+    ring = list(dict.fromkeys(t.agents)) + sorted(set(pool) - set(t.agents))
+    at = int(await conn.fetchval(Q.target_rotation_at, name)) % len(ring)
+    walk = ring[at:] + ring[:at]
+    order = [a for a in walk if a in set(pool)]
+    # the next request starts after the last agent named here, whoever was skipped on the way
+    await conn.execute(Q.target_rotation_move, name, (at + walk.index(order[n - 1]) + 1) % len(ring))
+    return order
 
 
 async def orphaned_to_uncertain(conn: asyncpg.Connection, now: datetime, stale_s: float,

@@ -297,11 +297,15 @@ INSERT INTO target_state (target, paused, paused_reason, updated_at) VALUES ($1,
 ON CONFLICT (target) DO UPDATE SET paused = $2, paused_reason = $3, updated_at = $4
 RETURNING *
 
--- name: target_next_agent
--- Our round-robin position for the target: returns where to start, moves on by $2.
-INSERT INTO target_state (target, rr_index) VALUES ($1, $2)
-ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index + $2
-RETURNING rr_index - $2 AS idx
+-- name: target_rotation_at
+-- Our round-robin position for the target, its row locked until the caller moves it on.
+INSERT INTO target_state (target) VALUES ($1)
+ON CONFLICT (target) DO UPDATE SET rr_index = target_state.rr_index
+RETURNING rr_index
+
+-- name: target_rotation_move
+-- Where the target's next request starts (under the lock target_rotation_at took).
+UPDATE target_state SET rr_index = $2 WHERE target = $1
 
 -- name: dispatch_candidates
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,

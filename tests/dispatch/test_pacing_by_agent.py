@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import pytest
 
 from dialer.clock import FakeClock
 from dialer.dispatch.pacing import round_robin_room
@@ -170,3 +171,46 @@ async def test_a_callback_committing_while_pacing_reads_never_offers_its_agent_a
             assert agent not in (pace.takers or []), (k, pace)
             assert pace.free == 0, (k, pace)
         assert during >= 1  # one statement now, so only k=0; two before, and k=1 failed
+
+
+async def _singles(st: Any, n: int, start: int) -> list[str]:
+    """``n`` one-lead batches sent one after another, no callback in between: the agent
+    the provider gave each."""
+    got: list[str] = []
+    for k in range(n):
+        number = numbers(1, start=start + k)[0]
+        await st.post([number])
+        await st.dispatcher.tick()
+        got += [c["agent"] for c in st.sandbox.calls() if c["number"] == number]
+    return got
+
+
+@pytest.mark.parametrize("kind", ["campaign", "queue"])
+async def test_single_lead_requests_alternate_among_the_agents_with_room(pool: asyncpg.Pool,
+                                                                         make_settings: Any, kind: str) -> None:
+    """SPEC §5, round-robin across campaigns: the rotation goes through the agents in a
+    stable order. Over the agents ordered by room it landed on a list that changed order
+    with every call (alice, alice, bob, alice)."""
+    target = {**TARGET, "kind": kind, "agents": ["alice", "bob"], "calls_per_agent": 5, "max_dispose_s": 0}
+    async with running_stack(pool, make_settings, targets={"sales": target}) as st:
+        st.sandbox.configure(time_scale=1000.0)  # no callback frees anyone in between
+        assert await _singles(st, 4, 2000000) == ["alice", "bob", "alice", "bob"]
+
+
+async def test_the_rotation_skips_only_the_agent_without_room(pool: asyncpg.Pool, make_settings: Any) -> None:
+    target = {**TARGET, "kind": "campaign", "calls_per_agent": 5, "max_dispose_s": 0}
+    async with running_stack(pool, make_settings, targets={"sales": target}) as st:
+        st.sandbox.configure(time_scale=1000.0)
+        await st.post(numbers(15))
+        await st.dispatcher.tick()  # five each
+        sent = await _in_flight(pool)
+        assert sorted(c["offered_to"] for c in sent) == sorted(AGENTS * 5)
+        for c in sent:  # alice's and carol's calls end; bob keeps his five
+            if c["offered_to"] != "bob":
+                await st.service.store(c["chunk_id"], "terminal", CallbackData(
+                    raw={}, disposition="ANSWERED", agent=c["offered_to"], refs=[c["id"]]))
+        assert await _singles(st, 4, 2100000) == ["alice", "carol", "alice", "carol"]
+        bobs = next(c for c in sent if c["offered_to"] == "bob")
+        await st.service.store(bobs["chunk_id"], "terminal", CallbackData(
+            raw={}, disposition="ANSWERED", agent="bob", refs=[bobs["id"]]))
+        assert await _singles(st, 3, 2200000) == ["alice", "bob", "carol"]  # room again: his turn again
