@@ -69,6 +69,25 @@ async def test_example_file_is_processed_with_a_full_report(inbox: Inbox, clock:
         assert await conn.fetchval("SELECT count(*) FROM calls") == c["rows"]  # one row per input row
 
 
+async def test_a_quote_never_closed_accounts_for_every_line_it_swallowed(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool) -> None:
+    lines = ["number,note", *(f"+1415555{i:04d},ok" for i in range(2, 8)),
+             '+14155559404,"unterminated', "+14155559405,next", "+14155559406,more",
+             "+14155559407,last"]
+    drop(inbox, "quote.csv", "\n".join(lines) + "\n")
+    assert await settle_and_scan(inbox, clock) == 1
+    rep = report(inbox, "quote.csv")
+    assert rep["counts"] == {"rows": len(lines) - 1, "accepted": 6, "invalid": 4, "duplicate": 0,
+                             "dnc": 0}
+    assert [(r["line"], r["outcome"]) for r in rep["rejected"]] == [(n, "invalid") for n in range(8, 12)]
+    assert rep["rejected"][0]["reason"] == ("malformed CSV: a quoted field opened here is never "
+                                            "closed; lines 8-11 are inside it")
+    assert all("opened on line 8, which is never closed" in r["reason"] for r in rep["rejected"][1:])
+    async with pool.acquire() as conn:
+        dialable = await conn.fetch("SELECT line FROM calls WHERE state = 'pending' ORDER BY line")
+    assert [r["line"] for r in dialable] == list(range(2, 8))
+
+
 async def test_a_file_is_taken_only_once_it_has_settled(inbox: Inbox, clock: FakeClock) -> None:
     p = drop(inbox, "a.csv", "number\n+14155550100\n")
     assert await inbox.scan_once() == 0
