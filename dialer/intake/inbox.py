@@ -28,8 +28,11 @@ RESERVED = frozenset({"processed", "failed"})
 
 
 def ignored(name: str) -> bool:
-    return name.startswith(".") or name.endswith((".tmp", ".part", ".report.json",
-                                                   ".error.txt", ".results.csv"))
+    """Dotfiles, and files still being written: ``*.tmp``, ``*.part`` in any case (a
+    Windows tool writes ``BIG.TMP``, then renames it).  Nothing else: our own outputs
+    (reports, error notes, results) are written under ``processed/`` and ``failed/``,
+    which are never scanned, so ``customers.results.csv`` dropped in is a lead file."""
+    return name.startswith(".") or name.lower().endswith((".tmp", ".part"))
 
 
 @dataclass

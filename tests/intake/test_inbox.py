@@ -111,11 +111,22 @@ async def test_a_renamed_in_file_is_taken_at_once(inbox: Inbox) -> None:
     assert await inbox.scan_once() == 1
 
 
-@pytest.mark.parametrize("name", [".hidden.csv", "x.tmp", "y.part"])
-async def test_ignored_names(inbox: Inbox, clock: FakeClock, name: str) -> None:
-    drop(inbox, name, "number\n+14155550100\n")
+@pytest.mark.parametrize("name", [".hidden.csv", "x.tmp", "y.part", "BIG.TMP", "z.csv.Part"])
+@pytest.mark.parametrize("target", [None, "sales"])
+async def test_ignored_names(inbox: Inbox, clock: FakeClock, name: str, target: str | None) -> None:
+    p = drop(inbox, name, "number\n+14155550100\n", target=target)
     assert await settle_and_scan(inbox, clock) == 0
-    assert (inbox.root / name).exists()
+    assert p.exists()
+
+
+@pytest.mark.parametrize("name", ["customers.results.csv", "calls.error.txt", "leads.report.json"])
+async def test_a_name_like_our_outputs_is_a_lead_file_like_any_other(
+        inbox: Inbox, clock: FakeClock, name: str) -> None:
+    # our outputs are written under processed/ and failed/, which are never scanned
+    data = '[{"number": "+14155550100"}]' if name.endswith(".json") else "number\n+14155550100\n"
+    drop(inbox, name, data, target="sales")
+    assert await settle_and_scan(inbox, clock) == 1
+    assert report(inbox, name)["counts"]["accepted"] == 1
 
 
 async def test_subfolder_picks_the_target(make_settings: Any, pool: asyncpg.Pool, clock: FakeClock) -> None:
