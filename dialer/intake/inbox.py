@@ -21,18 +21,9 @@ from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.intake.files import FileIngestor, FileOutcome
+from dialer.intake.inbox_names import RESERVED, ignored
 
 log = logging.getLogger(__name__)
-
-RESERVED = frozenset({"processed", "failed"})
-
-
-def ignored(name: str) -> bool:
-    """Dotfiles, and files still being written: ``*.tmp``, ``*.part`` in any case (a
-    Windows tool writes ``BIG.TMP``, then renames it).  Nothing else: our own outputs
-    (reports, error notes, results) are written under ``processed/`` and ``failed/``,
-    which are never scanned, so ``customers.results.csv`` dropped in is a lead file."""
-    return name.startswith(".") or name.lower().endswith((".tmp", ".part"))
 
 
 @dataclass
