@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from dialer.errors import ConfigError
+from dialer.intake.inbox_names import RESERVED, ignored
 
 _HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$")
 
@@ -504,6 +505,20 @@ class Settings(_Strict):
                 f"default_target {self.default_target!r} is not one of the targets "
                 f"({', '.join(sorted(self.targets)) or 'none'})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _target_names_fit_the_inbox(self) -> Settings:
+        # each target has its folder INBOX/<name>/: one the inbox never scans would take
+        # no file ever, and nothing would say why
+        for name in self.targets:
+            if name in RESERVED:
+                raise ValueError(f"targets.{name}: the inbox keeps its own {name}/ folder, so no "
+                                 "file could be dropped for this target; choose another name")
+            if ignored(name):
+                raise ValueError(f"targets.{name}: the inbox ignores a folder of that name "
+                                 "(dotfiles, *.tmp, *.part), so no file could be dropped for this "
+                                 "target; choose another name")
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """Structured logs: JSON lines under systemd, readable lines on a terminal.
 
-Phone numbers are masked (``+1415***0100``) and known secrets replaced in every
-record, whatever module logged it.
+Phone numbers are masked (``+1415***0100``; an ISO date is not one) and known secrets
+replaced in every record, whatever module logged it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from typing import Any
 
 import orjson
 
-_PHONE = re.compile(r"(?<![\w+\-])\+?\d[\d ().\-]{6,18}\d(?![\w\-])")
+# A run of 8+ digits with separators, not inside a word; an ISO date (the day folder in
+# processed/2026-12-07/, a timestamp's date) does not start one: no number is written so.
+_PHONE = re.compile(
+    r"(?<![\w+\-])"
+    r"(?!(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?![\d\-]))"
+    r"\+?\d[\d ().\-]{6,18}\d(?![\w\-])"
+)
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _secrets: list[str] = []
 

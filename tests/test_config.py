@@ -174,6 +174,23 @@ def test_check_config_fails_with_the_key(tmp_path: Path) -> None:
     assert "bogus: unknown key" in r.stderr
 
 
+@pytest.mark.parametrize(("name", "why"), [
+    ("processed", "the inbox keeps its own processed/ folder"),
+    ("failed", "the inbox keeps its own failed/ folder"),
+    (".hidden", "the inbox ignores a folder of that name"),
+    ("leads.TMP", "the inbox ignores a folder of that name"),
+    ("x.part", "the inbox ignores a folder of that name"),
+])
+def test_a_target_whose_inbox_folder_is_never_scanned_stops_start_up(
+        tmp_path: Path, name: str, why: str) -> None:
+    text = GOOD + f'\n[targets."{name}"]\nqueue_id = "7"\n'
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, text), environ={})
+    assert f"targets.{name}: {why}" in e.value.message
+    r = check_config({"DIALER_CONFIG": str(write(tmp_path, text))}, tmp_path)
+    assert r.returncode == 2 and f"targets.{name}: {why}" in r.stderr
+
+
 @pytest.mark.parametrize("key", ["DIALER_RYNG_BASE_URL", "DIALER_PUBLIC_URL"])
 @pytest.mark.parametrize("value", ["acme.ryng.in", "ftp://acme.ryng.in", "https://", "http://host:0"])
 def test_a_url_that_is_no_http_url_stops_start_up_naming_the_key(tmp_path: Path, key: str, value: str) -> None:

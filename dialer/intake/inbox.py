@@ -21,15 +21,9 @@ from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.intake.files import FileIngestor, FileOutcome
+from dialer.intake.inbox_names import RESERVED, ignored
 
 log = logging.getLogger(__name__)
-
-RESERVED = frozenset({"processed", "failed"})
-
-
-def ignored(name: str) -> bool:
-    return name.startswith(".") or name.endswith((".tmp", ".part", ".report.json",
-                                                   ".error.txt", ".results.csv"))
 
 
 @dataclass

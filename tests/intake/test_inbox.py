@@ -69,6 +69,25 @@ async def test_example_file_is_processed_with_a_full_report(inbox: Inbox, clock:
         assert await conn.fetchval("SELECT count(*) FROM calls") == c["rows"]  # one row per input row
 
 
+async def test_a_quote_never_closed_accounts_for_every_line_it_swallowed(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool) -> None:
+    lines = ["number,note", *(f"+1415555{i:04d},ok" for i in range(2, 8)),
+             '+14155559404,"unterminated', "+14155559405,next", "+14155559406,more",
+             "+14155559407,last"]
+    drop(inbox, "quote.csv", "\n".join(lines) + "\n")
+    assert await settle_and_scan(inbox, clock) == 1
+    rep = report(inbox, "quote.csv")
+    assert rep["counts"] == {"rows": len(lines) - 1, "accepted": 6, "invalid": 4, "duplicate": 0,
+                             "dnc": 0}
+    assert [(r["line"], r["outcome"]) for r in rep["rejected"]] == [(n, "invalid") for n in range(8, 12)]
+    assert rep["rejected"][0]["reason"] == ("malformed CSV: a quoted field opened here is never "
+                                            "closed; lines 8-11 are inside it")
+    assert all("opened on line 8, which is never closed" in r["reason"] for r in rep["rejected"][1:])
+    async with pool.acquire() as conn:
+        dialable = await conn.fetch("SELECT line FROM calls WHERE state = 'pending' ORDER BY line")
+    assert [r["line"] for r in dialable] == list(range(2, 8))
+
+
 async def test_a_file_is_taken_only_once_it_has_settled(inbox: Inbox, clock: FakeClock) -> None:
     p = drop(inbox, "a.csv", "number\n+14155550100\n")
     assert await inbox.scan_once() == 0
@@ -92,11 +111,22 @@ async def test_a_renamed_in_file_is_taken_at_once(inbox: Inbox) -> None:
     assert await inbox.scan_once() == 1
 
 
-@pytest.mark.parametrize("name", [".hidden.csv", "x.tmp", "y.part"])
-async def test_ignored_names(inbox: Inbox, clock: FakeClock, name: str) -> None:
-    drop(inbox, name, "number\n+14155550100\n")
+@pytest.mark.parametrize("name", [".hidden.csv", "x.tmp", "y.part", "BIG.TMP", "z.csv.Part"])
+@pytest.mark.parametrize("target", [None, "sales"])
+async def test_ignored_names(inbox: Inbox, clock: FakeClock, name: str, target: str | None) -> None:
+    p = drop(inbox, name, "number\n+14155550100\n", target=target)
     assert await settle_and_scan(inbox, clock) == 0
-    assert (inbox.root / name).exists()
+    assert p.exists()
+
+
+@pytest.mark.parametrize("name", ["customers.results.csv", "calls.error.txt", "leads.report.json"])
+async def test_a_name_like_our_outputs_is_a_lead_file_like_any_other(
+        inbox: Inbox, clock: FakeClock, name: str) -> None:
+    # our outputs are written under processed/ and failed/, which are never scanned
+    data = '[{"number": "+14155550100"}]' if name.endswith(".json") else "number\n+14155550100\n"
+    drop(inbox, name, data, target="sales")
+    assert await settle_and_scan(inbox, clock) == 1
+    assert report(inbox, name)["counts"]["accepted"] == 1
 
 
 async def test_subfolder_picks_the_target(make_settings: Any, pool: asyncpg.Pool, clock: FakeClock) -> None:

@@ -532,12 +532,80 @@ def test_200mb_line_is_skipped_with_flat_memory(tmp_path: Path) -> None:
 
 
 def test_overlong_quoted_field_spanning_lines() -> None:
-    # an unterminated quote swallows the following lines until the field limit
+    # an unterminated quote swallows the following lines until the field limit: each of
+    # them is reported, then reading starts again on the next line
     data = b'a,b\n1,"open\n' + b"more text line\n" * 10 + b'2,3"\n4,5\n'
     got = rows(data, max_line_bytes=60)
-    assert got[0] == (2, None, "malformed CSV: field larger than field limit (62)")
+    assert got[:2] == [
+        (2, None, "malformed CSV: field larger than field limit (62) on line 6; "
+                  "lines 2-6 are inside this row"),
+        (3, None, "malformed CSV: inside the row of line 2 (field larger than field limit (62) "
+                  "on line 6)"),
+    ]
+    assert [line for line, _, _ in got[:5]] == [2, 3, 4, 5, 6]
     assert got[-1] == (14, {"a": "4", "b": "5"}, None)
-    assert [line for line, _, _ in got] == sorted({line for line, _, _ in got})
+    assert [line for line, _, _ in got] == list(range(2, 15))
+
+
+def test_a_quote_never_closed_rejects_every_line_it_swallows() -> None:
+    lines = [b"number,note", *(b"+1415555%04d,ok" % i for i in range(2, 8)),
+             b'+14155559404,"unterminated', b"+14155559405,next", b"", b'+14155559406,a; b',
+             b"+14155559407,last"]
+    got = rows(b"\n".join(lines) + b"\n")
+    assert [line for line, _, _ in got] == list(range(2, len(lines) + 1))  # every line, once
+    assert all(values is not None for _, values, _ in got[:6])
+    assert got[6] == (8, None, "malformed CSV: a quoted field opened here is never closed; "
+                               "lines 8-12 are inside it")
+    assert got[7:] == [(n, None, "malformed CSV: inside the quoted field opened on line 8, "
+                                 "which is never closed") for n in range(9, 13)]
+    # the last line, without its line end: nothing swallowed, still not a row
+    assert rows(b'number,note\n1,ok\n2,"open') == [
+        (2, {"number": "1", "note": "ok"}, None),
+        (3, None, "malformed CSV: a quoted field opened here is never closed"),
+    ]
+
+
+def test_a_stray_quote_closed_by_a_later_one_does_not_swallow_rows() -> None:
+    data = b'number,note\n1,"stray\n2,plain\n3,"quoted"\n4,after\n'
+    assert rows(data) == [
+        (2, None, "malformed CSV: ',' expected after '\"' on line 4; lines 2-4 are inside this row"),
+        (3, None, "malformed CSV: inside the row of line 2 (',' expected after '\"' on line 4)"),
+        (4, None, "malformed CSV: inside the row of line 2 (',' expected after '\"' on line 4)"),
+        (5, {"number": "4", "note": "after"}, None),
+    ]
+    # closed where a field may end, it makes a row of the wrong width: every line reported
+    assert rows(b'number,note\n1,"stray\n2,end",x\n3,ok\n') == [
+        (2, None, "3 values but the header has 2 columns; lines 2-3 are inside this row"),
+        (3, None, "inside the row of line 2 (3 values but the header has 2 columns)"),
+        (4, {"number": "3", "note": "ok"}, None),
+    ]
+
+
+def test_a_one_line_row_with_text_after_its_closing_quote_is_read_leniently() -> None:
+    data = b'number,note\n1,"Smith" Jr\n2,"a" b,"c\n3,d\n'
+    assert rows(data) == [
+        (2, {"number": "1", "note": "Smith Jr"}, None),  # as spreadsheets read it
+        (3, None, "malformed CSV: ',' expected after '\"'"),  # its last quote stays open
+        (4, {"number": "3", "note": "d"}, None),
+    ]
+
+
+def test_a_quote_never_closed_over_many_read_blocks_resumes_exactly() -> None:
+    # the swallowed lines run over several of the reader's 64 KiB blocks
+    head = [b"number,note", *(b'+1415%07d,"quoted, %d"' % (i, i) for i in range(3000))]
+    tail = [b"+1416%07d,plain %d" % (i, i) for i in range(8000)]
+    data = b"\n".join([*head, b'+14169999999,"open', *tail]) + b"\n"
+    assert len(data) > 4 * 65536
+    full = read(data)[1]
+    assert [r.line for r in full] == list(range(2, 2 + len(full)))
+    assert len(full) == len(head) + len(tail)  # the header is not a row; the open one is
+    opened = len(head) + 1
+    assert full[opened - 2].error == (f"malformed CSV: a quoted field opened here is never closed; "
+                                      f"lines {opened}-{opened + len(tail)} are inside it")
+    assert all(r.values is None and f"opened on line {opened}," in (r.error or "")
+               for r in full[opened - 1:])
+    for k in (opened - 3, opened - 2, opened - 1, opened + 4000, len(full) - 1, len(full)):
+        assert read(data, skip_rows=k)[1] == full[k:], k
 
 
 # ----------------------------------------------------------------------------- skip_rows

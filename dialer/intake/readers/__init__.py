@@ -12,8 +12,9 @@ Row numbering (``RawRow.line``):
 
 * csv / ndjson: the 1-based physical line in the file (the CSV header is line 1
   when it is the first line).  A quoted CSV record spanning several lines is
-  numbered by the line where it *starts*.  ``\\r\\n``, ``\\n`` and (CSV only, in
-  files that use it) a lone ``\\r`` end a line.
+  numbered by the line where it *starts*; one that is rejected (a quote never
+  closed, say) is reported on each of its lines, so every line is accounted for.
+  ``\\r\\n``, ``\\n`` and (CSV only, in files that use it) a lone ``\\r`` end a line.
 * xlsx: the 1-based row number of the first worksheet.
 * json: the 1-based position of the item in the leads array.
 

@@ -1,5 +1,11 @@
 """CSV: the delimiter sniffed from the header line, a ``str.split`` fast path while the
-file has no quotes, ``csv.reader`` from the first quote on."""
+file has no quotes, ``csv.reader`` from the first quote on.
+
+Nothing is dropped silently: a row that runs over several lines and is rejected (a
+quoted field never closed, or closed and followed by text, or past the field limit, or
+the wrong number of cells) is reported on each of its lines, so a quote left open cannot
+swallow the rows after it unseen.  A one-line row that a quote makes malformed is read
+leniently, as spreadsheets do (``1,"Smith" Jr`` → ``Smith Jr``)."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from dialer.intake.readers.text import text_pieces
 _QUOTED = re.compile(r'"[^"]*"')
 _SENTINEL = "\x00"  # stands for an unreadable physical line inside the csv.reader feed
 _OVERLONG, _NUL = "L", "N"
+_EOF_IN_QUOTES = "unexpected end of data"  # csv's strict-mode error: a quote open at the end
 
 
 class CsvReader(RowReader):
@@ -30,6 +37,8 @@ class CsvReader(RowReader):
         # A quoted field may span lines: the field limit bounds what an unbalanced quote
         # can swallow.  It is process-wide; every reader sets it to its own line limit.
         csv.field_size_limit(max_line_bytes + 2)
+        self._lines: list[str] = []  # csv.reader path: the lines of the piece being read
+        self._fed = 0  # and how many lines the pieces before it had
         pieces = text_pieces(raw, encoding, max_line_bytes)
         self._line = 0  # physical lines consumed
         seen_any = False
@@ -158,21 +167,30 @@ class CsvReader(RowReader):
             yield from self._csv_rows(chain((piece,), pieces), line, skip)
             return
 
-    def _feed(self, piece: str | None) -> Iterable[str]:
+    def _feed(self, piece: str | None) -> list[str]:
         """Lines for csv.reader; an unreadable line becomes a sentinel line that parses
-        into more cells than the header has, starting with NUL (never in real data)."""
+        into more cells than the header has, starting with NUL (never in real data).
+        The current piece's lines are kept: a malformed one-line row is read again from them."""
         if piece is None:
-            return (_SENTINEL + _OVERLONG + self._delim * self._width,)
-        if "\x00" not in piece:
-            return io.StringIO(piece, newline="")
-        nul = _SENTINEL + _NUL + self._delim * self._width
-        return [nul if "\x00" in text else text for text in io.StringIO(piece, newline="")]
+            lines = [_SENTINEL + _OVERLONG + self._delim * self._width]
+        elif "\x00" not in piece:
+            lines = list(io.StringIO(piece, newline=""))
+        else:
+            nul = _SENTINEL + _NUL + self._delim * self._width
+            lines = [nul if "\x00" in text else text for text in io.StringIO(piece, newline="")]
+        self._fed += len(self._lines)
+        self._lines = lines
+        return lines
 
     def _csv_rows(self, pieces: Iterator[str | None], base: int, skip: int) -> Iterator[RawRow]:
         w = self._width
         build = self._build
         odd = self._odd
-        reader = csv.reader(chain.from_iterable(map(self._feed, pieces)), delimiter=self._delim)
+        # strict: a quoted field still open at the end of the file is an error, not a row
+        # holding every line after the quote; so is a closing quote followed by text
+        reader = csv.reader(
+            chain.from_iterable(map(self._feed, pieces)), delimiter=self._delim, strict=True
+        )
         end = 0  # reader.line_num after the previous record
         while True:
             try:
@@ -182,6 +200,14 @@ class CsvReader(RowReader):
                     raw_row = RawRow(line, build(row)) if len(row) == w and row[0] else odd(line, row)
                     if raw_row is None:
                         continue
+                    if raw_row.error is not None and base + end > line:
+                        for item in _spanned(line, base + end, raw_row.error, "this row",
+                                             f"inside the row of line {line} ({raw_row.error})"):
+                            if skip:
+                                skip -= 1
+                            else:
+                                yield item
+                        continue
                     if skip:
                         skip -= 1
                     else:
@@ -190,7 +216,43 @@ class CsvReader(RowReader):
             except csv.Error as e:
                 line = base + end + 1
                 end = reader.line_num
-                if skip:
-                    skip -= 1
+                last = base + end
+                items: Iterable[RawRow]
+                if str(e) == _EOF_IN_QUOTES:
+                    items = _spanned(line, last, "malformed CSV: a quoted field opened here is never "
+                                     "closed", "it", f"malformed CSV: inside the quoted field opened "
+                                     f"on line {line}, which is never closed")
+                elif last == line and (lax := self._lenient(end)) is not None:
+                    raw_row = RawRow(line, build(lax)) if len(lax) == w and lax[0] else odd(line, lax)
+                    items = () if raw_row is None else (raw_row,)
                 else:
-                    yield RawRow(line, None, f"malformed CSV: {e}")
+                    cause = f"{e} on line {last}" if last > line else str(e)
+                    items = _spanned(line, last, f"malformed CSV: {cause}", "this row",
+                                     f"malformed CSV: inside the row of line {line} ({cause})")
+                for item in items:
+                    if skip:
+                        skip -= 1
+                    else:
+                        yield item
+
+    def _lenient(self, n: int) -> list[str] | None:
+        """The cells of line ``n`` (csv.reader's count) read leniently, as before strict
+        mode: a closing quote followed by text keeps the text.  None if a quote is still
+        open at the end of the line (the row would take in the next lines)."""
+        lax = csv.reader((self._lines[n - self._fed - 1], ""), delimiter=self._delim)
+        try:
+            row = next(lax, [])
+        except csv.Error:
+            return None
+        return row if lax.line_num == 1 else None
+
+
+def _spanned(first: int, last: int, reason: str, whole: str, inside: str) -> Iterator[RawRow]:
+    """A rejected row that runs from line ``first`` to ``last``: each of its lines is in
+    the report (the rows a stray quote swallowed too), and none of them is dialed."""
+    if last == first:
+        yield RawRow(first, None, reason)
+        return
+    yield RawRow(first, None, f"{reason}; lines {first}-{last} are inside {whole}")
+    for n in range(first + 1, last + 1):
+        yield RawRow(n, None, inside)
