@@ -11,7 +11,7 @@ Two kinds of numbers:
   counters only move on an *applied* terminal transition, so a duplicate or late
   callback never counts twice.
 * **Gauges of state** (calls by state, in flight, pacing limit, ready agents, paused,
-  webhook backlog, callback wait) are rebuilt from the database at scrape time by
+  webhook and results file backlogs, callback wait) are rebuilt from the database at scrape time by
   :meth:`Metrics.refresh`, so they are right after a restart and equal across instances
   sharing one database (aggregate them with ``max``, not ``sum``).
 
@@ -215,6 +215,9 @@ class Metrics:
             registry=r)
         self.webhook_backlog = Gauge(
             "dialer_webhook_backlog", "Result webhooks waiting to be delivered", registry=r)
+        self.results_file_backlog = Gauge(
+            "dialer_results_file_backlog", "Results files of done inbox batches not yet written "
+            "(a failed write is retried with backoff)", registry=r)
         self.db_up = Gauge(
             "dialer_db_up", "1 when the last scrape-time database read succeeded", registry=r)
         self.refresh_seconds = Gauge(
@@ -446,6 +449,7 @@ class Metrics:
                 with contextlib.suppress(KeyError):  # never reported, or no longer
                     self.queue_depth.remove(name)
         self.webhook_backlog.set(r.webhook_backlog)
+        self.results_file_backlog.set(r.results_file_backlog)
         await self.budgets.refresh(ctx, ctx.dispatcher or self.dispatcher)
 
     async def exposition(self, ctx: AppContext | None = None) -> bytes:

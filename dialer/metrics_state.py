@@ -29,6 +29,7 @@ class Readings:
     callback_wait_s: dict[str, float] = field(default_factory=dict)
     paces: dict[str, Pace] = field(default_factory=dict)
     webhook_backlog: int = 0
+    results_file_backlog: int = 0
     callbacks: dict[tuple[str, str], int] = field(default_factory=dict)  # (target, status) → open callbacks
     queue_depth: dict[str, int | None] = field(default_factory=dict)  # callers waiting at the provider
 
@@ -49,6 +50,7 @@ async def read(ctx: AppContext, dispatcher: Any, now: datetime) -> Readings:
             depth = getattr(agents, "depth", None)  # the providers' selector; not static agents
             out.queue_depth[name] = await depth(conn, name) if depth is not None else None
         out.webhook_backlog = int(await conn.fetchval(Q.webhook_backlog) or 0)
+        out.results_file_backlog = int(await conn.fetchval(Q.results_file_backlog) or 0)
         for x in await conn.fetch(Q.metrics_callbacks, now):
             for status in ("upcoming", "due", "overdue"):
                 out.callbacks[(x["target"], status)] = x[status]

@@ -4,17 +4,22 @@ When every call of a batch has ended, the batch is ``done`` and, for a batch tha
 from the inbox, ``<name>.results.csv`` is written beside its report: one row per lead
 (its latest attempt). Text from outside (the number as typed, the external id, the
 provider's disposition and agent) goes through ``cells.csv_text``: never a live formula.
+The commit that makes the batch done also records the file as owed
+(``results_due_at``); only a write renamed into place clears it. A write that fails (a
+directory in the way, a full disk), or a crash or database blip between that commit and
+the write, leaves it owed: the sweep retries it with backoff, on any instance, after a
+restart too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
-import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -33,33 +38,83 @@ COLUMNS = ("number", "external_id", "state", "outcome", "attempts", "agent", "en
 
 
 async def write_results_csv(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
-    """Stream the batch's per-lead results to ``dest`` (atomically); returns rows written."""
-    tmp = dest.with_name(dest.name + ".tmp")
+    """Stream the batch's per-lead results to ``dest`` (atomically); returns rows written.
+
+    On any failure the ``.tmp`` beside ``dest`` is removed: nothing half-done is left there.
+    """
+    tmp = anyio.Path(dest.with_name(dest.name + ".tmp"))
     n = 0
-    f = await anyio.open_file(tmp, "w", encoding="utf-8", newline="")
     try:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\r\n")
-        w.writerow(COLUMNS)
-        async with conn.transaction():
-            async for r in conn.cursor(Q.batch_results, batch_id, prefetch=2000):
-                # outside text through csv_text; the rest is ours (a state, a count, a time, E.164)
-                w.writerow([
-                    csv_text(r["e164"] or r["raw_number"] or ""), csv_text(r["external_id"] or ""),
-                    r["state"], csv_text(r["outcome"] or ""), r["attempts"], csv_text(r["agent"] or ""),
-                    r["ended_at"].isoformat() if r["ended_at"] else "",
-                    *number_report.result_cells(r),
-                ])
-                n += 1
-                if n % 2000 == 0:
-                    await f.write(buf.getvalue())
-                    buf.seek(0)
-                    buf.truncate()
-        await f.write(buf.getvalue())
-    finally:
-        await f.aclose()
-    await anyio.Path(tmp).replace(dest)
+        async with await anyio.open_file(tmp, "w", encoding="utf-8", newline="") as f:
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\r\n")
+            w.writerow(COLUMNS)
+            async with conn.transaction():
+                async for r in conn.cursor(Q.batch_results, batch_id, prefetch=2000):
+                    # outside text through csv_text; the rest is ours (a state, a count, a time, E.164)
+                    w.writerow([
+                        csv_text(r["e164"] or r["raw_number"] or ""), csv_text(r["external_id"] or ""),
+                        r["state"], csv_text(r["outcome"] or ""), r["attempts"], csv_text(r["agent"] or ""),
+                        r["ended_at"].isoformat() if r["ended_at"] else "",
+                        *number_report.result_cells(r),
+                    ])
+                    n += 1
+                    if n % 2000 == 0:
+                        await f.write(buf.getvalue())
+                        buf.seek(0)
+                        buf.truncate()
+            await f.write(buf.getvalue())
+        await tmp.replace(dest)
+    except BaseException:
+        # the error that matters is the one raised (a cancel too: shielded)
+        with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
+            await tmp.unlink(missing_ok=True)
+        raise
     return n
+
+
+# A results file that could not be written is tried again after this (doubling per
+# failure, up to RESULTS_RETRY_MAX): its batch stays done, the file stays owed.
+RESULTS_RETRY_FIRST = timedelta(seconds=30)
+RESULTS_RETRY_MAX = timedelta(hours=1)
+
+
+def results_backoff(attempts: int) -> timedelta:
+    """How long after its ``attempts``-th failed write a results file is tried again."""
+    doublings = min(max(0, attempts - 1), 20)
+    return min(RESULTS_RETRY_MAX, RESULTS_RETRY_FIRST * (1 << doublings))
+
+
+async def write_owed_results(conn: asyncpg.Connection, batch_id: uuid.UUID, now: datetime) -> Path | None:
+    """Write a batch's owed results file if it is due; returns its path once written.
+
+    One writer per batch across instances (an advisory lock held with the transaction);
+    the file is marked written only after its rename, in the same transaction. A write
+    that fails is logged and left owed, due again after ``results_backoff``.
+    """
+    async with conn.transaction():
+        if not await conn.fetchval(Q.results_file_lock, batch_id):
+            return None  # another instance is writing it now
+        owed = await conn.fetchrow(Q.results_file_owed, batch_id, now)
+        if owed is None:
+            return None  # written meanwhile, or waiting out its backoff
+        filed = Path(owed["filed_path"])
+        dest = filed.with_name(filed.name + ".results.csv")
+        try:
+            await write_results_csv(conn, batch_id, dest)
+        except OSError as e:
+            attempts = owed["results_attempts"] + 1
+            wait = results_backoff(attempts)
+            await conn.execute(Q.results_file_retry, batch_id, attempts, now + wait)
+            log.warning("could not write results file; it will be retried",
+                        extra={"batch_id": str(batch_id), "path": str(dest), "error": str(e),
+                               "attempt": attempts, "retry_in_s": wait.total_seconds()})
+            return None
+        await conn.execute(Q.results_file_written, batch_id, str(dest))
+    if owed["results_attempts"]:
+        log.info("results file written after earlier failures", extra={
+            "batch_id": str(batch_id), "path": str(dest), "attempt": owed["results_attempts"] + 1})
+    return dest
 
 
 # How long a finalised inbox batch waits for its file to be filed before it may end without
@@ -73,6 +128,7 @@ class Completion:
     Every ending reaches ``observe.ended`` after its commit and touches its batch; a
     sweep of every open batch (at start-up, after an ingest, and every ``sweep_s``)
     catches what ended elsewhere (another instance, an intake that rejected every row).
+    The same sweep writes the results files still owed and due (see the module's doc).
     """
 
     def __init__(self, pool: asyncpg.Pool, clock: Clock, sweep_s: float = 30.0) -> None:
@@ -98,9 +154,11 @@ class Completion:
     async def check(self) -> list[uuid.UUID]:
         """Check touched batches (and, when a sweep is due, every open batch)."""
         async with self.pool.acquire() as conn:
-            if time.monotonic() >= self._next_sweep:
-                self._next_sweep = time.monotonic() + self.sweep_s
+            owed: list[uuid.UUID] = []
+            if self.clock.monotonic() >= self._next_sweep:
+                self._next_sweep = self.clock.monotonic() + self.sweep_s
                 self.touched.update(r["id"] for r in await conn.fetch(Q.batches_open))
+                owed = [r["id"] for r in await conn.fetch(Q.batches_results_due, self.clock.now())]
             ids, self.touched = list(self.touched), set()
             done = []
             try:
@@ -110,6 +168,8 @@ class Completion:
             except BaseException:
                 self.touched.update(ids)  # not lost: looked at again next time
                 raise
+            for bid in owed:  # a failed write, or a crash before it (an earlier run's too)
+                await write_owed_results(conn, bid, self.clock.now())
         return done
 
     async def finish(self, conn: asyncpg.Connection, batch_id: uuid.UUID) -> bool:
@@ -135,14 +195,6 @@ class Completion:
         if row is None:
             return False
         log.info("batch done", extra={"batch_id": str(batch_id)})
-        if row["source"] == "inbox":
-            f = await conn.fetchrow(Q.inbox_file_for_batch, batch_id)  # filed meanwhile, maybe
-            if f is not None and f["filed_path"]:
-                filed = Path(f["filed_path"])
-                dest = filed.with_name(filed.name + ".results.csv")
-                try:
-                    await write_results_csv(conn, batch_id, dest)
-                    await conn.execute(Q.batch_set_results_path, batch_id, str(dest))
-                except OSError as e:
-                    log.error("could not write results file", extra={"error": str(e), "path": str(dest)})
+        if row["results_owed"]:  # filed (meanwhile, maybe): owed from that commit, written now
+            await write_owed_results(conn, batch_id, self.clock.now())
         return True

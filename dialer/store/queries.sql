@@ -3,7 +3,8 @@
 -- Advisory locks use the two-key form (kind, hashtext(key)), one kind per use, so keys of
 -- different kinds never collide (a number's key could otherwise wait on a file's lock,
 -- held for a whole ingest): 1 dedupe (target), 2 idempotency key, 3 inbox file (sha256),
--- 4 dispatch (target), 5 singleton job, 6 number, 7 lead. (Migrations: one bigint key.)
+-- 4 dispatch (target), 5 singleton job, 6 number, 7 lead, 8 results file (batch).
+-- (Migrations: one bigint key.)
 
 -- name: batch_insert
 INSERT INTO batches (target, source, source_name, sha256, result_webhook_url, created_at)
@@ -688,10 +689,15 @@ SELECT EXISTS (
 )
 
 -- name: batch_done
--- done whatever ended its calls, a cancel included (SPEC §6)
-UPDATE batches SET state = 'done', ended_at = $2
+-- done whatever ended its calls, a cancel included (SPEC §6); an inbox batch whose file is
+-- filed owes its results file from this commit on (due now), until results_file_written
+UPDATE batches SET state = 'done', ended_at = $2,
+       results_due_at = CASE WHEN source = 'inbox' AND EXISTS (
+           SELECT 1 FROM inbox_files f
+           WHERE f.batch_id = batches.id AND f.state = 'filed' AND f.filed_path IS NOT NULL)
+           THEN $2::timestamptz END
 WHERE id = $1 AND state IN ('ingested', 'cancelled') AND ended_at IS NULL
-RETURNING source, source_name
+RETURNING source, source_name, results_due_at IS NOT NULL AS results_owed
 
 -- name: batch_results
 -- One row per lead: its latest attempt, and how many of its attempts were dialed (sent to
@@ -718,8 +724,30 @@ ORDER BY coalesce(c.lead_id, c.id), c.attempt DESC
 -- name: inbox_file_for_batch
 SELECT name, state, filed_path FROM inbox_files WHERE batch_id = $1
 
--- name: batch_set_results_path
-UPDATE batches SET results_path = $2 WHERE id = $1
+-- name: batches_results_due
+-- results files owed and due now (a failed write waits out its backoff)
+SELECT id FROM batches WHERE results_due_at <= $1 ORDER BY results_due_at LIMIT 100
+
+-- name: results_file_lock
+-- one writer of a batch's results file across instances, to the end of its transaction
+-- (a crashed writer's lock goes with its connection)
+SELECT pg_try_advisory_xact_lock(8, hashtext($1::uuid::text))
+
+-- name: results_file_owed
+-- read under results_file_lock: a writer that just finished has committed, so not owed
+SELECT b.results_attempts, f.filed_path FROM batches b
+JOIN inbox_files f ON f.batch_id = b.id AND f.state = 'filed' AND f.filed_path IS NOT NULL
+WHERE b.id = $1 AND b.results_due_at <= $2
+LIMIT 1
+
+-- name: results_file_written
+UPDATE batches SET results_path = $2, results_due_at = NULL WHERE id = $1
+
+-- name: results_file_retry
+UPDATE batches SET results_attempts = $2, results_due_at = $3 WHERE id = $1 AND results_due_at IS NOT NULL
+
+-- name: results_file_backlog
+SELECT count(*)::int FROM batches WHERE results_due_at IS NOT NULL
 
 -- name: dnc_cancel_numbers
 -- Not the calls of a batch still receiving rows: its finalise applies the list to them (and
