@@ -102,11 +102,16 @@ async def write_owed_results(conn: asyncpg.Connection, batch_id: uuid.UUID, now:
         dest = filed.with_name(filed.name + ".results.csv")
         try:
             await write_results_csv(conn, batch_id, dest)
-        except OSError as e:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError):
+            raise  # the database's: this transaction is gone, the sweep's supervisor waits
+        except Exception as e:
+            # a file error, or a fault of this batch's rows: left owed with its backoff, so
+            # it never holds up the files owed after it
             attempts = owed["results_attempts"] + 1
             wait = results_backoff(attempts)
             await conn.execute(Q.results_file_retry, batch_id, attempts, now + wait)
             log.warning("could not write results file; it will be retried",
+                        exc_info=not isinstance(e, OSError),
                         extra={"batch_id": str(batch_id), "path": str(dest), "error": str(e),
                                "attempt": attempts, "retry_in_s": wait.total_seconds()})
             return None

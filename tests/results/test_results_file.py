@@ -151,3 +151,26 @@ async def test_a_batch_posted_over_http_owes_no_results_file(
     assert await Completion(pool, clock).check() == [uuid.UUID(r.json()["batch_id"])]
     assert (await api.get(f"/v1/batches/{r.json()['batch_id']}", headers=AUTH)).json()["state"] == "done"
     assert await owed(pool) == []
+
+
+async def test_a_write_that_fails_for_a_fault_of_its_own_does_not_hold_up_the_others(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only file errors: any fault writing one batch's file (a row it cannot format)
+    leaves that one owed with its backoff; the files owed after it are still written."""
+    first = await ingest_rejected_file(inbox, clock)
+    bad = await die_before_the_write(pool, clock, monkeypatch)
+    drop(inbox, "other.csv", "number\nnot-a-number\n")
+    await settle_and_scan(inbox, clock)
+    other = first.with_name("other.csv.results.csv")
+    real = files.write_results_csv
+
+    async def poison(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
+        if batch_id == bad:
+            raise ValueError("a row this writer cannot format")
+        return await real(conn, batch_id, dest)
+
+    monkeypatch.setattr(files, "write_results_csv", poison)
+    await Completion(pool, clock).check()
+    assert other.exists() and not first.exists(), sorted(p.name for p in first.parent.parent.rglob("*"))
+    [row] = await owed(pool)
+    assert (row["id"], row["results_attempts"]) == (bad, 1)
