@@ -134,7 +134,16 @@ def test_kill_9_during_a_callback_flood_loses_nothing(daemon_env: dict[str, str]
                         await conn.close()
                 return asyncio.run(q()) == 400
 
-            await asyncio.to_thread(wait_for, all_ended, 120, "all 400 calls ended")
+            try:
+                await asyncio.to_thread(wait_for, all_ended, 120, "all 400 calls ended")
+            except AssertionError as e:  # say where the others are, and what Ryng did with their callbacks
+                conn = await asyncpg.connect(db_url)
+                try:
+                    states = dict(await conn.fetch("SELECT state, count(*) FROM calls GROUP BY state"))
+                finally:
+                    await conn.close()
+                raise AssertionError(f"{e}: calls by state {states}; sandbox callbacks "
+                                     f"{sandbox.stats()['callbacks']}") from None
 
             def acknowledged() -> bool:  # a callback the killed daemon committed is acked on Ryng's retry
                 t = sandbox.stats()["callbacks"]["terminal"]
