@@ -22,11 +22,12 @@ from dialer.errors import DialerError
 from dialer.http.bodies import content_type
 from dialer.http.context import AppContext
 from dialer.http.limits import read_body
-from dialer.ui.forms import read_form
+from dialer.ui.forms import FormError, read_form
 from dialer.ui.render import environment
 from dialer.ui.session import COOKIE, Session, Sessions
 
 SMALL_FORM = 64 * 1024
+MAX_FIELDS = 50  # a console form has a handful
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -122,7 +123,10 @@ class Console:
     async def small_form(self, request: Request, limit: int = SMALL_FORM) -> dict[str, str]:
         ctype = content_type(request)
         if ctype == "multipart/form-data":
-            form = await read_form(request, self.incoming, limit, file_fields=())
+            try:
+                form = await read_form(request, self.incoming, limit, file_fields=())
+            except FormError as e:  # a body that is not the form it says (400), or too big (413)
+                raise UiError(e.status, f"{e.message}. Reload the page and try again.") from None
             return form.fields
         if ctype not in ("application/x-www-form-urlencoded", ""):
             raise UiError(415, "expected a form")
@@ -130,7 +134,12 @@ class Console:
             body = await read_body(request, limit)
         except DialerError as e:
             raise UiError(e.http_status, e.message) from None
-        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=50)
+        try:
+            parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True,
+                              max_num_fields=MAX_FIELDS)
+        except ValueError:  # more fields than any console form has
+            raise UiError(400, f"the form could not be read: it has more than {MAX_FIELDS} fields. "
+                               "Reload the page and try again.") from None
         return {k: v[0] for k, v in parsed.items()}
 
     def page(self, request: Request, template: str, status: int = 200, **data: Any) -> HTMLResponse:

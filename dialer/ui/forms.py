@@ -75,8 +75,10 @@ async def read_form(
     ``form.file_path``.
     """
     ctype, params = parse_options_header(request.headers.get("content-type"))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+    if ctype != b"multipart/form-data":
         raise FormError(415, "expected a multipart/form-data form")
+    if not params.get(b"boundary"):
+        raise FormError(400, "the form could not be read: its multipart/form-data type names no boundary")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + MAX_FIELD_BYTES:
         raise FormError(413, f"the file is over the {_limit_text(limit)} limit")
