@@ -70,6 +70,13 @@ def int_param(value: str | None, default: int = 0, lo: int = 0, hi: int = 2**62)
     return max(lo, min(hi, n))
 
 
+def text_param(value: str | None, max_len: int) -> str:
+    """A free-text query parameter (a search) trimmed to ``max_len`` characters; a NUL,
+    which PostgreSQL can neither store nor compare, is dropped (as ``int_param`` ignores
+    what is not a number)."""
+    return (value or "").replace("\x00", "").strip()[:max_len]
+
+
 def see_other(location: str) -> Response:
     """The redirect after a form that worked (or a login)."""
     return RedirectResponse(location, status_code=303, headers=SECURITY_HEADERS)
@@ -157,6 +164,12 @@ class Console:
         return await self.on_error(request, UiError(
             503, "The database is unreachable right now; try again in a few seconds.",
             title="Database unavailable"))
+
+    async def unstorable(self, request: Request) -> Response:
+        """The page for text PostgreSQL refused (a NUL that reached a query)."""
+        return await self.on_error(request, UiError(
+            400, "What you sent contains a character that cannot be stored (such as NUL). "
+                 "Remove it and try again.", title="Not accepted"))
 
     async def on_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, UiError)
