@@ -83,7 +83,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
     @app.exception_handler(asyncpg.UntranslatableCharacterError)
-    async def _text(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _text(request: Request, exc: Exception) -> Any:
+        ui = getattr(request.app.state, "ui", None)
+        path = request.url.path
+        if ui is not None and (path == "/ui" or path.startswith("/ui/")):
+            return await ui.unstorable(request)  # the console's page, not the API's JSON
         return error_response(422, "invalid", "text contains a character PostgreSQL cannot store "
                               "(such as NUL)", None)
 

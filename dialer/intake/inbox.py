@@ -34,8 +34,36 @@ class _Seen:
     moved_in: bool = False
 
 
+# room kept in a name for what is written beside it (``<name>.report.json.tmp``, the longest:
+# also ``.results.csv.tmp``) and for unique_path's ``-99999``
+_BESIDE_BYTES = len(".report.json.tmp") + len("-99999")
+_EXT_BYTES = 16  # a longer "extension" is part of the name, cut like the rest
+
+
+def fit_name(name: str, limit: int) -> str:
+    """``name`` in at most ``limit`` bytes of UTF-8: the stem cut on a character boundary,
+    the extension kept (file systems count a name's bytes, not its characters)."""
+    if len(name.encode()) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext.encode()) + 1 > min(_EXT_BYTES, limit - 1):
+        stem, dot, ext = name, "", ""
+    room = limit - len(dot.encode()) - len(ext.encode())
+    return stem.encode()[:room].decode(errors="ignore") + dot + ext
+
+
+def name_max(directory: Path) -> int:
+    """The longest file name, in bytes, that ``directory``'s file system takes."""
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
 def unique_path(directory: Path, name: str) -> Path:
-    """``name`` in ``directory``, or ``stem-2.ext`` … when taken (never overwrite)."""
+    """``name`` in ``directory``, or ``stem-2.ext`` … when taken (never overwrite); cut so
+    that it, and the files written beside it, fit the file system's longest name."""
+    name = fit_name(name, max(32, name_max(directory) - _BESIDE_BYTES))
     p = directory / name
     if not p.exists() and not (directory / f"{name}.report.json").exists():
         return p

@@ -963,6 +963,19 @@ LIMIT $3
 -- name: ui_dnc_total
 SELECT count(*)::int FROM dnc
 
+-- name: ui_session_revoked
+-- Was this console session logged out, on any instance? Once per authenticated request.
+SELECT EXISTS (SELECT 1 FROM console_sessions_revoked WHERE sid = $1)
+
+-- name: ui_session_revoke
+-- A logout, kept until the session would have expired ($2).
+INSERT INTO console_sessions_revoked (sid, expires_at) VALUES ($1, $2)
+ON CONFLICT (sid) DO NOTHING
+
+-- name: ui_sessions_revoked_prune
+-- Logouts of sessions expired since: their cookies are refused for their expiry alone.
+DELETE FROM console_sessions_revoked WHERE expires_at <= $1
+
 -- name: callback_apply_batch
 -- Many callbacks in one statement and one commit: lock the calls, check each move against
 -- the state table (passed in as allowed "from>to" pairs), update, audit every event, and

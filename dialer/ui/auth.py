@@ -18,7 +18,7 @@ router = APIRouter(include_in_schema=False)
 @router.get("/ui/login")
 async def login_form(request: Request, ui: UI) -> Response:
     nxt = _safe_next(request.query_params.get("next"))
-    if ui.session(request) is not None:
+    if await ui.session(request) is not None:
         return RedirectResponse(nxt, status_code=303)
     flash = Flash("ok", "You have logged out.") if request.query_params.get("bye") else None
     return _login_page(ui, request, nxt, flash)
@@ -55,7 +55,7 @@ async def login(request: Request, ui: UI) -> Response:
 async def logout(request: Request, ui: UI, s: Sess) -> Response:
     fields = await ui.small_form(request)
     ui.check_csrf(s, fields.get("csrf"))
-    ui.sessions.revoke(s, ui.now())
+    await ui.log_out(s)
     resp = see_other("/ui/login?bye=1")
     resp.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
     return resp

@@ -17,7 +17,7 @@ from dialer.http.figures import batch_figures_out
 from dialer.intake import phones
 from dialer.lifecycle import moves, observe
 from dialer.store.queries import Q
-from dialer.ui.console import UI, Console, Flash, Sess, UiError, int_param, see_other
+from dialer.ui.console import UI, Console, Flash, Sess, UiError, int_param, see_other, text_param
 from dialer.ui.figures import hour_chart
 from dialer.ui.render import as_dict, batch_active, outcome_chart, progress, source_label
 
@@ -43,7 +43,7 @@ async def batches(request: Request, ui: UI, s: Sess) -> Response:
 async def batch(request: Request, batch_id: str, ui: UI, s: Sess) -> Response:
     q = request.query_params
     part = q.get("part")
-    search = (q.get("q") or "").strip()[:100]
+    search = text_param(q.get("q"), 100)
     after, before = int_param(q.get("after")), int_param(q.get("before"))
     rafter = int_param(q.get("rafter"))
     async with ui.ctx.pool.acquire() as conn:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from dialer.lifecycle import callbacks_listing, callbacks_scheduled
 from dialer.lifecycle.callbacks_scheduled import Refused
 from dialer.store.queries import Q
-from dialer.ui.console import UI, Console, Flash, Sess, UiError, int_param, see_other
+from dialer.ui.console import UI, Console, Flash, Sess, UiError, int_param, see_other, text_param
 
 router = APIRouter(include_in_schema=False)
 
@@ -73,7 +73,7 @@ async def callbacks_page(request: Request, ui: UI, s: Sess) -> Response:
     q = request.query_params
     st = ui.ctx.settings
     target = q.get("target") or None
-    agent = (q.get("agent") or "").strip()[:200] or None
+    agent = text_param(q.get("agent"), 200) or None
     if target is not None and target not in st.targets:
         target = None
     now = ui.ctx.clock.now()

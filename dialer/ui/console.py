@@ -1,12 +1,15 @@
 """The console's core: sessions, CSRF, page rendering, errors and small forms.
 
-Every page needs a session (``Sess``); every form that changes something carries a CSRF
-token (403 without a good one). Route modules (``auth``, ``batches``, ``upload``,
-``targets``, ``dnc``) take the ``Console`` as a dependency (``UI``) and stay thin.
+Every page needs a session (``Sess``): a genuine cookie whose session was not logged out
+(``ui.logouts``, one query); every form that changes something carries a CSRF token (403
+without a good one). Route modules (``auth``,
+``batches``, ``upload``, ``targets``, ``dnc``) take the ``Console`` as a dependency (``UI``)
+and stay thin.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +22,19 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from dialer import __version__
 from dialer.errors import DialerError
+from dialer.http import errors
 from dialer.http.bodies import content_type
 from dialer.http.context import AppContext
 from dialer.http.limits import read_body
-from dialer.ui.forms import read_form
+from dialer.ui import logouts
+from dialer.ui.forms import FormError, read_form
 from dialer.ui.render import environment
 from dialer.ui.session import COOKIE, Session, Sessions
 
+log = logging.getLogger(__name__)
+
 SMALL_FORM = 64 * 1024
+MAX_FIELDS = 50  # a console form has a handful
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -69,6 +77,13 @@ def int_param(value: str | None, default: int = 0, lo: int = 0, hi: int = 2**62)
     return max(lo, min(hi, n))
 
 
+def text_param(value: str | None, max_len: int) -> str:
+    """A free-text query parameter (a search) trimmed to ``max_len`` characters; a NUL,
+    which PostgreSQL can neither store nor compare, is dropped (as ``int_param`` ignores
+    what is not a number)."""
+    return (value or "").replace("\x00", "").strip()[:max_len]
+
+
 def see_other(location: str) -> Response:
     """The redirect after a form that worked (or a login)."""
     return RedirectResponse(location, status_code=303, headers=SECURITY_HEADERS)
@@ -98,11 +113,41 @@ class Console:
         return [t.get_secret_value() for t in self.ctx.settings.api_tokens]
 
     # -- sessions and CSRF -------------------------------------------------------------
-    def session(self, request: Request) -> Session | None:
+    def signed_session(self, request: Request) -> Session | None:
+        """The session of a genuine cookie, unexpired, its token still configured, not known
+        here to be logged out. The database was not asked: see ``session``."""
         return self.sessions.read(request.cookies.get(COOKIE), self.now(), self.tokens())
 
+    async def session(self, request: Request) -> Session | None:
+        """The request's session: a genuine cookie (``signed_session``) whose session was not
+        logged out on any instance.
+
+        While the database is away a form is refused (the error goes on to ``errors``: the
+        console's 503 page) and a page view goes on: it shows nothing it does not read from
+        that database, and this process still refuses the logouts it has seen."""
+        s = self.signed_session(request)
+        if s is None:
+            return None
+        try:
+            gone = await logouts.revoked(self.ctx.pool, s.sid)
+        except errors.DB_AWAY as e:
+            if request.method not in ("GET", "HEAD"):
+                raise
+            log.warning("console session not checked for a logout: the database is unreachable",
+                        extra={"path": request.url.path, "error": type(e).__name__})
+            return s
+        if gone:
+            self.sessions.remember_revoked(s, self.now())
+            return None
+        return s
+
+    async def log_out(self, s: Session) -> None:
+        """End ``s`` on every instance: written to the database, then remembered here."""
+        await logouts.record(self.ctx.pool, s, self.ctx.clock.now())
+        self.sessions.remember_revoked(s, self.now())
+
     async def need_session(self, request: Request) -> Session:
-        s = self.session(request)
+        s = await self.session(request)
         if s is not None:
             request.state.ui_session = s
             return s
@@ -122,7 +167,10 @@ class Console:
     async def small_form(self, request: Request, limit: int = SMALL_FORM) -> dict[str, str]:
         ctype = content_type(request)
         if ctype == "multipart/form-data":
-            form = await read_form(request, self.incoming, limit, file_fields=())
+            try:
+                form = await read_form(request, self.incoming, limit, file_fields=())
+            except FormError as e:  # a body that is not the form it says (400), or too big (413)
+                raise UiError(e.status, f"{e.message}. Reload the page and try again.") from None
             return form.fields
         if ctype not in ("application/x-www-form-urlencoded", ""):
             raise UiError(415, "expected a form")
@@ -130,7 +178,12 @@ class Console:
             body = await read_body(request, limit)
         except DialerError as e:
             raise UiError(e.http_status, e.message) from None
-        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=50)
+        try:
+            parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True,
+                              max_num_fields=MAX_FIELDS)
+        except ValueError:  # more fields than any console form has
+            raise UiError(400, f"the form could not be read: it has more than {MAX_FIELDS} fields. "
+                               "Reload the page and try again.") from None
         return {k: v[0] for k, v in parsed.items()}
 
     def page(self, request: Request, template: str, status: int = 200, **data: Any) -> HTMLResponse:
@@ -149,6 +202,12 @@ class Console:
             503, "The database is unreachable right now; try again in a few seconds.",
             title="Database unavailable"))
 
+    async def unstorable(self, request: Request) -> Response:
+        """The page for text PostgreSQL refused (a NUL that reached a query)."""
+        return await self.on_error(request, UiError(
+            400, "What you sent contains a character that cannot be stored (such as NUL). "
+                 "Remove it and try again.", title="Not accepted"))
+
     async def on_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, UiError)
         if exc.status in (302, 303) and exc.location:
@@ -157,7 +216,7 @@ class Console:
             return HTMLResponse(f'<p class="flash error" role="alert">{escape(exc.message)}</p>',
                                 status_code=exc.status, headers=SECURITY_HEADERS)
         return self.page(request, "error.html", exc.status, title=exc.title, message=exc.message,
-                         logged_in=self.session(request) is not None)
+                         logged_in=getattr(request.state, "ui_session", None) is not None)
 
 
 def console_of(request: Request) -> Console:

@@ -14,7 +14,7 @@ from dialer.http.bodies import content_type
 from dialer.intake import dnc as dnc_list
 from dialer.intake import phones
 from dialer.store.queries import Q
-from dialer.ui.console import UI, Console, Flash, Sess, see_other
+from dialer.ui.console import UI, Console, Flash, Sess, see_other, text_param
 from dialer.ui.forms import FormError, StreamedForm, read_form
 
 DNC_PER_PAGE = 50
@@ -93,8 +93,8 @@ async def _dnc_page(ui: Console, request: Request, flash: Flash | None = None, s
                     report: dict[str, Any] | None = None) -> Response:
     st = ui.ctx.settings
     q = request.query_params
-    search = (q.get("q") or "").strip()[:40]
-    after = (q.get("after") or "")[:20]
+    search = text_param(q.get("q"), 40)
+    after = text_param(q.get("after"), 20)
     digits = "".join(ch for ch in search if ch.isdigit())
     region = st.targets[st.default_target].default_region
     if search:

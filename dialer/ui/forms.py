@@ -19,7 +19,10 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from dialer.intake.inbox import fit_name
+
 MAX_FIELD_BYTES = 64 * 1024
+MAX_NAME_BYTES = 200  # of a file's name: well inside a file system's 255, with room beside it
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
@@ -46,13 +49,11 @@ class StreamedForm:
 
 
 def safe_filename(raw: str) -> str:
-    """The base name only, without control characters or separators, at most 200 chars."""
+    """The base name only, without control characters or separators, at most
+    ``MAX_NAME_BYTES`` bytes of UTF-8 (its extension kept)."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE.sub("", name).strip().lstrip(".")
-    if len(name) > 200:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[: 190 - len(ext)] + dot + ext) if dot and len(ext) <= 10 else name[:200]
-    return name or "upload"
+    return fit_name(name, MAX_NAME_BYTES).strip() or "upload"
 
 
 def _limit_text(limit: int) -> str:
@@ -75,8 +76,10 @@ async def read_form(
     ``form.file_path``.
     """
     ctype, params = parse_options_header(request.headers.get("content-type"))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+    if ctype != b"multipart/form-data":
         raise FormError(415, "expected a multipart/form-data form")
+    if not params.get(b"boundary"):
+        raise FormError(400, "the form could not be read: its multipart/form-data type names no boundary")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + MAX_FIELD_BYTES:
         raise FormError(413, f"the file is over the {_limit_text(limit)} limit")

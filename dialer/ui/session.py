@@ -2,10 +2,11 @@
 
 The cookie is ``v1.<payload>.<mac>``: the payload (base64url JSON) carries a random
 session id, its expiry and a fingerprint of the API token used to log in; the MAC is
-HMAC-SHA256 under a key derived from the callback secret, so nothing is stored
-server-side. A session stops working when it expires, when its token is removed from
-``DIALER_API_TOKENS``, or when the user logs out (the id is remembered as revoked until
-its expiry, in this process).
+HMAC-SHA256 under a key derived from the callback secret, so a session needs no
+server-side state while it lasts. It stops working when it expires, when its token is
+removed from ``DIALER_API_TOKENS``, or when the user logs out: the id is then kept in
+PostgreSQL until its expiry (``ui.logouts``, read by every instance), and remembered
+here too, so this process refuses the cookie without a query.
 
 CSRF tokens are HMACs of the session id (synchronizer tokens that need no storage); the
 login form, which has no session yet, is bound the same way to a short-lived nonce cookie.
@@ -30,6 +31,7 @@ COOKIE_PATH = "/ui"
 SESSION_TTL_S = 8 * 3600  # one working shift
 LOGIN_TTL_S = 3600
 _MAX_COOKIE = 512
+REVOKED_KEPT = 1000  # logged-out ids this process remembers (the database has them all)
 
 
 def _b64(data: bytes) -> str:
@@ -100,11 +102,14 @@ class Sessions:
             ok |= hmac.compare_digest(self.fingerprint(t).encode(), s.token_fp.encode())
         return s if ok else None
 
-    def revoke(self, s: Session, now: float) -> None:
+    def remember_revoked(self, s: Session, now: float) -> None:
+        """Refuse ``s`` from now on in this process (``ui.logouts`` records it for all)."""
         with self._lock:
             self._revoked[s.sid] = s.expires
-            if len(self._revoked) > 1000:
-                self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+            if len(self._revoked) > REVOKED_KEPT:
+                kept = {k: v for k, v in self._revoked.items() if v > now}
+                # still too many: forget the oldest (the database still refuses them)
+                self._revoked = dict(list(kept.items())[-REVOKED_KEPT:])
 
     def is_revoked(self, sid: str, now: float) -> bool:
         with self._lock:

@@ -75,3 +75,20 @@ async def test_the_console_answers_its_own_503_page(client: httpx.AsyncClient) -
     assert page.status_code == 200
     r = await client.post("/ui/dnc", data={"csrf": csrf_of(page.text), "numbers": "+14155550100"})
     assert r.status_code == 503 and "Database unavailable" in r.text
+
+
+async def test_a_console_form_is_refused_when_its_session_cannot_be_checked_for_a_logout(
+        client: httpx.AsyncClient) -> None:
+    """A logout is kept in the database (ui.logouts): while it is away a form is not taken
+    unchecked, even one that needs no query; a page view goes on (it shows nothing it does
+    not read from the database)."""
+    assert (await log_in(client)).status_code == 303
+    page = await client.get("/ui/upload")
+    assert page.status_code == 200
+    csrf = csrf_of(page.text)
+    # checked, this form would be answered 415 (not a file upload) without a query
+    r = await client.post("/ui/upload", data={"csrf": csrf, "target": "sales"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "5" and "Database unavailable" in r.text
+    r = await client.post("/ui/logout", data={"csrf": csrf})
+    assert r.status_code == 503 and "Database unavailable" in r.text
+    assert (await client.get("/ui/upload")).status_code == 200  # still logged in: nothing was recorded

@@ -307,3 +307,15 @@ async def test_a_file_in_a_folder_that_is_no_target_goes_to_failed_naming_the_ta
     assert sorted(p.name for p in failed) == ["x.csv", "x.csv.error.txt"], failed
     text = (inbox.root / "failed" / "x.csv.error.txt").read_text()
     assert "unknown target 'nosuch'" in text and "sales" in text
+
+
+@pytest.mark.parametrize("name", ["a" * 251 + ".csv", "😀" * 62 + ".csv"], ids=["ascii", "emoji"])
+async def test_a_name_as_long_as_the_file_system_takes_is_filed_with_its_report(
+        inbox: Inbox, clock: FakeClock, name: str) -> None:
+    drop(inbox, name, "number\n+14155550100\n")  # 255 and 252 bytes: "<name>.report.json" would not fit
+    assert await settle_and_scan(inbox, clock) == 1
+    assert not (inbox.root / name).exists()
+    day = inbox.root / "processed" / clock.now().astimezone().date().isoformat()
+    filed = [p for p in day.iterdir() if not p.name.endswith(".report.json")]
+    assert len(filed) == 1 and filed[0].name.endswith(".csv") and name.startswith(filed[0].name[:-4])
+    assert json.loads(filed[0].with_name(filed[0].name + ".report.json").read_text())["counts"]["accepted"] == 1

@@ -49,7 +49,8 @@ def ui_app(pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def bare_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
-    """The app with no database behind it: enough for everything that must be refused."""
+    """The app with no database behind it: enough for everything refused before a session is
+    found (a genuine session cookie is looked up in the database: ``ui.logouts``)."""
     env = {"DIALER_STATE_DIR": str(tmp_path_factory.mktemp("ui") / "var"), "DIALER_API_TOKENS": TOKEN,
            "DIALER_CALLBACK_SECRET": "test-callback-secret", "DIALER_DATABASE_URL": "postgresql://nowhere/x"}
     pool: Any = None
@@ -104,16 +105,6 @@ async def console(make_client: Callable[..., httpx.AsyncClient]) -> AsyncIterato
         page = await c.get("/ui/batches")
         assert page.status_code == 200
         yield Console(c, csrf_of(page.text))
-
-
-@pytest.fixture
-async def bare_console(bare: httpx.AsyncClient) -> Console:
-    """Logged in to the database-less app (CSRF and session checks come before any query)."""
-    r = await log_in(bare)
-    assert r.status_code == 303, r.text
-    page = await bare.get("/ui/upload")
-    assert page.status_code == 200
-    return Console(bare, csrf_of(page.text))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -55,8 +57,8 @@ async def test_root_redirects_to_the_console_and_ui_stays_out_of_openapi(bare: h
     assert "/v1/batches" in spec["paths"]
 
 
-async def test_login_sets_a_signed_httponly_strict_cookie_with_an_expiry(bare: httpx.AsyncClient) -> None:
-    r = await log_in(bare, next_="/ui/upload")
+async def test_login_sets_a_signed_httponly_strict_cookie_with_an_expiry(anon: httpx.AsyncClient) -> None:
+    r = await log_in(anon, next_="/ui/upload")
     assert r.status_code == 303 and r.headers["location"] == "/ui/upload"
     header = next(h for h in r.headers.get_list("set-cookie") if h.startswith(COOKIE + "="))
     attrs = {a.strip().split("=")[0].lower(): a for a in header.split(";")}
@@ -67,7 +69,7 @@ async def test_login_sets_a_signed_httponly_strict_cookie_with_an_expiry(bare: h
     assert "expires" in attrs
     value = header.split(";")[0].split("=", 1)[1]
     assert TOKEN not in value  # only a fingerprint of the token travels
-    page = await bare.get("/ui/upload")
+    page = await anon.get("/ui/upload")
     assert page.status_code == 200 and "sales" in page.text
     for h in ("content-security-policy", "x-frame-options", "cache-control"):
         assert h in page.headers
@@ -124,14 +126,13 @@ async def test_forged_cookies_are_refused(bare: httpx.AsyncClient, bare_app: Fas
         assert r.status_code == 401, value
 
 
-async def test_sessions_expire(bare: httpx.AsyncClient, bare_app: FastAPI) -> None:
-    clock: FakeClock = bare_app.state.ctx.clock
-    await log_in(bare)
-    assert (await bare.get("/ui/upload")).status_code == 200
+async def test_sessions_expire(anon: httpx.AsyncClient, clock: FakeClock) -> None:
+    await log_in(anon)
+    assert (await anon.get("/ui/upload")).status_code == 200
     clock.advance(SESSION_TTL_S - 5)
-    assert (await bare.get("/ui/upload")).status_code == 200
+    assert (await anon.get("/ui/upload")).status_code == 200
     clock.advance(10)
-    assert (await bare.get("/ui/upload")).status_code == 303
+    assert (await anon.get("/ui/upload")).status_code == 303
 
 
 async def test_a_session_ends_when_its_token_is_removed(bare: httpx.AsyncClient, bare_app: FastAPI) -> None:
@@ -146,8 +147,7 @@ async def test_a_session_ends_when_its_token_is_removed(bare: httpx.AsyncClient,
         assert (await log_in(c, token="new-token")).status_code == 303
 
 
-async def test_logout_needs_csrf_and_then_ends_the_session(bare_console: Console) -> None:
-    console = bare_console
+async def test_logout_needs_csrf_and_then_ends_the_session(console: Console) -> None:
     cookie = console.c.cookies[COOKIE]
     r = await console.c.post("/ui/logout", data={"csrf": "nope"})
     assert r.status_code == 403
@@ -160,8 +160,7 @@ async def test_logout_needs_csrf_and_then_ends_the_session(bare_console: Console
     assert (await console.c.get("/ui/upload")).status_code == 303
 
 
-async def test_csrf_failures_are_403(bare_console: Console) -> None:
-    console = bare_console
+async def test_csrf_failures_are_403(console: Console) -> None:
     bad = console.csrf[:-2] + ("xx" if not console.csrf.endswith("xx") else "yy")
     for path in POSTS:
         for data in ({}, {"csrf": ""}, {"csrf": "forged-token"}, {"csrf": bad}):
@@ -184,9 +183,9 @@ async def test_multipart_forms_check_csrf_before_storing_the_file(console: Conso
     assert not incoming.exists() or not list(incoming.iterdir())
 
 
-async def test_a_csrf_token_belongs_to_one_session(bare_app: FastAPI, bare_console: Console) -> None:
-    console = bare_console
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bare_app), base_url=BASE) as other:
+async def test_a_csrf_token_belongs_to_one_session(make_client: Callable[..., httpx.AsyncClient],
+                                                   console: Console) -> None:
+    async with make_client() as other:
         await log_in(other)
         r = await other.post("/ui/targets/sales/pause", data={"csrf": console.csrf})
         assert r.status_code == 403
@@ -198,3 +197,50 @@ async def test_login_only_redirects_inside_the_console(bare: httpx.AsyncClient) 
         bare.cookies.clear()
         r = await log_in(bare, next_=nxt)
         assert r.status_code == 303 and r.headers["location"] == expected, nxt
+
+
+async def test_a_logged_out_session_is_refused_by_another_instance_and_after_a_restart(
+        console: Console, pool: asyncpg.Pool, settings: Settings, clock: FakeClock) -> None:
+    """Behind a load balancer every instance answers every request from the database: a
+    logout on one holds on the others, and on an instance started after it."""
+    cookie = console.c.cookies[COOKIE]
+    other = create_app(AppContext(settings=settings, pool=pool, clock=clock))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url=BASE) as c:
+        c.cookies.set(COOKIE, cookie, domain="testserver.local", path="/ui")
+        assert (await c.get("/ui/upload")).status_code == 200  # the same session, on another instance
+        assert (await console.post("/ui/logout")).status_code == 303
+        assert (await c.get("/ui/upload")).status_code == 303
+        assert (await c.get("/ui/targets?part=list", headers={"X-Dialer-Live": "1"})).status_code == 401
+        r = await c.post("/ui/targets/sales/pause", data={"csrf": console.csrf})
+        assert r.status_code == 403 and "session has ended" in r.text
+    restarted = create_app(AppContext(settings=settings, pool=pool, clock=clock))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=restarted), base_url=BASE) as c:
+        c.cookies.set(COOKIE, cookie, domain="testserver.local", path="/ui")
+        assert (await c.get("/ui/upload")).status_code == 303
+        login = await c.get("/ui/login")  # the login form, not a redirect into the console
+        assert login.status_code == 200 and 'name="token"' in login.text
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT paused FROM target_state WHERE target = 'sales'") is not True
+
+
+async def test_a_logout_is_kept_until_its_session_would_have_expired(
+        make_client: Callable[..., httpx.AsyncClient], pool: asyncpg.Pool, clock: FakeClock) -> None:
+    async def log_in_and_out() -> str:
+        async with make_client() as c:
+            assert (await log_in(c)).status_code == 303
+            csrf = csrf_of((await c.get("/ui/upload")).text)
+            assert (await c.post("/ui/logout", data={"csrf": csrf})).status_code == 303
+            return str(c.cookies.get(COOKIE) or "")
+
+    async def kept() -> int:
+        async with pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM console_sessions_revoked"))
+
+    await log_in_and_out()
+    clock.advance(SESSION_TTL_S - 60)
+    await log_in_and_out()
+    assert await kept() == 2
+    clock.advance(120)  # the first session has expired: its cookie is refused for that alone
+    await log_in_and_out()
+    assert await kept() == 2  # the next logout dropped the first one's row
+

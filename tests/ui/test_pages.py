@@ -334,3 +334,35 @@ async def test_a_batch_page_shows_a_leads_numbers_and_the_numbers_left_out(conso
     assert "number 1 of 2: +14155550100, +14155550101" in page
     assert "number2: not a valid phone number for region US (the lead is dialed on its other numbers)" in page
     assert page.count("number 1 of") == 1  # a one-number lead shows just its number
+
+
+async def test_a_name_longer_than_a_file_system_takes_is_cut_to_fit(console: Console, settings: Settings,
+                                                                     clock: FakeClock) -> None:
+    name = "😀" * 100 + ".csv"  # 100 characters, 404 bytes: no file system takes it
+    loc = await upload(console, name, b"number\n+14155550100\n")
+    assert BATCH_URL.match(loc), loc
+    page = (await console.c.get(loc)).text
+    kept = [p for p in (settings.state_dir / "uploads" / clock.now().astimezone().date().isoformat()).iterdir()
+            if not p.name.endswith(".report.json")]
+    assert len(kept) == 1
+    cut = kept[0].name
+    assert len(cut.encode()) <= 200 and cut.endswith(".csv") and cut == "😀" * 49 + ".csv"
+    assert kept[0].with_name(cut + ".report.json").exists()
+    assert f"{cut} was received" in page
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("😀" * 100 + ".csv", "😀" * 49 + ".csv"),              # 4-byte characters: never half of one
+    ("é" * 150 + ".xlsx", "é" * 97 + ".xlsx"),              # 2-byte ones
+    ("a" * 300, "a" * 200),                                  # no extension
+    ("x" * 250 + "." + "y" * 40, ("x" * 250 + "." + "y" * 40)[:200]),  # no extension that long
+    ("C:\\Users\\me\\leads 😀.csv", "leads 😀.csv"),
+    ("../\x00.hidden.csv", "hidden.csv"),
+    ("😀" * 40, "😀" * 40),                                   # 160 bytes: kept whole
+], ids=["emoji", "two-byte", "no-extension", "long-extension", "windows-path", "control-and-dots", "short"])
+def test_an_uploaded_files_name_fits_in_200_bytes(raw: str, expected: str) -> None:
+    from dialer.ui.forms import safe_filename
+
+    name = safe_filename(raw)
+    assert name == expected
+    assert len(name.encode()) <= 200
