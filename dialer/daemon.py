@@ -55,6 +55,9 @@ _FATAL: tuple[type[BaseException], ...] = (
 )
 
 SANDBOX_PATH = "/_sandbox/ryng"
+# SIGTERM → exit within 30 s (SPEC §8; systemd's TimeoutStopSec): the drain's steps get
+# this long, cancelling what is left (a file mid-ingest included) takes the rest
+DRAIN_S = 25
 
 
 class _Server(uvicorn.Server):
@@ -400,17 +403,19 @@ class Daemon:
         inbox.accepting = False
         dispatcher.running = False
         rt.jobs.shutdown()
-        with anyio.move_on_after(25):
-            # a file mid-ingest is resumable, but let a short one finish
-            while inbox.current is not None:  # noqa: ASYNC110
-                await anyio.sleep(0.05)
-            dispatcher.wake()  # in-flight provider requests finish and settle
-            await dispatched.wait()
-            if spool.depth:
-                with contextlib.suppress(Exception):
-                    await service.replay_once()
-            server.should_exit = True
-            await served.wait()
+        with anyio.move_on_after(DRAIN_S):
+            async with anyio.create_task_group() as drain:
+                # a file mid-ingest resumes at its last committed chunk, but a short one may
+                # finish meanwhile; past the deadline it is cancelled (its worker process
+                # ended whatever it is doing), and it never holds up the steps below
+                drain.start_soon(_until, lambda: inbox.current is None)
+                dispatcher.wake()  # in-flight provider requests finish and settle
+                await dispatched.wait()
+                if spool.depth:
+                    with contextlib.suppress(Exception):
+                        await service.replay_once()
+                server.should_exit = True
+                await served.wait()
         tg.cancel_scope.cancel()
 
     async def _keep_embedded_up(self) -> None:
@@ -471,6 +476,11 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    while not done():  # noqa: ASYNC110
+        await anyio.sleep(0.05)
 
 
 def _status(dispatcher: Dispatcher, spool: Spool) -> str:

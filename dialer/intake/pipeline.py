@@ -15,9 +15,11 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import threading
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -30,6 +32,9 @@ from dialer.intake.leads import LeadEncoder, TargetRules
 from dialer.intake.readers import RowBlock, open_reader
 
 T = TypeVar("T")
+
+_POLL_S = 0.5  # how often a thread waiting on the worker checks it is still wanted
+_END_WAIT_S = 1.0  # for the worker to exit after SIGTERM, then after SIGKILL
 
 
 @dataclass(slots=True)
@@ -142,28 +147,40 @@ async def from_process(produce: Callable[..., Iterator[T]], *args: Any, prefetch
                        ) -> AsyncGenerator[T, None]:
     """Run the generator ``produce(*args)`` in a child process and yield its items as they
     come (at most ``prefetch`` wait in the queue: memory stays flat). ``produce`` must be a
-    module-level function and its arguments picklable (the child is spawned)."""
+    module-level function and its arguments picklable (the child is spawned).
+
+    Cancelling the consumer (a drain's deadline) never waits on the child: it is
+    terminated, then killed, whatever it is busy with."""
     ctx = mp.get_context("spawn")
     out: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=prefetch)
     proc = ctx.Process(target=_worker, args=(produce, args, out, os.getpid()), daemon=True,
                        name="dialer-intake")
     proc.start()
+    # A thread blocked on the queue cannot be cancelled: one left behind gives up within
+    # a poll once ``stop`` is set, and holds ``reading`` while it reads, so that the
+    # queue is never closed under it.
+    stop = threading.Event()
+    reading = threading.Lock()
 
     def get() -> tuple[str, Any]:
         while True:
-            try:
-                return out.get(timeout=0.5)
-            except queue.Empty:
-                if not proc.is_alive():
+            with reading:
+                if stop.is_set():
+                    return ("stopped", None)
+                try:
+                    return out.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if proc.is_alive():
+                        continue
                     # the child may have put its last message just before exiting
                     try:
-                        return out.get(timeout=0.5)
+                        return out.get(timeout=_POLL_S)
                     except queue.Empty:
                         return ("error", f"intake worker died (exit code {proc.exitcode})")
 
     try:
         while True:
-            kind, payload = await anyio.to_thread.run_sync(get)
+            kind, payload = await anyio.to_thread.run_sync(get, abandon_on_cancel=True)
             if kind == "chunk":
                 yield payload
             elif kind == "done":
@@ -173,9 +190,21 @@ async def from_process(produce: Callable[..., Iterator[T]], *args: Any, prefetch
             else:
                 raise DialerError(f"intake worker failed:\n{payload}")
     finally:
+        stop.set()
+        with anyio.CancelScope(shield=True):  # bounded: about 3 s at most
+            await anyio.to_thread.run_sync(_end_worker, proc, out, reading)
+
+
+def _end_worker(proc: BaseProcess, out: mp.Queue[tuple[str, Any]], reading: threading.Lock) -> None:
+    """Terminate the worker (then kill it), reap it, and close its queue once no thread
+    reads it."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(_END_WAIT_S)
         if proc.is_alive():
-            proc.terminate()
-        await anyio.to_thread.run_sync(proc.join, 5)
+            proc.kill()
+    proc.join(_END_WAIT_S)
+    with reading:
         out.close()
 
 

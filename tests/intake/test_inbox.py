@@ -232,6 +232,25 @@ async def test_formats_json_ndjson_xlsx(inbox: Inbox, clock: FakeClock, tmp_path
     assert c["counts"]["accepted"] == 2
 
 
+async def test_a_json_lead_over_the_line_limit_is_rejected_with_its_size(inbox: Inbox, clock: FakeClock,
+                                                                         pool: asyncpg.Pool) -> None:
+    # as a CSV or NDJSON line over max_line_kb; it used to be parsed whole, in time growing
+    # with the square of its size, while the file (and the drain) waited
+    big = {"phone": "+14155550101", "notes": "x" * (3 << 20)}
+    text = json.dumps({"leads": [{"phone": "+14155550100"}, big, {"phone": "+14155550102"}]})
+    drop(inbox, "mono.json", text)  # over 2 MiB: read in the intake worker process
+    await settle_and_scan(inbox, clock)
+    rep = report(inbox, "mono.json")
+    assert rep["counts"] == {"rows": 3, "accepted": 2, "invalid": 1, "duplicate": 0, "dnc": 0}
+    size, start = len(json.dumps(big)), text.index('{"phone": "+14155550101"')
+    (rejected,) = rep["rejected"]
+    assert rejected["line"] == 2 and rejected["outcome"] == "invalid"
+    assert rejected["reason"] == f"item is longer than 1048576 bytes ({size} bytes from byte {start})"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT array_agg(e164 ORDER BY line) FROM leads WHERE state = 'pending'") == [
+            "+14155550100", "+14155550102"]
+
+
 async def test_cp1252_and_semicolons(inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool) -> None:
     drop(inbox, "excel.csv", "Nummer;number;Firma\r\nx;+14155550100;Müller GmbH\r\n".encode("cp1252"))
     await settle_and_scan(inbox, clock)

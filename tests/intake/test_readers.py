@@ -60,10 +60,11 @@ def xlsx_bytes(sheet_rows: list[list[Any]], *, blank_rows_first: int = 0) -> byt
 
 
 class NonSeekable(io.RawIOBase):
-    """A pipe-like stream: read() only."""
+    """A pipe-like stream: read() only, at most ``step`` bytes at a time."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, step: int = 7000) -> None:
         self._buf = io.BytesIO(data)
+        self._step = step
 
     def readable(self) -> bool:
         return True
@@ -72,7 +73,7 @@ class NonSeekable(io.RawIOBase):
         return False
 
     def readinto(self, b: Any) -> int:
-        chunk = self._buf.read(min(len(b), 7000))
+        chunk = self._buf.read(min(len(b), self._step))
         b[: len(chunk)] = chunk
         return len(chunk)
 
@@ -370,6 +371,11 @@ def test_json_non_object_items_are_row_errors() -> None:
         (b'{"lead": []}', 'no "leads" key'),
         (b'{"leads": {"a": 1}}', '"leads" must be a list of leads, not object'),
         (b'{"leads": 5}', '"leads" must be a list of leads, not number'),
+        (b'[{"a": 1} {"b": 2}]', "invalid JSON after item 1, at byte 10: expected ',' or ']'"),
+        (b'[{"a": 1},]', "invalid JSON after item 1, at byte 10: unexpected character ']'"),
+        (b'[{"a": 1}, {"b": tru}]', "invalid JSON after item 1, in the value from byte 11 to 21"),
+        (b'{"leads": [], "x" 1}', "expected ':' after a key"),
+        (b'{"x": [1, {]}, "leads": []}', "invalid JSON after item 0, in the value from byte 6"),
     ],
 )
 def test_json_unreadable(data: bytes, message: str) -> None:
@@ -386,6 +392,96 @@ def test_truncated_big_json_reports_where(tmp_path: Path) -> None:
     with pytest.raises(FileUnreadable, match="after item 20000") as info:
         drain(path, "json")
     assert "byte" in info.value.message
+
+
+def test_json_item_over_the_limit_is_a_row_error_read_past_unparsed() -> None:
+    # as a CSV or NDJSON line over max_line_bytes; a parser fed such an item block by block
+    # took time growing with the square of its size (and its memory)
+    big = {"number": "+491", "notes": "x" * (20 << 20)}
+    leads: list[dict[str, Any]] = [{"number": "+490"}, big, {"number": "+492"}]
+    data = json.dumps(leads).encode()
+    size, start = len(json.dumps(big)), data.index(b'{"number": "+491"')
+    reason = f"item is longer than {1 << 20} bytes ({size} bytes from byte {start})"
+    want = [RawRow(1, leads[0]), RawRow(2, None, reason), RawRow(3, leads[2])]
+    got: list[RawRow] = []
+    assert peak_bytes(lambda: got.extend(read(data, "json", encoding="utf-8")[1])) < 4 << 20
+    assert got == want
+    assert read(data, "json", skip_rows=1)[1] == want[1:]  # resumable on either side of it
+    assert read(data, "json", skip_rows=2)[1] == want[2:]
+    in_object = b'{"leads": ' + data + b', "meta": ' + json.dumps(big).encode() + b"}"
+    assert read(in_object, "json")[1] == [RawRow(2, None, reason.replace(str(start), str(start + 10)))
+                                          if r.error else r for r in want]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        [list(range(30))],
+        {"a": [[[[[[1]]]]]], "b": "}, {" * 12},
+        "a string with \\ \" }] and more than sixty-four bytes in all, escapes included",
+        12345678901234567890123456789012345678901234567890123456789012345,
+        {"deep": json.loads("[" * 70 + "1" + "]" * 70)},  # past the depth where runs are counted
+    ],
+)
+def test_json_values_of_every_shape_over_the_limit(item: Any) -> None:
+    text = json.dumps(item)
+    data = f'[{{"a": "{"}" * 40}"}}, {text}, {{"b": 1}}]'.encode()
+    assert len(text) > 64
+    assert rows(data, "json", max_line_bytes=64) == [
+        (1, {"a": "}" * 40}, None),
+        (2, None, f"item is longer than 64 bytes ({len(text)} bytes from byte 52)"),
+        (3, {"b": 1}, None),
+    ]
+    at_limit = rows(data, "json", max_line_bytes=len(text))[1]  # read
+    if isinstance(item, dict):
+        assert at_limit == (2, item, None)
+    else:
+        assert at_limit[2].startswith("not a JSON object")
+
+
+_text = st.text(alphabet=st.sampled_from('a"\\{}[],: \n\t\x01é€😀'), max_size=6) | st.text(max_size=4)
+_lead_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | _text,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_text, kids, max_size=3),
+    max_leaves=12,
+)
+_space = st.sampled_from(["", " ", "\n", "\r\n  ", "\t"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.dictionaries(_text, _lead_value, max_size=4) | _lead_value, max_size=6),
+    st.lists(_space, min_size=20, max_size=20),
+    st.sampled_from([None, 1]),
+    st.booleans(),
+    st.sampled_from([1, 2, 3, 7, 64]),
+    st.sampled_from([8, 40, 1 << 20]),
+    st.integers(0, 3),
+)
+def test_property_json_items_read_as_json_loads_reads_them(
+    items: list[Any], spaces: list[str], indent: int | None, in_object: bool, step: int, limit: int,
+    skip: int,
+) -> None:
+    ws = itertools.cycle(spaces)
+    doc = next(ws) + ('{"meta": {"leads": [1]}, "leads":' + next(ws) if in_object else "") + "["
+    want: list[RawRow] = []
+    for n, item in enumerate(items, 1):
+        doc += next(ws) + ("," + next(ws) if n > 1 else "")
+        text = json.dumps(item, indent=indent, ensure_ascii=n % 2 == 0)
+        size, start = len(text.encode()), len(doc.encode())
+        doc += text
+        if size > limit:
+            want.append(RawRow(n, None, f"item is longer than {limit} bytes ({size} bytes from byte {start})"))
+        elif isinstance(item, dict):
+            want.append(RawRow(n, json.loads(text)))
+        else:
+            kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+            want.append(RawRow(n, None, f"not a JSON object (got {kind.get(type(item), 'null')})"))
+    doc += next(ws) + "]" + next(ws) + (', "after": [' + next(ws) + "]}" if in_object else "") + next(ws)
+    stream = NonSeekable(doc.encode(), step)  # every value cut across reads
+    with open_reader(stream, "json", encoding="utf-8", max_line_bytes=limit, skip_rows=skip) as r:  # type: ignore[arg-type]
+        assert list(r) == want[skip:]
 
 
 def test_json_in_other_encodings() -> None:

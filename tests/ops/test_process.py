@@ -4,7 +4,10 @@ SIGHUP reloading targets, SIGTERM draining under load.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import os
 import shutil
 import signal
 import socket
@@ -206,6 +209,75 @@ def test_sigterm_drains_under_load_and_exits_0_within_30s(daemon: DaemonProcess,
     else:
         assert batch["rows_read"] == ROWS
         assert list(inbox.glob("processed/*/big.csv.report.json"))
+
+
+# Put on the PYTHONPATH of a daemon under test, so loaded by it and by its intake worker:
+# after a file's first chunk the worker never answers again, as on a pathological file.
+STUCK_WORKER = """
+import threading
+
+from dialer.intake import pipeline
+
+_iter_chunks = pipeline.iter_chunks
+
+
+def iter_chunks(source, job):
+    chunks = _iter_chunks(source, job)
+    yield next(chunks)
+    threading.Event().wait()
+
+
+pipeline.iter_chunks = iter_chunks
+"""
+
+
+def test_sigterm_ends_a_stuck_intake_worker_and_the_file_resumes_exactly(daemon: DaemonProcess, tmp_path: Path,
+                                                                        db_url: str) -> None:
+    import psutil
+
+    rows = 20_000
+    hook = tmp_path / "stuck-worker"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STUCK_WORKER)
+    path = daemon.env.get("PYTHONPATH", "")
+    daemon.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), path) if p)
+    daemon.start()
+    inbox = Path(daemon.env["DIALER_STATE_DIR"]) / "inbox"
+    part = inbox / "big.csv.part"
+    with part.open("w") as f:  # over 2 MiB: parsed in the worker process
+        f.write("number,external_id,notes\n")
+        for i in range(rows):
+            f.write(f"+1415{3000000 + i:07d},x{i},{'n' * 100}\n")
+    part.rename(inbox / "big.csv")
+    wait_for(lambda: fetch(db_url, "SELECT coalesce(max(rows_read), 0)::int AS n FROM batches "
+                                   "WHERE source = 'inbox'")[0]["n"] > 0, 30, "the file's first chunk")
+    assert daemon.proc is not None
+    workers = [c for c in psutil.Process(daemon.proc.pid).children()
+               if "--multiprocessing-fork" in c.cmdline() and "resource_tracker" not in " ".join(c.cmdline())]
+    assert len(workers) == 1
+    daemon.proc.send_signal(signal.SIGTERM)
+    try:
+        # the drain waited on the worker's next chunk, which never came: no exit at all
+        assert daemon.proc.wait(30) == 0, daemon.log.read_text()[-3000:]
+        assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
+    finally:  # a worker left behind would wait forever
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers[0].kill()
+    (batch,) = fetch(db_url, "SELECT id, state, rows_read FROM batches WHERE source = 'inbox'")
+    assert (batch["state"], batch["rows_read"]) == ("receiving", 1_000)  # its committed chunk
+    assert (inbox / "big.csv").exists()
+
+    # a restart with a worker that works resumes the file after that chunk: every row once
+    daemon.env["PYTHONPATH"] = path
+    daemon.start()
+    reports = inbox / "processed"
+    wait_for(lambda: list(reports.glob("*/big.csv.report.json")), 60, "the resumed file's report")
+    (report,) = reports.glob("*/big.csv.report.json")
+    counts = json.loads(report.read_text())["counts"]
+    assert counts == {"rows": rows, "accepted": rows, "invalid": 0, "duplicate": 0, "dnc": 0}
+    (leads,) = fetch(db_url, "SELECT count(*)::int AS n, count(DISTINCT line)::int AS lines, min(line) AS first, "
+                             "max(line) AS last FROM leads WHERE batch_id = $1", batch["id"])
+    assert dict(leads) == {"n": rows, "lines": rows, "first": 2, "last": rows + 1}
 
 
 def test_a_daemon_waiting_for_its_database_keeps_systemd_waiting_and_stops_cleanly(

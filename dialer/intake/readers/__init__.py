@@ -1,12 +1,13 @@
 """Streaming readers: a lead file (csv, json, ndjson, xlsx) in, raw rows out.
 
 One module per format (``csvfile``, ``jsonfile`` for json and ndjson, ``xlsxfile``);
-``common`` holds the shared types and ``text`` the bytes → encoding → lines layer.
-``open_reader`` picks the reader.
+``common`` holds the shared types, ``text`` the bytes → encoding → lines layer and
+``jsonscan`` where a JSON value ends. ``open_reader`` picks the reader.
 
 Memory stays flat whatever the file size: files are read in fixed-size blocks, a
-line never grows past ``max_line_bytes`` in memory (longer lines are skipped in
-bounded chunks and reported as one row error), and nothing keeps a list of rows.
+line (or a JSON item) never grows past ``max_line_bytes`` in memory (longer ones are
+skipped in bounded chunks and reported as one row error), and nothing keeps a list of
+rows.
 
 Row numbering (``RawRow.line``):
 
@@ -91,7 +92,7 @@ def open_reader(
             return CsvReader(raw, owned, encoding, max_line_bytes, skip_rows)
         if fmt == "ndjson":
             return NdjsonReader(raw, owned, encoding, max_line_bytes, skip_rows)
-        return JsonReader(raw, owned, encoding, skip_rows)
+        return JsonReader(raw, owned, encoding, max_line_bytes, skip_rows)
     except BaseException:
         if owned:
             raw.close()

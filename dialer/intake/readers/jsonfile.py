@@ -1,32 +1,21 @@
-"""JSON (an array of leads, or an object with a ``"leads"`` array, parsed incrementally)
+"""JSON (an array of leads, or an object with a ``"leads"`` array, read item by item)
 and NDJSON (one object per line)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from itertools import chain
 from typing import Any, BinaryIO
 
-import ijson
 import orjson
 
 from dialer.errors import FileUnreadable
 from dialer.intake.readers.common import RawRow, RowReader
+from dialer.intake.readers.jsonscan import VALUE_KIND, Input, TooLong, ValueEnd
 from dialer.intake.readers.text import codec_name, decoded, is_utf8, read_blocks, strip_bom, text_pieces
 
-_JSON_BLOCK = 1 << 16  # json: small enough for useful error offsets
-
-
-def _ijson_backend() -> Any:
-    for name in ("yajl2_c", "yajl2_cffi", "yajl2"):
-        try:
-            return ijson.get_backend(name)
-        except Exception:  # noqa: S112 - backend not built for this platform: try the next
-            continue
-    return ijson
-
-
-_IJSON = _ijson_backend()
+_JSON_BLOCK = 1 << 16
 
 
 def _kind(value: Any) -> str:
@@ -91,28 +80,31 @@ class NdjsonReader(RowReader):
 
 _JSON_WS = b" \t\r\n"
 _TOP_KIND = {b'"': "a string", b"t": "a boolean", b"f": "a boolean", b"n": "null"}
-_EVENT_KIND = {
-    "start_map": "object",
-    "start_array": "list",
-    "string": "string",
-    "number": "number",
-    "boolean": "boolean",
-    "null": "null",
-}
+# Where a flat lead object most likely ends: a "}" followed by the next item's comma or the
+# array's end (and the whitespace after). One inside a string or a nested object makes the
+# parse fail: the slow path.
+_ITEM_END = re.compile(rb"\}[ \t\r\n]*+([,\]])[ \t\r\n]*+")
+_NO_VALUE = object()
 
 
-def _json_message(e: Exception) -> str:
-    msg = e.args[0] if e.args else str(e)
-    if isinstance(msg, bytes):
-        msg = msg.decode("utf-8", "replace")
-    return str(msg).strip().split("\n", 1)[0] or type(e).__name__
+def _json_message(e: orjson.JSONDecodeError) -> str:
+    return e.msg.strip().split("\n", 1)[0] or type(e).__name__
 
 
 class JsonReader(RowReader):
-    """A top-level array of objects, or an object whose ``"leads"`` key holds one."""
+    """A top-level array of objects, or an object whose ``"leads"`` key holds one.
 
-    def __init__(self, raw: BinaryIO, owned: bool, encoding: str, skip_rows: int) -> None:
+    Each item is delimited first (``ValueEnd``, or a quick guess for a flat object that
+    the parse then confirms), then parsed on its own: an item longer than the limit is a
+    row error, skipped without being parsed or kept (a parser fed one huge token a block
+    at a time re-scans it on every block: quadratic).
+    """
+
+    def __init__(self, raw: BinaryIO, owned: bool, encoding: str, max_item_bytes: int,
+                 skip_rows: int) -> None:
         super().__init__("json", raw, owned, skip_rows)
+        self._limit = max(max_item_bytes, 1)
+        self._n = 0  # items read
         blocks = self._utf8_blocks(raw, encoding)
         offset = 0
         for block in blocks:
@@ -138,7 +130,7 @@ class JsonReader(RowReader):
                     f'"leads" array, not {kind}'
                 )
             raise FileUnreadable(f"invalid JSON at byte {at}: unexpected character {first!r}")
-        self._blocks: Iterator[bytes] = chain((block,), blocks)
+        self._input = Input(chain((block,), blocks), offset)
 
     @staticmethod
     def _utf8_blocks(raw: BinaryIO, encoding: str) -> Iterator[bytes]:
@@ -150,56 +142,137 @@ class JsonReader(RowReader):
         return strip_bom(transcoded)
 
     def _rows(self) -> Iterator[RawRow]:
-        out = ijson.sendable_list()
-        items = _IJSON.items_coro(out, "leads.item" if self._object else "item", use_float=True)
-        events = ijson.sendable_list()
-        checker = _IJSON.parse_coro(events) if self._object else None
-        after_key = False
-        skip = self._skip
-        n = 0
-        fed = 0
-        block: bytes | None = b""
-        try:
-            for block in chain(self._blocks, (None,)):
-                if block is None:  # end of input
-                    items.close()
-                    if checker is not None:
-                        checker.close()
+        inp = self._input
+        inp.peek()  # onto the "[" or "{"
+        inp.pos += 1
+        yield from (self._leads_object(inp) if self._object else self._items(inp))
+        if inp.peek() is not None:
+            raise self._broken(inp, "trailing garbage after the JSON value")
+
+    def _items(self, inp: Input) -> Iterator[RawRow]:
+        """The leads array's items, from just after its "[" to just after its "]"."""
+        limit = self._limit
+        item_end = _ITEM_END.search
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        c = inp.peek()
+        if c == 0x5D:
+            inp.pos += 1
+            return
+        while True:
+            value: Any = _NO_VALUE
+            if c == 0x7B:  # a flat object, as most leads are: one search, one parse
+                buf, pos = inp.buf, inp.pos
+                m = item_end(buf, pos, pos + limit + 64)
+                if m is not None and m.start() < pos + limit:
+                    try:
+                        value = loads(buf[pos : m.start() + 1])
+                    except decode_error:
+                        pass  # nested, a "}," inside a string, or broken: the slow path tells
+                    else:
+                        inp.pos = m.end()
+                        c = buf[m.start(1)]
+            if value is _NO_VALUE:
+                if c is None or c not in VALUE_KIND:
+                    raise self._broken(inp, "the leads array is not finished" if c is None
+                                       else f"unexpected character {chr(c)!r}")
+                value = self._value(inp)
+                c = inp.peek()
+                if c == 0x2C or c == 0x5D:
+                    inp.pos += 1
+            self._n += 1
+            if self._skip:
+                self._skip -= 1
+            elif type(value) is dict:
+                yield RawRow(self._n, value)
+            elif type(value) is TooLong:
+                yield RawRow(self._n, None, f"item is longer than {limit} bytes ({value.size} "
+                                            f"bytes from byte {value.start})")
+            else:
+                yield RawRow(self._n, None, f"not a JSON object (got {_kind(value)})")
+            if c == 0x2C:  # ","
+                buf, pos = inp.buf, inp.pos
+                c = buf[pos] if pos < len(buf) and buf[pos] not in _JSON_WS else inp.peek()
+            elif c == 0x5D:  # "]"
+                return
+            else:
+                raise self._broken(inp, "the leads array is not finished" if c is None
+                                   else f"expected ',' or ']', not {chr(c)!r}")
+
+    def _leads_object(self, inp: Input) -> Iterator[RawRow]:
+        """The items of the top-level object's "leads" array; its other keys are skipped."""
+        found = False
+        c = inp.peek()
+        if c == 0x7D:  # "{}"
+            inp.pos += 1
+        else:
+            while True:
+                if c != 0x22:
+                    raise self._broken(inp, "the JSON object is not finished" if c is None
+                                       else f"expected a key, not {chr(c)!r}")
+                key = self._value(inp)
+                c = inp.peek()
+                if c != 0x3A:  # ":"
+                    raise self._broken(inp, "the JSON object is not finished" if c is None
+                                       else f"expected ':' after a key, not {chr(c)!r}")
+                inp.pos += 1
+                c = inp.peek()
+                if c is None or c not in VALUE_KIND:
+                    raise self._broken(inp, "the JSON object is not finished" if c is None
+                                       else f"unexpected character {chr(c)!r}")
+                if key == "leads":
+                    if c != 0x5B:
+                        raise FileUnreadable(f'"leads" must be a list of leads, not {VALUE_KIND[c]}')
+                    inp.pos += 1
+                    found = True
+                    yield from self._items(inp)
                 else:
-                    items.send(block)
-                    if checker is not None:
-                        checker.send(block)
-                if checker is not None:
-                    for prefix, event, value in events:
-                        if after_key:
-                            if event != "start_array":
-                                raise FileUnreadable(
-                                    f'"leads" must be a list of leads, not {_EVENT_KIND[event]}'
-                                )
-                            checker = None
-                            break
-                        if prefix == "" and event == "map_key" and value == "leads":
-                            after_key = True
-                    del events[:]
-                    if block is None and checker is not None:
-                        raise FileUnreadable('the JSON object has no "leads" key')
-                if out:
-                    for item in out:
-                        n += 1
-                        if skip:
-                            skip -= 1
-                        elif type(item) is dict:
-                            yield RawRow(n, item)
-                        else:
-                            yield RawRow(n, None, f"not a JSON object (got {_kind(item)})")
-                    del out[:]
-                if block is not None:
-                    fed += len(block)
-        except (ijson.JSONError, ValueError) as e:
-            n += len(out)  # parsed from the failing block before the error
-            where = (
-                f"at the end of the file (byte {fed})"
-                if block is None
-                else f"between bytes {fed} and {fed + len(block)}"
-            )
-            raise FileUnreadable(f"invalid JSON after item {n}, {where}: {_json_message(e)}") from None
+                    self._value(inp)  # checked when short enough to parse, never kept
+                c = inp.peek()
+                if c == 0x2C:
+                    inp.pos += 1
+                    c = inp.peek()
+                elif c == 0x7D:
+                    inp.pos += 1
+                    break
+                else:
+                    raise self._broken(inp, "the JSON object is not finished" if c is None
+                                       else f"expected ',' or '}}', not {chr(c)!r}")
+        if not found:
+            raise FileUnreadable('the JSON object has no "leads" key')
+
+    def _value(self, inp: Input) -> Any:
+        """The JSON value at the cursor, parsed; the cursor is left just after it. One
+        longer than the limit is a ``TooLong``."""
+        buf, start, limit = inp.buf, inp.pos, self._limit
+        at = inp.at
+        scan = ValueEnd(buf[start])
+        kept: list[bytes] | None = []  # the value's bytes in the blocks before the last one
+        size = 0
+        i, j = start, start + 1  # where the value is in this block, where the scan goes on
+        while (end := scan.find(buf, j)) < 0:
+            size += len(buf) - i
+            if kept is not None and size <= limit:
+                kept.append(buf[i:])
+            else:
+                kept = None  # too long: only its end is looked for
+            inp.pos = len(buf)
+            if not inp.more():
+                raise self._broken(inp, f"the value from byte {at} is not finished")
+            buf, i, j = inp.buf, 0, 0
+        size += end - i
+        inp.pos = end
+        if kept is None or size > limit:
+            return TooLong(size, at)
+        data = b"".join((*kept, buf[i:end])) if kept else buf[start:end]
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise FileUnreadable(f"invalid JSON after item {self._n}, in the value from byte {at} "
+                                 f"to {at + size}: {_json_message(e)}") from None
+
+    def _broken(self, inp: Input, what: str) -> FileUnreadable:
+        if inp.pos >= len(inp.buf) and not inp.more():
+            where = f"at the end of the file (byte {inp.at})"
+        else:
+            where = f"at byte {inp.at}"
+        return FileUnreadable(f"invalid JSON after item {self._n}, {where}: {what}")
