@@ -512,6 +512,9 @@ class Settings(_Strict):
         # each target has its folder INBOX/<name>/: one the inbox never scans would take
         # no file ever, and nothing would say why
         for name in self.targets:
+            if not name or "/" in name or "\\" in name or "\0" in name:
+                raise ValueError(f"targets.{name}: a target's name is its inbox folder's name and "
+                                 "part of its API paths (/v1/targets/<name>): no '/', '\\' or NUL")
             if name in RESERVED:
                 raise ValueError(f"targets.{name}: the inbox keeps its own {name}/ folder, so no "
                                  "file could be dropped for this target; choose another name")

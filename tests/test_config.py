@@ -180,6 +180,8 @@ def test_check_config_fails_with_the_key(tmp_path: Path) -> None:
     (".hidden", "the inbox ignores a folder of that name"),
     ("leads.TMP", "the inbox ignores a folder of that name"),
     ("x.part", "the inbox ignores a folder of that name"),
+    ("eu/sales", "a target's name is its inbox folder's name"),
+    ("", "a target's name is its inbox folder's name"),
 ])
 def test_a_target_whose_inbox_folder_is_never_scanned_stops_start_up(
         tmp_path: Path, name: str, why: str) -> None:

@@ -22,6 +22,17 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def require_type(request: Request, *others: str) -> str:
+    """The request's media type: JSON (or none named), or one of ``others``; anything else
+    is refused naming what to send, as ``POST /v1/batches`` does (not read as JSON and
+    refused as "not valid JSON")."""
+    ctype = content_type(request)
+    if ctype not in ("application/json", "", *others):
+        send = " or ".join(("application/json", *others))
+        raise InvalidInput(f"content-type {ctype!r} is not supported: send {send}")
+    return ctype
+
+
 def _clean(v: Any) -> Any:
     if isinstance(v, str):
         # lone UTF-16 surrogates are legal in JSON text but not storable: replace them

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 
 from dialer.errors import Conflict, DialerError, InvalidInput, NotFound
-from dialer.http.bodies import loads, validated
+from dialer.http.bodies import loads, require_type, validated
 from dialer.http.context import Ctx
 from dialer.http.limits import read_body
 from dialer.http.models import CallbackList, CallbackOut, ErrorOut, ScheduleIn
@@ -41,6 +41,7 @@ def http_error(e: Refused) -> DialerError:
         "application/json": {"schema": {"$ref": "#/components/schemas/ScheduleIn"}}}}},
 )
 async def schedule(call_id: Annotated[int, PathParam(ge=1, le=2**62)], request: Request, ctx: Ctx) -> Any:
+    require_type(request)
     body = validated(ScheduleIn, loads(await read_body(request, 64 * 1024)))
     now = ctx.clock.now()
     try:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 
 from dialer.errors import InvalidInput, NotFound
-from dialer.http.bodies import content_type, loads, validated
+from dialer.http.bodies import loads, require_type, validated
 from dialer.http.context import Ctx
 from dialer.http.limits import read_body
 from dialer.http.models import DncIn, DncOut, ErrorOut
@@ -49,7 +49,7 @@ async def add_dnc(
     if region is not None and not phones.is_supported_region(region, exact=True):
         raise InvalidInput(f"region: unknown region {region!r} (ISO 3166 code, upper case)")
     body = await read_body(request, s.max_body_bytes)
-    if content_type(request) in ("text/plain", "text/csv"):
+    if require_type(request, "text/plain", "text/csv") in ("text/plain", "text/csv"):
         if _PHONEISH.search(body) is None:
             raise InvalidInput("body: no phone number in it: send one number per line")
         reg = (region or s.targets[s.default_target].default_region).upper()

@@ -109,11 +109,14 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(kind, _away)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Any:
         # every /v1/* call needs the token (SPEC §4), a path or method that does not exist too:
         # without it the answer is 401, so the API's shape is not shown to whoever asks
         check = getattr(request.app.state, "token_check", None)
         path = request.url.path
+        ui = getattr(request.app.state, "ui", None)
+        if ui is not None and exc.status_code in (404, 405) and (path == "/ui" or path.startswith("/ui/")):
+            return await ui.no_route(request, exc.status_code)  # the console's page, not the API's JSON
         if check is not None and exc.status_code in (404, 405) and (path == "/v1" or path.startswith("/v1/")):
             try:
                 await check(request)

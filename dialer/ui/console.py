@@ -208,6 +208,14 @@ class Console:
             400, "What you sent contains a character that cannot be stored (such as NUL). "
                  "Remove it and try again.", title="Not accepted"))
 
+    async def no_route(self, request: Request, status: int) -> Response:
+        """The page for a /ui path (404) or method (405) the console does not have."""
+        if status == 405:
+            return await self.on_error(request, UiError(405, "This page does not take that request.",
+                                                        title="Not allowed"))
+        return await self.on_error(request, UiError(404, "There is no such page in the console.",
+                                                    title="Not found"))
+
     async def on_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, UiError)
         if exc.status in (302, 303) and exc.location:

@@ -400,3 +400,17 @@ async def test_a_body_over_a_small_limit_names_it_in_kb(api: httpx.AsyncClient) 
     r = await api.post("/v1/calls/1/schedule", content=b'{"at": "' + b"x" * 70_000 + b'"}',
                        headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["message"] == "body is over the 64 KB limit", r.text
+
+
+@pytest.mark.parametrize(("path", "ctype", "send"), [
+    ("/v1/dnc", "application/xml", "send application/json or text/plain or text/csv"),
+    ("/v1/calls/1/schedule", "text/plain", "send application/json"),
+    ("/v1/batches", "application/xml", "send application/json or text/csv"),
+])
+async def test_a_body_of_a_type_the_route_does_not_take_is_refused_naming_what_to_send(
+        api: httpx.AsyncClient, path: str, ctype: str, send: str) -> None:
+    """The same answer on every route (/v1/dnc read XML as JSON: "body is not valid JSON";
+    the schedule route read a text/plain body as JSON)."""
+    r = await api.post(path, content=b'{"numbers": ["+14155550100"], "at": "2026-12-01T16:00"}',
+                       headers={**AUTH, "content-type": ctype})
+    assert r.status_code == 422 and f"content-type {ctype!r} is not supported: {send}" in r.text, r.text

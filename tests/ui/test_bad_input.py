@@ -71,3 +71,13 @@ async def test_text_postgresql_refuses_is_a_console_page_under_ui_and_the_apis_e
     assert r.status_code == 400 and is_console_page(r) and "cannot be stored (such as NUL)" in r.text
     r = await anon.get("/nul")
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid"
+
+
+async def test_a_console_path_or_method_that_does_not_exist_is_a_console_page(console: Console) -> None:
+    """It was the API's JSON 404 (and 405)."""
+    r = await console.c.get("/ui/no-such-page")
+    assert r.status_code == 404 and is_console_page(r) and "no such page" in r.text
+    r = await console.c.delete("/ui/batches")
+    assert r.status_code == 405 and is_console_page(r)
+    api = await console.c.get("/v1/no-such-route")  # the API keeps its JSON (401 first: no token)
+    assert api.status_code == 401 and api.json()["error"]["code"]
