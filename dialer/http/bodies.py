@@ -4,7 +4,6 @@ where they are read: ``limits.read_body``.)"""
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 import orjson
@@ -13,6 +12,7 @@ from starlette.requests import Request
 
 from dialer.errors import InvalidInput
 from dialer.http.errors import validation_details
+from dialer.intake.readers.jsonfile import loads_lenient
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,24 +33,13 @@ def require_type(request: Request, *others: str) -> str:
     return ctype
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, str):
-        # lone UTF-16 surrogates are legal in JSON text but not storable: replace them
-        return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    if isinstance(v, dict):
-        return {_clean(k): _clean(x) for k, x in v.items()}
-    return v
-
-
 def loads(body: bytes) -> Any:
     """orjson, with a slow path for JSON that carries unpaired surrogate escapes."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         try:
-            return _clean(json.loads(body))
+            return loads_lenient(body)
         except ValueError:
             raise InvalidInput(f"body is not valid JSON: {e}") from None
 

@@ -934,3 +934,13 @@ def test_non_seekable_streams() -> None:
     xdata = xlsx_bytes([["number"], [5]])
     with open_reader(NonSeekable(xdata), "xlsx") as r:  # type: ignore[arg-type]
         assert list(r) == [RawRow(2, {"number": 5})]
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_a_lone_surrogate_escape_is_read_as_the_replacement_character(fmt: str) -> None:
+    """Valid JSON a CRM writes when it cuts an emoji in half: orjson refuses it, ijson (and
+    the API) read it; the file must not go to failed/ for it."""
+    item = b'{"number": "+14155550100", "note": "caf\\ud83d"}'
+    data = b"[" + item + b', {"number": "+14155550101"}]' if fmt == "json" else item + b"\n"
+    got = rows(data, fmt)
+    assert got[0][1] == {"number": "+14155550100", "note": "caf\ufffd"} and got[0][2] is None

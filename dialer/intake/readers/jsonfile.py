@@ -3,6 +3,7 @@ and NDJSON (one object per line)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from itertools import chain
@@ -30,6 +31,24 @@ def _kind(value: Any) -> str:
     if value is None:
         return "null"
     return type(value).__name__
+
+
+def without_surrogates(v: Any) -> Any:
+    """``v`` with lone UTF-16 surrogates (legal escapes in JSON text, as a CRM that cut an
+    emoji in half writes them, but not storable) replaced by U+FFFD."""
+    if isinstance(v, str):
+        return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(v, list):
+        return [without_surrogates(x) for x in v]
+    if isinstance(v, dict):
+        return {without_surrogates(k): without_surrogates(x) for k, x in v.items()}
+    return v
+
+
+def loads_lenient(data: bytes | str) -> Any:
+    """JSON orjson refused: valid JSON carrying a lone surrogate escape is read all the same
+    (the standard library takes it); anything else raises ``ValueError``."""
+    return without_surrogates(json.loads(data))
 
 
 class NdjsonReader(RowReader):
@@ -70,8 +89,11 @@ class NdjsonReader(RowReader):
                 try:
                     value = loads(text)
                 except decode_error as e:
-                    yield RawRow(line, None, f"invalid JSON: {e.msg} at column {e.colno}")
-                    continue
+                    try:
+                        value = loads_lenient(text)
+                    except ValueError:
+                        yield RawRow(line, None, f"invalid JSON: {e.msg} at column {e.colno}")
+                        continue
                 if type(value) is dict:
                     yield RawRow(line, value)
                 else:
@@ -267,6 +289,10 @@ class JsonReader(RowReader):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as e:
+            try:
+                return loads_lenient(data)
+            except ValueError:
+                pass
             raise FileUnreadable(f"invalid JSON after item {self._n}, in the value from byte {at} "
                                  f"to {at + size}: {_json_message(e)}") from None
 
