@@ -20,13 +20,13 @@ log = logging.getLogger(__name__)
 # The database is away (refused, broken mid-request, restarting, out of connections, a
 # standby mid-failover): the request may succeed in a moment, so 503 with Retry-After, as
 # while the daemon starts (starting.py), never a bare 500. Not every OSError: a file
-# error is a fault of its own, not the database's.
+# error is a fault of its own, not the database's; nor asyncpg's InterfaceError, which is
+# mostly a misuse ("another operation is in progress"): a bug is a 500, not a retry.
 DB_AWAY: tuple[type[Exception], ...] = (
     ConnectionError,
-    TimeoutError,
+    TimeoutError,  # a connect or a pool acquire that timed out
     socket.gaierror,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError: closed mid-operation
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,

@@ -63,7 +63,7 @@ def test_api_conforms_to_its_schema(daemon_url: str) -> None:
                 continue
             text_body = case.media_type is not None and case.media_type.startswith("text/")
             excluded = [positive_data_acceptance, negative_data_rejection] if text_body else []
-            if op.label == "POST /v1/dnc":
+            if op.label == "POST /v1/dnc" and isinstance(case.body, dict) and case.body.get("expires_at"):
                 # expires_at must be in the future: a rule relative to now no schema can state
                 excluded.append(positive_data_acceptance)
             case.call_and_validate(base_url=daemon_url, headers=auth, excluded_checks=excluded)
