@@ -944,3 +944,13 @@ def test_a_lone_surrogate_escape_is_read_as_the_replacement_character(fmt: str) 
     data = b"[" + item + b', {"number": "+14155550101"}]' if fmt == "json" else item + b"\n"
     got = rows(data, fmt)
     assert got[0][1] == {"number": "+14155550100", "note": "caf\ufffd"} and got[0][2] is None
+
+
+def test_a_multi_line_field_with_blanks_after_its_closing_quote_is_read() -> None:
+    """Strict mode rejected it (two rows, the lead not dialed) for a space after the quote."""
+    data = b'number,address,note\n1,"12 Main St\nApt 4" ,x\n2,"a\nb"\t\n3,ok,y\n'
+    assert rows(data) == [
+        (2, {"number": "1", "address": "12 Main St\nApt 4", "note": "x"}, None),
+        (4, {"number": "2", "address": "a\nb", "note": ""}, None),
+        (6, {"number": "3", "address": "ok", "note": "y"}, None),
+    ]

@@ -222,7 +222,7 @@ class CsvReader(RowReader):
                     items = _spanned(line, last, "malformed CSV: a quoted field opened here is never "
                                      "closed", "it", f"malformed CSV: inside the quoted field opened "
                                      f"on line {line}, which is never closed")
-                elif last == line and (lax := self._lenient(end)) is not None:
+                elif (lax := self._lenient(end - (last - line), end)) is not None:
                     raw_row = RawRow(line, build(lax)) if len(lax) == w and lax[0] else odd(line, lax)
                     items = () if raw_row is None else (raw_row,)
                 else:
@@ -235,16 +235,28 @@ class CsvReader(RowReader):
                     else:
                         yield item
 
-    def _lenient(self, n: int) -> list[str] | None:
-        """The cells of line ``n`` (csv.reader's count) read leniently, as before strict
-        mode: a closing quote followed by text keeps the text.  None if a quote is still
-        open at the end of the line (the row would take in the next lines)."""
-        lax = csv.reader((self._lines[n - self._fed - 1], ""), delimiter=self._delim)
+    def _lenient(self, first: int, last: int) -> list[str] | None:
+        """The cells of the row on lines ``first``-``last`` (csv.reader's count) read again,
+        leniently, or None. One line: as before strict mode, a closing quote followed by
+        text keeps the text (``"Smith" Jr``, as spreadsheets read it). Several lines: only
+        blanks between a closing quote and the next delimiter are forgiven (a multi-line
+        address written ``"12 Main St\nApt 4" ,``); other text there is as likely a stray
+        quote that swallowed rows, so it stays an error. None too if the row's lines are no
+        longer at hand (it began in an earlier block) or, read again, it does not end at
+        ``last``."""
+        lo, hi = first - self._fed - 1, last - self._fed
+        if lo < 0 or hi > len(self._lines):
+            return None
+        lines = self._lines[lo:hi]
+        if len(lines) > 1:
+            blanks = re.compile('"[ \t]+(?=' + re.escape(self._delim) + '|\r?\n?$)')
+            lines = [blanks.sub('"', text) for text in lines]
+        reader = csv.reader((*lines, ""), delimiter=self._delim, strict=len(lines) > 1)
         try:
-            row = next(lax, [])
+            row = next(reader, [])
         except csv.Error:
             return None
-        return row if lax.line_num == 1 else None
+        return row if reader.line_num == len(lines) else None
 
 
 def _spanned(first: int, last: int, reason: str, whole: str, inside: str) -> Iterator[RawRow]:
