@@ -466,6 +466,9 @@ class Settings(_Strict):
     db_pool_size: int = Field(default=10, ge=2)
     dispatch_interval_s: float = Field(default=1.0, gt=0)
     instance_stale_s: float = Field(default=20.0, gt=0)
+    # SIGTERM → exit within 30 s (SPEC §8; systemd's TimeoutStopSec): the drain's steps get
+    # this long, cancelling what is left (a file mid-ingest included) takes the rest
+    drain_s: float = Field(default=25.0, gt=0, le=25)
     ryng_timeout_s: float = Field(default=30.0, gt=0)
     # result webhooks to loopback/private/link-local addresses; unset: only in sandbox mode
     webhook_allow_private: bool | None = None

@@ -55,10 +55,6 @@ _FATAL: tuple[type[BaseException], ...] = (
 )
 
 SANDBOX_PATH = "/_sandbox/ryng"
-# SIGTERM → exit within 30 s (SPEC §8; systemd's TimeoutStopSec): the drain's steps get
-# this long, cancelling what is left (a file mid-ingest included) takes the rest
-DRAIN_S = 25
-
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -403,7 +399,7 @@ class Daemon:
         inbox.accepting = False
         dispatcher.running = False
         rt.jobs.shutdown()
-        with anyio.move_on_after(DRAIN_S):
+        with anyio.move_on_after(s.drain_s):
             async with anyio.create_task_group() as drain:
                 # a file mid-ingest resumes at its last committed chunk, but a short one may
                 # finish meanwhile; past the deadline it is cancelled (its worker process

@@ -24,7 +24,8 @@ from dialer.store.embedded import EmbeddedPostgres
 from tests.conftest import DaemonProcess, await_for, wait_for
 from tests.stack import SandboxConfig, free_port, serve
 
-OUTAGE_S = float(os.environ.get("DIALER_OUTAGE_S", "30"))
+# 15 s by default (the outages test's), a minute with DIALER_SLOW=1
+OUTAGE_S = float(os.environ.get("DIALER_OUTAGE_S", "60" if os.environ.get("DIALER_SLOW") == "1" else "15"))
 
 
 async def test_postgres_stopped_under_a_callback_stream_loses_nothing(tmp_path: Path) -> None:

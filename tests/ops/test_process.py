@@ -241,6 +241,7 @@ def test_sigterm_ends_a_stuck_intake_worker_and_the_file_resumes_exactly(daemon:
     (hook / "sitecustomize.py").write_text(STUCK_WORKER)
     path = daemon.env.get("PYTHONPATH", "")
     daemon.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), path) if p)
+    daemon.env["DIALER_DRAIN_S"] = "3"  # the drain's deadline (25 s by default), for a short test
     daemon.start()
     inbox = Path(daemon.env["DIALER_STATE_DIR"]) / "inbox"
     part = inbox / "big.csv.part"
