@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from dialer.errors import InvalidInput
 from dialer.http.errors import validation_details
+from dialer.intake.readers.jsonfile import loads as loads_exact
 from dialer.intake.readers.jsonfile import loads_lenient
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,9 +35,10 @@ def require_type(request: Request, *others: str) -> str:
 
 
 def loads(body: bytes) -> Any:
-    """orjson, with a slow path for JSON that carries unpaired surrogate escapes."""
+    """orjson, with slow paths for JSON that carries unpaired surrogate escapes or integers
+    past 64 bits."""
     try:
-        return orjson.loads(body)
+        return loads_exact(body)
     except orjson.JSONDecodeError as e:
         try:
             return loads_lenient(body)

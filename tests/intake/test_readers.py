@@ -954,3 +954,14 @@ def test_a_multi_line_field_with_blanks_after_its_closing_quote_is_read() -> Non
         (4, {"number": "2", "address": "a\nb", "note": ""}, None),
         (6, {"number": "3", "address": "ok", "note": "y"}, None),
     ]
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_an_integer_past_64_bits_is_read_exactly(fmt: str) -> None:
+    """orjson reads it as a float: a CRM's 23-digit id came out as 1.2345678901234568e+22."""
+    big = 12345678901234567890123
+    item = b'{"number": "+14155550100", "external_id": %d, "score": -9223372036854775809}' % big
+    data = b"[" + item + b', {"number": "+14155550101", "n": 7}]' if fmt == "json" else item + b"\n"
+    got = rows(data, fmt)
+    assert got[0][1] == {"number": "+14155550100", "external_id": big, "score": -9223372036854775809}
+    assert type(got[0][1]["external_id"]) is int and got[0][2] is None

@@ -45,6 +45,21 @@ def without_surrogates(v: Any) -> Any:
     return v
 
 
+# 19 digits in a row: maybe an integer past 64 bits, which orjson reads as a float (a
+# 22-digit CRM id would come out as 1.2345678901234568e+21); also matches long fractions
+# and digits in strings, which only take the exact path for nothing
+_LONG_DIGITS_B = re.compile(rb"\d{19}")
+_LONG_DIGITS_S = re.compile(r"\d{19}")
+
+
+def loads(data: bytes | str) -> Any:
+    """orjson, except that an integer too big for it is kept exact (the standard library);
+    raises ``orjson.JSONDecodeError`` as orjson does."""
+    value = orjson.loads(data)
+    found = (_LONG_DIGITS_B if isinstance(data, bytes) else _LONG_DIGITS_S).search(data)  # type: ignore[arg-type]
+    return json.loads(data) if found is not None else value
+
+
 def loads_lenient(data: bytes | str) -> Any:
     """JSON orjson refused: valid JSON carrying a lone surrogate escape is read all the same
     (the standard library takes it); anything else raises ``ValueError``."""
@@ -60,7 +75,6 @@ class NdjsonReader(RowReader):
         self._pieces = text_pieces(raw, encoding, max_line_bytes)
 
     def _rows(self) -> Iterator[RawRow]:
-        loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         skip = self._skip
         line = 0
@@ -175,7 +189,7 @@ class JsonReader(RowReader):
         """The leads array's items, from just after its "[" to just after its "]"."""
         limit = self._limit
         item_end = _ITEM_END.search
-        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        decode_error = orjson.JSONDecodeError
         c = inp.peek()
         if c == 0x5D:
             inp.pos += 1
@@ -287,7 +301,7 @@ class JsonReader(RowReader):
             return TooLong(size, at)
         data = b"".join((*kept, buf[i:end])) if kept else buf[start:end]
         try:
-            return orjson.loads(data)
+            return loads(data)
         except orjson.JSONDecodeError as e:
             try:
                 return loads_lenient(data)
