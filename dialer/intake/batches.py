@@ -20,11 +20,13 @@ from dialer.config import Target
 from dialer.intake import number_checks
 from dialer.intake.leads import COPY_COLUMNS, TargetRules
 from dialer.intake.pipeline import Chunk
+from dialer.intake.readers.csvfile import CONTINUED
 from dialer.lifecycle import moves
 from dialer.store.queries import Q
 
 OUTCOMES = ("accepted", "invalid", "duplicate", "dnc")
 _REJECTED = frozenset(OUTCOMES[1:])
+_CONTINUED = [p + "%" for p in CONTINUED]
 
 
 def rules_for(name: str, target: Target) -> TargetRules:
@@ -162,9 +164,10 @@ async def rejected_rows(
 ) -> AsyncIterator[dict[str, Any]]:
     """Every row that will not be dialed, in line order (a server-side cursor: flat memory).
     ``indexed``: each also with its ``index`` among the batch's records (API batches)."""
-    query = Q.batch_rejected_rows_indexed if indexed else Q.batch_rejected_rows
+    query, args = ((Q.batch_rejected_rows_indexed, (batch_id, _CONTINUED)) if indexed
+                   else (Q.batch_rejected_rows, (batch_id,)))
     async with conn.transaction():
-        async for r in conn.cursor(query, batch_id, prefetch=prefetch):
+        async for r in conn.cursor(query, *args, prefetch=prefetch):
             at = {"line": r["line"], **({"index": r["ordinal"]} if indexed else {})}
             if r["state"] in _REJECTED:
                 yield {**at, "outcome": r["state"], "reason": r["reason"], "number": r["raw_number"]}

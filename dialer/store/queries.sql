@@ -155,9 +155,12 @@ ORDER BY line
 -- The same, each with its index among the batch's records (0-based, in line order): a CSV
 -- body's rejects name the record as a JSON body's do (a quoted field may span lines, blank
 -- lines are no record, so the line alone does not give it). API batches only: bounded.
+-- $2: LIKE patterns of the reasons of a rejected multi-line row's further lines
+-- (csvfile.CONTINUED): those lines take the index of the row they are part of.
 SELECT line, state, reason, raw_number, number_notes, ordinal
 FROM (SELECT line, state, reason, raw_number, number_notes,
-             (row_number() OVER (ORDER BY line) - 1)::int AS ordinal
+             (count(*) FILTER (WHERE NOT (state = 'invalid' AND coalesce(reason LIKE ANY($2::text[]), false)))
+                  OVER (ORDER BY line ROWS UNBOUNDED PRECEDING) - 1)::int AS ordinal
       FROM calls WHERE batch_id = $1 AND attempt = 1) c
 WHERE state IN ('invalid', 'duplicate', 'dnc') OR jsonb_array_length(number_notes->'rejected') > 0
 ORDER BY line

@@ -72,6 +72,22 @@ async def test_post_batch_csv(api: httpx.AsyncClient) -> None:
                                 "(the string supplied did not seem to be a phone number)"}]
 
 
+async def test_a_rejected_multi_line_csv_record_is_one_index(api: httpx.AsyncClient) -> None:
+    """Each line of a malformed record spanning lines is reported, but under the record's
+    index: the records after it keep theirs (they were counted one per line)."""
+    csv = ('number,note\n+14155550100,"a\nb\nc" x\nnope,y\n+14155550101,"wrong\ncount",z\n'
+           "+14155550102,ok\n")
+    r = await api.post("/v1/batches?target=sales", content=csv.encode(),
+                       headers={**AUTH, "Content-Type": "text/csv"})
+    assert r.status_code == 202, r.text
+    out = r.json()
+    assert out["accepted"] == 1
+    assert [(x["index"], x["line"]) for x in out["rejected"]] == [(0, 2), (0, 3), (0, 4), (1, 5), (2, 6), (2, 7)]
+    assert out["rejected"][1]["reason"].startswith("malformed CSV: inside the row of line 2")
+    assert out["rejected"][4]["reason"].startswith("3 values but the header has 2 columns")
+    assert out["rejected"][5]["reason"].startswith("inside the row of line 6")
+
+
 async def test_cursor_paging_walks_every_call(api: httpx.AsyncClient) -> None:
     nums = [f"+1415555{i:04d}" for i in range(100, 350)]
     bid = (await api.post("/v1/batches", json=leads(*nums), headers=AUTH)).json()["batch_id"]

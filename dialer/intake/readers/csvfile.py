@@ -22,6 +22,9 @@ from dialer.intake.readers.common import RawRow, RowBlock, RowReader, dict_build
 from dialer.intake.readers.text import text_pieces
 
 _QUOTED = re.compile(r'"[^"]*"')
+# how the reason of each further line of a rejected multi-line row starts: that line is
+# no record of its own (an API batch's rejects count records: batch_rejected_rows_indexed)
+CONTINUED = ("inside the row of line ", "malformed CSV: inside the ")
 _SENTINEL = "\x00"  # stands for an unreadable physical line inside the csv.reader feed
 _OVERLONG, _NUL = "L", "N"
 _EOF_IN_QUOTES = "unexpected end of data"  # csv's strict-mode error: a quote open at the end
@@ -202,7 +205,7 @@ class CsvReader(RowReader):
                         continue
                     if raw_row.error is not None and base + end > line:
                         for item in _spanned(line, base + end, raw_row.error, "this row",
-                                             f"inside the row of line {line} ({raw_row.error})"):
+                                             f"{CONTINUED[0]}{line} ({raw_row.error})"):
                             if skip:
                                 skip -= 1
                             else:
@@ -220,7 +223,7 @@ class CsvReader(RowReader):
                 items: Iterable[RawRow]
                 if str(e) == _EOF_IN_QUOTES:
                     items = _spanned(line, last, "malformed CSV: a quoted field opened here is never "
-                                     "closed", "it", f"malformed CSV: inside the quoted field opened "
+                                     "closed", "it", f"{CONTINUED[1]}quoted field opened "
                                      f"on line {line}, which is never closed")
                 elif (lax := self._lenient(end - (last - line), end)) is not None:
                     raw_row = RawRow(line, build(lax)) if len(lax) == w and lax[0] else odd(line, lax)
@@ -228,7 +231,7 @@ class CsvReader(RowReader):
                 else:
                     cause = f"{e} on line {last}" if last > line else str(e)
                     items = _spanned(line, last, f"malformed CSV: {cause}", "this row",
-                                     f"malformed CSV: inside the row of line {line} ({cause})")
+                                     f"{CONTINUED[1]}row of line {line} ({cause})")
                 for item in items:
                     if skip:
                         skip -= 1
