@@ -30,6 +30,7 @@ from dialer.lifecycle import moves, number_report, observe
 from dialer.lifecycle.observe import Ended
 from dialer.results.cells import csv_text
 from dialer.store.queries import Q
+from dialer.store.retry import DB_DOWN
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,16 @@ async def write_owed_results(conn: asyncpg.Connection, batch_id: uuid.UUID, now:
         filed = Path(owed["filed_path"])
         dest = filed.with_name(filed.name + ".results.csv")
         try:
-            await write_results_csv(conn, batch_id, dest)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError):
-            raise  # the database's: this transaction is gone, the sweep's supervisor waits
+            # a savepoint: a statement that fails on this batch's rows is undone, while the
+            # lock and the retry's record below stay in this transaction
+            async with conn.transaction():
+                await write_results_csv(conn, batch_id, dest)
         except Exception as e:
-            # a file error, or a fault of this batch's rows: left owed with its backoff, so
-            # it never holds up the files owed after it
+            if isinstance(e, DB_DOWN) and not _file_error(e):
+                raise  # the database is away: the sweep's supervisor waits for it
+            # a file error, or a fault of this batch's rows (the database's refusal of a
+            # statement too, every time, maybe): left owed with its backoff, so it never
+            # holds up the files owed after it
             attempts = owed["results_attempts"] + 1
             wait = results_backoff(attempts)
             await conn.execute(Q.results_file_retry, batch_id, attempts, now + wait)
@@ -120,6 +125,12 @@ async def write_owed_results(conn: asyncpg.Connection, batch_id: uuid.UUID, now:
         log.info("results file written after earlier failures", extra={
             "batch_id": str(batch_id), "path": str(dest), "attempt": owed["results_attempts"] + 1})
     return dest
+
+
+def _file_error(e: Exception) -> bool:
+    """An ``OSError`` of the file being written (a full disk, a directory in the way), not
+    one of the database's connection."""
+    return isinstance(e, OSError) and not isinstance(e, ConnectionError | TimeoutError)
 
 
 # How long a finalised inbox batch waits for its file to be filed before it may end without

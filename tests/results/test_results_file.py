@@ -174,3 +174,32 @@ async def test_a_write_that_fails_for_a_fault_of_its_own_does_not_hold_up_the_ot
     assert other.exists() and not first.exists(), sorted(p.name for p in first.parent.parent.rglob("*"))
     [row] = await owed(pool)
     assert (row["id"], row["results_attempts"]) == (bad, 1)
+
+
+async def test_a_statement_the_database_refuses_for_one_batch_does_not_hold_up_the_others(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query that fails on one batch's rows, each time, is that batch's fault, not an
+    outage: it stays owed with its backoff (it went first on every sweep, and each sweep
+    ended there, writing none of the files owed after it, and without a backoff)."""
+    first = await ingest_rejected_file(inbox, clock)
+    bad = await die_before_the_write(pool, clock, monkeypatch)
+    drop(inbox, "other.csv", "number\nnot-a-number\n")
+    await settle_and_scan(inbox, clock)
+    other = first.with_name("other.csv.results.csv")
+    real = files.write_results_csv
+
+    async def refused(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
+        if batch_id == bad:
+            await conn.execute("SELECT 1 / 0")  # as a row the results query cannot read
+        return await real(conn, batch_id, dest)
+
+    monkeypatch.setattr(files, "write_results_csv", refused)
+    await Completion(pool, clock).check()
+    assert other.exists() and not first.exists()
+    [row] = await owed(pool)
+    assert (row["id"], row["results_attempts"]) == (bad, 1)
+    monkeypatch.setattr(files, "write_results_csv", real)
+    clock.advance(files.results_backoff(1).total_seconds() + 1)
+    await Completion(pool, clock).check()
+    assert_results(first)
+    assert await owed(pool) == []
