@@ -113,7 +113,7 @@ async def import_stream(
     on_progress: Callable[[int], None] | None = None,
 ) -> DncReport:
     """A stream normalised in a worker thread (small inputs); ``on_progress``: bytes read."""
-    job = DncJob(region, default_expiry)
+    job = DncJob(region, default_expiry, now)
     return await _import(pool, from_thread(iter_stream(stream, job)), source=source, now=now,
                          targets=targets, on_progress=on_progress)
 
@@ -139,7 +139,7 @@ async def import_file(
                                        default_expiry=default_expiry, on_progress=on_progress)
     if parts is None:
         parts = max(1, min(os.cpu_count() or 1, MAX_PARTS, size // PROCESS_THRESHOLD_BYTES))
-    job = DncJob(region, default_expiry)
+    job = DncJob(region, default_expiry, now)
     ranges = await anyio.to_thread.run_sync(split_parts, path, parts)
     async with merged([from_process(iter_part, path, a, b, job) for a, b in ranges]) as chunks:
         return await _import(pool, chunks, source=source, now=now, targets=targets, on_progress=on_progress)

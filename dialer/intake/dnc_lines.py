@@ -35,6 +35,9 @@ class DncJob:
 
     region: str
     default_expiry: datetime | None = None
+    # the import's moment: a line whose own expiry is not after it protects nobody, and
+    # would still cancel the number's calls (an invalid line, as the API refuses it)
+    now: datetime | None = None
     chunk_lines: int = CHUNK
     # small first chunks: the COPY starts while the rest is normalised; fourfold up to chunk_lines
     first_chunk_lines: int = 2_000
@@ -136,6 +139,7 @@ def encode(pieces: Iterator[tuple[str, int]], job: DncJob, first_line: int,
     region = job.region
     default = job.default_expiry
     default_text = default.isoformat() if default else "\\N"
+    now = job.now
     normalise = phones.normalise
     n = first_line - 1
     buf: list[str] = []
@@ -164,11 +168,16 @@ def encode(pieces: Iterator[tuple[str, int]], job: DncJob, first_line: int,
             e164, why = normalise(number, region)
             expiry = default_text
             if e164 is not None and rest.strip():
+                given = rest.split(",")[0].strip('" ')
                 try:
-                    dt = parse_expiry(rest.split(",")[0].strip('" '))
-                    expiry = dt.isoformat() if dt else "\\N"
+                    dt = parse_expiry(given)
                 except ValueError:
                     e164, why = None, f"expires_at {rest.strip()[:40]!r} is not an ISO date"
+                else:
+                    if now is not None and dt <= now:
+                        e164, why = None, f"expires_at {given[:40]!r} is in the past"
+                    else:
+                        expiry = dt.isoformat()
             if e164 is None:
                 invalid += 1
                 if kept < MAX_SAMPLES:

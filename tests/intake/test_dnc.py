@@ -7,7 +7,7 @@ import io
 import itertools
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,20 @@ async def test_a_file_in_child_processes_merges_like_one_stream(pool: asyncpg.Po
     assert rows["+12015550199"]["expires_at"] == datetime(2028, 1, 1, tzinfo=UTC)
     assert rows["+14155550100"]["expires_at"] is None
     assert rows["+13122000000"]["source"] == "old"  # listed for good already: nothing longer to add
+
+
+async def test_a_line_whose_expiry_has_passed_is_invalid(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """It protects nobody, yet it cancelled the number's calls as if listed (the API and
+    the CLI refuse such an expiry)."""
+    body = f"number,expires_at\n4155550100,{(NOW - timedelta(days=1)).date()}\n4155550101,{NOW.isoformat()}\n" \
+           f"4155550102,{(NOW + timedelta(days=1)).isoformat()}\n"
+    report = await dnc.import_bytes(pool, body.encode(), region="US", source="registry", now=NOW, targets={})
+    assert (report.valid, report.invalid, report.added) == (1, 2, 1)
+    assert [(s["line"], s["reason"]) for s in report.invalid_samples] == [
+        (2, f"expires_at '{(NOW - timedelta(days=1)).date()}' is in the past"),
+        (3, f"expires_at '{NOW.isoformat()}' is in the past")]
+    async with pool.acquire() as conn:
+        assert [r["e164"] for r in await conn.fetch("SELECT e164 FROM dnc")] == ["+14155550102"]
 
 
 async def test_a_number_listed_meanwhile_by_another_transaction_is_counted_once(
