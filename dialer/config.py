@@ -528,6 +528,15 @@ class Settings(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _inbox_is_not_the_state_dir(self) -> Settings:
+        # the inbox reads every file at its top: the callback secret, the API token file and
+        # the rest of the state would be taken for lead files and moved to failed/
+        if self.inbox_dir is not None and self.inbox_dir.resolve() == self.state_dir.resolve():
+            raise ValueError(f"inbox_dir: {str(self.inbox_dir)!r} is the state directory; the inbox "
+                             "must be a folder of its own (by default STATE_DIR/inbox)")
+        return self
+
+    @model_validator(mode="after")
     def _copy_streams_fit_the_pool(self) -> Settings:
         if self.ingest_copy_streams >= self.db_pool_size:
             raise ValueError(

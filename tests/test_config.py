@@ -318,3 +318,17 @@ def test_queue_only_keys_on_a_campaign_target_are_a_warning(tmp_path: Path) -> N
         'appends (kind = "queue") do (customer-first still turns on the abandon-rate guard)',
     )
     assert load_settings(write(tmp_path, GOOD), environ={}).warnings == ()
+
+
+@pytest.mark.parametrize("inbox", [".", "./", "link"])
+def test_an_inbox_that_is_the_state_directory_stops_start_up(tmp_path: Path, inbox: str) -> None:
+    """Its files (the callback secret, the token file) would be taken for lead files."""
+    state = tmp_path / "var"
+    state.mkdir()
+    (tmp_path / "link").symlink_to(state)
+    env = {"DIALER_STATE_DIR": str(state), "DIALER_INBOX_DIR": str(state / inbox) if inbox != "link"
+           else str(tmp_path / "link")}
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, environ=env)
+    assert "inbox_dir" in e.value.message and "is the state directory" in e.value.message
+    assert load_settings(None, environ={**env, "DIALER_INBOX_DIR": str(state / "inbox")}).inbox == state / "inbox"
