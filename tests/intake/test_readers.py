@@ -965,3 +965,22 @@ def test_an_integer_past_64_bits_is_read_exactly(fmt: str) -> None:
     got = rows(data, fmt)
     assert got[0][1] == {"number": "+14155550100", "external_id": big, "score": -9223372036854775809}
     assert type(got[0][1]["external_id"]) is int and got[0][2] is None
+
+
+@pytest.mark.parametrize("data", [
+    b'number,address,note\n1,"12 Main St\nApt 4" ,x',  # the file's last row, no line end
+    b'number,address,note\n1,"a ""b"" , c\nApt 4" ,x\n',
+    b'number,address,note\n1,"He said ""hi"" \nthen left" ,x\n',
+])
+def test_forgiving_blanks_after_a_closing_quote_keeps_the_quoted_text(data: bytes) -> None:
+    """Only the blanks after the closing quote go: those inside the quotes are the cell's."""
+    want = data.split(b",", 3)[3].rsplit(b'" ,', 1)[0][1:].decode().replace('""', '"')
+    assert rows(data) == [(2, {"number": "1", "address": want, "note": "x"}, None)]
+
+
+def test_forgiving_blanks_after_a_closing_quote_does_not_depend_on_where_the_file_is_cut() -> None:
+    """The row read again may begin in the previous 64 KiB piece of text."""
+    head = b"number,address,note\n"
+    for at in range(65_500, 65_560):
+        data = head + b"9," + b"z" * (at - len(head) - 6) + b',q\n1,"12 Main St\nApt 4" ,x\n'
+        assert rows(data)[-1] == (3, {"number": "1", "address": "12 Main St\nApt 4", "note": "x"}, None), at

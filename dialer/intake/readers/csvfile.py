@@ -40,8 +40,11 @@ class CsvReader(RowReader):
         # A quoted field may span lines: the field limit bounds what an unbalanced quote
         # can swallow.  It is process-wide; every reader sets it to its own line limit.
         csv.field_size_limit(max_line_bytes + 2)
-        self._lines: list[str] = []  # csv.reader path: the lines of the piece being read
-        self._fed = 0  # and how many lines the pieces before it had
+        # csv.reader path: the lines of the piece being read and of the one before it (a
+        # row that spans lines may begin there), and how many lines came before those
+        self._lines: list[str] = []
+        self._older: list[str] = []
+        self._fed = 0
         pieces = text_pieces(raw, encoding, max_line_bytes)
         self._line = 0  # physical lines consumed
         seen_any = False
@@ -181,8 +184,8 @@ class CsvReader(RowReader):
         else:
             nul = _SENTINEL + _NUL + self._delim * self._width
             lines = [nul if "\x00" in text else text for text in io.StringIO(piece, newline="")]
-        self._fed += len(self._lines)
-        self._lines = lines
+        self._fed += len(self._older)
+        self._older, self._lines = self._lines, lines
         return lines
 
     def _csv_rows(self, pieces: Iterator[str | None], base: int, skip: int) -> Iterator[RawRow]:
@@ -248,18 +251,56 @@ class CsvReader(RowReader):
         longer at hand (it began in an earlier block) or, read again, it does not end at
         ``last``."""
         lo, hi = first - self._fed - 1, last - self._fed
-        if lo < 0 or hi > len(self._lines):
+        window = self._older + self._lines
+        if lo < 0 or hi > len(window):
             return None
-        lines = self._lines[lo:hi]
+        lines = window[lo:hi]
         if len(lines) > 1:
-            blanks = re.compile('"[ \t]+(?=' + re.escape(self._delim) + '|\r?\n?$)')
-            lines = [blanks.sub('"', text) for text in lines]
+            text = _without_blanks_after_quotes("".join(lines), self._delim)
+            if text is None:
+                return None
+            lines = list(io.StringIO(text, newline=""))
         reader = csv.reader((*lines, ""), delimiter=self._delim, strict=len(lines) > 1)
         try:
             row = next(reader, [])
         except csv.Error:
             return None
         return row if reader.line_num == len(lines) else None
+
+
+def _without_blanks_after_quotes(text: str, delim: str) -> str | None:
+    """``text`` (a row's lines) with the blanks between each closing quote and the next
+    delimiter or line end taken out; None when other text follows a closing quote. Text
+    inside quotes is left as it is."""
+    blanks = " \t".replace(delim, "")
+    out: list[str] = []
+    i, n = 0, len(text)
+    start = 0  # where the text not yet copied begins
+    quoted = False
+    field_start = True
+    while i < n:
+        c = text[i]
+        if quoted:
+            if c == '"':
+                if text[i + 1 : i + 2] == '"':  # an escaped quote
+                    i += 2
+                    continue
+                quoted = False
+                i += 1
+                out.append(text[start:i])
+                j = i
+                while j < n and text[j] in blanks:
+                    j += 1
+                if j < n and text[j] not in (delim, "\r", "\n"):
+                    return None
+                start = i = j
+                continue
+        elif c == '"' and field_start:
+            quoted = True
+        field_start = not quoted and c in (delim, "\r", "\n")
+        i += 1
+    out.append(text[start:])
+    return "".join(out)
 
 
 def _spanned(first: int, last: int, reason: str, whole: str, inside: str) -> Iterator[RawRow]:
