@@ -12,8 +12,7 @@ from starlette.requests import Request
 
 from dialer.errors import InvalidInput
 from dialer.http.errors import validation_details
-from dialer.intake.readers.jsonfile import loads as loads_exact
-from dialer.intake.readers.jsonfile import loads_lenient
+from dialer.intake.readers import jsonfile
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,10 +37,10 @@ def loads(body: bytes) -> Any:
     """orjson, with slow paths for JSON that carries unpaired surrogate escapes or integers
     past 64 bits."""
     try:
-        return loads_exact(body)
+        return jsonfile.loads(body)
     except orjson.JSONDecodeError as e:
         try:
-            return loads_lenient(body)
+            return jsonfile.loads_lenient(body)
         except ValueError:
             raise InvalidInput(f"body is not valid JSON: {e}") from None
 

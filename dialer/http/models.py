@@ -23,7 +23,8 @@ def _not_bool(v: Any) -> Any:
 # come before the validator: after it, pydantic writes them into the schema as "ge"/"le",
 # which JSON Schema ignores (the fuzz test then sends 10**34, schema-valid yet refused).
 StrictInt64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_not_bool)]
-FieldValue = str | Int64 | float | bool | None
+# any integer: a CRM's id past 64 bits stays exact (the body is read exactly: bodies.loads)
+FieldValue = str | int | float | bool | None
 
 
 NumberList = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=9)]

@@ -7,6 +7,7 @@ so it is plain synchronous code with no database access.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import zoneinfo
 from array import array
@@ -63,7 +64,11 @@ def _text(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     if isinstance(v, (list, dict)):
-        return orjson.dumps(v).decode()
+        try:
+            return orjson.dumps(v).decode()
+        except TypeError:  # an integer past 64 bits inside (jsonfile.loads keeps them exact)
+            text: str = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+            return text
     return str(v)
 
 

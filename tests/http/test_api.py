@@ -380,6 +380,23 @@ async def test_a_misspelt_or_repeated_query_parameter_is_refused(api: httpx.Asyn
     assert (await api.get("/v1/targets/sales/waiting", headers=AUTH)).status_code == 200
 
 
+async def test_a_custom_field_integer_past_64_bits_is_kept_exactly(api: httpx.AsyncClient) -> None:
+    """It was read as a float: 12345678901234567890123 was stored as 12345678901234567741440."""
+    body = b'{"target": "sales", "leads": [{"number": "+14155550130", "external_id": "crm-big", ' \
+           b'"crm_id": 12345678901234567890123, "fields": {"ref": -98765432109876543210}}]}'
+    r = await api.post("/v1/batches", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    call = (await api.get("/v1/calls?external_id=crm-big", headers=AUTH)).json()
+    call = call["calls"][0] if "calls" in call else call
+    assert call["fields"] == {"crm_id": "12345678901234567890123", "ref": "-98765432109876543210"}
+
+
+async def test_json_nested_too_deeply_is_422(api: httpx.AsyncClient) -> None:
+    body = b'{"target": "sales", "leads": [{"number": "+14155550131", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}]}"
+    r = await api.post("/v1/batches", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.text, r.text
+
+
 async def test_json_leads_take_the_column_aliases_and_other_keys_as_custom_fields(api: httpx.AsyncClient) -> None:
     """SPEC §4 "Columns / fields (case-insensitive, aliases)": a lead posted as JSON is
     keyed as a file's columns are."""

@@ -967,6 +967,31 @@ def test_an_integer_past_64_bits_is_read_exactly(fmt: str) -> None:
     assert type(got[0][1]["external_id"]) is int and got[0][2] is None
 
 
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_nan_and_infinity_are_not_json(fmt: str) -> None:
+    """The standard library reads them (the lenient path): a row (or file) orjson refused
+    for them stays refused."""
+    item = b'{"number": "+14155550100", "score": NaN, "note": "caf\\ud83d"}'
+    if fmt == "ndjson":
+        assert rows(item + b"\n", fmt)[0][2].startswith("invalid JSON")
+    else:
+        assert "invalid JSON" in unreadable(b"[" + item + b"]", fmt)
+
+
+def test_an_integer_past_64_bits_inside_a_list_is_written_exactly() -> None:
+    """orjson cannot write it back: the intake worker failed and the file was retried forever."""
+    import io
+
+    from dialer.intake.pipeline import ParseJob, iter_chunks
+    from tests.intake.test_leads import RULES
+
+    data = b'{"number": "+14155550100", "tags": ["vip", 123456789012345678901234]}\n{"number": "+14155550101"}\n'
+    job = ParseJob(fmt="ndjson", batch_id="b", rules=RULES, chunk_rows=10)
+    chunks = [c for c in iter_chunks(io.BytesIO(data), job) if c.rows]
+    assert sum(c.rows for c in chunks) == 2 and sum(c.invalid for c in chunks) == 0
+    assert '"tags":"[\\\\"vip\\\\",123456789012345678901234]"' in b"".join(c.data for c in chunks).decode()
+
+
 @pytest.mark.parametrize("data", [
     b'number,address,note\n1,"12 Main St\nApt 4" ,x',  # the file's last row, no line end
     b'number,address,note\n1,"a ""b"" , c\nApt 4" ,x\n',

@@ -45,25 +45,49 @@ def without_surrogates(v: Any) -> Any:
     return v
 
 
-# 19 digits in a row: maybe an integer past 64 bits, which orjson reads as a float (a
-# 22-digit CRM id would come out as 1.2345678901234568e+21); also matches long fractions
-# and digits in strings, which only take the exact path for nothing
-_LONG_DIGITS_B = re.compile(rb"\d{19}")
-_LONG_DIGITS_S = re.compile(r"\d{19}")
+# An integer past 64 bits is read by orjson as a float (a 23-digit CRM id would come out as
+# 1.2345678901234568e+22); such an item is read again by the standard library, which keeps
+# it exact. Which items: those with 19 digits in a row, found with two C-speed passes
+# (digits → "0", then a substring search), first over a whole block of the file, so the
+# items of a block without such a run pay nothing.
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_RUN = b"0" * 19
+
+
+def long_digit_run(data: bytes) -> bool:
+    """Whether ``data`` holds 19 digits in a row (maybe an integer orjson cannot keep)."""
+    return _LONG_RUN in data.translate(_DIGITS_AS_ZERO)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_exact(data: bytes | str, value: Any) -> Any:
+    """``value``, orjson's reading of ``data``, read again with its integers exact (see
+    ``long_digit_run``); ``value`` itself where the standard library cannot (an integer of
+    over 4,300 digits, nesting deeper than its recursion limit)."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return value
 
 
 def loads(data: bytes | str) -> Any:
-    """orjson, except that an integer too big for it is kept exact (the standard library);
-    raises ``orjson.JSONDecodeError`` as orjson does."""
+    """orjson, with integers past 64 bits kept exact; raises ``orjson.JSONDecodeError``."""
     value = orjson.loads(data)
-    found = (_LONG_DIGITS_B if isinstance(data, bytes) else _LONG_DIGITS_S).search(data)  # type: ignore[arg-type]
-    return json.loads(data) if found is not None else value
+    risky = long_digit_run(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
+    return loads_exact(data, value) if risky else value
 
 
 def loads_lenient(data: bytes | str) -> Any:
     """JSON orjson refused: valid JSON carrying a lone surrogate escape is read all the same
-    (the standard library takes it); anything else raises ``ValueError``."""
-    return without_surrogates(json.loads(data))
+    (the standard library takes it); anything else raises ``ValueError`` (NaN and Infinity
+    too: not JSON, though the standard library reads them)."""
+    try:
+        return without_surrogates(json.loads(data, parse_constant=_no_constant))
+    except RecursionError:  # orjson refuses nesting past 1,024 levels too
+        raise ValueError("nested too deeply") from None
 
 
 class NdjsonReader(RowReader):
@@ -75,7 +99,7 @@ class NdjsonReader(RowReader):
         self._pieces = text_pieces(raw, encoding, max_line_bytes)
 
     def _rows(self) -> Iterator[RawRow]:
-        decode_error = orjson.JSONDecodeError
+        loads_orjson, decode_error = orjson.loads, orjson.JSONDecodeError
         skip = self._skip
         line = 0
         for piece in self._pieces:
@@ -89,6 +113,8 @@ class NdjsonReader(RowReader):
             lines = piece.split("\n")
             if not lines[-1]:
                 lines.pop()
+            # whole lines: a piece without a long digit run has no line with one
+            risky = long_digit_run(piece.encode("utf-8", "surrogatepass"))
             for text in lines:
                 line += 1
                 text = text.strip()
@@ -101,7 +127,9 @@ class NdjsonReader(RowReader):
                     yield RawRow(line, None, "NUL byte in line")
                     continue
                 try:
-                    value = loads(text)
+                    value = loads_orjson(text)
+                    if risky and long_digit_run(text.encode("utf-8", "surrogatepass")):
+                        value = loads_exact(text, value)
                 except decode_error as e:
                     try:
                         value = loads_lenient(text)
@@ -189,7 +217,9 @@ class JsonReader(RowReader):
         """The leads array's items, from just after its "[" to just after its "]"."""
         limit = self._limit
         item_end = _ITEM_END.search
-        decode_error = orjson.JSONDecodeError
+        loads_orjson, decode_error = orjson.loads, orjson.JSONDecodeError
+        risky_in: bytes | None = None  # the block last checked for a long digit run
+        risky = False
         c = inp.peek()
         if c == 0x5D:
             inp.pos += 1
@@ -201,10 +231,14 @@ class JsonReader(RowReader):
                 m = item_end(buf, pos, pos + limit + 64)
                 if m is not None and m.start() < pos + limit:
                     try:
-                        value = loads(buf[pos : m.start() + 1])
+                        value = loads_orjson(buf[pos : m.start() + 1])
                     except decode_error:
                         pass  # nested, a "}," inside a string, or broken: the slow path tells
                     else:
+                        if buf is not risky_in:  # an item here lies within the block
+                            risky_in, risky = buf, long_digit_run(buf)
+                        if risky and long_digit_run(item := buf[pos : m.start() + 1]):
+                            value = loads_exact(item, value)
                         inp.pos = m.end()
                         c = buf[m.start(1)]
             if value is _NO_VALUE:
