@@ -38,6 +38,13 @@ DB_AWAY: tuple[type[Exception], ...] = (
 RETRY_AFTER_S = 5
 
 
+def db_away(exc: BaseException) -> bool:
+    """``exc`` says the database is away: one of ``DB_AWAY``, or the InterfaceError asyncpg
+    raises on a connection that closed under the request (a transaction's exit after the
+    server went: "the underlying connection is closed"), which hides the first error."""
+    return isinstance(exc, DB_AWAY) or (isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+
+
 class ORJSONResponse(JSONResponse):
     """JSON rendered by orjson (FastAPI's own class of that name is deprecated)."""
 
@@ -107,6 +114,12 @@ def install(app: FastAPI) -> None:
 
     for kind in DB_AWAY:
         app.add_exception_handler(kind, _away)
+
+    @app.exception_handler(asyncpg.InterfaceError)
+    async def _interface(request: Request, exc: asyncpg.InterfaceError) -> Any:
+        if db_away(exc):
+            return await _away(request, exc)
+        raise exc  # a misuse: a bug, the 500 it is
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:

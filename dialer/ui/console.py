@@ -130,8 +130,8 @@ class Console:
             return None
         try:
             gone = await logouts.revoked(self.ctx.pool, s.sid)
-        except errors.DB_AWAY as e:
-            if request.method not in ("GET", "HEAD"):
+        except Exception as e:
+            if not errors.db_away(e) or request.method not in ("GET", "HEAD"):
                 raise
             log.warning("console session not checked for a logout: the database is unreachable",
                         extra={"path": request.url.path, "error": type(e).__name__})

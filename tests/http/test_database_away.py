@@ -92,3 +92,28 @@ async def test_a_console_form_is_refused_when_its_session_cannot_be_checked_for_
     r = await client.post("/ui/logout", data={"csrf": csrf})
     assert r.status_code == 503 and "Database unavailable" in r.text
     assert (await client.get("/ui/upload")).status_code == 200  # still logged in: nothing was recorded
+
+
+async def test_a_connection_closed_inside_a_transaction_is_503_a_misuse_stays_500(
+        pool: asyncpg.Pool, settings: Settings) -> None:
+    """The server ending a backend mid-transaction: the statement fails, then asyncpg's
+    transaction exit raises InterfaceError ("the underlying connection is closed"), which
+    hides the first error. That is the database away (503), not the misuse an
+    InterfaceError mostly is (a 500)."""
+    app = create_app(AppContext(settings=settings, pool=pool, clock=FakeClock()))
+
+    async def killed() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    async def misuse() -> None:
+        raise asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+
+    app.add_api_route("/v1/killed", killed)
+    app.add_api_route("/v1/misuse", misuse)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                 base_url=BASE) as c:
+        r = await c.get("/v1/killed", headers=AUTH)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert r.json()["error"]["code"] == "database_unavailable"
+        assert (await c.get("/v1/misuse", headers=AUTH)).status_code == 500
