@@ -531,9 +531,13 @@ class Settings(_Strict):
     def _inbox_is_not_the_state_dir(self) -> Settings:
         # the inbox reads every file at its top: the callback secret, the API token file and
         # the rest of the state would be taken for lead files and moved to failed/
-        if self.inbox_dir is not None and self.inbox_dir.resolve() == self.state_dir.resolve():
-            raise ValueError(f"inbox_dir: {str(self.inbox_dir)!r} is the state directory; the inbox "
-                             "must be a folder of its own (by default STATE_DIR/inbox)")
+        # (its subfolders are target folders, so the state directory may not be one either)
+        if self.inbox_dir is not None:
+            inbox, state = self.inbox_dir.resolve(), self.state_dir.resolve()
+            if inbox == state or inbox in state.parents:
+                what = "the state directory" if inbox == state else "a folder the state directory is in"
+                raise ValueError(f"inbox_dir: {str(self.inbox_dir)!r} is {what}; the inbox must be a "
+                                 "folder of its own (by default STATE_DIR/inbox)")
         return self
 
     @model_validator(mode="after")

@@ -320,9 +320,12 @@ def test_queue_only_keys_on_a_campaign_target_are_a_warning(tmp_path: Path) -> N
     assert load_settings(write(tmp_path, GOOD), environ={}).warnings == ()
 
 
-@pytest.mark.parametrize("inbox", [".", "./", "link"])
-def test_an_inbox_that_is_the_state_directory_stops_start_up(tmp_path: Path, inbox: str) -> None:
-    """Its files (the callback secret, the token file) would be taken for lead files."""
+@pytest.mark.parametrize(("inbox", "what"), [(".", "the state directory"), ("./", "the state directory"),
+                                             ("link", "the state directory"),
+                                             ("..", "a folder the state directory is in")])
+def test_an_inbox_that_is_the_state_directory_stops_start_up(tmp_path: Path, inbox: str, what: str) -> None:
+    """Its files (the callback secret, the token file) would be taken for lead files; in
+    the inbox's parent, the state directory would be scanned as a target's folder."""
     state = tmp_path / "var"
     state.mkdir()
     (tmp_path / "link").symlink_to(state)
@@ -330,5 +333,5 @@ def test_an_inbox_that_is_the_state_directory_stops_start_up(tmp_path: Path, inb
            else str(tmp_path / "link")}
     with pytest.raises(ConfigError) as e:
         load_settings(None, environ=env)
-    assert "inbox_dir" in e.value.message and "is the state directory" in e.value.message
+    assert "inbox_dir" in e.value.message and f"is {what};" in e.value.message
     assert load_settings(None, environ={**env, "DIALER_INBOX_DIR": str(state / "inbox")}).inbox == state / "inbox"
