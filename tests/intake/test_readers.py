@@ -11,6 +11,7 @@ import os
 import string
 import tempfile
 import tracemalloc
+import zipfile
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -1009,3 +1010,38 @@ def test_forgiving_blanks_after_a_closing_quote_does_not_depend_on_where_the_fil
     for at in range(65_500, 65_560):
         data = head + b"9," + b"z" * (at - len(head) - 6) + b',q\n1,"12 Main St\nApt 4" ,x\n'
         assert rows(data)[-1] == (3, {"number": "1", "address": "12 Main St\nApt 4", "note": "x"}, None), at
+
+
+def _rewritten_sheet(data: bytes, *swaps: tuple[bytes, bytes]) -> bytes:
+    """``data``, a workbook, with its first sheet's XML edited (as a hand-made file may be)."""
+    src, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            part = src.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                for old, new in swaps:
+                    part = part.replace(old, new)
+            dst.writestr(item, part)
+    return out.getvalue()
+
+
+@pytest.mark.timeout(60)  # openpyxl's iter_rows made up every row in the gap: days
+def test_a_row_numbered_far_past_the_previous_one_is_read_at_once() -> None:
+    data = xlsx_bytes([["number", "name"], ["+14155550100", "Ann"], ["+14155550101", "Bob"]])
+    data = _rewritten_sheet(data, (b'<row r="3"', b'<row r="999999999999"'), (b'"A3"', b'"A999999999999"'),
+                            (b'"B3"', b'"B999999999999"'))
+    assert rows(data, "xlsx") == [(2, {"number": "+14155550100", "name": "Ann"}, None),
+                                  (999_999_999_999, {"number": "+14155550101", "name": "Bob"}, None)]
+
+
+@pytest.mark.timeout(60)
+def test_a_cell_far_to_the_right_costs_no_more_than_its_bytes() -> None:
+    """Each row was padded out to its last cell's column; a header that wide is refused."""
+    data = xlsx_bytes([["number", "name"]] + [["+14155550100", "Ann", " "]] * 2000)  # a blank cell
+    far = _rewritten_sheet(data, *((f'"C{i}"'.encode(), f'"XFD{i}"'.encode()) for i in range(2, 2002)))
+    assert rows(far, "xlsx") == rows(data, "xlsx")  # no cell there: nothing changes
+    wide = xlsx_bytes([["number", "name"], ["+14155550100", "Ann", "x"]])
+    wide = _rewritten_sheet(wide, (b'"C2"', b'"XFD2"'))
+    assert rows(wide, "xlsx") == [(2, None, "16384 values but the header has 2 columns")]
+    header = _rewritten_sheet(xlsx_bytes([["number", "name", "far"]]), (b'"C1"', b'"XFD1"'))
+    assert "reaches column 16,384, past the 2,000 columns" in unreadable(header, "xlsx")

@@ -105,6 +105,26 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+# A sheet stores only the cells it has, each with its own address, so width costs no bytes:
+# a header wider than this is refused rather than every row being built that wide
+MAX_COLUMNS = 2_000
+
+
+def _stored_rows(ws: Any) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
+    """The worksheet's rows as the file stores them: ``(row number, [(column, value), ...])``.
+    Not ``iter_rows``: it makes up every row missing in between and pads each row out to
+    its last cell's column, so a 5 KB sheet whose second row is numbered 999,999,999,999
+    (or a cell in column ZZZ) took days."""
+    from openpyxl.worksheet._reader import WorkSheetParser
+
+    wb = ws.parent
+    with ws._get_source() as src:
+        parser = WorkSheetParser(src, ws._shared_strings, data_only=wb.data_only, epoch=wb.epoch,
+                                 date_formats=wb._date_formats, timedelta_formats=wb._timedelta_formats)
+        for idx, cells in parser.parse():
+            yield idx, [(c["column"], c["value"]) for c in cells if c["value"] is not None]
+
+
 class XlsxReader(RowReader):
     def __init__(self, raw: BinaryIO, owned: bool, skip_rows: int) -> None:
         super().__init__("xlsx", raw, owned, skip_rows)
@@ -124,14 +144,18 @@ class XlsxReader(RowReader):
             sheets = self._wb.worksheets
             if not sheets:
                 raise FileUnreadable(f"{_UNREADABLE}: it has no worksheet")
-            ws = sheets[0]
-            ws.reset_dimensions()  # a stale <dimension> must not cut rows or columns
-            self._sheet_rows: Iterator[tuple[int, tuple[Any, ...]]] = enumerate(
-                ws.iter_rows(min_row=1, values_only=True), 1
-            )
-            for _, row in self._sheet_rows:
-                names = ["" if v is None else str(_cell(v)).strip().lstrip("\ufeff").strip() for v in row]
-                if any(names):
+            self._sheet_rows = _stored_rows(sheets[0])  # no <dimension>: it may be stale
+            for _, cells in self._sheet_rows:
+                named = [(col, name) for col, v in cells
+                         if (name := str(_cell(v)).strip().lstrip("\ufeff").strip())]
+                if named:
+                    width = max(col for col, _ in named)
+                    if width > MAX_COLUMNS:
+                        raise FileUnreadable(f"the header row reaches column {width:,}, past the "
+                                             f"{MAX_COLUMNS:,} columns a lead file may have")
+                    names = [""] * width
+                    for col, name in named:
+                        names[col - 1] = name
                     self.header = unique_names(names, "header row")
                     break
             else:
@@ -149,21 +173,21 @@ class XlsxReader(RowReader):
         build = dict_builder(self.header)
         skip = self._skip
         try:
-            for line, row in self._sheet_rows:
-                if all(map(_blank, row)):
+            for line, stored in self._sheet_rows:
+                kept = [(col, v) for col, v in stored if not _blank(v)]
+                if not kept:
                     continue
                 if skip:
                     skip -= 1
                     continue
-                n = len(row)
-                while n > w and _blank(row[n - 1]):
-                    n -= 1
+                n = max(col for col, _ in kept)
                 if n > w:
                     yield RawRow(line, None, f"{n} values but the header has {w} columns")
                     continue
-                cells = [_cell(v) for v in row[:n]]
-                if n < w:
-                    cells += [None] * (w - n)
+                cells: list[Any] = [None] * w
+                for col, v in stored:
+                    if col <= w:
+                        cells[col - 1] = _cell(v)
                 yield RawRow(line, build(cells))
         except Exception as e:
             raise FileUnreadable(f"{_UNREADABLE}: {describe(e)}") from e
