@@ -75,7 +75,10 @@ def _storable(v: Any) -> Any:
 
 def decode(body: bytes, content_type: str) -> dict[str, Any]:
     """The body as a dict whose every key and string is storable in PostgreSQL."""
-    data: dict[str, Any] = _storable(_decode(body, content_type))
+    try:
+        data: dict[str, Any] = _storable(_decode(body, content_type))
+    except RecursionError:  # orjson takes 1,024 levels; storing them recursively may not
+        raise BadPayload("JSON body is nested too deeply") from None
     return data
 
 
@@ -158,7 +161,7 @@ def _text(v: Any) -> str | None:
 def _int(v: Any) -> int | None:
     try:
         return int(float(str(v)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "inf", "1e400"
         return None
 
 

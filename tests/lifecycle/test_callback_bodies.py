@@ -46,6 +46,20 @@ async def test_a_nul_in_a_callback_is_stored_on_the_database_path(pool: asyncpg.
     svc.spool.close()
 
 
+async def test_an_attempts_count_past_any_number_is_no_count(pool: asyncpg.Pool, settings: Settings,
+                                                             tmp_path: Path) -> None:
+    """int(float("inf")) raised OverflowError: a 500, and Ryng resent it for nothing."""
+    a, b = await queued_calls(pool, 2)
+    svc = service(pool, settings, tmp_path / "spool")
+    async with endpoint(svc, settings) as ep:
+        r1 = await ep.post(ended(a, attempts="inf"))
+        r2 = await ep.post(urlencode({"event": "terminated", "disposition": "ANSWERED", "agent": "alice",
+                                      "customField10": call_ref(b), "attempts": "1e400"}).encode(), FORM)
+    assert (r1.status_code, r2.status_code) == (200, 200), (r1.text, r2.text)
+    assert await states(pool) == {a: "answered", b: "answered"}
+    svc.spool.close()
+
+
 async def test_a_nul_in_a_spooled_callback_is_stored_at_replay(pool: asyncpg.Pool, settings: Settings,
                                                                tmp_path: Path) -> None:
     (a,) = await queued_calls(pool, 1)
@@ -150,6 +164,8 @@ UNREADABLE = [  # (body, content type): signed callbacks no reading can make sen
     (b"\x89PNG\r\n\x1a\n\x00\xff", "application/octet-stream"),
     (b"event=terminated&agent=\xff", FORM),  # not UTF-8
     (multipart({"event": "terminated"})[0][:-8], multipart({})[1]),  # no closing boundary
+    # JSON orjson reads (up to 1,024 levels) but nested past Python's recursion limit
+    (b'{"event": "terminated", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}", "application/json"),
 ]
 
 
