@@ -54,10 +54,14 @@ class DncChunk:
 
 
 def parse_expiry(text: str) -> datetime:
-    """An ISO 8601 date or time; with no offset it is UTC (a date: its UTC midnight), so the
-    database never reads it in its session's zone."""
+    """An ISO 8601 date or time, in UTC; with no offset it is UTC (a date: its UTC midnight),
+    so the database never reads it in its session's zone. (PostgreSQL takes no offset past
+    ±15:59, Python's up to ±23:59.) ``ValueError`` for what is none, or out of range."""
     dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError(f"{text.strip()!r} is out of range") from None
 
 
 # --------------------------------------------------------------------------- lines
@@ -171,8 +175,10 @@ def encode(pieces: Iterator[tuple[str, int]], job: DncJob, first_line: int,
                 given = rest.split(",")[0].strip('" ')
                 try:
                     dt = parse_expiry(given)
-                except ValueError:
-                    e164, why = None, f"expires_at {rest.strip()[:40]!r} is not an ISO date"
+                except ValueError as e:
+                    e164 = None
+                    why = (f"expires_at {given[:40]!r} is out of range" if "out of range" in str(e)
+                           else f"expires_at {rest.strip()[:40]!r} is not an ISO date")
                 else:
                     if now is not None and dt <= now:
                         e164, why = None, f"expires_at {given[:40]!r} is in the past"

@@ -84,7 +84,10 @@ def parse_time(text: str, zone: Any) -> datetime:
                          "2026-12-01T15:00-06:00") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=zone)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+23:59 is before year 1 in UTC
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def lead_zone(e164: str | None, tz: str | None) -> Any:

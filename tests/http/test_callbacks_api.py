@@ -59,6 +59,7 @@ async def test_every_refusal_says_precisely_why(pool: asyncpg.Pool, make_setting
         await refused({"at": "tomorrow"}, 422, "invalid")
         await refused({"at": "2026-13-01T16:00"}, 422, "invalid_time")
         await refused({"at": "2026-12-01T09:00"}, 422, "time_in_past")
+        await refused({"at": "0001-01-01T00:00:00+23:59"}, 422, "invalid_time")  # before year 1 in UTC
         await refused({"at": "2026-12-01T16:00", "agent": "mallory"}, 422, "unknown_agent")
         await refused({"at": "2026-12-01T16:00", "extra": 1}, 422, "invalid")
         r = await http.post("/v1/dnc", json={"numbers": [LEAD]})

@@ -163,6 +163,18 @@ async def test_a_line_whose_expiry_has_passed_is_invalid(pool: asyncpg.Pool, tmp
         assert [r["e164"] for r in await conn.fetch("SELECT e164 FROM dnc")] == ["+14155550102"]
 
 
+async def test_an_expiry_offset_postgresql_does_not_take_is_read_in_utc(pool: asyncpg.Pool) -> None:
+    """Python reads offsets up to ±23:59, PostgreSQL only to ±15:59: the COPY failed (a
+    500 on the API, a traceback from the CLI)."""
+    body = b"4155550100,2030-01-01T00:00:00+16:00\n4155550101,0001-01-01T00:00:00+23:59\n"
+    report = await dnc.import_bytes(pool, body, region="US", source="registry", now=NOW, targets={})
+    assert (report.valid, report.invalid) == (1, 1)
+    assert report.invalid_samples[0]["reason"] == "expires_at '0001-01-01T00:00:00+23:59' is out of range"
+    async with pool.acquire() as conn:
+        got = await conn.fetchval("SELECT expires_at FROM dnc WHERE e164 = '+14155550100'")
+    assert got == datetime(2029, 12, 31, 8, tzinfo=UTC)
+
+
 async def test_a_number_listed_meanwhile_by_another_transaction_is_counted_once(
         pool: asyncpg.Pool, tmp_path: Path) -> None:
     """The merge inserts without ON CONFLICT; a number another transaction lists while the
