@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -660,7 +661,7 @@ def load_settings(
         path = Path("dialer.toml")
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(_read_config(path).decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except IsADirectoryError:
@@ -682,6 +683,26 @@ def load_settings(
     settings = settings_from(data, source, env, overrides)
     settings._warnings = (*unknown_env(env), *ignored_for_campaigns(settings))
     return settings
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: Path) -> bytes:
+    """The config file's bytes. Only a regular file, of at most ``MAX_CONFIG_BYTES``: a
+    SIGHUP reads it on the event loop, and a FIFO there (blocking) or /dev/zero (endless)
+    would have stopped the daemon."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"config file {path} is not a regular file")
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes")
+    return data
 
 
 # Queue-append parameters the campaign page does not have: set on a campaign target they

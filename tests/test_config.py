@@ -335,3 +335,19 @@ def test_an_inbox_that_is_the_state_directory_stops_start_up(tmp_path: Path, inb
         load_settings(None, environ=env)
     assert "inbox_dir" in e.value.message and f"is {what};" in e.value.message
     assert load_settings(None, environ={**env, "DIALER_INBOX_DIR": str(state / "inbox")}).inbox == state / "inbox"
+
+
+def test_a_config_file_that_is_no_regular_file_or_too_big_is_refused(tmp_path: Path) -> None:
+    """A SIGHUP reads the file on the event loop: a FIFO there blocked the daemon for good,
+    a link to /dev/zero filled its memory."""
+    fifo, zero, big = tmp_path / "fifo.toml", tmp_path / "zero.toml", tmp_path / "big.toml"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    big.write_text("# " + "x" * (1 << 20) + "\n")
+    for path, why in ((fifo, "is not a regular file"), (zero, "is not a regular file"),
+                      (big, "is larger than 1,048,576 bytes")):
+        with pytest.raises(ConfigError) as e:
+            load_settings(path, environ={})
+        assert f"config file {path} {why}" == e.value.message
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_settings(tmp_path, environ={})
