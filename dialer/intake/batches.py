@@ -114,13 +114,16 @@ async def finalise(
     in_file_duplicates: bool | None = None,
     rows: int | None = None,
     invalid: int | None = None,
+    new_rows: int = 0,
 ) -> dict[str, int]:
     """Settle the batch: mark duplicate and DNC leads, so they never dial; returns counts.
 
     Must run inside a transaction (the caller may add its own writes to it). When the
     reader saw the whole input it passes what it knows (no repeated number, row and
-    invalid counts), which spares full scans of a big batch.
+    invalid counts), which spares full scans of a big batch. ``new_rows``: rows this
+    ingest wrote (see ``fresh_statistics``).
     """
+    await fresh_statistics(conn, new_rows)
     await conn.execute(Q.batch_lock_target, target_name)
     window_start = now - timedelta(hours=target.dedupe_window_h)
     # several-number leads first: each number on its own, before the set-based pass
@@ -136,6 +139,23 @@ async def finalise(
         counts = await lead_counts(conn, batch_id)
     await conn.execute(Q.finalise_batch, batch_id, counts, now)
     return counts
+
+
+# A batch at least this big, and a fifth of the table's rows as last counted, is worth an
+# ANALYZE before its finalise (about 0.1 s for 600,000 rows)
+ANALYZE_MIN_ROWS = 10_000
+
+
+async def fresh_statistics(conn: asyncpg.Connection, new_rows: int) -> None:
+    """ANALYZE ``calls`` when ``new_rows`` just written outweigh what the planner knows.
+    Autovacuum analyzes only a minute or so later; before that a fresh table has no
+    statistics at all, and the finalise's self-joins planned as nested loops over the whole
+    batch: a 600,000-row file with duplicates ran past the 60 s statement timeout."""
+    if new_rows < ANALYZE_MIN_ROWS:
+        return
+    known = await conn.fetchval(Q.calls_rows_estimate)
+    if known < 0 or new_rows > known / 5:  # -1: never analyzed
+        await conn.execute(Q.calls_analyze)
 
 
 async def lead_counts(conn: asyncpg.Connection, batch_id: uuid.UUID) -> dict[str, int]:

@@ -188,6 +188,7 @@ class FileIngestor:
                 in_file_duplicates=copied.in_file_duplicates,
                 rows=copied.rows if skip == 0 else None,
                 invalid=copied.invalid if skip == 0 else None,
+                new_rows=copied.rows,
             )
             state = "filed" if source != "inbox" else "ingested"
             await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())

@@ -89,7 +89,8 @@ async def submit(
         for chunk in chunks:
             if chunk.rows:
                 await batches.copy_chunk(conn, batch_id, chunk)
-        counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now)
+        counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now,
+                                        new_rows=sum(chunk.rows for chunk in chunks))
         rejected: list[dict[str, Any]] = []
         not_dialed: list[dict[str, Any]] = []  # duplicate and dnc leads: which ones, not only how many
         csv_body = sub.rows is None

@@ -151,6 +151,13 @@ WHERE batch_id = $1 AND attempt = 1
   AND (state IN ('invalid', 'duplicate', 'dnc') OR jsonb_array_length(number_notes->'rejected') > 0)
 ORDER BY line
 
+-- name: calls_rows_estimate
+-- The planner's row count of calls (-1: never analyzed)
+SELECT reltuples::float8 FROM pg_class WHERE oid = 'calls'::regclass
+
+-- name: calls_analyze
+ANALYZE calls
+
 -- name: batch_rejected_rows_indexed
 -- The same, each with its index among the batch's records (0-based, in line order): a CSV
 -- body's rejects name the record as a JSON body's do (a quoted field may span lines, blank
