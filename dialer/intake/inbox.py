@@ -178,17 +178,24 @@ class Inbox:
     # -- one file ----------------------------------------------------------------
     async def handle(self, path: Path, target: str) -> FileOutcome:
         self.current = path
+        taken = _identity(path)
         try:
             outcome = await self.ingestor.ingest(path, target, source="inbox")
-            await self._file(path, outcome)
+            await self._file(path, outcome, taken)
         finally:
             self.current = None
         self.files_done += 1
         return outcome
 
-    async def _file(self, path: Path, outcome: FileOutcome) -> None:
+    async def _file(self, path: Path, outcome: FileOutcome, taken: tuple[int, int] | None = None) -> None:
         if outcome.kind == "busy":
             return
+        # a file put in its place (or deleted) while it was read is not the one read: it
+        # stays (a new drop, taken at a later scan); the report still goes where it would
+        gone = taken is not None and _identity(path) != taken
+        if gone:
+            log.warning("inbox file was replaced or removed while it was read; a file now in its "
+                        "place is taken as a new drop", extra={"file": path.name})
         metrics.current().inbox_file(outcome.target, outcome.kind)
         if outcome.kind == "failed":
             dest_dir = self.root / "failed"
@@ -201,7 +208,8 @@ class Inbox:
                 "Nothing from this file was ingested. Fix it and drop it into the inbox again.\n"
             )
             await anyio.Path(err).write_text(text, encoding="utf-8")
-            await anyio.Path(path).replace(dest)
+            if not gone:
+                await anyio.Path(path).replace(dest)
             if outcome.sha256 and outcome.batch_id:
                 with contextlib.suppress(Exception):
                     await self.ingestor.mark_failed(outcome.sha256, dest)
@@ -212,7 +220,8 @@ class Inbox:
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = unique_path(dest_dir, path.name)
         await self.ingestor.write_report(outcome, dest.with_name(dest.name + ".report.json"))
-        await anyio.Path(path).replace(dest)
+        if not gone:
+            await anyio.Path(path).replace(dest)
         if outcome.kind == "ingested" and outcome.sha256:
             await self.ingestor.mark_filed(outcome.sha256, dest)
             if self.on_ingested:
@@ -268,3 +277,12 @@ class Inbox:
                 self._wake.set()
         finally:
             ino.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device, inode); None if none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

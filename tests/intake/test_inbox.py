@@ -338,3 +338,32 @@ async def test_a_name_as_long_as_the_file_system_takes_is_filed_with_its_report(
     filed = [p for p in day.iterdir() if not p.name.endswith(".report.json")]
     assert len(filed) == 1 and filed[0].name.endswith(".csv") and name.startswith(filed[0].name[:-4])
     assert json.loads(filed[0].with_name(filed[0].name + ".report.json").read_text())["counts"]["accepted"] == 1
+
+
+async def test_a_file_replaced_while_it_is_read_stays_as_a_new_drop(inbox: Inbox, clock: FakeClock,
+                                                                     pool: asyncpg.Pool, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file moved to processed/ was the newcomer, under the first one's report: its
+    leads were never read. Now it stays in the inbox and is taken at a later scan."""
+    path = drop(inbox, "rep.csv", "number\n+14155550100\n+14155550101\n")
+    newer = tmp_path / "newer.csv"
+    newer.write_text("number\n+14155550102\n")
+    real = FileIngestor.ingest
+
+    async def then_replaced(self: FileIngestor, *args: Any, **kwargs: Any) -> Any:
+        out = await real(self, *args, **kwargs)
+        if newer.exists():
+            os.replace(newer, path)  # as `mv newer.csv inbox/rep.csv` while it was read
+        return out
+
+    monkeypatch.setattr(FileIngestor, "ingest", then_replaced)
+    assert await settle_and_scan(inbox, clock) == 1
+    assert report(inbox, "rep.csv")["counts"]["accepted"] == 2
+    assert path.read_text() == "number\n+14155550102\n"  # not moved under the first one's report
+    day = clock.now().astimezone().date().isoformat()
+    assert not (inbox.root / "processed" / day / "rep.csv").exists()
+    assert await settle_and_scan(inbox, clock) == 1  # the newcomer, as a drop of its own
+    assert not path.exists() and report(inbox, "rep-2.csv")["counts"]["accepted"] == 1
+    async with pool.acquire() as conn:
+        numbers = {r["e164"] for r in await conn.fetch("SELECT e164 FROM calls")}
+    assert numbers == {"+14155550100", "+14155550101", "+14155550102"}
