@@ -161,6 +161,17 @@ class EmbeddedPostgres:
                 os.chmod(p, 0o700)
 
     def running(self) -> bool:
+        """Whether its server is up. A pid file that cannot be read right now (the process
+        out of file descriptors) is no sign it stopped: that is taken as running, or the
+        daemon would try to start a second server on the same data directory."""
+        try:
+            (self.pgdata / "postmaster.pid").stat()
+            with (self.pgdata / "postmaster.pid").open("rb"):
+                pass
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
         return self.live_socket_dir() is not None
 
     def start(self) -> str:

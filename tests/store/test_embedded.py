@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -177,3 +178,24 @@ def test_a_running_server_whose_socket_is_out_of_reach_is_named_in_the_error(
     finally:
         hidden.rename(socket)
     assert select_1(daemon.uri) == 1  # untouched by the failed start
+
+
+def test_a_pid_file_that_cannot_be_read_now_is_no_stopped_server(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of file descriptors (a flood of connections), the daemon took its running
+    server for stopped and tried to start another on the same data directory."""
+    import errno
+
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    assert not pg.running()  # no pid file: stopped
+    pg.pgdata.mkdir(parents=True)
+    (pg.pgdata / "postmaster.pid").write_text("1\n")
+    real_open = Path.open
+
+    def no_fds(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "postmaster.pid":
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", no_fds)
+    assert pg.running()
