@@ -108,6 +108,7 @@ def _blank(value: Any) -> bool:
 # A sheet stores only the cells it has, each with its own address, so width costs no bytes:
 # a header wider than this is refused rather than every row being built that wide
 MAX_COLUMNS = 2_000
+MAX_ROWS = 1_048_576  # a worksheet's last row (ECMA-376, as Excel): a higher number is no workbook
 
 
 def _stored_rows(ws: Any) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
@@ -122,6 +123,9 @@ def _stored_rows(ws: Any) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
         parser = WorkSheetParser(src, ws._shared_strings, data_only=wb.data_only, epoch=wb.epoch,
                                  date_formats=wb._date_formats, timedelta_formats=wb._timedelta_formats)
         for idx, cells in parser.parse():
+            if idx > MAX_ROWS:
+                raise FileUnreadable(f"{_UNREADABLE}: row {idx:,} is past a worksheet's last row "
+                                     f"({MAX_ROWS:,})")
             yield idx, [(c["column"], c["value"]) for c in cells if c["value"] is not None]
 
 
@@ -189,6 +193,8 @@ class XlsxReader(RowReader):
                     if col <= w:
                         cells[col - 1] = _cell(v)
                 yield RawRow(line, build(cells))
+        except FileUnreadable:
+            raise
         except Exception as e:
             raise FileUnreadable(f"{_UNREADABLE}: {describe(e)}") from e
 
