@@ -67,9 +67,33 @@ def _text(v: Any) -> str:
         try:
             return orjson.dumps(v).decode()
         except TypeError:  # an integer past 64 bits inside (jsonfile.loads keeps them exact)
-            text: str = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-            return text
+            pass  # or nested past orjson's 255 levels: the lead's row is refused below
+        if _depth(v) > _MAX_DEPTH:
+            raise NestedTooDeep(f"a value is nested more than {_MAX_DEPTH} levels deep")
+        text: str = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+        return text
     return str(v)
+
+
+# PostgreSQL's jsonb codec (orjson) writes at most 255 levels; readers take up to 1,024
+_MAX_DEPTH = 255
+
+
+class NestedTooDeep(ValueError):
+    """A lead's value nested deeper than can be stored: the row is invalid."""
+
+
+def _depth(v: Any) -> int:
+    """How deeply ``v`` nests lists and dicts (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (list, dict)):
+            deepest = max(deepest, d)
+            if d > _MAX_DEPTH:
+                break
+            stack.extend((y, d + 1) for y in (x.values() if isinstance(x, dict) else x))
+    return deepest
 
 
 def _split_agents(v: Any) -> list[str]:
@@ -109,7 +133,14 @@ class LeadEncoder:
         self.invalid = 0
 
     def lead(self, line: int, values: dict[str, Any] | None, error: str | None) -> list[str | None]:
-        """The COPY values for one row (None is NULL). Hot path: keep it flat."""
+        """The COPY values for one row (None is NULL)."""
+        try:
+            return self._lead(line, values, error)
+        except NestedTooDeep as e:
+            return self._invalid(line, None, str(e))
+
+    def _lead(self, line: int, values: dict[str, Any] | None, error: str | None) -> list[str | None]:
+        """``lead``'s work. Hot path: keep it flat."""
         self._ext = None
         if values is None:
             return self._invalid(line, None, error or "unreadable row")

@@ -63,22 +63,26 @@ def storable(s: str) -> str:
     return s
 
 
-def _storable(v: Any) -> Any:
+# The audit row keeps the body inside a few levels of its own, as jsonb written by orjson
+# (at most 255 levels): a body nested deeper is unreadable, kept as bytes
+MAX_DEPTH = 200
+
+
+def _storable(v: Any, depth: int = 1) -> Any:
     if isinstance(v, str):
         return storable(v)
+    if isinstance(v, dict | list) and depth > MAX_DEPTH:
+        raise BadPayload(f"JSON body is nested more than {MAX_DEPTH} levels deep")
     if isinstance(v, dict):
-        return {storable(str(k)): _storable(x) for k, x in v.items()}
+        return {storable(str(k)): _storable(x, depth + 1) for k, x in v.items()}
     if isinstance(v, list):
-        return [_storable(x) for x in v]
+        return [_storable(x, depth + 1) for x in v]
     return v
 
 
 def decode(body: bytes, content_type: str) -> dict[str, Any]:
     """The body as a dict whose every key and string is storable in PostgreSQL."""
-    try:
-        data: dict[str, Any] = _storable(_decode(body, content_type))
-    except RecursionError:  # orjson takes 1,024 levels; storing them recursively may not
-        raise BadPayload("JSON body is nested too deeply") from None
+    data: dict[str, Any] = _storable(_decode(body, content_type))
     return data
 
 

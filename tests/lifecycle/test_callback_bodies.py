@@ -164,8 +164,10 @@ UNREADABLE = [  # (body, content type): signed callbacks no reading can make sen
     (b"\x89PNG\r\n\x1a\n\x00\xff", "application/octet-stream"),
     (b"event=terminated&agent=\xff", FORM),  # not UTF-8
     (multipart({"event": "terminated"})[0][:-8], multipart({})[1]),  # no closing boundary
-    # JSON orjson reads (up to 1,024 levels) but nested past Python's recursion limit
+    # JSON orjson reads (up to 1,024 levels) but nested past Python's recursion limit, or
+    # past the 255 levels the audit row's jsonb can be written with
     (b'{"event": "terminated", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}", "application/json"),
+    (b'{"event": "terminated", "x": ' + b"[" * 300 + b"]" * 300 + b"}", "application/json"),
 ]
 
 
