@@ -187,7 +187,8 @@ class Inbox:
         self.files_done += 1
         return outcome
 
-    async def _file(self, path: Path, outcome: FileOutcome, taken: tuple[int, int] | None = None) -> None:
+    async def _file(self, path: Path, outcome: FileOutcome,
+                    taken: tuple[int, int, int, int] | None = None) -> None:
         if outcome.kind == "busy":
             return
         # a file put in its place (or deleted) while it was read is not the one read: it
@@ -279,10 +280,11 @@ class Inbox:
             ino.close()
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """Which file ``path`` names now (device, inode); None if none."""
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """Which file, in which version, ``path`` names now (device, inode, size, mtime: a copy
+    over it keeps the inode); None if none."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -340,9 +340,11 @@ async def test_a_name_as_long_as_the_file_system_takes_is_filed_with_its_report(
     assert json.loads(filed[0].with_name(filed[0].name + ".report.json").read_text())["counts"]["accepted"] == 1
 
 
+@pytest.mark.parametrize("how", ["mv", "cp"])  # cp (scp, SMB) writes over the same inode
 async def test_a_file_replaced_while_it_is_read_stays_as_a_new_drop(inbox: Inbox, clock: FakeClock,
                                                                      pool: asyncpg.Pool, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     how: str) -> None:
     """The file moved to processed/ was the newcomer, under the first one's report: its
     leads were never read. Now it stays in the inbox and is taken at a later scan."""
     path = drop(inbox, "rep.csv", "number\n+14155550100\n+14155550101\n")
@@ -352,8 +354,12 @@ async def test_a_file_replaced_while_it_is_read_stays_as_a_new_drop(inbox: Inbox
 
     async def then_replaced(self: FileIngestor, *args: Any, **kwargs: Any) -> Any:
         out = await real(self, *args, **kwargs)
-        if newer.exists():
-            os.replace(newer, path)  # as `mv newer.csv inbox/rep.csv` while it was read
+        if newer.exists():  # as `mv newer.csv inbox/rep.csv` (or cp) while it was read
+            if how == "mv":
+                os.replace(newer, path)
+            else:
+                path.write_bytes(newer.read_bytes())
+                newer.unlink()
         return out
 
     monkeypatch.setattr(FileIngestor, "ingest", then_replaced)
