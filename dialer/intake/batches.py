@@ -9,6 +9,7 @@ and the DNC list; until the batch is finalised nothing of it is dispatched.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
@@ -23,6 +24,8 @@ from dialer.intake.pipeline import Chunk
 from dialer.intake.readers.csvfile import CONTINUED
 from dialer.lifecycle import moves
 from dialer.store.queries import Q
+
+log = logging.getLogger(__name__)
 
 OUTCOMES = ("accepted", "invalid", "duplicate", "dnc")
 _REJECTED = frozenset(OUTCOMES[1:])
@@ -154,8 +157,18 @@ async def fresh_statistics(conn: asyncpg.Connection, new_rows: int) -> None:
     if new_rows < ANALYZE_MIN_ROWS:
         return
     known = await conn.fetchval(Q.calls_rows_estimate)
-    if known < 0 or new_rows > known / 5:  # -1: never analyzed
-        await conn.execute(Q.calls_analyze)
+    if known >= 0 and new_rows <= known / 5:  # -1: never analyzed
+        return
+    try:
+        # its own transaction, or a savepoint in the caller's: the wait for the table's
+        # lock (another ANALYZE or a VACUUM holds it) is bounded, and over if it fails
+        async with conn.transaction():
+            await conn.execute(Q.analyze_lock_wait)
+            await conn.execute(Q.calls_analyze)
+            await conn.execute(Q.analyze_lock_wait_done)
+    except asyncpg.LockNotAvailableError:
+        log.info("calls not analyzed before a finalise: another session holds its lock",
+                 extra={"rows": new_rows})
 
 
 async def lead_counts(conn: asyncpg.Connection, batch_id: uuid.UUID) -> dict[str, int]:

@@ -182,13 +182,14 @@ class FileIngestor:
             await conn.execute(Q.inbox_file_state, fp.sha256, "failed", None, self.clock.now())
             out.kind, out.error = "failed", e.message
             return out
+        # before finalise's transaction: the table's lock is not held through it
+        await batches.fresh_statistics(conn, copied.rows)
         async with conn.transaction():
             out.counts = await batches.finalise(
                 conn, batch_id, target, tcfg, self.clock.now(),
                 in_file_duplicates=copied.in_file_duplicates,
                 rows=copied.rows if skip == 0 else None,
                 invalid=copied.invalid if skip == 0 else None,
-                new_rows=copied.rows,
             )
             state = "filed" if source != "inbox" else "ingested"
             await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())

@@ -158,6 +158,13 @@ SELECT reltuples::float8 FROM pg_class WHERE oid = 'calls'::regclass
 -- name: calls_analyze
 ANALYZE calls
 
+-- name: analyze_lock_wait
+-- (to the end of the transaction, or of the savepoint if it fails)
+SET LOCAL lock_timeout = '2s'
+
+-- name: analyze_lock_wait_done
+SET LOCAL lock_timeout TO DEFAULT
+
 -- name: batch_rejected_rows_indexed
 -- The same, each with its index among the batch's records (0-based, in line order): a CSV
 -- body's rejects name the record as a JSON body's do (a quoted field may span lines, blank

@@ -184,3 +184,20 @@ async def test_a_batch_that_outweighs_the_planners_statistics_is_analyzed_before
     outcome = await FileIngestor(pool, settings, clock).ingest(big, "sales", source="cli")
     assert outcome.kind == "ingested" and outcome.counts["duplicate"] > 0
     assert await _analyze_count(pool) == before + 1
+
+
+async def test_a_finalise_does_not_wait_long_for_the_tables_lock_to_analyze(
+        settings: Settings, pool: asyncpg.Pool, clock: FakeClock, tmp_path: Path) -> None:
+    """Another big finalise's ANALYZE, or a VACUUM, holds the lock: the statistics are not
+    refreshed this time, rather than the ingest waiting (past its statement timeout)."""
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE calls")
+    before = await _analyze_count(pool)
+    big = tmp_path / "big.csv"
+    big.write_text(HEADER + csv_rows(batches.ANALYZE_MIN_ROWS + 1))
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK calls IN SHARE UPDATE EXCLUSIVE MODE")
+        with anyio.fail_after(60):  # a hang guard, not a measurement: it waited for the holder
+            outcome = await FileIngestor(pool, settings, clock).ingest(big, "sales", source="cli")
+    assert outcome.kind == "ingested"
+    assert await _analyze_count(pool) == before
