@@ -532,11 +532,16 @@ class Settings(_Strict):
     def _inbox_is_not_the_state_dir(self) -> Settings:
         # the inbox reads every file at its top: the callback secret, the API token file and
         # the rest of the state would be taken for lead files and moved to failed/
-        # (its subfolders are target folders, so the state directory may not be one either)
+        # (nor the folder the state directory is in: the scan takes its subfolders as target
+        # folders; nor a folder of the state's own, such as the database's)
         if self.inbox_dir is not None:
             inbox, state = self.inbox_dir.resolve(), self.state_dir.resolve()
-            if inbox == state or inbox in state.parents:
-                what = "the state directory" if inbox == state else "a folder the state directory is in"
+            what = ("the state directory" if inbox == state
+                    else "the folder the state directory is in" if inbox == state.parent
+                    else "inside the state directory's own folders"
+                    if state in inbox.parents and inbox.relative_to(state).parts[0] != "inbox"
+                    else None)
+            if what is not None:
                 raise ValueError(f"inbox_dir: {str(self.inbox_dir)!r} is {what}; the inbox must be a "
                                  "folder of its own (by default STATE_DIR/inbox)")
         return self

@@ -322,7 +322,9 @@ def test_queue_only_keys_on_a_campaign_target_are_a_warning(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("inbox", "what"), [(".", "the state directory"), ("./", "the state directory"),
                                              ("link", "the state directory"),
-                                             ("..", "a folder the state directory is in")])
+                                             ("..", "the folder the state directory is in"),
+                                             ("postgres", "inside the state directory's own folders"),
+                                             ("spool/x", "inside the state directory's own folders")])
 def test_an_inbox_that_is_the_state_directory_stops_start_up(tmp_path: Path, inbox: str, what: str) -> None:
     """Its files (the callback secret, the token file) would be taken for lead files; in
     the inbox's parent, the state directory would be scanned as a target's folder."""
@@ -334,7 +336,8 @@ def test_an_inbox_that_is_the_state_directory_stops_start_up(tmp_path: Path, inb
     with pytest.raises(ConfigError) as e:
         load_settings(None, environ=env)
     assert "inbox_dir" in e.value.message and f"is {what};" in e.value.message
-    assert load_settings(None, environ={**env, "DIALER_INBOX_DIR": str(state / "inbox")}).inbox == state / "inbox"
+    for fine in (state / "inbox", state / "inbox" / "sub", tmp_path.parent):  # the default; one level up
+        assert load_settings(None, environ={**env, "DIALER_INBOX_DIR": str(fine)}).inbox == fine
 
 
 def test_a_config_file_that_is_no_regular_file_or_too_big_is_refused(tmp_path: Path) -> None:

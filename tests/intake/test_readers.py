@@ -979,6 +979,23 @@ def test_nan_and_infinity_are_not_json(fmt: str) -> None:
         assert "invalid JSON" in unreadable(b"[" + item + b"]", fmt)
 
 
+@pytest.mark.parametrize("depth", [300, 1010])
+def test_a_value_nested_deeper_than_can_be_stored_is_an_invalid_row(depth: int) -> None:
+    """orjson reads 1,024 levels but writes 255, and the fallback hit Python's recursion
+    limit: the worker failed and the file was retried forever."""
+    import io
+
+    from dialer.intake.pipeline import ParseJob, iter_chunks
+    from tests.intake.test_leads import RULES
+
+    deep = b'{"number": "+14155550100", "x": ' + b"[" * depth + b"]" * depth + b"}\n"
+    data = deep + b'{"number": "+14155550101", "y": ' + b"[" * 200 + b"]" * 200 + b"}\n"
+    job = ParseJob(fmt="ndjson", batch_id="b", rules=RULES, chunk_rows=10)
+    chunks = [c for c in iter_chunks(io.BytesIO(data), job) if c.rows]
+    assert sum(c.rows for c in chunks) == 2 and sum(c.invalid for c in chunks) == 1
+    assert "a value is nested more than 255 levels deep" in b"".join(c.data for c in chunks).decode()
+
+
 def test_an_integer_past_64_bits_inside_a_list_is_written_exactly() -> None:
     """orjson cannot write it back: the intake worker failed and the file was retried forever."""
     import io
@@ -1028,10 +1045,15 @@ def _rewritten_sheet(data: bytes, *swaps: tuple[bytes, bytes]) -> bytes:
 @pytest.mark.timeout(60)  # openpyxl's iter_rows made up every row in the gap: days
 def test_a_row_numbered_far_past_the_previous_one_is_read_at_once() -> None:
     data = xlsx_bytes([["number", "name"], ["+14155550100", "Ann"], ["+14155550101", "Bob"]])
-    data = _rewritten_sheet(data, (b'<row r="3"', b'<row r="999999999999"'), (b'"A3"', b'"A999999999999"'),
+    last = _rewritten_sheet(data, (b'<row r="3"', b'<row r="1048576"'), (b'"A3"', b'"A1048576"'),
+                            (b'"B3"', b'"B1048576"'))
+    assert rows(last, "xlsx") == [(2, {"number": "+14155550100", "name": "Ann"}, None),
+                                  (1_048_576, {"number": "+14155550101", "name": "Bob"}, None)]
+    # no workbook goes further (and calls.line could not hold it): the file is unreadable
+    past = _rewritten_sheet(data, (b'<row r="3"', b'<row r="999999999999"'), (b'"A3"', b'"A999999999999"'),
                             (b'"B3"', b'"B999999999999"'))
-    assert rows(data, "xlsx") == [(2, {"number": "+14155550100", "name": "Ann"}, None),
-                                  (999_999_999_999, {"number": "+14155550101", "name": "Bob"}, None)]
+    assert unreadable(past, "xlsx") == ("not a readable .xlsx workbook: row 999,999,999,999 is past a "
+                                        "worksheet's last row (1,048,576)")
 
 
 @pytest.mark.timeout(60)
