@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,6 +105,30 @@ def make_dirs(settings: Settings) -> None:
             raise (DialerError(msg) if _passing(e) else ConfigError(msg)) from None
         if not os.access(path, os.W_OK | os.X_OK):
             raise ConfigError(f"{key}: {path} is not writable by this user")
+    drop_stale_uploads(settings.state_dir / "uploads" / ".incoming")
+
+
+# A console upload still being written touches its file all along; one this old was cut
+# off (a kill -9 mid-upload) and nothing will ever read it
+STALE_UPLOAD_S = 3600
+
+
+def drop_stale_uploads(incoming: Path, now: float | None = None) -> int:
+    """Remove ``*.part`` files of uploads cut off long ago; returns how many."""
+    cutoff = (time.time() if now is None else now) - STALE_UPLOAD_S
+    dropped = 0
+    try:
+        parts = list(incoming.glob("*.part"))
+    except OSError:
+        return 0
+    for part in parts:
+        with contextlib.suppress(OSError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+                dropped += 1
+    if dropped:
+        log.info("removed uploads cut off mid-body", extra={"files": dropped, "dir": str(incoming)})
+    return dropped
 
 
 class Daemon:

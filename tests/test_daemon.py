@@ -169,3 +169,23 @@ def test_a_state_dir_this_user_cannot_write_is_named(tmp_path: Path) -> None:
                                      "DIALER_INBOX_DIR": str(tmp_path / "inbox")})
     with pytest.raises(ConfigError, match=r"state_dir: .* is not writable"):
         make_dirs(s)
+
+
+def test_uploads_cut_off_long_ago_are_removed_at_start_up(tmp_path: Path) -> None:
+    """A kill -9 mid-upload left its .part file for good; one still being written (recent)
+    is left alone (another instance may share the state directory)."""
+    import time
+
+    from dialer.config import load_settings
+    from dialer.daemon import STALE_UPLOAD_S, make_dirs
+
+    incoming = tmp_path / "var" / "uploads" / ".incoming"
+    incoming.mkdir(parents=True)
+    old, fresh, other = incoming / "a.part", incoming / "b.part", incoming / "keep.txt"
+    for f in (old, fresh, other):
+        f.write_bytes(b"x")
+    long_ago = time.time() - STALE_UPLOAD_S - 60
+    os.utime(old, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    make_dirs(load_settings(None, environ={"DIALER_STATE_DIR": str(tmp_path / "var")}))
+    assert sorted(p.name for p in incoming.iterdir()) == ["b.part", "keep.txt"]
