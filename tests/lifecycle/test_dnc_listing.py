@@ -16,12 +16,13 @@ from dialer.dispatch.chunker import call_ref
 from dialer.intake import dnc
 from dialer.lifecycle import payload
 from dialer.lifecycle.events import Applied
+from tests.conftest import await_for
 from tests.stack import Stack, running_stack
 
 T0 = datetime(2026, 12, 1, 17, 0, tzinfo=UTC)
 TARGET = {"queue_id": "42", "agent_mapping": "global", "agents": ["alice", "bob"],
           "calling_hours": "00:00-24:00", "calls_per_agent": 10, "chunk_size": 50, "max_dispose_s": 0}
-QUIET = {"time_scale": 1000.0, "agent_pickup_s": 1000.0}  # the sandbox sends no callback itself
+QUIET = {"time_scale": 1000.0, "agent_pickup_s": 1000.0}  # no callback past the connect one
 
 
 async def _terminal(st: Stack, call_id: int, disposition: str) -> Applied:
@@ -39,7 +40,15 @@ async def _one_call_sent(pool: asyncpg.Pool, make_settings: Any, clock: FakeCloc
         st.sandbox.configure(**QUIET)
         await st.post(["+14155550101"])
         await st.dispatcher.tick()
-        yield st, int(await pool.fetchval("SELECT id FROM calls"))
+        call_id = int(await pool.fetchval("SELECT id FROM calls"))
+
+        async def assigned() -> bool:
+            return await pool.fetchval("SELECT state FROM calls WHERE id = $1", call_id) == "assigned"
+
+        # the sandbox's connect callback comes at once (agent-first): applied after a clock
+        # advance, it would make the call look fresh to the reaper
+        await await_for(assigned, 30, "the connect callback")
+        yield st, call_id
 
 
 async def _listing(pool: asyncpg.Pool, e164: str) -> dict[str, Any] | None:
