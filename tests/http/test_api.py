@@ -58,14 +58,19 @@ async def test_post_batch_json_and_read_it_back(api: httpx.AsyncClient) -> None:
     assert one.status_code == 200 and one.json()["number"] == "+14155550100"
 
 
+async def post_csv(api: httpx.AsyncClient, csv: str) -> dict[str, Any]:
+    r = await api.post("/v1/batches?target=sales", content=csv.encode(),
+                       headers={**AUTH, "Content-Type": "text/csv"})
+    assert r.status_code == 202, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
 async def test_post_batch_csv(api: httpx.AsyncClient) -> None:
     # a blank line and a quoted field over two lines: the index counts records, not lines
     csv = ('Phone;Priority;Lead_ID;Company\n+14155550100;3;a1;"Acme\nInc"\n\nnope;1;a2;Bad\n'
            "+14155550101;1;a3;Ok\n")
-    r = await api.post("/v1/batches?target=sales", content=csv.encode(),
-                       headers={**AUTH, "Content-Type": "text/csv"})
-    assert r.status_code == 202, r.text
-    out = r.json()
+    out = await post_csv(api, csv)
     assert out["accepted"] == 2
     # as a JSON body's rejects (SPEC §4: "index"), and the file line
     assert out["rejected"] == [{"index": 1, "line": 5, "reason": "number: not a phone number "
@@ -77,10 +82,7 @@ async def test_a_rejected_multi_line_csv_record_is_one_index(api: httpx.AsyncCli
     index: the records after it keep theirs (they were counted one per line)."""
     csv = ('number,note\n+14155550100,"a\nb\nc" x\nnope,y\n+14155550101,"wrong\ncount",z\n'
            "+14155550102,ok\n")
-    r = await api.post("/v1/batches?target=sales", content=csv.encode(),
-                       headers={**AUTH, "Content-Type": "text/csv"})
-    assert r.status_code == 202, r.text
-    out = r.json()
+    out = await post_csv(api, csv)
     assert out["accepted"] == 1
     assert [(x["index"], x["line"]) for x in out["rejected"]] == [(0, 2), (0, 3), (0, 4), (1, 5), (2, 6), (2, 7)]
     assert out["rejected"][1]["reason"].startswith("malformed CSV: inside the row of line 2")

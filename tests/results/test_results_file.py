@@ -153,10 +153,13 @@ async def test_a_batch_posted_over_http_owes_no_results_file(
     assert await owed(pool) == []
 
 
+@pytest.mark.parametrize("fault", ["format", "statement"])
 async def test_a_write_that_fails_for_a_fault_of_its_own_does_not_hold_up_the_others(
-        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not only file errors: any fault writing one batch's file (a row it cannot format)
-    leaves that one owed with its backoff; the files owed after it are still written."""
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    """Not only file errors: any fault writing one batch's file (a row it cannot format, a
+    query the database refuses on its rows, every time) leaves that one owed with its
+    backoff; the files owed after it are still written (a refused statement ended each
+    sweep there, without a backoff), and it is written once the fault is gone."""
     first = await ingest_rejected_file(inbox, clock)
     bad = await die_before_the_write(pool, clock, monkeypatch)
     drop(inbox, "other.csv", "number\nnot-a-number\n")
@@ -164,38 +167,16 @@ async def test_a_write_that_fails_for_a_fault_of_its_own_does_not_hold_up_the_ot
     other = first.with_name("other.csv.results.csv")
     real = files.write_results_csv
 
-    async def poison(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
+    async def faulty(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
         if batch_id == bad:
-            raise ValueError("a row this writer cannot format")
-        return await real(conn, batch_id, dest)
-
-    monkeypatch.setattr(files, "write_results_csv", poison)
-    await Completion(pool, clock).check()
-    assert other.exists() and not first.exists(), sorted(p.name for p in first.parent.parent.rglob("*"))
-    [row] = await owed(pool)
-    assert (row["id"], row["results_attempts"]) == (bad, 1)
-
-
-async def test_a_statement_the_database_refuses_for_one_batch_does_not_hold_up_the_others(
-        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A query that fails on one batch's rows, each time, is that batch's fault, not an
-    outage: it stays owed with its backoff (it went first on every sweep, and each sweep
-    ended there, writing none of the files owed after it, and without a backoff)."""
-    first = await ingest_rejected_file(inbox, clock)
-    bad = await die_before_the_write(pool, clock, monkeypatch)
-    drop(inbox, "other.csv", "number\nnot-a-number\n")
-    await settle_and_scan(inbox, clock)
-    other = first.with_name("other.csv.results.csv")
-    real = files.write_results_csv
-
-    async def refused(conn: asyncpg.Connection, batch_id: uuid.UUID, dest: Path) -> int:
-        if batch_id == bad:
+            if fault == "format":
+                raise ValueError("a row this writer cannot format")
             await conn.execute("SELECT 1 / 0")  # as a row the results query cannot read
         return await real(conn, batch_id, dest)
 
-    monkeypatch.setattr(files, "write_results_csv", refused)
+    monkeypatch.setattr(files, "write_results_csv", faulty)
     await Completion(pool, clock).check()
-    assert other.exists() and not first.exists()
+    assert other.exists() and not first.exists(), sorted(p.name for p in first.parent.parent.rglob("*"))
     [row] = await owed(pool)
     assert (row["id"], row["results_attempts"]) == (bad, 1)
     monkeypatch.setattr(files, "write_results_csv", real)
