@@ -98,6 +98,7 @@ def _queries(ctx: dict[str, Any], now: datetime) -> list[tuple[str, str, tuple[A
     cb = (ids, [ctx["chunk"]] * n, ["answered"] * n, ["agent01"] * n, ["ANSWERED"] * n, [True] * n,
           [None] * n, ["callback_terminal"] * n, [{}] * n, list(range(n)), now, allowed)
     return [
+        ("dispatch_release_due", "dispatch, every fill", ("sales", now, 5000), "held calls now due"),
         ("dispatch_candidates", "dispatch, every fill", ("sales", now, 500), "the next chunk's calls"),
         ("target_pacing", "dispatch, every fill", ("sales", 1000, now - timedelta(seconds=5)),
          "pacing: in flight by agent, wrap-up"),

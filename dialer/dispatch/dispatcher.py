@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_SEND_ATTEMPTS = 8
 RECHECK_AFTER_WAIT_S = 2.0  # a chunk that waited this long for the rate budget is re-checked
+IDLE_FILLS_MAX = 50  # fills in a row that only set calls aside before the next target's turn
 
 
 class Dispatcher:
@@ -67,6 +68,8 @@ class Dispatcher:
         self.rules = compliance.Rules(settings)
         self.paces: dict[str, Pace] = {}
         self._measured: set[str] = set()  # targets whose pace the current or last tick measured
+        self._margins: dict[str, int] = {}  # per target: candidates read past a chunk (outbox.Fill)
+        self._moved: dict[str, bool] = {}  # per target: its last fill set calls aside
         self._wake = anyio.Event()
         self.running = True
         self.max_parallel_sends = 4
@@ -83,20 +86,35 @@ class Dispatcher:
     async def fill_target(self, name: str) -> int:
         """Record one chunk for the target if pacing allows; returns calls claimed."""
         breaker = self.breakers.setdefault(name, Breaker(self.clock))  # a target added by SIGHUP
+        self._moved[name] = False
         if not breaker.fillable():
             return 0
         now = self.clock.now()
         ended: list[Ended] = []
+        margin = self._margins.get(name, 0)
+        look = outbox.Fill(margin)
 
         async def fill() -> int:
+            nonlocal look
             ended.clear()
-            return await self._fill(name, now, ended)
+            look = outbox.Fill(margin)  # a retried fill starts afresh
+            return await self._fill(name, now, ended, look)
 
         n = await transient(fill, "dispatch fill")
         observe.ended(ended)  # the claim committed
+        self._margins[name] = look.next_margin()
+        self._moved[name] = look.moved()
         return n
 
-    async def _fill(self, name: str, now: datetime, ended: list[Ended]) -> int:
+    def _fill_again(self, name: str, n: int, idle: int) -> bool:
+        """Whether the fill loop goes on with this target: it took calls, or it set some
+        aside (held, ended, released) — the next fill reads past them — for at most
+        ``IDLE_FILLS_MAX`` fills in a row that took none (the other targets' turn)."""
+        if not self.running:
+            return False
+        return n > 0 or (self._moved.get(name, False) and idle < IDLE_FILLS_MAX)
+
+    async def _fill(self, name: str, now: datetime, ended: list[Ended], look: outbox.Fill) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(Q.dispatch_lock_target, name)
             # read under the lock: a pause that committed before it is seen here
@@ -112,16 +130,18 @@ class Dispatcher:
             owned = await callbacks_owned.record_owned(conn, self.settings, self.secret, name, pace, now,
                                                        self.rules, ended, size)
             return owned + await outbox.record_chunk(conn, self.settings, self.secret, name, pace, now,
-                                                     size, self.rules, ended)
+                                                     size, self.rules, ended, look)
 
     async def fill_all(self) -> int:
         total = 0
         for name in self.settings.targets:
             try:
+                idle = 0
                 while self.running:
                     n = await self.fill_target(name)
                     total += n
-                    if n == 0:
+                    idle = 0 if n else idle + 1
+                    if not self._fill_again(name, n, idle):
                         break
             except DB_DOWN as e:
                 log.warning("dispatch fill failed; will retry", extra={"target": name, "error": str(e)})
@@ -356,6 +376,7 @@ class Dispatcher:
             nonlocal filled, filling, recorded
             try:
                 for name in self.settings.targets:
+                    idle = 0
                     while self.running:
                         try:
                             n = await self.fill_target(name)
@@ -366,7 +387,8 @@ class Dispatcher:
                         filled += n
                         recorded.set()
                         recorded = anyio.Event()
-                        if n == 0:
+                        idle = 0 if n else idle + 1
+                        if not self._fill_again(name, n, idle):
                             break
             finally:
                 filling = False

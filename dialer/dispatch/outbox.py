@@ -27,7 +27,7 @@ from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Claimed", "record_chunk", "record_events"]
+__all__ = ["Claimed", "Fill", "record_chunk", "record_events"]
 
 
 @dataclass(slots=True)
@@ -59,6 +59,8 @@ async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set
 
 
 _NO_SLOT: set[tuple[str, str]] = set()  # (target, field) already warned about
+RELEASE_MAX = 5_000  # due calls moved back into the dispatch order per fill
+MARGIN_MAX = 5_000  # candidates read past the chunk's size per fill, at most
 
 
 @dataclass(slots=True)
@@ -70,6 +72,34 @@ class Screened:
     capped: list[tuple[asyncpg.Record, compliance.Hold]] = field(default_factory=list)
     held: list[tuple[asyncpg.Record, compliance.Hold]] = field(default_factory=list)
     expired: list[tuple[asyncpg.Record, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Fill:
+    """One fill's look at the queue. Calls set aside (held until later, ended) or released
+    (due again) are progress even when none is taken: the next fill reads past them. While
+    most of what a fill reads is set aside, ``margin`` (the extra candidates asked for)
+    doubles, so a long run of held leads at the queue's head takes a few fills, not one
+    per chunk's worth of them."""
+
+    margin: int = 0
+    asked: int = 0
+    looked_at: int = 0
+    set_aside: int = 0
+    released: int = 0
+
+    def moved(self) -> bool:
+        return self.set_aside > 0 or self.released > 0
+
+    def next_margin(self) -> int:
+        if self.looked_at and self.set_aside * 2 >= self.looked_at:
+            return min(MARGIN_MAX, max(2 * self.asked, 64))
+        return 0
+
+
+def _count(status: str) -> int:
+    """Rows of an ``UPDATE n`` status."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @dataclass(slots=True)
@@ -92,19 +122,27 @@ async def record_chunk(
     max_rows: int,
     rules: compliance.Rules | None = None,
     ended: list[Ended] | None = None,
+    fill: Fill | None = None,
 ) -> int:
     """Claim up to ``max_rows`` dispatchable calls into a recorded chunk; returns rows claimed.
 
-    select → compliance → build → record, in the caller's transaction, which must hold the
-    target's dispatch lock. Calls ended on the way (DNC, caps) are added to ``ended``.
+    release due → select → compliance → build → record, in the caller's transaction, which
+    must hold the target's dispatch lock. Calls ended on the way (DNC, caps) are added to
+    ``ended``; ``fill`` (in and out) carries the look-ahead and what was set aside.
     """
     t = settings.targets[name]
     n = min(max_rows, t.chunk_size, pace.free)
     if n <= 0:
         return 0
-    # a margin for leads held back by calling hours or caps; the rest waits for the next chunk
-    cands = await conn.fetch(Q.dispatch_candidates, name, now, n + max(20, n // 5))
+    fill = fill if fill is not None else Fill()
+    fill.released = _count(await conn.execute(Q.dispatch_release_due, name, now, RELEASE_MAX))
+    # a margin for leads held back by calling hours or caps (wider while they fill the
+    # queue's head: see Fill); the rest waits for the next chunk
+    fill.asked = n + max(20, n // 5, fill.margin)
+    cands = await conn.fetch(Q.dispatch_candidates, name, now, fill.asked)
+    fill.looked_at = len(cands)
     screened = await screen(conn, rules or compliance.Rules(settings), name, t, cands, n, now)
+    fill.set_aside = len(screened.dnc) + len(screened.expired) + len(screened.capped) + len(screened.held)
     done = await apply_screening(conn, screened, now)
     if ended is not None:
         ended.extend(done)
