@@ -471,6 +471,11 @@ class Settings(_Strict):
     # this long, cancelling what is left (a file mid-ingest included) takes the rest
     drain_s: float = Field(default=25.0, gt=0, le=25)
     ryng_timeout_s: float = Field(default=30.0, gt=0)
+    # a request's head must arrive within this of the connection opening or of the last
+    # answer; connections past the limit are closed as they come (http/connections.py;
+    # None: half the descriptors the process may open). Read at start-up.
+    http_head_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    http_max_connections: int | None = Field(default=None, ge=16)
     # result webhooks to loopback/private/link-local addresses; unset: only in sandbox mode
     webhook_allow_private: bool | None = None
 

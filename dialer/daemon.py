@@ -27,7 +27,7 @@ from dialer.clock import Clock, SystemClock
 from dialer.config import Settings, load_settings
 from dialer.dispatch.dispatcher import Dispatcher
 from dialer.errors import ConfigError, DialerError
-from dialer.http import callbacks
+from dialer.http import callbacks, connections
 from dialer.http.auth import TokenCheck
 from dialer.http.limits import HeaderLimit
 from dialer.http.starting import Switch, starting_app
@@ -202,7 +202,7 @@ class Daemon:
         server = _Server(uvicorn.Config(
             front, log_config=None, access_log=False, lifespan="off",
             timeout_keep_alive=15, timeout_graceful_shutdown=20,
-            h11_max_incomplete_event_size=64 * 1024,
+            http=connections.guarded(s.http_head_timeout_s, s.http_max_connections),
         ))
         served = anyio.Event()
         sandbox: Any = None

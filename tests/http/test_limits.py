@@ -55,3 +55,63 @@ def test_hostile_clients_get_refused_and_the_daemon_keeps_serving(daemon: Daemon
         for s in slow:
             s.close()
     assert httpx.get(daemon.url + "/readyz", timeout=5).status_code == 200
+
+
+def _closed_by_server(s: socket.socket, deadline_s: float = 20) -> bytes | None:
+    """What the server sent before closing the connection; None if it kept it open."""
+    s.settimeout(deadline_s)
+    got = b""
+    try:
+        while part := s.recv(65536):
+            got += part
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def test_half_sent_heads_and_idle_connections_are_closed(daemon: DaemonProcess) -> None:
+    """A head must arrive within http_head_timeout_s, and connections past
+    http_max_connections are closed as they come: a flood of idle or half-sent requests
+    cannot take the daemon's file descriptors."""
+    daemon.env["DIALER_HTTP_HEAD_TIMEOUT_S"] = "1"
+    daemon.env["DIALER_HTTP_MAX_CONNECTIONS"] = "40"
+    daemon.start()
+    port = daemon.port
+    half = socket.create_connection(("127.0.0.1", port), timeout=5)
+    half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
+    silent = socket.create_connection(("127.0.0.1", port), timeout=5)  # sends nothing
+    with half, silent:
+        assert _closed_by_server(half) == b""
+        assert _closed_by_server(silent) == b""
+    # after an answer, a next request left half-sent is closed too (keep-alive cut short)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert _closed_by_server(s) == b""
+    # a head growing past 64 KB in small pieces: 431, not buffered on
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for i in range(200):
+                s.sendall(b"X-H%d: " % i + b"a" * 1000 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _closed_by_server(s)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 431"), answer
+    # past the connection limit, new connections are closed at once (a head timeout longer
+    # than the test now: only the limit can close them)
+    assert daemon.stop() == 0
+    daemon.env["DIALER_HTTP_HEAD_TIMEOUT_S"] = "120"
+    daemon.start()
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]
+    try:
+        closed = [s for s in held[40:] if _closed_by_server(s, 10) is not None]
+        assert len(closed) >= 15, len(closed)
+        assert _closed_by_server(held[0], 1) is None  # the first ones are served
+    finally:
+        for s in held:
+            s.close()
+    assert httpx.get(daemon.url + "/healthz", timeout=5).status_code == 200
