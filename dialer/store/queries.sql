@@ -327,37 +327,38 @@ UPDATE target_state SET rr_index = $2 WHERE target = $1
 
 -- name: dispatch_release_due
 -- A target's waiting calls whose time has come (a hold's until, a re-dial or callback due):
--- not_before back to NULL moves them into the due part of calls_dispatchable (migration
--- 0020), where dispatch_candidates takes them in priority order. At most $3 a fill, the
--- longest due first; the hold's rule is checked again when the call is a candidate.
+-- not_before back to NULL moves them from calls_held into the due part of
+-- calls_dispatchable (migration 0020), where dispatch_candidates takes them in priority
+-- order. At most $3 a fill, the longest due first; the hold's rule is checked again when
+-- the call is a candidate.
 WITH due AS (
     SELECT id FROM calls
     WHERE hashtext(target) = hashtext($1) AND target = $1
       AND state IN ('pending', 'scheduled', 'retry_wait')
-      AND coalesce(not_before, '-infinity'::timestamptz) > '-infinity'::timestamptz
-      AND coalesce(not_before, '-infinity'::timestamptz) <= $2
-    ORDER BY coalesce(not_before, '-infinity'::timestamptz)
+      AND not_before IS NOT NULL AND not_before <= $2
+    ORDER BY not_before
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 UPDATE calls c SET not_before = NULL FROM due WHERE c.id = due.id
 
 -- name: dispatch_candidates
--- The due part of calls_dispatchable only (its key, migration 0020): a call held until
--- later is never read here, however many there are; dispatch_release_due brings it in.
+-- The due part of calls_dispatchable only (its key, migration 0020: the priority is NULL,
+-- and last, for a call held until a time), in priority and id order: a held call is never
+-- read here, however many there are; dispatch_release_due brings it in when due.
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,
        c.expires_at, c.batch_id, c.reason,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
 WHERE hashtext(c.target) = hashtext($1) AND c.target = $1
-  AND coalesce(c.not_before, '-infinity'::timestamptz) = '-infinity'::timestamptz
+  AND (CASE WHEN c.not_before IS NULL THEN c.priority END) IS NOT NULL
   AND c.state IN ('pending', 'scheduled', 'retry_wait')
   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')
   -- a callback its owner still has the grace to take is not anyone's yet
   AND NOT EXISTS (SELECT 1 FROM callbacks k WHERE k.call_id = c.id AND k.owner IS NOT NULL
                   AND k.released_at IS NULL AND k.grace_until > $2)
-ORDER BY c.priority DESC, c.id
+ORDER BY (CASE WHEN c.not_before IS NULL THEN c.priority END) DESC NULLS LAST, c.id
 LIMIT $3
 FOR UPDATE OF c SKIP LOCKED
 
