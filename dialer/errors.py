@@ -61,3 +61,11 @@ class FileUnreadable(DialerError):
 class NotReady(DialerError):
     code = "not_ready"
     http_status = 503
+
+
+class Busy(DialerError):
+    """A lock the request needs stayed held past its wait (another batch of the target being
+    finalised): nothing was stored, the same request may succeed in a moment."""
+
+    code = "busy"
+    http_status = 503

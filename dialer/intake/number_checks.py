@@ -24,16 +24,18 @@ from dialer.store.queries import Q
 
 
 async def check(conn: asyncpg.Connection, batch_id: uuid.UUID, target: str, window_start: datetime,
-                now: datetime) -> tuple[int, int]:
-    """Returns the leads rejected (duplicates, dnc). Caller's transaction, target locked."""
-    leads = await conn.fetch(Q.numbers_leads, batch_id)
+                now: datetime, limit_s: float | None = None) -> tuple[int, int]:
+    """Returns the leads rejected (duplicates, dnc). Caller's transaction, target locked;
+    ``limit_s``: each statement's (the finalise's ``bulk_limits``)."""
+    leads = await conn.fetch(Q.numbers_leads, batch_id, timeout=limit_s)
     if not leads:
         return 0, 0
     every = sorted({n for r in leads for n in (r["numbers"] or [r["e164"]])})
-    listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, every, now)}
+    listed = {r["e164"] for r in await conn.fetch(Q.numbers_on_dnc, every, now, timeout=limit_s)}
     seen = {r["e164"]: r for r in await conn.fetch(Q.numbers_seen_by_target, every, target, batch_id,
-                                                   window_start, None)}
-    single = {r["e164"]: r["line"] for r in await conn.fetch(Q.numbers_in_batch, batch_id, every)}
+                                                   window_start, None, timeout=limit_s)}
+    single = {r["e164"]: r["line"] for r in await conn.fetch(Q.numbers_in_batch, batch_id, every,
+                                                             timeout=limit_s)}
     taken: dict[str, int] = {}  # numbers kept by several-number leads of higher priority
     kept: list[tuple[int, str, str, str | None, dict[str, Any]]] = []
     rejected: list[tuple[int, str, str, dict[str, Any]]] = []
@@ -68,7 +70,7 @@ async def check(conn: asyncpg.Connection, batch_id: uuid.UUID, target: str, wind
             taken.setdefault(n, r["line"])
         literal = "{" + ",".join(n for n, _ in left) + "}" if len(left) > 1 else None
         kept.append((r["id"], left[0][0], left[0][0], literal, new_notes))
-    await moves.settle_numbers(conn, kept, rejected)
+    await moves.settle_numbers(conn, kept, rejected, limit_s)
     return dup, dnc
 
 

@@ -16,7 +16,7 @@ import asyncpg
 from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.errors import Conflict, FileUnreadable, InvalidInput, TooLarge
+from dialer.errors import Busy, Conflict, FileUnreadable, InvalidInput, TooLarge
 from dialer.intake import batches
 from dialer.intake.pipeline import Chunk, ParseJob, iter_chunks, rows_to_chunk
 from dialer.store.queries import Q
@@ -89,8 +89,14 @@ async def submit(
         for chunk in chunks:
             if chunk.rows:
                 await batches.copy_chunk(conn, batch_id, chunk)
-        counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now,
-                                        new_rows=sum(chunk.rows for chunk in chunks))
+        try:
+            counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now,
+                                            new_rows=sum(chunk.rows for chunk in chunks))
+        except asyncpg.LockNotAvailableError as e:
+            # the target's dedupe lock, held by another batch's finalise past the wait allowed:
+            # 503 and Retry-After, as when the database is away (nothing of this one is stored)
+            raise Busy(f"target {sub.target!r} is busy settling another batch; retry shortly",
+                       {"target": sub.target}) from e
         rejected: list[dict[str, Any]] = []
         not_dialed: list[dict[str, Any]] = []  # duplicate and dnc leads: which ones, not only how many
         csv_body = sub.rows is None

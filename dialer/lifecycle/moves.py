@@ -227,34 +227,37 @@ async def apply_callback(conn: asyncpg.Connection, call_id: int, src: State, dst
 
 
 async def classify_intake(conn: asyncpg.Connection, batch_id: object, target: str, window_start: datetime,
-                          now: datetime, collapse: bool, dnc: bool) -> tuple[int, int]:
+                          now: datetime, collapse: bool, dnc: bool,
+                          limit_s: float | None = None) -> tuple[int, int]:
     """Rows of a batch still receiving: duplicates (in the batch, then against the target's
     live or recent calls) and numbers on the DNC list. Returns (duplicates, dnc)."""
     dup = 0
     if collapse:
-        dup += _affected(await conn.execute(Q.finalise_collapse_in_batch, batch_id))
-    dup += _affected(await conn.execute(Q.finalise_dedupe_target, batch_id, target, window_start))
-    listed = _affected(await conn.execute(Q.finalise_dnc, batch_id, now)) if dnc else 0
+        dup += _affected(await conn.execute(Q.finalise_collapse_in_batch, batch_id, timeout=limit_s))
+    dup += _affected(await conn.execute(Q.finalise_dedupe_target, batch_id, target, window_start,
+                                        timeout=limit_s))
+    listed = _affected(await conn.execute(Q.finalise_dnc, batch_id, now, timeout=limit_s)) if dnc else 0
     return dup, listed
 
 
 async def settle_numbers(conn: asyncpg.Connection,
                          kept: Sequence[tuple[int, str, str, str | None, dict[str, Any]]],
-                         rejected: Sequence[tuple[int, str, str, dict[str, Any]]]) -> None:
+                         rejected: Sequence[tuple[int, str, str, dict[str, Any]]],
+                         limit_s: float | None = None) -> None:
     """Finalise of several-number leads: ``kept`` lost some numbers (id, first number, its
     raw text, array literal of all or None, notes); ``rejected`` lost them all (id,
     duplicate|dnc, reason, notes)."""
     if kept:
         await conn.execute(Q.numbers_settle, [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept],
-                           [k[3] for k in kept], [k[4] for k in kept])
+                           [k[3] for k in kept], [k[4] for k in kept], timeout=limit_s)
     if rejected:
         await conn.execute(Q.numbers_reject, [r[0] for r in rejected], [r[1] for r in rejected],
-                           [r[2] for r in rejected], [r[3] for r in rejected])
+                           [r[2] for r in rejected], [r[3] for r in rejected], timeout=limit_s)
 
 
-async def drop_batch_calls(conn: asyncpg.Connection, batch_id: object) -> None:
+async def drop_batch_calls(conn: asyncpg.Connection, batch_id: object, limit_s: float | None = None) -> None:
     """The rows of a batch whose input turned out unreadable: nothing of it is dialed."""
-    await conn.execute(Q.batch_drop_calls, batch_id)
+    await conn.execute(Q.batch_drop_calls, batch_id, timeout=limit_s)
 
 
 def _affected(status: str) -> int:

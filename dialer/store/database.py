@@ -16,6 +16,10 @@ from dialer.store.embedded import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
+# How long any statement may take (asyncpg's client-side command_timeout), unless its call
+# says otherwise: intake's statements over a whole batch get more (intake/batches.py)
+COMMAND_TIMEOUT_S = 60.0
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
@@ -39,7 +43,8 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
     # UTC sessions: times PostgreSQL renders as text (the callback batch's webhook bodies)
     # read as Python's isoformat() does, whatever the server's or database's zone
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60,
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        command_timeout=COMMAND_TIMEOUT_S,
         reset=_keep_session, server_settings={"TimeZone": "UTC"},
     )
     assert pool is not None

@@ -35,6 +35,14 @@ UPDATE batches SET state = 'failed', error = $2, ended_at = $3 WHERE id = $1
 -- name: batch_drop_calls
 DELETE FROM calls WHERE batch_id = $1
 
+-- name: batch_rows_read
+SELECT rows_read FROM batches WHERE id = $1
+
+-- name: bulk_limits
+-- For the rest of the transaction (batches.bulk_limits): how long one statement may run
+-- ($1, ms) and one lock be waited for ($2, ms); the server's error then says which ran out.
+SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)
+
 -- name: batch_lock_target
 -- A target's dedupe lock: its finalise holds it exclusively (see dedupe_share_targets).
 SELECT pg_advisory_xact_lock(1, hashtext($1))

@@ -449,3 +449,23 @@ async def test_a_body_of_a_type_the_route_does_not_take_is_refused_naming_what_t
     r = await api.post(path, content=b'{"numbers": ["+14155550100"], "at": "2026-12-01T16:00"}',
                        headers={**AUTH, "content-type": ctype})
     assert r.status_code == 422 and f"content-type {ctype!r} is not supported: {send}" in r.text, r.text
+
+
+async def test_a_batch_whose_target_stays_locked_past_the_wait_is_503_and_stores_nothing(
+        api: httpx.AsyncClient, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another batch of the target being finalised holds its dedupe lock longer than a lock
+    may be waited for (30 s; here 0.2 s): the request is answered as retryable, not a 500."""
+    from dialer.intake import batches
+
+    monkeypatch.setattr(batches, "BULK_BASE_S", 0.4)  # a lock is waited for half of it
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
+        try:
+            r = await api.post("/v1/batches", json=leads("+14155550100"), headers=AUTH)
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(1, hashtext('sales'))")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.json()["error"]["code"] == "busy" and "'sales'" in r.json()["error"]["message"]
+        assert await holder.fetchval("SELECT count(*) FROM batches") == 0
+    r = await api.post("/v1/batches", json=leads("+14155550100"), headers=AUTH)
+    assert r.status_code == 202 and r.json()["accepted"] == 1
