@@ -97,11 +97,6 @@ class Fill:
         return 0
 
 
-def _count(status: str) -> int:
-    """Rows of an ``UPDATE n`` status."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
 @dataclass(slots=True)
 class Request:
     chunk_id: int
@@ -135,7 +130,7 @@ async def record_chunk(
     if n <= 0:
         return 0
     fill = fill if fill is not None else Fill()
-    fill.released = _count(await conn.execute(Q.dispatch_release_due, name, now, RELEASE_MAX))
+    fill.released = await moves.release_due(conn, name, now, RELEASE_MAX)
     # a margin for leads held back by calling hours or caps (wider while they fill the
     # queue's head: see Fill); the rest waits for the next chunk
     fill.asked = n + max(20, n // 5, fill.margin)

@@ -38,6 +38,13 @@ async def record_events(
     await conn.execute(Q.events_bulk, list(ids), now, kind, to_state, payload, froms)
 
 
+async def release_due(conn: asyncpg.Connection, target: str, now: datetime, limit: int) -> int:
+    """Up to ``limit`` of the target's waiting calls whose hold or wait ended by ``now`` back
+    into the dispatch order (not_before cleared: no state move, no event); returns how many."""
+    status = await conn.execute(Q.dispatch_release_due, target, now, limit)
+    return int(status.rsplit(" ", 1)[-1])  # UPDATE n
+
+
 async def hold(
     conn: asyncpg.Connection,
     items: Sequence[tuple[int, str, datetime, dict[str, Any]]],
