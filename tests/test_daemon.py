@@ -52,11 +52,10 @@ def test_daemon_serves_api_and_inbox_then_drains_on_sigterm(daemon: DaemonProces
     assert "validated by phonenumbers" not in daemon.log.read_text()
 
 
-def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: DaemonProcess, db_url: str) -> None:
-    daemon.env["DIALER_INGEST_COMMIT_ROWS"] = "5000"
-    daemon.env["DIALER_INGEST_COPY_STREAMS"] = "2"
+def _kill_9_mid_file(daemon: DaemonProcess, db_url: str, rows: int) -> Path:
+    """Start the daemon, drop ``big.csv`` (``rows`` rows, every 50th invalid) and kill -9 it
+    once some of its rows are committed; returns the inbox."""
     daemon.start()
-    rows = 200_000
     rng = random.Random(7)
     inbox = Path(daemon.env["DIALER_STATE_DIR"]) / "inbox"
     tmp = inbox / "big.csv.part"
@@ -77,6 +76,14 @@ def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: Daemon
 
     wait_for(some_rows_committed, 60, "first committed chunk")
     daemon.kill9()
+    return inbox
+
+
+def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: DaemonProcess, db_url: str) -> None:
+    daemon.env["DIALER_INGEST_COMMIT_ROWS"] = "5000"
+    daemon.env["DIALER_INGEST_COPY_STREAMS"] = "2"
+    rows = 200_000
+    inbox = _kill_9_mid_file(daemon, db_url, rows)
     partial = _fetchval(db_url, "SELECT count(*) FROM leads")
     assert isinstance(partial, int) and 0 < partial < rows
     # calls of a batch still receiving rows wait: nothing was sent before finalise
@@ -100,6 +107,37 @@ def test_kill_9_mid_file_then_restart_accounts_for_every_row_once(daemon: Daemon
     # the dispatcher may already be sending some: count every accepted row, whatever its state now
     assert _fetchval(db_url, "SELECT count(*) FROM calls WHERE state NOT IN ('invalid', 'duplicate', 'dnc')") == rows - rows // 50
     assert _fetchval(db_url, "SELECT count(DISTINCT e164) FROM calls") == rows - rows // 50
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_kill_9_mid_file_then_the_file_gone_ends_its_batch_failed_and_reported(daemon: DaemonProcess, db_url: str,
+                                                                              how: str) -> None:
+    """Removed, or saved over with other leads, while the daemon was down: the batch cut off
+    can never resume. It ends failed, its rows read never dialed, with a note in failed/;
+    a file in its place is a drop of its own."""
+    daemon.env["DIALER_INGEST_COMMIT_ROWS"] = "5000"
+    inbox = _kill_9_mid_file(daemon, db_url, 200_000)
+    bid = _fetchval(db_url, "SELECT id FROM batches")
+    read = _fetchval(db_url, "SELECT rows_read FROM batches")
+    if how == "removed":
+        (inbox / "big.csv").unlink()
+    else:
+        (inbox / "big.csv").write_text("number\n+14155550100\n")
+    daemon.start()
+    wait_for(lambda: _fetchval(db_url, f"SELECT state FROM batches WHERE id = '{bid}'") == "failed", 60,
+             "the cut-off batch to fail")
+    error = _fetchval(db_url, f"SELECT error FROM batches WHERE id = '{bid}'")
+    assert isinstance(error, str) and f"the {read} rows of " in error and ("removed" if how == "removed" else "replaced") in error
+    assert (inbox / "failed" / "big.csv.error.txt").read_text().startswith(f"big.csv: {error}\n")
+    assert _fetchval(db_url, f"SELECT count(*) FROM calls WHERE batch_id = '{bid}'") == 0
+    if how == "replaced":
+        day = datetime.now().astimezone().date().isoformat()
+        rep = inbox / "processed" / day / "big.csv.report.json"
+        wait_for(rep.exists, 60, "the new file's report")
+        assert json.loads(rep.read_text())["counts"]["accepted"] == 1
+    assert _fetchval(db_url, "SELECT count(*) FROM calls") == (1 if how == "replaced" else 0)
+    assert _fetchval(db_url, "SELECT count(*) FROM batches WHERE state = 'receiving'") == 0
     assert daemon.stop() == 0
 
 

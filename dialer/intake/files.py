@@ -8,9 +8,10 @@ connections at once but commit in file order: ``streams``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ def survey(path: Path, fmt: str) -> tuple[Fingerprint, int]:
     read unpacked (its shared strings whole), so a small .xlsx may still need the worker."""
     fp = fingerprint(path, fmt)
     return fp, (max(fp.size, unpacked_size(path)) if fmt == "xlsx" else fp.size)
+
+
+def n_rows(n: int) -> str:
+    return "1 row" if n == 1 else f"{n} rows"
 
 
 @dataclass
@@ -141,9 +146,13 @@ class FileIngestor:
             if batch is not None and batch["state"] == "receiving" and batch["target"] == target:
                 batch_id = batch["id"]
                 skip = batch["rows_read"]
+                # where the content is now (renamed in the inbox, say): what a later check
+                # for a file gone looks at, should this ingest be cut off again
+                await conn.execute(Q.inbox_file_resumed, fp.sha256, str(path), out.name)
                 log.info("resuming %s at row %d (batch %s)", out.name, skip, batch_id)
             else:
-                batch_id = await self._restart(conn, fp, out, path, source, now)
+                cut_off = batch if batch is not None and batch["state"] == "receiving" else None
+                batch_id = await self._restart(conn, fp, out, path, source, now, cut_off)
         elif row is not None:  # failed before: try again from scratch
             batch_id = await self._restart(conn, fp, out, path, source, now)
         else:
@@ -153,7 +162,8 @@ class FileIngestor:
                     sha256=fp.sha256,
                 )
                 await conn.execute(
-                    Q.inbox_file_insert, fp.sha256, batch_id, out.name, target, str(path)
+                    Q.inbox_file_insert, fp.sha256, batch_id, out.name, target, str(path),
+                    fp.size,
                 )
         out.batch_id = batch_id
         if on_progress and skip:
@@ -205,16 +215,69 @@ class FileIngestor:
         path: Path,
         source: str,
         now: Any,
+        cut_off: asyncpg.Record | None = None,
     ) -> uuid.UUID:
+        """A new batch for the file. ``cut_off``: the batch of an ingest of the same content
+        for another target, cut off part-way; it fails (its rows dropped, never dialed), as
+        every lead of the file is in the new batch."""
         async with conn.transaction():
             batch_id = await batches.create_batch(
                 conn, target=out.target, source=source, now=now, source_name=out.name,
                 sha256=fp.sha256,
             )
             await conn.execute(
-                Q.inbox_file_restart, fp.sha256, batch_id, out.name, out.target, str(path)
+                Q.inbox_file_restart, fp.sha256, batch_id, out.name, out.target, str(path),
+                fp.size,
             )
+            if cut_off is not None:
+                await batches.fail_batch(
+                    conn, cut_off["id"],
+                    f"the file was taken again for target {out.target!r} (batch {batch_id}) before "
+                    f"its ingest for {cut_off['target']!r} finished: the {n_rows(cut_off['rows_read'])} "
+                    f"read for this batch are not dialed; the file's leads are in batch {batch_id}",
+                    now,
+                )
         return batch_id
+
+    # -- ingests cut off for good ----------------------------------------------------------
+    async def cut_off(self, path: Path | None = None) -> list[asyncpg.Record]:
+        """Files whose ingest began and never ended (a crash, the database away), each with
+        its batch still receiving rows; ``path``: only those taken from there. Some may be
+        being read right now (``abandon`` tells)."""
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(Q.inbox_files_cut_off, None if path is None else str(path)))
+
+    async def abandon(self, row: asyncpg.Record, error: str,
+                      note: Callable[[], Awaitable[Path | None]]) -> bool:
+        """End a cut-off ingest (a ``cut_off`` row) that can never resume: its file is gone.
+        Its batch fails with ``error`` and its rows read are dropped, never dialed. ``note``
+        writes what tells the user, before the commit (removed if the commit fails), and
+        returns where (kept as the file's ``filed_path``). False, and nothing done, if the
+        file is being ingested right now or moved on since ``row`` was read."""
+        sha = row["sha256"]
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(Q.file_try_lock, sha):
+                return False  # being read: not cut off
+            try:
+                written: Path | None = None
+                try:
+                    async with conn.transaction():
+                        if not await conn.fetchval(Q.inbox_file_still_cut_off, sha, row["batch_id"],
+                                                   row["rows_read"]):
+                            return False
+                        written = await note()
+                        now = self.clock.now()
+                        await batches.fail_batch(conn, row["batch_id"], error, now)
+                        await conn.execute(Q.inbox_file_state, sha, "failed",
+                                           None if written is None else str(written), now)
+                except BaseException:
+                    if written is not None:
+                        with contextlib.suppress(OSError):
+                            written.unlink()
+                    raise
+            finally:
+                await conn.execute(Q.file_unlock, sha)
+        return True
 
     async def mark_filed(self, sha256: str, filed_path: Path) -> None:
         async with self.pool.acquire() as conn:

@@ -4,6 +4,9 @@
 A file is taken when its size and mtime have been still for ``settle_s``, or at once
 when it was renamed in (inotify ``IN_MOVED_TO``). Results land in
 ``processed/<YYYY-MM-DD>/`` (file + ``.report.json``) or ``failed/`` (+ ``.error.txt``).
+
+An ingest cut off part-way (a crash, the database away) resumes when its file is taken
+again; one whose file is gone never can (``cut_off``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import anyio
 from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
+from dialer.intake.cut_off import CutOff
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.inbox_names import RESERVED, ignored
 
@@ -62,16 +66,22 @@ def name_max(directory: Path) -> int:
 
 def unique_path(directory: Path, name: str) -> Path:
     """``name`` in ``directory``, or ``stem-2.ext`` … when taken (never overwrite); cut so
-    that it, and the files written beside it, fit the file system's longest name."""
+    that it, and the files written beside it, fit the file system's longest name. A name
+    is taken by a file, or by a report or error note beside it (a note may stand alone:
+    that of a file gone before its ingest finished)."""
     name = fit_name(name, max(32, name_max(directory) - _BESIDE_BYTES))
-    p = directory / name
-    if not p.exists() and not (directory / f"{name}.report.json").exists():
-        return p
+
+    def free(n: str) -> bool:
+        return not any((directory / f"{n}{beside}").exists()
+                       for beside in ("", ".report.json", ".error.txt"))
+
+    if free(name):
+        return directory / name
     stem, dot, ext = name.partition(".")
     for i in range(2, 100_000):
-        cand = directory / (f"{stem}-{i}{dot}{ext}")
-        if not cand.exists() and not (directory / f"{cand.name}.report.json").exists():
-            return cand
+        cand = f"{stem}-{i}{dot}{ext}"
+        if free(cand):
+            return directory / cand
     raise RuntimeError(f"no free name for {name} in {directory}")
 
 
@@ -94,6 +104,7 @@ class Inbox:
         self.files_done = 0
         self.accepting = True
         self.current: Path | None = None
+        self.cut_off = CutOff(self)
 
     def ensure_dirs(self) -> None:
         for d in (self.root, self.root / "processed", self.root / "failed"):
@@ -158,6 +169,8 @@ class Inbox:
                 self._retry.pop(path, None)
                 self._seen.pop(path, None)
                 handled += 1
+        if self.accepting:  # after the files: one renamed in the inbox resumes first
+            await self.cut_off.check_if_due()
         return handled
 
     def _internal_failure(self, path: Path, target: str, exc: Exception) -> None:
@@ -181,6 +194,8 @@ class Inbox:
         taken = _identity(path)
         try:
             outcome = await self.ingestor.ingest(path, target, source="inbox")
+            if outcome.sha256 and outcome.kind != "busy":
+                await self.cut_off.abandon_replaced(path, outcome.sha256)
             await self._file(path, outcome, taken)
         finally:
             self.current = None
@@ -199,16 +214,11 @@ class Inbox:
                         "place is taken as a new drop", extra={"file": path.name})
         metrics.current().inbox_file(outcome.target, outcome.kind)
         if outcome.kind == "failed":
-            dest_dir = self.root / "failed"
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            dest = unique_path(dest_dir, path.name)
-            err = dest.with_name(dest.name + ".error.txt")
-            text = (
+            dest, _ = await self.failed_note(path.name, (
                 f"{path.name}: {outcome.error}\n"
                 f"target: {outcome.target}\n"
                 "Nothing from this file was ingested. Fix it and drop it into the inbox again.\n"
-            )
-            await anyio.Path(err).write_text(text, encoding="utf-8")
+            ))
             if not gone:
                 await anyio.Path(path).replace(dest)
             if outcome.sha256 and outcome.batch_id:
@@ -231,6 +241,16 @@ class Inbox:
             "inbox file %s", outcome.kind,
             extra={"file": path.name, "batch_id": str(outcome.batch_id), **outcome.counts},
         )
+
+    async def failed_note(self, name: str, text: str) -> tuple[Path, Path]:
+        """Write ``text`` as ``failed/<name>.error.txt`` (the name made free); returns where the
+        file itself goes beside it, and the note."""
+        dest_dir = self.root / "failed"
+        await anyio.Path(dest_dir).mkdir(parents=True, exist_ok=True)
+        dest = unique_path(dest_dir, name)
+        note = dest.with_name(dest.name + ".error.txt")
+        await anyio.Path(note).write_text(text, encoding="utf-8")
+        return dest, note
 
     # -- the loop ------------------------------------------------------------------
     async def run(self) -> None:

@@ -235,8 +235,8 @@ GROUP BY state
 SELECT * FROM inbox_files WHERE sha256 = $1
 
 -- name: inbox_file_insert
-INSERT INTO inbox_files (sha256, batch_id, name, target, path)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO inbox_files (sha256, batch_id, name, target, path, size)
+VALUES ($1, $2, $3, $4, $5, $6)
 
 -- name: inbox_file_state
 UPDATE inbox_files SET state = $2, filed_path = coalesce($3, filed_path),
@@ -280,8 +280,29 @@ SELECT pg_try_advisory_lock(3, hashtext($1))
 SELECT pg_advisory_unlock(3, hashtext($1))
 
 -- name: inbox_file_restart
-UPDATE inbox_files SET batch_id = $2, state = 'ingesting', name = $3, target = $4, path = $5
+UPDATE inbox_files SET batch_id = $2, state = 'ingesting', name = $3, target = $4, path = $5,
+       size = $6
 WHERE sha256 = $1
+
+-- name: inbox_file_resumed
+UPDATE inbox_files SET path = $2, name = $3 WHERE sha256 = $1
+
+-- name: inbox_files_cut_off
+-- Files whose ingest began and has not ended, their batch still receiving rows: being read
+-- now (their lock is held), or cut off by a crash or the database going away, to resume, or
+-- to abandon if their file is gone. $1: only those taken from that path (NULL: all).
+-- Few rows, read through the partial index of migration 0022.
+SELECT f.sha256, f.batch_id, f.name, f.target, f.path, f.size, b.source, b.rows_read
+FROM inbox_files f JOIN batches b ON b.id = f.batch_id
+WHERE f.state = 'ingesting' AND ($1::text IS NULL OR f.path = $1) AND b.state = 'receiving'
+ORDER BY f.created_at
+
+-- name: inbox_file_still_cut_off
+-- Under the file's lock: nobody has moved it on since inbox_files_cut_off read it.
+SELECT true FROM inbox_files f JOIN batches b ON b.id = f.batch_id
+WHERE f.sha256 = $1 AND f.state = 'ingesting' AND f.batch_id = $2
+  AND b.state = 'receiving' AND b.rows_read = $3
+FOR UPDATE OF f, b
 
 -- ---------------------------------------------------------------- dispatch
 
