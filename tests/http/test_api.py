@@ -455,9 +455,9 @@ async def test_a_batch_whose_target_stays_locked_past_the_wait_is_503_and_stores
         api: httpx.AsyncClient, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another batch of the target being finalised holds its dedupe lock longer than a lock
     may be waited for (30 s; here 0.2 s): the request is answered as retryable, not a 500."""
-    from dialer.intake import batches
+    from dialer.store import limits
 
-    monkeypatch.setattr(batches, "BULK_BASE_S", 0.4)  # a lock is waited for half of it
+    monkeypatch.setattr(limits, "BULK_BASE_S", 0.4)  # a lock is waited for half of it
     async with pool.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
         try:
