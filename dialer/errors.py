@@ -65,7 +65,8 @@ class NotReady(DialerError):
 
 class Busy(DialerError):
     """A lock the request needs stayed held past its wait (another batch of the target being
-    finalised): nothing was stored, the same request may succeed in a moment."""
+    finalised; for a do-not-call import, any batch's finalise): nothing was stored, the same
+    request may succeed in a moment."""
 
     code = "busy"
     http_status = 503

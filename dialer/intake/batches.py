@@ -6,7 +6,7 @@ chunk by chunk, each chunk committed together with the batch's resume point
 transaction that collapses in-batch duplicates and applies the target's dedupe window
 and the DNC list; until the batch is finalised nothing of it is dispatched. Its
 statements, and those dropping a failed batch's rows, grow with the batch: they run under
-limits scaled by its rows (``bulk_limits``), not the pool's flat command timeout.
+limits scaled by its rows (``batch_limits``), not the pool's flat command timeout.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dialer.intake.leads import COPY_COLUMNS, TargetRules
 from dialer.intake.pipeline import Chunk
 from dialer.intake.readers.csvfile import CONTINUED
 from dialer.lifecycle import moves
-from dialer.store.database import COMMAND_TIMEOUT_S
+from dialer.store import limits
 from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
@@ -110,34 +110,11 @@ async def _add_rows(conn: asyncpg.Connection, batch_id: uuid.UUID, rows: int) ->
     return int(rows_read)
 
 
-# A statement over a whole batch's rows may run BULK_BASE_S plus BULK_ROW_S per row of the
-# batch. Under the pool's flat limit a big file with many duplicates (its marking grows with
-# the batch and the target's history: 6.5 s for 156,000 duplicates of a 600,000-row file, the
-# 4th into its target) would fail its finalise on every retry, never dialed nor reported.
-# The dedupe costs about 12 µs a row (bench/plans.py, over 10,000,000 calls of history): 1 ms
-# (34 min for 2,000,000 rows) leaves room for a busy server and still ends a runaway plan. A
-# wait for a lock does not grow with the batch: it ends after half of BULK_BASE_S, well within
-# the statement's own limit, so the error says it was the lock.
-BULK_BASE_S = COMMAND_TIMEOUT_S
-BULK_ROW_S = 0.001
-# The client's own limit on such a call is longer by this: the server's limit ends the
-# statement (with an error that says which limit ran out), the client's only a call whose
-# answer never comes (a lost connection)
-_ANSWER_S = 30.0
-
-
-def _ms(seconds: float) -> str:
-    return str(max(1, round(seconds * 1000)))  # 0 would be no limit at all
-
-
-async def bulk_limits(conn: asyncpg.Connection, batch_id: uuid.UUID) -> float:
-    """For the rest of the caller's transaction: each statement may run ``BULK_BASE_S`` plus
-    ``BULK_ROW_S`` per row of the batch, a lock be waited for half ``BULK_BASE_S``. Returns the
-    client-side ``timeout`` its calls must pass (else the pool's command timeout ends them)."""
+async def batch_limits(conn: asyncpg.Connection, batch_id: uuid.UUID) -> float:
+    """``limits.bulk_limits`` for the batch's rows, for the rest of the caller's transaction;
+    returns the client-side ``timeout`` its calls must pass."""
     rows = await conn.fetchval(Q.batch_rows_read, batch_id) or 0
-    limit = BULK_BASE_S + rows * BULK_ROW_S
-    await conn.execute(Q.bulk_limits, _ms(limit), _ms(BULK_BASE_S / 2))
-    return limit + _ANSWER_S
+    return await limits.bulk_limits(conn, int(rows))
 
 
 async def finalise(
@@ -158,10 +135,10 @@ async def finalise(
     reader saw the whole input it passes what it knows (no repeated number, row and
     invalid counts), which spares full scans of a big batch. ``new_rows``: rows this
     ingest wrote (see ``fresh_statistics``). The rest of the transaction runs under the
-    batch's ``bulk_limits``.
+    batch's ``batch_limits``.
     """
     await fresh_statistics(conn, new_rows)
-    t = await bulk_limits(conn, batch_id)  # after the ANALYZE: it resets lock_timeout
+    t = await batch_limits(conn, batch_id)  # after the ANALYZE: it resets lock_timeout
     await conn.execute(Q.batch_lock_target, target_name, timeout=t)
     window_start = now - timedelta(hours=target.dedupe_window_h)
     # several-number leads first: each number on its own, before the set-based pass
@@ -224,7 +201,7 @@ async def fail_batch(
     conn: asyncpg.Connection, batch_id: uuid.UUID, error: str, now: datetime
 ) -> None:
     async with conn.transaction():
-        t = await bulk_limits(conn, batch_id)  # a file found unreadable after many rows
+        t = await batch_limits(conn, batch_id)  # a file found unreadable after many rows
         await moves.drop_batch_calls(conn, batch_id, limit_s=t)
         await conn.execute(Q.batch_fail, batch_id, error, now, timeout=t)
 

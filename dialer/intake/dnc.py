@@ -13,6 +13,9 @@ as it comes into a temporary table; small inputs (API bodies) use a thread. Then
 table is merged into the list (deduplicated, latest expiry wins, in key order) and calls
 not yet sent to a newly listed number are cancelled, in the same transaction. Memory
 stays flat on any size: chunks of ``dnc_lines.CHUNK`` lines, a bounded queue per child.
+The merge and the cancel go over the whole file: they run under limits scaled by its
+numbers (``limits.bulk_limits``), not the pool's flat command timeout; a lock held past
+the wait they allow (a batch's finalise, most likely) ends the import as ``Busy``.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import anyio
 import asyncpg
 
 from dialer.config import Target
+from dialer.errors import Busy
 from dialer.intake.dnc_lines import MAX_SAMPLES, DncChunk, DncJob, iter_part, iter_stream, split_parts
 from dialer.intake.pipeline import from_process, from_thread, merged
 from dialer.lifecycle import moves, next_number, observe
+from dialer.store import limits
 from dialer.store.queries import Q
 
 # Below this size a child process costs more than it saves; each part is at least this big.
@@ -80,24 +85,35 @@ async def _import(pool: asyncpg.Pool, chunks: AsyncIterator[DncChunk], *, source
         # parts finish in any order: keep the first samples of the file, in line order
         report.invalid_samples.sort(key=lambda s: s["line"])
         del report.invalid_samples[MAX_SAMPLES:]
-        report.added, report.updated = await _merge(conn, source, now)
-        await next_number.hold_for_dnc(conn, targets)
-        ended = await moves.cancel_for_dnc_import(conn, now)
-        await next_number.after_dnc_import(conn, targets, now)  # several-number leads go on
+        # from here the statements go over the whole file (each COPY above took one chunk):
+        # time in proportion to its numbers, a lock wait still bounded
+        t = await limits.bulk_limits(conn, report.valid)
+        try:
+            report.added, report.updated = await _merge(conn, source, now, t)
+            await next_number.hold_for_dnc(conn, targets)
+            ended = await moves.cancel_for_dnc_import(conn, now, limit_s=t)
+            # several-number leads go on
+            await next_number.after_dnc_import(conn, targets, now, limit_s=t)
+        except asyncpg.LockNotAvailableError as e:
+            # a lock held past the wait allowed: most likely a big batch's finalise holding its
+            # target's dedupe lock (hold_for_dnc). Nothing of the import is stored.
+            raise Busy("the do-not-call import waited too long for a lock another transaction "
+                       "holds (a batch being finalised, most likely); nothing of it was stored: "
+                       "retry shortly") from e
         report.cancelled_calls = sum(e.n for e in ended)
     observe.ended(ended)
     return report
 
 
-async def _merge(conn: asyncpg.Connection, source: str, now: datetime) -> tuple[int, int]:
+async def _merge(conn: asyncpg.Connection, source: str, now: datetime, limit_s: float) -> tuple[int, int]:
     """The imported numbers into the list: (added, updated)."""
-    await conn.execute(Q.dnc_import_sorted)
+    await conn.execute(Q.dnc_import_sorted, timeout=limit_s)
     try:
         async with conn.transaction():  # a savepoint
-            row = await conn.fetchrow(Q.dnc_import_merge_sorted, source, now)
+            row = await conn.fetchrow(Q.dnc_import_merge_sorted, source, now, timeout=limit_s)
     except asyncpg.UniqueViolationError:
         # another transaction listed one of these numbers after our snapshot
-        row = await conn.fetchrow(Q.dnc_import_merge, source, now)
+        row = await conn.fetchrow(Q.dnc_import_merge, source, now, timeout=limit_s)
     return int(row["added"]), int(row["updated"])
 
 

@@ -26,7 +26,7 @@ from dialer.store.queries import Q
 async def check(conn: asyncpg.Connection, batch_id: uuid.UUID, target: str, window_start: datetime,
                 now: datetime, limit_s: float | None = None) -> tuple[int, int]:
     """Returns the leads rejected (duplicates, dnc). Caller's transaction, target locked;
-    ``limit_s``: each statement's (the finalise's ``bulk_limits``)."""
+    ``limit_s``: each statement's (the finalise's ``batch_limits``)."""
     leads = await conn.fetch(Q.numbers_leads, batch_id, timeout=limit_s)
     if not leads:
         return 0, 0

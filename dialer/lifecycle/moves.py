@@ -124,22 +124,24 @@ async def chunk_calls(
 
 
 async def post_results(conn: asyncpg.Connection, rows: Sequence[Any], now: datetime,
-                       several_dnc: bool = True) -> None:
+                       several_dnc: bool = True, limit_s: float | None = None) -> None:
     """Result webhooks (one per ended call, SPEC §6) for calls a move ended without a
     provider's callback (that path posts its own): one statement, in the caller's
     transaction, skipped at once when none of their batches has a ``result_webhook_url``.
     ``rows`` carry ``id`` and ``batch_id``; ``several_dnc=False`` leaves out DNC-cancelled
-    attempts of several-number leads (``next_number`` posts them once it chose the next)."""
-    if await _any_webhook(conn, rows):
+    attempts of several-number leads (``next_number`` posts them once it chose the next).
+    ``limit_s``: the statement's (a DNC import's ``bulk_limits``), else the pool's."""
+    if await _any_webhook(conn, rows, limit_s):
         await conn.execute(Q.webhook_enqueue_ended, [r["id"] for r in rows], now, sql_list(TERMINAL),
-                           several_dnc)
+                           several_dnc, timeout=limit_s)
 
 
-async def _any_webhook(conn: asyncpg.Connection, rows: Sequence[Any]) -> bool:
+async def _any_webhook(conn: asyncpg.Connection, rows: Sequence[Any], limit_s: float | None = None) -> bool:
     """Whether any of these rows' batches has a ``result_webhook_url`` (one cheap query)."""
     if not rows:
         return False
-    return bool(await conn.fetchval(Q.batches_with_webhook, list({r["batch_id"] for r in rows})))
+    return bool(await conn.fetchval(Q.batches_with_webhook, list({r["batch_id"] for r in rows}),
+                                    timeout=limit_s))
 
 
 async def end_calls(
@@ -193,11 +195,14 @@ async def cancel_for_dnc(conn: asyncpg.Connection, numbers: Sequence[str], now: 
     return from_rows(rows, State.CANCELLED.value)
 
 
-async def cancel_for_dnc_import(conn: asyncpg.Connection, now: datetime) -> list[Ended]:
-    """The same for every number of a DNC import (its temporary table), in one statement."""
-    rows = await conn.fetch(Q.dnc_import_cancel, now)
-    if await _any_webhook(conn, rows):  # rows are per batch here: the calls' ids only when needed
-        await post_results(conn, await conn.fetch(Q.dnc_import_cancelled, now, False), now, several_dnc=False)
+async def cancel_for_dnc_import(conn: asyncpg.Connection, now: datetime,
+                                limit_s: float | None = None) -> list[Ended]:
+    """The same for every number of a DNC import (its temporary table), in one statement.
+    ``limit_s``: each statement's (they grow with the file: the import's ``bulk_limits``)."""
+    rows = await conn.fetch(Q.dnc_import_cancel, now, timeout=limit_s)
+    if await _any_webhook(conn, rows, limit_s):  # rows are per batch here: the calls' ids only when needed
+        await post_results(conn, await conn.fetch(Q.dnc_import_cancelled, now, False, timeout=limit_s), now,
+                           several_dnc=False, limit_s=limit_s)
     return [Ended(r["target"], State.CANCELLED.value, r["batch_id"], r["n"]) for r in rows]
 
 

@@ -43,18 +43,19 @@ async def hold_for_dnc(conn: asyncpg.Connection, targets: Mapping[str, Target]) 
     await conn.execute(Q.dedupe_share_targets, sorted(set(targets) | receiving))
 
 
-async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str], attempts: int = 5) -> None:
+async def lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str], attempts: int = 5,
+                       limit_s: float | None = None) -> None:
     """The per-number locks, in order. A dispatch fill takes its cap locks in more than one
     run, so it can still close a cycle with us; the deadlock detector then aborts one side.
     Here only this statement is lost (a savepoint releases what it took) and it runs again,
-    so a DNC import is not undone by it."""
+    so a DNC import is not undone by it. ``limit_s``: the statement's (see ``_go_on``)."""
     ordered = sorted(set(numbers))
     if not ordered:
         return
     for attempt in range(1, attempts + 1):
         try:
             async with conn.transaction():  # a savepoint
-                await conn.execute(Q.number_locks, ordered)
+                await conn.execute(Q.number_locks, ordered, timeout=limit_s)
             return
         except asyncpg.DeadlockDetectedError:
             if attempt == attempts:
@@ -73,10 +74,11 @@ async def after_dnc(conn: asyncpg.Connection, numbers: list[str], targets: Mappi
 
 
 async def after_dnc_import(conn: asyncpg.Connection, targets: Mapping[str, Target],
-                           now: datetime) -> list[int]:
-    """``after_dnc`` for a DNC import: the numbers are in its temporary table."""
-    cancelled = await conn.fetch(Q.dnc_import_cancelled, now, True)
-    return await _go_on(conn, [r["id"] for r in cancelled], targets, now)
+                           now: datetime, limit_s: float | None = None) -> list[int]:
+    """``after_dnc`` for a DNC import: the numbers are in its temporary table. ``limit_s``:
+    the import's ``bulk_limits``, for the statements that grow with the file."""
+    cancelled = await conn.fetch(Q.dnc_import_cancelled, now, True, timeout=limit_s)
+    return await _go_on(conn, [r["id"] for r in cancelled], targets, now, limit_s)
 
 
 async def after_dnc_at_send(conn: asyncpg.Connection, ids: list[int], targets: Mapping[str, Target],
@@ -88,15 +90,16 @@ async def after_dnc_at_send(conn: asyncpg.Connection, ids: list[int], targets: M
 
 
 async def _go_on(conn: asyncpg.Connection, ids: list[int], targets: Mapping[str, Target],
-                 now: datetime) -> list[int]:
+                 now: datetime, limit_s: float | None = None) -> list[int]:
+    """``limit_s``: for the statements over all of ``ids`` (each lead's own are small)."""
     if not ids:
         return []
     rows = [row for i in ids if (row := await conn.fetchrow(Q.call_ended_row, i)) is not None]
-    await moves.post_results(conn, [row for row in rows if row["numbers"] is None], now)
+    await moves.post_results(conn, [row for row in rows if row["numbers"] is None], now, limit_s=limit_s)
     several = [row for row in rows if row["numbers"] is not None]
     # every number these leads may move onto, locked at once in order (next_attempt's own
     # locks are then already held): two such transactions cannot deadlock
-    await lock_numbers(conn, {n for row in several for n in row["numbers"]})
+    await lock_numbers(conn, {n for row in several for n in row["numbers"]}, limit_s=limit_s)
     out: list[int] = []
     for row in several:
         if new := await next_attempt(conn, row, State.CANCELLED, targets.get(row["target"]), now):

@@ -17,7 +17,7 @@ from dialer.store.embedded import EmbeddedPostgres
 log = logging.getLogger(__name__)
 
 # How long any statement may take (asyncpg's client-side command_timeout), unless its call
-# says otherwise: intake's statements over a whole batch get more (intake/batches.py)
+# says otherwise: statements over a whole lead batch or DNC import get more (store/limits.py)
 COMMAND_TIMEOUT_S = 60.0
 
 
@@ -39,12 +39,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     advisory locks are released in ``finally`` blocks, cursors live in transactions."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
+                      command_timeout: float = COMMAND_TIMEOUT_S) -> asyncpg.Pool:
     # UTC sessions: times PostgreSQL renders as text (the callback batch's webhook bodies)
     # read as Python's isoformat() does, whatever the server's or database's zone
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-        command_timeout=COMMAND_TIMEOUT_S,
+        command_timeout=command_timeout,
         reset=_keep_session, server_settings={"TimeZone": "UTC"},
     )
     assert pool is not None

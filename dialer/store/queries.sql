@@ -39,8 +39,8 @@ DELETE FROM calls WHERE batch_id = $1
 SELECT rows_read FROM batches WHERE id = $1
 
 -- name: bulk_limits
--- For the rest of the transaction (batches.bulk_limits): how long one statement may run
--- ($1, ms) and one lock be waited for ($2, ms); the server's error then says which ran out.
+-- For the rest of the transaction (limits.bulk_limits): how long one statement may run ($1,
+-- ms) and one lock be waited for ($2, ms); the server's error then says which ran out.
 SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)
 
 -- name: batch_lock_target

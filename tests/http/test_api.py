@@ -455,9 +455,9 @@ async def test_a_batch_whose_target_stays_locked_past_the_wait_is_503_and_stores
         api: httpx.AsyncClient, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another batch of the target being finalised holds its dedupe lock longer than a lock
     may be waited for (30 s; here 0.2 s): the request is answered as retryable, not a 500."""
-    from dialer.intake import batches
+    from dialer.store import limits
 
-    monkeypatch.setattr(batches, "BULK_BASE_S", 0.4)  # a lock is waited for half of it
+    monkeypatch.setattr(limits, "BULK_BASE_S", 0.4)  # a lock is waited for half of it
     async with pool.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
         try:
@@ -469,3 +469,28 @@ async def test_a_batch_whose_target_stays_locked_past_the_wait_is_503_and_stores
         assert await holder.fetchval("SELECT count(*) FROM batches") == 0
     r = await api.post("/v1/batches", json=leads("+14155550100"), headers=AUTH)
     assert r.status_code == 202 and r.json()["accepted"] == 1
+
+
+async def test_a_dnc_file_whose_lock_stays_held_past_the_wait_is_503_and_stores_nothing(
+        api: httpx.AsyncClient, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's finalise holds its target's dedupe lock longer than the import may wait for
+    it (30 s; here 0.2 s): the file is answered as retryable (it was a 503 only once the
+    pool's 60 s client timeout ended the call), and nothing of it is listed or cancelled."""
+    from dialer.store import limits
+
+    assert (await api.post("/v1/batches", json=leads("+14155550100"), headers=AUTH)).status_code == 202
+    monkeypatch.setattr(limits, "BULK_BASE_S", 0.4)  # a lock is waited for half of it
+    body, text = b"+14155550100\n+14155550101\n", {**AUTH, "Content-Type": "text/plain"}
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
+        try:
+            r = await api.post("/v1/dnc", content=body, headers=text)
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(1, hashtext('sales'))")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+        assert r.json()["error"]["code"] == "busy" and "nothing of it was stored" in r.json()["error"]["message"]
+        assert await holder.fetchval("SELECT count(*) FROM dnc") == 0
+        assert await holder.fetchval("SELECT state FROM calls") == "pending"
+    r = await api.post("/v1/dnc", content=body, headers=text)
+    assert r.status_code == 200 and r.json()["added"] == 2
+    assert await pool.fetchval("SELECT state FROM calls") == "cancelled"

@@ -2,7 +2,7 @@
 rows: a file is never refused for its size, a lock wait still ends, and a finalise that
 fails leaves its batch to a retry that counts every row once.
 
-The un-scaled limit (``batches.BULK_BASE_S``, 60 s) is lowered to 1 ms, in which no statement
+The un-scaled limit (``limits.BULK_BASE_S``, 60 s) is lowered to 1 ms, in which no statement
 over a batch of a few thousand rows runs: what a file of millions of rows meets at 60 s.
 """
 
@@ -19,10 +19,11 @@ import pytest
 
 from dialer.clock import FakeClock
 from dialer.config import Settings
-from dialer.intake import batches, dnc
+from dialer.intake import dnc
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
-from dialer.store.database import _init_connection
+from dialer.store import limits
+from dialer.store.database import create_pool
 from tests.intake.test_inbox import drop, report, settle_and_scan
 
 NO_TIME = 0.001  # as the base: no statement over thousands of rows runs in 1 ms
@@ -62,9 +63,9 @@ async def test_a_big_batchs_finalise_gets_time_for_its_rows_and_one_that_failed_
     again = drop(inbox, "again.csv", "number,external_id\n" + leads(range(5000), "b")
                  + f"{number(4002)},x\n{number(4002)},y\n12,z\n12,z\n12,z\n")
 
-    monkeypatch.setattr(batches, "BULK_BASE_S", NO_TIME)
-    per_row = batches.BULK_ROW_S
-    monkeypatch.setattr(batches, "BULK_ROW_S", 0.0)  # un-scaled: the old flat limit
+    monkeypatch.setattr(limits, "BULK_BASE_S", NO_TIME)
+    per_row = limits.BULK_ROW_S
+    monkeypatch.setattr(limits, "BULK_ROW_S", 0.0)  # un-scaled: the old flat limit
     with caplog.at_level(logging.WARNING, logger="dialer.intake.inbox"):
         assert await settle_and_scan(inbox, clock) == 0
     # the inbox stays up and says precisely why; the rows are kept, the batch not finalised
@@ -76,7 +77,7 @@ async def test_a_big_batchs_finalise_gets_time_for_its_rows_and_one_that_failed_
     batch = await batch_of(pool, "again.csv")
     assert (batch["state"], batch["rows_read"], batch["calls"]) == ("receiving", 5005, 5005)
 
-    monkeypatch.setattr(batches, "BULK_ROW_S", per_row)  # scaled: 1 ms plus this much a row
+    monkeypatch.setattr(limits, "BULK_ROW_S", per_row)  # scaled: 1 ms plus this much a row
     clock.advance(60)  # past the retry's back-off
     assert await inbox.scan_once() == 1
     rep = report(inbox, "again.csv")
@@ -94,7 +95,7 @@ async def test_the_finalises_statements_are_not_held_to_the_pools_command_timeou
     server allows: each of the finalise's calls passes its batch's own. Here the pool allows
     1 s and marking the one duplicate takes 2 s (a trigger sleeps; in production: 60 s, and
     the marking of a few hundred thousand duplicates into a big table)."""
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2, init=_init_connection, command_timeout=1.0)
+    pool = await create_pool(db_url, min_size=1, max_size=2, command_timeout=1.0)
     try:
         async with pool.acquire() as conn:
             await conn.execute(
@@ -120,7 +121,7 @@ async def test_a_lock_wait_still_ends_whatever_the_batchs_size(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Another session holds the target's dedupe lock and never lets go: the finalise's wait
     ends after half the base limit (30 s; here 0.2 s), not the batch's, with an error that says so."""
-    monkeypatch.setattr(batches, "BULK_BASE_S", 0.4)
+    monkeypatch.setattr(limits, "BULK_BASE_S", 0.4)
     path = tmp_path / "leads.csv"
     path.write_text("number\n" + "".join(f"{number(i)}\n" for i in range(3000)))
     ingestor = FileIngestor(pool, settings, clock)
@@ -148,15 +149,15 @@ async def test_a_file_found_unreadable_after_many_rows_has_them_dropped_in_the_b
     path = tmp_path / "cut.json"
     path.write_text(json.dumps([{"number": number(i)} for i in range(4000)])[:-1] + ', {"number": "+1415')
     ingestor = FileIngestor(pool, settings, clock)
-    monkeypatch.setattr(batches, "BULK_BASE_S", NO_TIME)
-    per_row = batches.BULK_ROW_S
-    monkeypatch.setattr(batches, "BULK_ROW_S", 0.0)
+    monkeypatch.setattr(limits, "BULK_BASE_S", NO_TIME)
+    per_row = limits.BULK_ROW_S
+    monkeypatch.setattr(limits, "BULK_ROW_S", 0.0)
     with pytest.raises(asyncpg.QueryCanceledError, match="statement timeout"):
         await ingestor.ingest(path, "sales", source="cli")
     batch = await batch_of(pool, "cut.json")
     assert (batch["state"], batch["calls"]) == ("receiving", 4000)
 
-    monkeypatch.setattr(batches, "BULK_ROW_S", per_row)
+    monkeypatch.setattr(limits, "BULK_ROW_S", per_row)
     outcome = await ingestor.ingest(path, "sales", source="cli")
     assert outcome.kind == "failed" and outcome.error and "JSON" in outcome.error
     batch = await batch_of(pool, "cut.json")

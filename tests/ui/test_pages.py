@@ -276,6 +276,27 @@ async def test_dnc_add_search_remove(console: Console, pool: asyncpg.Pool, setti
     assert r.status_code == 422
 
 
+async def test_a_dnc_import_that_waited_too_long_for_a_lock_says_so_and_stores_nothing(
+        console: Console, pool: asyncpg.Pool, settings: Settings, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's finalise holds its target's dedupe lock past the import's wait (30 s; here
+    0.2 s): the page says nothing was imported and to retry, not a bare error."""
+    from dialer.store import limits
+
+    bid = await _post_batch(pool, settings, clock, ["+14155550111"])
+    monkeypatch.setattr(limits, "BULK_BASE_S", 0.4)  # a lock is waited for half of it
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
+        try:
+            r = await console.c.post("/ui/dnc", data={"csrf": console.csrf, "numbers": "(415) 555-0111\n"})
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(1, hashtext('sales'))")
+    assert r.status_code == 503 and "Not imported: the do-not-call import waited too long" in r.text, r.text[:500]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dnc") == 0
+        assert await conn.fetchval("SELECT state FROM calls WHERE batch_id = $1", bid) == "pending"
+
+
 @pytest.mark.parametrize("folder", ["templates", "static"])
 def test_no_asset_comes_from_another_host(folder: str) -> None:
     for f in (ROOT / "dialer" / "ui" / folder).iterdir():
