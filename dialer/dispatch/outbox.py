@@ -61,6 +61,7 @@ async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set
 _NO_SLOT: set[tuple[str, str]] = set()  # (target, field) already warned about
 RELEASE_MAX = 5_000  # due calls moved back into the dispatch order per fill
 MARGIN_MAX = 5_000  # candidates read past the chunk's size per fill, at most
+INCOMING_LOOK = 2_000  # calls newer than a batch still coming in looked at per fill, at least
 
 
 @dataclass(slots=True)
@@ -134,7 +135,8 @@ async def record_chunk(
     # a margin for leads held back by calling hours or caps (wider while they fill the
     # queue's head: see Fill); the rest waits for the next chunk
     fill.asked = n + max(20, n // 5, fill.margin)
-    cands = await conn.fetch(Q.dispatch_candidates, name, now, fill.asked)
+    query, args = await candidates_query(conn, name, now, fill.asked)
+    cands = await conn.fetch(query, *args)
     fill.looked_at = len(cands)
     screened = await screen(conn, rules or compliance.Rules(settings), name, t, cands, n, now)
     fill.set_aside = len(screened.dnc) + len(screened.expired) + len(screened.capped) + len(screened.held)
@@ -144,6 +146,16 @@ async def record_chunk(
     if not screened.take:
         return 0
     return await record(conn, settings, secret, name, t, pace, screened.take, now)
+
+
+async def candidates_query(conn: asyncpg.Connection, name: str, now: datetime,
+                           asked: int) -> tuple[str, tuple[Any, ...]]:
+    """The query (and its arguments) for the target's next ``asked`` candidates: while one
+    of its batches is still coming in, one that does not walk all of that batch's rows."""
+    first_incoming = await conn.fetchval(Q.receiving_first_id, name)
+    if first_incoming is None:
+        return Q.dispatch_candidates, (name, now, asked)
+    return Q.dispatch_candidates_receiving, (name, now, asked, first_incoming, max(INCOMING_LOOK, 4 * asked))
 
 
 async def record(conn: asyncpg.Connection, settings: Settings, secret: bytes, name: str, t: Target,
