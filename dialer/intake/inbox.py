@@ -4,6 +4,8 @@
 A file is taken when its size and mtime have been still for ``settle_s``, or at once
 when it was renamed in (inotify ``IN_MOVED_TO``). Results land in
 ``processed/<YYYY-MM-DD>/`` (file + ``.report.json``) or ``failed/`` (+ ``.error.txt``).
+A symbolic link is never followed (it could point anywhere on the host): once settled, the
+link itself is moved to ``failed/`` with a note saying so.
 
 An ingest cut off part-way (a crash, the database away) resumes when its file is taken
 again; one whose file is gone never can (``cut_off``).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +74,8 @@ def unique_path(directory: Path, name: str) -> Path:
     that of a file gone before its ingest finished)."""
     name = fit_name(name, max(32, name_max(directory) - _BESIDE_BYTES))
 
-    def free(n: str) -> bool:
-        return not any((directory / f"{n}{beside}").exists()
+    def free(n: str) -> bool:  # lexists: a link in failed/, even a broken one, takes its name
+        return not any(os.path.lexists(directory / f"{n}{beside}")
                        for beside in ("", ".report.json", ".error.txt"))
 
     if free(name):
@@ -115,24 +118,29 @@ class Inbox:
     # -- discovery -------------------------------------------------------------
     def candidates(self) -> list[tuple[Path, str]]:
         """Files waiting in the inbox with the target each one goes to."""
-        found: list[tuple[Path, str]] = []
+        return [(path, target) for path, target, link in self.waiting() if not link]
+
+    def waiting(self) -> list[tuple[Path, str, bool]]:
+        """Files and symbolic links waiting in the inbox: the target each one goes to, and
+        whether it is a link (never followed: it goes to ``failed/``)."""
+        found: list[tuple[Path, str, bool]] = []
         with os.scandir(self.root) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
-            if ignored(e.name):
+            if ignored(e.name) or e.name in RESERVED:
                 continue
-            if e.is_file(follow_symlinks=False):
-                found.append((Path(e.path), self.settings.default_target))
-            elif e.is_dir(follow_symlinks=False) and e.name not in RESERVED:
+            if e.is_file(follow_symlinks=False) or e.is_symlink():
+                found.append((Path(e.path), self.settings.default_target, e.is_symlink()))
+            elif e.is_dir(follow_symlinks=False):
                 with os.scandir(e.path) as sub:
                     for f in sorted(sub, key=lambda x: x.name):
-                        if not ignored(f.name) and f.is_file(follow_symlinks=False):
-                            found.append((Path(f.path), e.name))
+                        if not ignored(f.name) and (f.is_file(follow_symlinks=False) or f.is_symlink()):
+                            found.append((Path(f.path), e.name, f.is_symlink()))
         return found
 
     def settled(self, path: Path) -> bool:
         try:
-            st = path.stat()
+            st = path.lstat()  # a link's own: it is never followed
         except FileNotFoundError:
             self._seen.pop(path, None)
             return False
@@ -146,7 +154,7 @@ class Inbox:
 
     def note_moved_in(self, path: Path) -> None:
         try:
-            st = path.stat()
+            st = path.lstat()
         except FileNotFoundError:
             return
         self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, self.clock.monotonic(), True)
@@ -154,7 +162,7 @@ class Inbox:
     async def scan_once(self) -> int:
         """Take every settled file; returns how many were handled."""
         handled = 0
-        for path, target in await anyio.to_thread.run_sync(self.candidates):
+        for path, target, link in await anyio.to_thread.run_sync(self.waiting):
             if not self.accepting:
                 break
             retry = self._retry.get(path)
@@ -162,7 +170,10 @@ class Inbox:
                 continue
             if self.settled(path):
                 try:
-                    await self.handle(path, target)
+                    if link:
+                        await self.refuse_link(path, target)
+                    else:
+                        await self.handle(path, target)
                 except Exception as e:
                     self._internal_failure(path, target, e)
                     continue
@@ -249,8 +260,48 @@ class Inbox:
         await anyio.Path(dest_dir).mkdir(parents=True, exist_ok=True)
         dest = unique_path(dest_dir, name)
         note = dest.with_name(dest.name + ".error.txt")
-        await anyio.Path(note).write_text(text, encoding="utf-8")
+        # "x": a name taken since (a link put there) is an error, never written through
+        async with await anyio.open_file(note, "x", encoding="utf-8") as f:
+            await f.write(text)
         return dest, note
+
+    async def refuse_link(self, path: Path, target: str) -> None:
+        """Move the symbolic link at ``path`` itself into ``failed/``, with a note saying why:
+        nothing is read through it, and what it points to is left alone. One removed or
+        replaced on the way is forgotten (a file in its place is a drop of its own)."""
+        try:
+            st = os.lstat(path)
+            to = os.readlink(path)
+        except OSError:  # gone, or no longer a link, since the scan
+            return
+        name, to = _shown(path.name), _shown(to)
+        where = "the inbox" if path.parent == self.root else f"the inbox's {_shown(path.parent.name)}/ folder"
+        dest, note = await self.failed_note(path.name, (
+            f"{name} is a symbolic link (to {to}); the inbox does not follow links: move or copy "
+            f"the file itself into {where}.\n"
+            f"target: {_shown(target)}\n"
+            "Nothing was read through the link and the file it points to was not touched: the "
+            "link itself was moved here.\n"
+        ))
+        try:
+            now = os.lstat(path)
+            # replaced since it was read (a file put there): not the link the note describes
+            same = stat.S_ISLNK(now.st_mode) and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+            if same:
+                os.rename(path, dest)  # renames the link itself: rename never follows one
+        except FileNotFoundError:
+            same = False
+        except OSError:  # retried later (``_internal_failure``): no note left for it meanwhile
+            with contextlib.suppress(OSError):
+                note.unlink()
+            raise
+        if not same:
+            with contextlib.suppress(OSError):
+                note.unlink()
+            return
+        metrics.current().inbox_file(target, "failed")
+        log.warning("inbox symbolic link not followed: moved to failed/",
+                    extra={"file": name, "link_to": to, "target": target, "moved_to": dest.name})
 
     # -- the loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -298,6 +349,11 @@ class Inbox:
                 self._wake.set()
         finally:
             ino.close()
+
+
+def _shown(name: str) -> str:
+    """``name`` as text a note can hold: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:

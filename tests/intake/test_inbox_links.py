@@ -1,0 +1,206 @@
+"""Symbolic links dropped into the inbox, against a real inbox directory and PostgreSQL: never
+followed (a link could point anywhere on the host), never silently ignored either. Once settled,
+the link itself goes to failed/ with a note saying what it points to and what to do; nothing is
+read through it and what it points to is left as it was."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dialer import metrics
+from dialer.clock import FakeClock
+from dialer.config import Settings
+from dialer.intake.files import FileIngestor
+from dialer.intake.inbox import Inbox
+from tests.intake.test_inbox import drop, settle_and_scan
+
+LEADS = "number\n+14155550100\n+14155550101\n"
+REFUSED = "inbox symbolic link not followed: moved to failed/"
+
+
+@pytest.fixture
+def inbox(settings: Settings, pool: asyncpg.Pool, clock: FakeClock) -> Inbox:
+    box = Inbox(settings, FileIngestor(pool, settings, clock), clock)
+    box.ensure_dirs()
+    return box
+
+
+@pytest.fixture
+def counted(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> metrics.Metrics:
+    """The metrics the inbox counts into, as the daemon's."""
+    m = metrics.Metrics(settings.targets)
+    monkeypatch.setattr(metrics, "_current", m)
+    return m
+
+
+def link(inbox: Inbox, name: str, to: str | Path, target: str | None = None) -> Path:
+    d = inbox.root / target if target else inbox.root
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).symlink_to(to)
+    return d / name
+
+
+def failed_files(m: metrics.Metrics, target: str = "sales") -> float | None:
+    return m.registry.get_sample_value("dialer_inbox_files_total", {"target": target, "result": "failed"})
+
+
+async def nothing_ingested(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        for table in ("batches", "inbox_files", "leads", "calls"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+
+
+@pytest.mark.parametrize(("target", "where"), [(None, "the inbox"), ("sales", "the inbox's sales/ folder")])
+async def test_a_link_to_a_lead_file_goes_to_failed_saying_why_and_its_file_is_left_alone(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, tmp_path: Path, counted: metrics.Metrics,
+        caplog: pytest.LogCaptureFixture, target: str | None, where: str) -> None:
+    src = tmp_path / "data" / "leads.csv"
+    src.parent.mkdir()
+    src.write_text(LEADS)
+    before = os.stat(src)
+    ln = link(inbox, "leads.csv", src, target)
+    with caplog.at_level(logging.WARNING, logger="dialer.intake.inbox"):
+        assert await inbox.scan_once() == 0  # first sighting: it settles like any file
+        assert ln.is_symlink()
+        clock.advance(inbox.settings.settle_s + 0.01)
+        assert await inbox.scan_once() == 1
+        assert await settle_and_scan(inbox, clock) == 0  # once
+    moved = inbox.root / "failed" / "leads.csv"
+    assert moved.is_symlink() and os.readlink(moved) == str(src)
+    assert not os.path.lexists(ln)
+    assert (inbox.root / "failed" / "leads.csv.error.txt").read_text() == (
+        f"leads.csv is a symbolic link (to {src}); the inbox does not follow links: move or copy the "
+        f"file itself into {where}.\n"
+        "target: sales\n"
+        "Nothing was read through the link and the file it points to was not touched: the link "
+        "itself was moved here.\n")
+    after = os.stat(src)
+    assert src.read_text() == LEADS
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (before.st_ino, before.st_mtime_ns,
+                                                                   before.st_ctime_ns)
+    assert sorted(p.name for p in (inbox.root / "failed").iterdir()) == ["leads.csv", "leads.csv.error.txt"]
+    assert list((inbox.root / "processed").iterdir()) == []
+    await nothing_ingested(pool)
+    assert failed_files(counted) == 1
+    assert [r.getMessage() for r in caplog.records] == [REFUSED]
+
+
+async def test_a_broken_link_goes_to_failed_the_same_way(inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool,
+                                                        counted: metrics.Metrics) -> None:
+    link(inbox, "gone.csv", "../exports/gone.csv")  # relative, as `ln -s` was given it; nothing there
+    assert await settle_and_scan(inbox, clock) == 1
+    moved = inbox.root / "failed" / "gone.csv"
+    assert moved.is_symlink() and os.readlink(moved) == "../exports/gone.csv"
+    assert (inbox.root / "failed" / "gone.csv.error.txt").read_text().startswith(
+        "gone.csv is a symbolic link (to ../exports/gone.csv); the inbox does not follow links: move or "
+        "copy the file itself into the inbox.\n")
+    await nothing_ingested(pool)
+    assert failed_files(counted) == 1
+
+
+async def test_a_link_to_a_folder_is_not_scanned_but_goes_to_failed(inbox: Inbox, clock: FakeClock,
+                                                                   pool: asyncpg.Pool, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.csv").write_text(LEADS)
+    link(inbox, "more", elsewhere)
+    assert await settle_and_scan(inbox, clock) == 1
+    assert os.readlink(inbox.root / "failed" / "more") == str(elsewhere)
+    assert (elsewhere / "x.csv").read_text() == LEADS
+    await nothing_ingested(pool)
+
+
+@pytest.mark.parametrize("name", [".hidden.csv", "y.part", "x.tmp", "BIG.TMP"])
+@pytest.mark.parametrize("target", [None, "sales"])
+async def test_a_link_with_a_name_the_inbox_ignores_stays_ignored(inbox: Inbox, clock: FakeClock, tmp_path: Path,
+                                                                   name: str, target: str | None) -> None:
+    src = tmp_path / "leads.csv"
+    src.write_text(LEADS)
+    ln = link(inbox, name, src, target)
+    assert await settle_and_scan(inbox, clock) == 0
+    assert ln.is_symlink()
+    assert list((inbox.root / "failed").iterdir()) == []
+
+
+async def test_a_link_named_like_what_failed_holds_overwrites_nothing(inbox: Inbox, clock: FakeClock,
+                                                                      tmp_path: Path) -> None:
+    failed = inbox.root / "failed"
+    (failed / "leads.csv").write_text("an earlier failed file")
+    (failed / "leads-2.csv.error.txt").write_text("a note whose file is gone")
+    (failed / "leads-3.csv").symlink_to("nowhere.csv")  # an earlier broken link, its note deleted
+    victim = tmp_path / "victim.txt"
+    (failed / "leads-4.csv.error.txt").symlink_to(victim)  # a note written through it would create victim
+    link(inbox, "leads.csv", "../new.csv")
+    assert await settle_and_scan(inbox, clock) == 1
+    assert os.readlink(failed / "leads-5.csv") == "../new.csv"
+    assert (failed / "leads-5.csv.error.txt").read_text().startswith("leads.csv is a symbolic link (to ../new.csv)")
+    assert (failed / "leads.csv").read_text() == "an earlier failed file"
+    assert (failed / "leads-2.csv.error.txt").read_text() == "a note whose file is gone"
+    assert os.readlink(failed / "leads-3.csv") == "nowhere.csv"
+    assert os.readlink(failed / "leads-4.csv.error.txt") == str(victim) and not victim.exists()
+    assert len(list(failed.iterdir())) == 6
+
+
+async def test_a_link_removed_before_it_is_moved_is_forgotten(inbox: Inbox, clock: FakeClock,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             counted: metrics.Metrics) -> None:
+    ln = link(inbox, "brief.csv", "/data/leads.csv")
+    real = Inbox.failed_note
+
+    async def then_removed(self: Inbox, *args: Any) -> Any:
+        out = await real(self, *args)
+        ln.unlink()  # `rm inbox/brief.csv` between the scan and the move
+        return out
+
+    monkeypatch.setattr(Inbox, "failed_note", then_removed)
+    await settle_and_scan(inbox, clock)
+    assert not os.path.lexists(ln)  # it was on its way to failed/
+    assert list((inbox.root / "failed").iterdir()) == []  # no note about a link no longer there
+    assert failed_files(counted) == 0
+    assert await settle_and_scan(inbox, clock) == 0
+
+
+async def test_a_link_replaced_by_a_file_before_it_is_moved_leaves_the_file_as_a_drop(
+        inbox: Inbox, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ln = link(inbox, "swap.csv", "/data/leads.csv")
+    real = Inbox.failed_note
+
+    async def then_replaced(self: Inbox, *args: Any) -> Any:
+        out = await real(self, *args)
+        if ln.is_symlink():  # `cp /data/leads.csv inbox/swap.csv` after `rm`, while the note was written
+            ln.unlink()
+            ln.write_text(LEADS)
+        return out
+
+    monkeypatch.setattr(Inbox, "failed_note", then_replaced)
+    await settle_and_scan(inbox, clock)
+    assert ln.read_text() == LEADS and not ln.is_symlink()
+    assert list((inbox.root / "failed").iterdir()) == []
+    assert await settle_and_scan(inbox, clock) == 1  # the file, taken as a drop of its own
+    assert not ln.exists()
+
+
+async def test_a_link_that_cannot_be_moved_now_is_retried_and_the_inbox_goes_on(
+        inbox: Inbox, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, counted: metrics.Metrics) -> None:
+    ln = link(inbox, "a.csv", "/data/leads.csv")
+    drop(inbox, "b.csv", LEADS)
+    rename = os.rename
+
+    def full(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", full)
+    assert await settle_and_scan(inbox, clock) == 1  # b.csv, behind it
+    assert ln.is_symlink() and list((inbox.root / "failed").iterdir()) == []  # no note left behind
+    assert counted.registry.get_sample_value("dialer_inbox_files_total",
+                                             {"target": "sales", "result": "retry"}) == 1
+    monkeypatch.setattr(os, "rename", rename)
+    clock.advance(60)
+    assert await inbox.scan_once() == 1
+    assert os.readlink(inbox.root / "failed" / "a.csv") == "/data/leads.csv"
