@@ -225,6 +225,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(report_path.read_text())
             report_path.unlink()
+        if outcome.kind == "cancelled":  # by a user, while it was read: the report says how far
+            print(f"error: {path.name}: batch {outcome.batch_id} was cancelled while the file was "
+                  "being received; none of its leads is dialed", file=sys.stderr)
+            return 1
         return 0
 
     return anyio.run(_with_db, s, go)

@@ -103,10 +103,26 @@ async def copy_chunk_in_turn(
         return await _add_rows(conn, batch_id, chunk.rows)
 
 
+class NotReceiving(Exception):
+    """The batch is no longer receiving rows: a user cancelled it while its file was read
+    (nothing else moves a batch an ingest holds the file lock of). Raised inside the chunk's
+    or the finalise's transaction, which rolls back."""
+
+    def __init__(self, batch_id: uuid.UUID) -> None:
+        super().__init__(f"batch {batch_id} is no longer receiving rows")
+        self.batch_id = batch_id
+
+
+def cancelled_while_receiving(batch: Any) -> bool:
+    """A batch (``batch_get`` row) cancelled before it was finalised: its ingest stopped
+    there, and nothing of it is ever dialed (done, once completion saw it)."""
+    return batch["state"] in ("cancelled", "done") and batch["ingested_at"] is None
+
+
 async def _add_rows(conn: asyncpg.Connection, batch_id: uuid.UUID, rows: int) -> int:
     rows_read = await conn.fetchval(Q.batch_add_rows, batch_id, rows)
     if rows_read is None:
-        raise RuntimeError(f"batch {batch_id} is no longer receiving rows")
+        raise NotReceiving(batch_id)
     return int(rows_read)
 
 
@@ -140,6 +156,9 @@ async def finalise(
     await fresh_statistics(conn, new_rows)
     t = await batch_limits(conn, batch_id)  # after the ANALYZE: it resets lock_timeout
     await conn.execute(Q.batch_lock_target, target_name, timeout=t)
+    # a cancel that came first wins; one coming now waits for this commit (batch_mark_cancelled)
+    if await conn.fetchval(Q.batch_lock_state, batch_id, timeout=t) != "receiving":
+        raise NotReceiving(batch_id)
     window_start = now - timedelta(hours=target.dedupe_window_h)
     # several-number leads first: each number on its own, before the set-based pass
     several = await number_checks.check(conn, batch_id, target_name, window_start, now, limit_s=t)
@@ -199,18 +218,26 @@ async def lead_counts(conn: asyncpg.Connection, batch_id: uuid.UUID, *,
 
 async def fail_batch(
     conn: asyncpg.Connection, batch_id: uuid.UUID, error: str, now: datetime
-) -> None:
+) -> bool:
+    """Fail a batch still receiving rows: its rows are dropped, never dialed. False, and
+    nothing done, if it is not receiving (a user's cancel came first: it stands)."""
     async with conn.transaction():
         t = await batch_limits(conn, batch_id)  # a file found unreadable after many rows
+        if await conn.fetchval(Q.batch_lock_state, batch_id, timeout=t) != "receiving":
+            return False
         await moves.drop_batch_calls(conn, batch_id, limit_s=t)
         await conn.execute(Q.batch_fail, batch_id, error, now, timeout=t)
+    return True
 
 
 async def rejected_rows(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, prefetch: int = 2000, *, indexed: bool = False
+    conn: asyncpg.Connection, batch_id: uuid.UUID, prefetch: int = 2000, *, indexed: bool = False,
+    lead: str = "accepted",
 ) -> AsyncIterator[dict[str, Any]]:
     """Every row that will not be dialed, in line order (a server-side cursor: flat memory).
-    ``indexed``: each also with its ``index`` among the batch's records (API batches)."""
+    ``indexed``: each also with its ``index`` among the batch's records (API batches).
+    ``lead``: what became of a lead some of whose numbers were left out (``cancelled``: its
+    batch was, while its rows were coming in)."""
     query, args = ((Q.batch_rejected_rows_indexed, (batch_id, _CONTINUED)) if indexed
                    else (Q.batch_rejected_rows, (batch_id,)))
     async with conn.transaction():
@@ -222,4 +249,4 @@ async def rejected_rows(
             # an accepted lead some of whose numbers were left out: each, by its column
             for note in (r["number_notes"] or {}).get("rejected", []):
                 yield {**at, "outcome": note["outcome"], "reason": note["reason"],
-                       "number": note["number"], "field": note["field"], "lead": "accepted"}
+                       "number": note["number"], "field": note["field"], "lead": lead}

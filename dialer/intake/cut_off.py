@@ -14,6 +14,8 @@ inbox may have died, a file been removed while its retries waited for the databa
 replacement when the file in its place is taken. Only this instance's files: those under
 its inbox and its uploads folder (``dialer ingest`` may run on another host: run again,
 it resumes). A file being read holds its lock, so it is never taken for one cut off.
+A batch a user cancelled meanwhile is not receiving: it is never abandoned, the cancel
+stands (its file, taken again, is filed as cancelled: ``files``).
 """
 
 from __future__ import annotations

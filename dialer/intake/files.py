@@ -4,6 +4,10 @@ Shared by the inbox watcher, ``dialer ingest`` and uploads. The file's sha256 is
 identity: the same content is never ingested twice, and a file found again after a
 crash resumes after the last chunk of the committed prefix (chunks COPY on several
 connections at once but commit in file order: ``streams``).
+
+A user may cancel the batch while its rows are coming in: whenever it lands (between two
+chunks, before the finalise, while the ingest was cut off) the ingest stops there and the
+file ends ``cancelled``: filed with its report, never read again, none of it dialed.
 """
 
 from __future__ import annotations
@@ -46,9 +50,16 @@ def n_rows(n: int) -> str:
     return "1 row" if n == 1 else f"{n} rows"
 
 
+def cancelled_message(counts: dict[str, int]) -> str:
+    """What the report of a file whose batch was cancelled while it was read says."""
+    return (f"the batch was cancelled while the file was being received, after "
+            f"{n_rows(counts.get('rows', 0))} of it had been read: none of its leads is dialed "
+            "(the rows read are cancelled, or rejected as listed; the file was read no further)")
+
+
 @dataclass
 class FileOutcome:
-    kind: str  # ingested | duplicate | failed | busy
+    kind: str  # ingested | duplicate | cancelled | failed | busy
     name: str
     target: str
     batch_id: uuid.UUID | None = None
@@ -57,6 +68,7 @@ class FileOutcome:
     error: str | None = None
     fmt: str | None = None
     first: dict[str, Any] | None = None  # for a duplicate: the first batch's file
+    cancelled: bool = False  # for a duplicate: the first batch was cancelled while it was read
 
 
 class FileIngestor:
@@ -127,11 +139,13 @@ class FileIngestor:
             out.batch_id = row["batch_id"]
             first = await conn.fetchrow(Q.batch_get, row["batch_id"])
             if row["state"] == "ingested" and row["path"] == str(path):
-                # finalised before a crash, not yet filed: finish the job
-                out.kind = "ingested"
+                # finalised (or found cancelled) before a crash, not yet filed: finish the job
+                cancelled = first is not None and batches.cancelled_while_receiving(first)
+                out.kind = "cancelled" if cancelled else "ingested"
                 out.counts = dict(first["counts"]) if first else {}
                 return out
             out.kind = "duplicate"
+            out.cancelled = first is not None and batches.cancelled_while_receiving(first)
             out.first = {
                 "batch_id": str(row["batch_id"]),
                 "file": row["name"],
@@ -143,6 +157,10 @@ class FileIngestor:
             return out
         if row is not None and row["state"] == "ingesting":
             batch = await conn.fetchrow(Q.batch_get, row["batch_id"])
+            if batch is not None and batches.cancelled_while_receiving(batch):
+                # cancelled while cut off (a crash, the database away): the cancel stands, the
+                # file is not read again, wherever and for whichever target it is now
+                return await self._cancelled(conn, fp, out, batch["id"], source)
             if batch is not None and batch["state"] == "receiving" and batch["target"] == target:
                 batch_id = batch["id"]
                 skip = batch["rows_read"]
@@ -152,7 +170,10 @@ class FileIngestor:
                 log.info("resuming %s at row %d (batch %s)", out.name, skip, batch_id)
             else:
                 cut_off = batch if batch is not None and batch["state"] == "receiving" else None
-                batch_id = await self._restart(conn, fp, out, path, source, now, cut_off)
+                try:
+                    batch_id = await self._restart(conn, fp, out, path, source, now, cut_off)
+                except batches.NotReceiving as e:  # the cut-off batch, cancelled meanwhile
+                    return await self._cancelled(conn, fp, out, e.batch_id, source)
         elif row is not None:  # failed before: try again from scratch
             batch_id = await self._restart(conn, fp, out, path, source, now)
         else:
@@ -187,24 +208,49 @@ class FileIngestor:
                 conn, self.pool, batch_id, chunks, streams=self.settings.ingest_copy_streams,
                 on_progress=on_progress,
             )
+        except batches.NotReceiving:  # cancelled between two chunks: the cancel wins
+            return await self._cancelled(conn, fp, out, batch_id, source)
         except FileUnreadable as e:
-            await batches.fail_batch(conn, batch_id, e.message, self.clock.now())
+            if not await batches.fail_batch(conn, batch_id, e.message, self.clock.now()):
+                return await self._cancelled(conn, fp, out, batch_id, source)
             await conn.execute(Q.inbox_file_state, fp.sha256, "failed", None, self.clock.now())
             out.kind, out.error = "failed", e.message
             return out
         # before finalise's transaction: the table's lock is not held through it
         await batches.fresh_statistics(conn, copied.rows)
-        async with conn.transaction():
-            out.counts = await batches.finalise(
-                conn, batch_id, target, tcfg, self.clock.now(),
-                in_file_duplicates=copied.in_file_duplicates,
-                rows=copied.rows if skip == 0 else None,
-                invalid=copied.invalid if skip == 0 else None,
-            )
-            state = "filed" if source != "inbox" else "ingested"
-            await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())
+        try:
+            async with conn.transaction():
+                out.counts = await batches.finalise(
+                    conn, batch_id, target, tcfg, self.clock.now(),
+                    in_file_duplicates=copied.in_file_duplicates,
+                    rows=copied.rows if skip == 0 else None,
+                    invalid=copied.invalid if skip == 0 else None,
+                )
+                state = "filed" if source != "inbox" else "ingested"
+                await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())
+        except batches.NotReceiving:  # cancelled after its last chunk, before its finalise
+            return await self._cancelled(conn, fp, out, batch_id, source)
         metrics.current().leads(target, source, out.counts)
         out.kind = "ingested"
+        return out
+
+    async def _cancelled(self, conn: asyncpg.Connection, fp: Fingerprint, out: FileOutcome,
+                         batch_id: uuid.UUID, source: str) -> FileOutcome:
+        """End the ingest of a batch a user cancelled while its rows were coming in: the file
+        is done with (filed with a report saying so, never read again: the same content
+        dropped again is a duplicate of this batch), its rows read stay cancelled."""
+        batch = await conn.fetchrow(Q.batch_get, batch_id)
+        if batch is None or not batches.cancelled_while_receiving(batch):
+            raise RuntimeError(f"batch {batch_id} stopped receiving rows, yet was not cancelled")
+        if not batch["counts"]:  # cancelled by an earlier version, which did not count them
+            await conn.execute(Q.batch_cancelled_counts, batch_id)
+            batch = await conn.fetchrow(Q.batch_get, batch_id)
+        state = "filed" if source != "inbox" else "ingested"  # the inbox files it next
+        await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())
+        out.kind, out.batch_id, out.counts = "cancelled", batch_id, dict(batch["counts"])
+        log.info("ingest stopped: its batch was cancelled", extra={
+            "file": out.name, "target": batch["target"], "batch_id": str(batch_id),
+            "rows_read": batch["rows_read"]})
         return out
 
     async def _restart(
@@ -229,14 +275,13 @@ class FileIngestor:
                 Q.inbox_file_restart, fp.sha256, batch_id, out.name, out.target, str(path),
                 fp.size,
             )
-            if cut_off is not None:
-                await batches.fail_batch(
+            if cut_off is not None and not await batches.fail_batch(
                     conn, cut_off["id"],
                     f"the file was taken again for target {out.target!r} (batch {batch_id}) before "
                     f"its ingest for {cut_off['target']!r} finished: the {n_rows(cut_off['rows_read'])} "
                     f"read for this batch are not dialed; the file's leads are in batch {batch_id}",
-                    now,
-                )
+                    now):
+                raise batches.NotReceiving(cut_off["id"])  # cancelled meanwhile: rolls this back
         return batch_id
 
     # -- ingests cut off for good ----------------------------------------------------------
@@ -304,20 +349,27 @@ class FileIngestor:
             head["result"] = "duplicate"
             head["duplicate_of"] = outcome.first
             head["message"] = (
-                "the same content was already received; nothing was ingested again"
+                "the same content was already received"
+                + (" and its batch cancelled while it was read" if outcome.cancelled else "")
+                + "; nothing was ingested again"
             )
             head["counts"] = {"rows": 0, "accepted": 0, "invalid": 0, "duplicate": 0, "dnc": 0}
             head["rejected"] = []
             await anyio.Path(tmp).write_bytes(orjson.dumps(head, option=orjson.OPT_INDENT_2))
         else:
-            head["result"] = "ingested"
+            cancelled = outcome.kind == "cancelled"
+            head["result"] = "cancelled" if cancelled else "ingested"
+            if cancelled:
+                head["message"] = cancelled_message(outcome.counts)
             head["counts"] = outcome.counts
             assert outcome.batch_id is not None
-            await self._stream_report(head, outcome.batch_id, tmp)
+            await self._stream_report(head, outcome.batch_id, tmp,
+                                      lead="cancelled" if cancelled else "accepted")
         await anyio.Path(tmp).replace(dest)
         return head
 
-    async def _stream_report(self, head: dict[str, Any], batch_id: uuid.UUID, tmp: Path) -> None:
+    async def _stream_report(self, head: dict[str, Any], batch_id: uuid.UUID, tmp: Path,
+                             lead: str) -> None:
         prefix = orjson.dumps(head, option=orjson.OPT_INDENT_2)[:-2]  # drop "\n}"
         async with self.pool.acquire() as conn:
             f = await anyio.open_file(tmp, "wb")
@@ -325,7 +377,7 @@ class FileIngestor:
                 await f.write(prefix + b',\n  "rejected": [')
                 sep = b"\n    "
                 buf: list[bytes] = []
-                async for item in batches.rejected_rows(conn, batch_id):
+                async for item in batches.rejected_rows(conn, batch_id, lead=lead):
                     buf.append(sep + orjson.dumps(item))
                     sep = b",\n    "
                     if len(buf) >= 1000:

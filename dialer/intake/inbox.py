@@ -3,7 +3,8 @@
 ``INBOX/<target>/<file>`` goes to that target, ``INBOX/<file>`` to the default target.
 A file is taken when its size and mtime have been still for ``settle_s``, or at once
 when it was renamed in (inotify ``IN_MOVED_TO``). Results land in
-``processed/<YYYY-MM-DD>/`` (file + ``.report.json``) or ``failed/`` (+ ``.error.txt``).
+``processed/<YYYY-MM-DD>/`` (file + ``.report.json``; a file whose batch was cancelled
+while it was read too, its report saying so) or ``failed/`` (+ ``.error.txt``).
 A symbolic link is never followed (it could point anywhere on the host): once settled, the
 link itself is moved to ``failed/`` with a note saying so.
 
@@ -244,9 +245,9 @@ class Inbox:
         await self.ingestor.write_report(outcome, dest.with_name(dest.name + ".report.json"))
         if not gone:
             await anyio.Path(path).replace(dest)
-        if outcome.kind == "ingested" and outcome.sha256:
+        if outcome.kind in ("ingested", "cancelled") and outcome.sha256:
             await self.ingestor.mark_filed(outcome.sha256, dest)
-            if self.on_ingested:
+            if self.on_ingested and outcome.kind == "ingested":
                 self.on_ingested()
         log.info(
             "inbox file %s", outcome.kind,

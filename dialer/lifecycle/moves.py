@@ -2,7 +2,8 @@
 
 Lock order, everywhere: a chunk before its calls, calls in id order. The callback batch
 (calls in id order), the settle of a send (chunk, then calls) and the proof of life
-(chunk, then calls) follow it, so none of them can deadlock another.
+(chunk, then calls) follow it, so none of them can deadlock another. Likewise a batch's
+row before its calls: a cancel, and an intake's finalise or failure of the batch.
 
 Each function runs in the caller's transaction and returns what ended; the caller tells
 ``observe.ended`` once it committed.
@@ -173,9 +174,15 @@ async def end_calls(
 
 async def cancel_batch(conn: asyncpg.Connection, batch_id: object, now: datetime, by: str) -> list[Ended]:
     """Cancel a batch: its calls not yet sent end ``cancelled`` (those already recorded in a
-    chunk are taken out by the re-check at send time; later attempts by completion)."""
+    chunk are taken out by the re-check at send time; later attempts by completion).
+
+    A batch still receiving rows is cancelled too: marked first, so no chunk of it commits
+    after the rows read are cancelled, and its ingest, finding it so, stops there and files
+    the file as cancelled (``intake.files``); its counts are the rows read by then."""
+    was = await conn.fetchval(Q.batch_mark_cancelled, batch_id)
     rows = await conn.fetch(Q.batch_cancel_calls, batch_id, now, sql_list(WAITING))
-    await conn.execute(Q.batch_mark_cancelled, batch_id, now)
+    if was == "receiving":
+        await conn.execute(Q.batch_cancelled_counts, batch_id)
     await record_events(conn, [r["id"] for r in rows], [r["state"] for r in rows], State.CANCELLED,
                         "cancelled", now, {"by": by, "rule": "batch_cancelled"})
     await post_results(conn, rows, now)

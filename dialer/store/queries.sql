@@ -32,6 +32,13 @@ SELECT array_agg(id ORDER BY id) FROM (SELECT nextval('calls_id_seq') AS id FROM
 -- name: batch_fail
 UPDATE batches SET state = 'failed', error = $2, ended_at = $3 WHERE id = $1
 
+-- name: batch_lock_state
+-- The batch's row lock, and its state: what an ingest takes before it finalises or fails a
+-- batch, and a cancel before it moves its calls (batch_mark_cancelled), so they serialise:
+-- a batch cancelled first is never finalised nor failed, one finalised first is cancelled
+-- as any ingested batch.
+SELECT state FROM batches WHERE id = $1 FOR UPDATE
+
 -- name: batch_drop_calls
 DELETE FROM calls WHERE batch_id = $1
 
@@ -673,7 +680,24 @@ FROM old WHERE c.id = old.id
 RETURNING c.id, old.state, c.target, c.batch_id
 
 -- name: batch_mark_cancelled
-UPDATE batches SET state = 'cancelled' WHERE id = $1 AND state IN ('receiving', 'ingested') AND $2::timestamptz IS NOT NULL
+-- First in a cancel: the batch's row lock waits for a chunk of it committing (batch_add_rows)
+-- or its finalise or failure (batch_lock_state), so the calls cancelled next are every one
+-- committed, and none commits after. Returns the state it had (nothing: ended, or no batch).
+WITH old AS (SELECT id, state FROM batches WHERE id = $1 FOR UPDATE)
+UPDATE batches b SET state = 'cancelled' FROM old
+WHERE b.id = old.id AND old.state IN ('receiving', 'ingested')
+RETURNING old.state
+
+-- name: batch_cancelled_counts
+-- A batch cancelled while its rows were coming in is never finalised: its counts are the
+-- rows read by then, none accepted (those not rejected at reading are cancelled).
+UPDATE batches b SET counts = jsonb_build_object(
+        'rows', x.n, 'accepted', 0, 'invalid', x.invalid, 'duplicate', 0, 'dnc', 0,
+        'cancelled', x.cancelled)
+FROM (SELECT count(*)::int AS n, count(*) FILTER (WHERE state = 'invalid')::int AS invalid,
+             count(*) FILTER (WHERE state = 'cancelled')::int AS cancelled
+      FROM calls WHERE batch_id = $1 AND attempt = 1) x
+WHERE b.id = $1
 
 -- name: target_counts
 -- Live calls by target and state (scrapes, GET /v1/targets). Two branches whose state
@@ -805,8 +829,9 @@ SELECT EXISTS (
 -- name: batch_done
 -- done whatever ended its calls, a cancel included (SPEC §6); an inbox batch whose file is
 -- filed owes its results file from this commit on (due now), until results_file_written
+-- (not one cancelled while its file was coming in: never finalised, its report says it all)
 UPDATE batches SET state = 'done', ended_at = $2,
-       results_due_at = CASE WHEN source = 'inbox' AND EXISTS (
+       results_due_at = CASE WHEN source = 'inbox' AND ingested_at IS NOT NULL AND EXISTS (
            SELECT 1 FROM inbox_files f
            WHERE f.batch_id = batches.id AND f.state = 'filed' AND f.filed_path IS NOT NULL)
            THEN $2::timestamptz END

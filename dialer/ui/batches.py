@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from dialer.http.figures import batch_figures_out
 from dialer.intake import phones
+from dialer.intake.batches import cancelled_while_receiving
 from dialer.lifecycle import moves, observe
 from dialer.store.queries import Q
 from dialer.ui.console import UI, Console, Flash, Sess, UiError, int_param, see_other, text_param
@@ -150,6 +151,7 @@ def _batch_view(b: Any, by_state: dict[str, int]) -> dict[str, Any]:
         # big batches cost more to count: poll them less often
         "interval": 1500 if p.total < 50_000 else 5000,
         "rejected": sum(as_dict(b["counts"]).get(k, 0) for k in ("invalid", "duplicate", "dnc")),
+        "cancelled_receiving": cancelled_while_receiving(b),
     }
 
 
@@ -165,6 +167,9 @@ def _batch_flash(q: Any) -> Flash | None:
     if up == "duplicate":
         return Flash("warn", f"{name} has the same content as this batch, received before: "
                              "nothing was ingested again.")
+    if up == "cancelled":
+        return Flash("warn", f"{name}: this batch was cancelled while the file was being received. "
+                             "None of its leads will be dialed; its report says how many rows were read.")
     return None
 
 

@@ -30,6 +30,7 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
+from dialer.intake import batches
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.readers import detect_format
 from dialer.lifecycle import number_report
@@ -122,7 +123,8 @@ async def report_json(ingestor: FileIngestor, batch: Any, dest: Path) -> dict[st
         await anyio.Path(dest).write_bytes(orjson.dumps(head, option=orjson.OPT_INDENT_2))
         return head
     outcome = FileOutcome(
-        kind="ingested", name=name, target=batch["target"], batch_id=batch["id"],
+        kind="cancelled" if batches.cancelled_while_receiving(batch) else "ingested",
+        name=name, target=batch["target"], batch_id=batch["id"],
         sha256=batch["sha256"], counts=dict(batch["counts"] or {}), fmt=detect_format(name),
     )
     return await ingestor.write_report(outcome, dest)

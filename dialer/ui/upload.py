@@ -92,10 +92,11 @@ async def _ingest(ui: Console, request: Request, form: StreamedForm, target: str
     await ing.write_report(outcome, dest.with_name(dest.name + ".report.json"))
     await anyio.Path(form.file_path).replace(dest)
     form.file_path = None
-    if outcome.kind == "ingested":
+    if outcome.kind in ("ingested", "cancelled"):  # cancelled: while it was read (its page says so)
         if outcome.sha256:
             await ing.mark_filed(outcome.sha256, dest)
-        ui.ctx.wake_dispatch()
+        if outcome.kind == "ingested":
+            ui.ctx.wake_dispatch()
     q = urlencode({"upload": outcome.kind, "name": form.filename})
     return see_other(f"/ui/batches/{outcome.batch_id}?{q}")
 
