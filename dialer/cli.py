@@ -231,7 +231,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             return 1
         return 0
 
-    return anyio.run(_with_db, s, go)
+    async def going(pool: Any) -> int:
+        import asyncpg
+
+        try:
+            return await go(pool)
+        except asyncpg.LockNotAvailableError:  # its finalise waited its limit for the target's lock
+            print(f"error: target {target!r} is busy finishing another batch; run the same command "
+                  "again: it resumes where it stopped", file=sys.stderr)
+            return 1
+
+    return anyio.run(_with_db, s, going)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

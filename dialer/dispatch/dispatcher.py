@@ -70,6 +70,7 @@ class Dispatcher:
         self._measured: set[str] = set()  # targets whose pace the current or last tick measured
         self._margins: dict[str, int] = {}  # per target: candidates read past a chunk (outbox.Fill)
         self._moved: dict[str, bool] = {}  # per target: its last fill set calls aside
+        self._walked_at: dict[str, float] = {}  # per target: a fill last read past an incoming batch
         self._wake = anyio.Event()
         self.running = True
         self.max_parallel_sends = 4
@@ -92,18 +93,22 @@ class Dispatcher:
         now = self.clock.now()
         ended: list[Ended] = []
         margin = self._margins.get(name, 0)
-        look = outbox.Fill(margin)
+        walked = self._walked_at.get(name, float("-inf"))
+        walk_all = self.clock.monotonic() - walked >= outbox.FULL_WALK_EVERY_S
+        look = outbox.Fill(margin, walk_all)
 
         async def fill() -> int:
             nonlocal look
             ended.clear()
-            look = outbox.Fill(margin)  # a retried fill starts afresh
+            look = outbox.Fill(margin, walk_all)  # a retried fill starts afresh
             return await self._fill(name, now, ended, look)
 
         n = await transient(fill, "dispatch fill")
         observe.ended(ended)  # the claim committed
         self._margins[name] = look.next_margin()
         self._moved[name] = look.moved()
+        if look.walked_all:
+            self._walked_at[name] = self.clock.monotonic()
         return n
 
     def _fill_again(self, name: str, n: int, idle: int) -> bool:

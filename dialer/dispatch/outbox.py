@@ -61,7 +61,7 @@ async def slots_for(conn: asyncpg.Connection, target: str, t: Target, names: set
 _NO_SLOT: set[tuple[str, str]] = set()  # (target, field) already warned about
 RELEASE_MAX = 5_000  # due calls moved back into the dispatch order per fill
 MARGIN_MAX = 5_000  # candidates read past the chunk's size per fill, at most
-INCOMING_LOOK = 2_000  # calls newer than a batch still coming in looked at per fill, at least
+FULL_WALK_EVERY_S = 5.0  # while a batch is coming in: a fill reads past its rows this often
 
 
 @dataclass(slots=True)
@@ -84,6 +84,8 @@ class Fill:
     per chunk's worth of them."""
 
     margin: int = 0
+    walk_all: bool = True  # may read past the rows of a batch still coming in (see candidates)
+    walked_all: bool = False
     asked: int = 0
     looked_at: int = 0
     set_aside: int = 0
@@ -135,8 +137,7 @@ async def record_chunk(
     # a margin for leads held back by calling hours or caps (wider while they fill the
     # queue's head: see Fill); the rest waits for the next chunk
     fill.asked = n + max(20, n // 5, fill.margin)
-    query, args = await candidates_query(conn, name, now, fill.asked)
-    cands = await conn.fetch(query, *args)
+    cands = await candidates(conn, name, now, fill)
     fill.looked_at = len(cands)
     screened = await screen(conn, rules or compliance.Rules(settings), name, t, cands, n, now)
     fill.set_aside = len(screened.dnc) + len(screened.expired) + len(screened.capped) + len(screened.held)
@@ -148,14 +149,20 @@ async def record_chunk(
     return await record(conn, settings, secret, name, t, pace, screened.take, now)
 
 
-async def candidates_query(conn: asyncpg.Connection, name: str, now: datetime,
-                           asked: int) -> tuple[str, tuple[Any, ...]]:
-    """The query (and its arguments) for the target's next ``asked`` candidates: while one
-    of its batches is still coming in, one that does not walk all of that batch's rows."""
+async def candidates(conn: asyncpg.Connection, name: str, now: datetime, fill: Fill) -> list[asyncpg.Record]:
+    """The target's next ``fill.asked`` candidates. While one of its batches is still coming
+    in, only the calls older than its rows are read, unless too few are found and
+    ``fill.walk_all`` allows reading past them (``fill.walked_all`` says it did): a fill
+    does not walk all of that batch's rows each time, and a call newer than them (a re-dial,
+    a batch that came in meanwhile) waits at most FULL_WALK_EVERY_S for a fill that does."""
     first_incoming = await conn.fetchval(Q.receiving_first_id, name)
-    if first_incoming is None:
-        return Q.dispatch_candidates, (name, now, asked)
-    return Q.dispatch_candidates_receiving, (name, now, asked, first_incoming, max(INCOMING_LOOK, 4 * asked))
+    cands: list[asyncpg.Record] = []
+    if first_incoming is not None:
+        cands = await conn.fetch(Q.dispatch_candidates_older, name, now, fill.asked, first_incoming)
+        if len(cands) >= fill.asked or not fill.walk_all:
+            return cands
+        fill.walked_all = True
+    return await conn.fetch(Q.dispatch_candidates, name, now, fill.asked)  # type: ignore[no-any-return]
 
 
 async def record(conn: asyncpg.Connection, settings: Settings, secret: bytes, name: str, t: Target,

@@ -85,8 +85,16 @@ class _Guarded(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request
+        # idle, waiting for the next request — unless the app answered before the body was
+        # all in (a 413, a 401): its rest is still to come, and is no head (on_message_complete)
+        if self.timeout_keep_alive_task is not None and not self.cycle.more_body:
             self._arm_head()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self.transport.is_closing():
+            self._arm_head()  # the body of a request answered early is in: the next head is due
 
     def _arm_head(self) -> None:
         self._disarm_head()

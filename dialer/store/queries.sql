@@ -405,44 +405,25 @@ SELECT min(f.id) FROM batches b
 CROSS JOIN LATERAL (SELECT c.id FROM calls c WHERE c.batch_id = b.id ORDER BY c.line LIMIT 1) f
 WHERE b.target = $1 AND b.state = 'receiving'
 
--- name: dispatch_candidates_receiving
--- dispatch_candidates while a batch of the target is still coming in: its rows are in the
--- due part of calls_dispatchable (not dispatchable until it is finalised) and a plain scan
--- walked every one of them at each fill (0.3 s a fill half-way through a 1,000,000-row
--- file). The calls older than the first of them ($4: receiving_first_id) are read as
--- usual; of those newer (mostly the incoming rows; re-dials and other batches created
--- meanwhile), only the first $5 in dispatch order are looked at: one made meanwhile
--- further down waits for the next fill after the batch is finalised.
+-- name: dispatch_candidates_older
+-- dispatch_candidates while a batch of the target is still coming in, for most fills: its
+-- rows are in the due part of calls_dispatchable (not dispatchable until it is finalised),
+-- and reading past them took 0.3 s a fill half-way through a 1,000,000-row file. This reads
+-- the calls older than the first of them ($4: receiving_first_id) only (a skip scan over
+-- the priorities, stopping at $4 in each); those newer (re-dials, callbacks, batches that
+-- came in meanwhile) are read by a full dispatch_candidates every few seconds
+-- (dispatch/outbox.py candidates).
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,
        c.expires_at, c.batch_id, c.reason,
        EXISTS (SELECT 1 FROM dnc d WHERE d.e164 = c.e164
                AND (d.expires_at IS NULL OR d.expires_at > $2)) AS on_dnc
 FROM calls c
-WHERE c.id IN (
-    (SELECT o.id FROM calls o
-     WHERE hashtext(o.target) = hashtext($1) AND o.target = $1
-       AND (CASE WHEN o.not_before IS NULL THEN o.priority END) IS NOT NULL
-       AND o.state IN ('pending', 'scheduled', 'retry_wait') AND o.id < $4
-       AND EXISTS (SELECT 1 FROM batches b WHERE b.id = o.batch_id AND b.state = 'ingested')
-       AND NOT EXISTS (SELECT 1 FROM callbacks k WHERE k.call_id = o.id AND k.owner IS NOT NULL
-                       AND k.released_at IS NULL AND k.grace_until > $2)
-     ORDER BY (CASE WHEN o.not_before IS NULL THEN o.priority END) DESC NULLS LAST, o.id
-     LIMIT $3)
-    UNION ALL
-    (SELECT w.id FROM (
-         SELECT n.id, n.batch_id FROM calls n
-         WHERE hashtext(n.target) = hashtext($1) AND n.target = $1
-           AND (CASE WHEN n.not_before IS NULL THEN n.priority END) IS NOT NULL
-           AND n.state IN ('pending', 'scheduled', 'retry_wait') AND n.id >= $4
-         ORDER BY (CASE WHEN n.not_before IS NULL THEN n.priority END) DESC NULLS LAST, n.id
-         LIMIT $5) w
-     WHERE EXISTS (SELECT 1 FROM batches b WHERE b.id = w.batch_id AND b.state = 'ingested')
-       AND NOT EXISTS (SELECT 1 FROM callbacks k WHERE k.call_id = w.id AND k.owner IS NOT NULL
-                       AND k.released_at IS NULL AND k.grace_until > $2))
-)
-  -- read again under the row lock: a call moved on meanwhile is not taken
+WHERE hashtext(c.target) = hashtext($1) AND c.target = $1
   AND (CASE WHEN c.not_before IS NULL THEN c.priority END) IS NOT NULL
-  AND c.state IN ('pending', 'scheduled', 'retry_wait')
+  AND c.state IN ('pending', 'scheduled', 'retry_wait') AND c.id < $4
+  AND EXISTS (SELECT 1 FROM batches b WHERE b.id = c.batch_id AND b.state = 'ingested')
+  AND NOT EXISTS (SELECT 1 FROM callbacks k WHERE k.call_id = c.id AND k.owner IS NOT NULL
+                  AND k.released_at IS NULL AND k.grace_until > $2)
 ORDER BY (CASE WHEN c.not_before IS NULL THEN c.priority END) DESC NULLS LAST, c.id
 LIMIT $3
 FOR UPDATE OF c SKIP LOCKED

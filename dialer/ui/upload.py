@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import anyio
+import asyncpg
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -75,7 +76,13 @@ def _upload_page(ui: Console, request: Request, flash: Flash | None = None, stat
 async def _ingest(ui: Console, request: Request, form: StreamedForm, target: str) -> Response:
     assert form.file_path is not None and form.filename is not None
     ing = FileIngestor(ui.ctx.pool, ui.ctx.settings, ui.ctx.clock)
-    outcome = await ing.ingest(form.file_path, target, source="api", name=form.filename)
+    try:
+        outcome = await ing.ingest(form.file_path, target, source="api", name=form.filename)
+    except asyncpg.LockNotAvailableError:  # its finalise waited its limit for the target's lock
+        return _upload_page(ui, request, Flash("warn", f"The target {target!r} is busy finishing "
+                                                       "another batch. Nothing from this file is dialed "
+                                                       "yet: upload it again in a moment."),
+                            status=503, target=target)
     if outcome.kind == "busy":
         return _upload_page(ui, request, Flash("warn", "The same file is being received right now "
                                                        "(another upload or the inbox). Look for it on "

@@ -78,13 +78,14 @@ INCOMING = 30_000
 
 async def test_a_batch_still_coming_in_is_not_walked_at_every_fill(
         pool: asyncpg.Pool, make_settings: Any) -> None:
-    """Rows of a batch still coming in are in the dispatch index but not dispatchable: a fill
-    reads the calls older than them as usual, and only a bounded stretch of the newer ones
-    (the old query read all 30,000 incoming rows at every fill)."""
+    """Rows of a batch still coming in are in the dispatch index but not dispatchable: most
+    fills read only the calls older than them; one every FULL_WALK_EVERY_S reads past them,
+    so a call that came in meanwhile — even behind a batch that is never finalised — waits
+    that long at most. (The old query read all 30,000 incoming rows at every fill.)"""
     clock = FakeClock(datetime(2026, 6, 2, 18, 0, tzinfo=UTC))  # inside everyone's hours
     async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
         st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
-        await st.post([f"+1415{5550000 + i:07d}" for i in range(3)])  # ready, priority 0
+        await st.post([f"+1415{5550000 + i:07d}" for i in range(2)], priority=5)  # ready, older
         async with pool.acquire() as conn:
             incoming = await conn.fetchval("INSERT INTO batches (target, source, state) "
                                            "VALUES ('sales', 'inbox', 'receiving') RETURNING id")
@@ -92,32 +93,30 @@ async def test_a_batch_still_coming_in_is_not_walked_at_every_fill(
                 "INSERT INTO calls (batch_id, target, line, e164, priority) "
                 "SELECT $1, 'sales', g, '+1212' || (5550000 + g)::text, 5 FROM generate_series(1, $2) g",
                 incoming, INCOMING)
-        # posted while the file is still coming in: newer than its rows, ahead of them (9)
-        # and behind them (0, looked at again once the batch is finalised)
-        await st.post(["+14155559999"], priority=9)
-        await st.post(["+14155559998"])
-        async with pool.acquire() as conn:
             await conn.execute("ANALYZE calls")
-            query, args = await outbox.candidates_query(conn, "sales", clock.now(), 24)
-            plan = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args)
-            old = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + Q.dispatch_candidates,
-                                      "sales", clock.now(), 24)
-        read = sum(n["Actual Rows"] for n in _nodes(plan[0]["Plan"]) if n.get("Index Name") == "calls_dispatchable")
-        assert read <= outbox.INCOMING_LOOK + 24, read
-        assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in _nodes(old[0]["Plan"])
-                   if n.get("Index Name") == "calls_dispatchable") > INCOMING  # what it read before
+            first = await conn.fetchval(Q.receiving_first_id, "sales")
+            older = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + Q.dispatch_candidates_older,
+                                        "sales", clock.now(), 24, first)
+            every = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + Q.dispatch_candidates,
+                                        "sales", clock.now(), 24)
+        buffers = [p[0]["Plan"]["Shared Hit Blocks"] + p[0]["Plan"]["Shared Read Blocks"] for p in (older, every)]
+        assert buffers[0] < 50 < 300 < buffers[1], buffers  # pages read: the older calls' / all incoming rows'
 
-        await st.dispatcher.tick()  # room for 6: the four ready calls the fill can see
+        await st.post(["+14155559999"], priority=5)  # came in meanwhile, same priority
+        await st.dispatcher.tick()  # the first fill reads past the incoming rows: all three sent
+        sent = await _sent(pool)
+        assert sent == {"+14155550000", "+14155550001", "+14155559999"}, sent
+        await st.post(["+14155559998"], priority=9)
+        await st.dispatcher.tick()  # within FULL_WALK_EVERY_S: the older calls only (none left)
+        assert await _sent(pool) == sent
+        clock.advance(outbox.FULL_WALK_EVERY_S)
+        await st.dispatcher.tick()  # the batch is never finalised: the newer call still goes out
+        assert await _sent(pool) == {*sent, "+14155559998"}
         async with pool.acquire() as conn:
-            sent = {r["e164"] for r in await conn.fetch("SELECT e164 FROM calls WHERE submitted_at IS NOT NULL")}
-        assert sent == {"+14155559999", *(f"+1415{5550000 + i:07d}" for i in range(3))}, sent
-        async with pool.acquire() as conn:  # the file's rows all in: the batch is finalised
-            await conn.execute("UPDATE batches SET state = 'ingested' WHERE id = $1", incoming)
-        await st.dispatcher.tick()
-        async with pool.acquire() as conn:
-            n = await conn.fetchval("SELECT count(*) FROM calls WHERE submitted_at IS NOT NULL")
-        assert n == 6  # two more: the incoming rows now, by priority
+            assert await conn.fetchval("SELECT count(*) FROM calls WHERE batch_id = $1 "
+                                       "AND submitted_at IS NOT NULL", incoming) == 0
 
 
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [plan, *(n for sub in plan.get("Plans", []) for n in _nodes(sub))]
+async def _sent(pool: asyncpg.Pool) -> set[str]:
+    async with pool.acquire() as conn:
+        return {r["e164"] for r in await conn.fetch("SELECT e164 FROM calls WHERE submitted_at IS NOT NULL")}
