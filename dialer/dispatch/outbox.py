@@ -151,16 +151,15 @@ async def record_chunk(
 
 async def candidates(conn: asyncpg.Connection, name: str, now: datetime, fill: Fill) -> list[asyncpg.Record]:
     """The target's next ``fill.asked`` candidates. While one of its batches is still coming
-    in, only the calls older than its rows are read, unless too few are found and
-    ``fill.walk_all`` allows reading past them (``fill.walked_all`` says it did): a fill
-    does not walk all of that batch's rows each time, and a call newer than them (a re-dial,
-    a batch that came in meanwhile) waits at most FULL_WALK_EVERY_S for a fill that does."""
+    in, a fill reads only the calls older than that batch's rows, unless ``fill.walk_all``
+    (one fill every FULL_WALK_EVERY_S; ``fill.walked_all`` says it did): fills do not walk
+    all of the batch's rows each time, and a call newer than them (a re-dial, a callback, a
+    batch that came in meanwhile) waits that long at most, whatever its priority."""
     first_incoming = await conn.fetchval(Q.receiving_first_id, name)
-    cands: list[asyncpg.Record] = []
     if first_incoming is not None:
-        cands = await conn.fetch(Q.dispatch_candidates_older, name, now, fill.asked, first_incoming)
-        if len(cands) >= fill.asked or not fill.walk_all:
-            return cands
+        if not fill.walk_all:
+            return await conn.fetch(  # type: ignore[no-any-return]
+                Q.dispatch_candidates_older, name, now, fill.asked, first_incoming)
         fill.walked_all = True
     return await conn.fetch(Q.dispatch_candidates, name, now, fill.asked)  # type: ignore[no-any-return]
 

@@ -56,6 +56,7 @@ class _Guarded(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._lingering = False  # answered early: the rest of that body still coming in
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -70,7 +71,7 @@ class _Guarded(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        waiting = self._head_timer is not None
+        waiting = self._head_timer is not None and not self._lingering
         super().data_received(data)
         if waiting and self._head_timer is not None:  # the head is still not complete
             self._head_bytes += len(data)
@@ -81,19 +82,22 @@ class _Guarded(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_head()
+        self._lingering = False
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # idle, waiting for the next request — unless the app answered before the body was
-        # all in (a 413, a 401): its rest is still to come, and is no head (on_message_complete)
-        if self.timeout_keep_alive_task is not None and not self.cycle.more_body:
+        if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request
+            # unless the app answered before the body was all in (a 413, a 401): the rest of
+            # it is no head (not counted), and must end within the same time (uvicorn's
+            # keep-alive timer stops at its first byte)
             self._arm_head()
+            self._lingering = self.cycle.more_body
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.response_complete and not self.transport.is_closing():
+        if self._lingering and not self.transport.is_closing():
+            self._lingering = False
             self._arm_head()  # the body of a request answered early is in: the next head is due
 
     def _arm_head(self) -> None:

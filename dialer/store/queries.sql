@@ -411,7 +411,7 @@ WHERE b.target = $1 AND b.state = 'receiving'
 -- and reading past them took 0.3 s a fill half-way through a 1,000,000-row file. This reads
 -- the calls older than the first of them ($4: receiving_first_id) only (a skip scan over
 -- the priorities, stopping at $4 in each); those newer (re-dials, callbacks, batches that
--- came in meanwhile) are read by a full dispatch_candidates every few seconds
+-- came in meanwhile) are read by a full dispatch_candidates one fill every few seconds
 -- (dispatch/outbox.py candidates).
 SELECT c.id, c.e164, c.priority, c.state, c.agents, c.fields, c.timezone, c.attempt,
        c.expires_at, c.batch_id, c.reason,
@@ -810,9 +810,9 @@ SELECT EXISTS (
 -- name: batch_done
 -- done whatever ended its calls, a cancel included (SPEC §6); an inbox batch whose file is
 -- filed owes its results file from this commit on (due now), until results_file_written
--- (not one cancelled while its file was coming in: never finalised, its report says it all)
+-- (one cancelled while its file was coming in too: a row per lead read by then)
 UPDATE batches SET state = 'done', ended_at = $2,
-       results_due_at = CASE WHEN source = 'inbox' AND ingested_at IS NOT NULL AND EXISTS (
+       results_due_at = CASE WHEN source = 'inbox' AND EXISTS (
            SELECT 1 FROM inbox_files f
            WHERE f.batch_id = batches.id AND f.state = 'filed' AND f.filed_path IS NOT NULL)
            THEN $2::timestamptz END

@@ -120,3 +120,29 @@ async def test_a_batch_still_coming_in_is_not_walked_at_every_fill(
 async def _sent(pool: asyncpg.Pool) -> set[str]:
     async with pool.acquire() as conn:
         return {r["e164"] for r in await conn.fetch("SELECT e164 FROM calls WHERE submitted_at IS NOT NULL")}
+
+
+async def test_a_newer_call_goes_out_within_the_walk_period_even_behind_a_full_older_backlog(
+        pool: asyncpg.Pool, make_settings: Any) -> None:
+    """Older calls enough to fill every fill, a batch still coming in, and a priority-9
+    lead posted meanwhile: the next fill that reads past the incoming rows (one every
+    FULL_WALK_EVERY_S) finds it ahead of the backlog."""
+    clock = FakeClock(datetime(2026, 6, 2, 18, 0, tzinfo=UTC))
+    async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
+        st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
+        await st.post([f"+1415{5550000 + i:07d}" for i in range(200)])  # older, priority 0
+        async with pool.acquire() as conn:
+            incoming = await conn.fetchval("INSERT INTO batches (target, source, state) "
+                                           "VALUES ('sales', 'inbox', 'receiving') RETURNING id")
+            await conn.execute(
+                "INSERT INTO calls (batch_id, target, line, e164, priority) "
+                "SELECT $1, 'sales', g, '+1212' || (5550000 + g)::text, 5 FROM generate_series(1, 3000) g",
+                incoming)
+        await st.dispatcher.tick()  # reads past them (the first fill since start)
+        await st.post(["+14155559999"], priority=9)
+        async with pool.acquire() as conn:  # room again: the calls sent so far end
+            await conn.execute("UPDATE calls SET state = 'answered', ended_at = $1 "
+                               "WHERE submitted_at IS NOT NULL", clock.now())
+        clock.advance(outbox.FULL_WALK_EVERY_S)
+        await st.dispatcher.tick()
+        assert "+14155559999" in await _sent(pool)

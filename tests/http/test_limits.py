@@ -133,16 +133,22 @@ def test_half_sent_heads_and_idle_connections_are_closed(daemon: DaemonProcess) 
 def test_a_body_still_coming_after_an_early_answer_is_no_head(daemon: DaemonProcess) -> None:
     """A request refused before its body was read (413 on its Content-Length): the rest of
     the body still arriving is not taken for the next request's head (64 KB of it used to
-    draw a spurious 431 and a reset that could swallow the 413)."""
+    draw a spurious 431 and a reset that could swallow the 413), and a body that stalls
+    there is cut off like a head (uvicorn's keep-alive timer stops at its first byte)."""
+    daemon.env["DIALER_HTTP_HEAD_TIMEOUT_S"] = "2"
     daemon.start()
     head = (f"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {60 << 20}\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
+
+    def refused(s: socket.socket) -> None:
         s.sendall(head.encode())
         got = b""
         while b"\r\n\r\n" not in got:
             got += s.recv(65536)
         assert got.startswith(b"HTTP/1.1 413"), got[:100]
+
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
+        refused(s)
         try:
             for _ in range(32):  # 2 MB more of the body
                 s.sendall(b"x" * 65536)
@@ -150,3 +156,7 @@ def test_a_body_still_coming_after_an_early_answer_is_no_head(daemon: DaemonProc
             pass
         rest = _closed_by_server(s, 5)
     assert rest is None or b"431" not in rest, rest[:200]
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
+        refused(s)
+        s.sendall(b"x" * 10)  # then nothing more
+        assert _closed_by_server(s, 20) is not None

@@ -7,6 +7,8 @@ a new batch, which was dialed), and nothing of it is dialed."""
 
 from __future__ import annotations
 
+import csv
+
 import contextlib
 import json
 import os
@@ -183,9 +185,13 @@ async def test_an_inbox_file_cancelled_between_two_chunks_is_filed_cancelled_and
     # the inbox retries nothing: a while on, its scans find nothing to do
     clock.advance(120)
     assert await box.scan_once() == 0
-    # completion ends the batch, with no results file: it was never finalised
+    # completion ends the batch, and its results file follows (SPEC §6: whatever ended it):
+    # a row per lead read by then, each cancelled (or invalid)
     assert await Completion(pool, clock).check() == [bid]
-    assert sorted(p.name for p in day.iterdir()) == ["big.csv", "big.csv.report.json"]
+    assert sorted(p.name for p in day.iterdir()) == ["big.csv", "big.csv.report.json", "big.csv.results.csv"]
+    with (day / "big.csv.results.csv").open(newline="") as f:
+        states = [r["state"] for r in csv.DictReader(f)]
+    assert len(states) == read and states.count("cancelled") == read - invalid_in(read)
     # dropped again, the same content is a duplicate of the cancelled batch, as any file received
     drop_leads(s, "big.csv", BODY)
     assert await settle_and_scan(box, clock) == 1
