@@ -7,9 +7,8 @@ a new batch, which was dialed), and nothing of it is dialed."""
 
 from __future__ import annotations
 
-import csv
-
 import contextlib
+import csv
 import json
 import os
 import subprocess
