@@ -26,6 +26,8 @@ import pytest
 
 from dialer.clock import FakeClock
 from dialer.config import Settings, load_settings
+from dialer.intake.files import FileIngestor
+from dialer.intake.inbox import Inbox
 from dialer.store import migrate
 from dialer.store.database import create_pool
 from dialer.store.embedded import EmbeddedPostgres
@@ -251,3 +253,11 @@ def daemon(daemon_env: dict[str, str], tmp_path: Path) -> Iterator[DaemonProcess
     if d.proc is not None and d.proc.poll() is None:
         d.proc.kill()
         d.proc.wait(10)
+
+
+@pytest.fixture
+def inbox(settings: Settings, pool: asyncpg.Pool, clock: FakeClock) -> Inbox:
+    """The inbox over ``settings``' inbox directory, its folders made."""
+    box = Inbox(settings, FileIngestor(pool, settings, clock), clock)
+    box.ensure_dirs()
+    return box

@@ -86,13 +86,8 @@ async def test_a_batch_still_coming_in_is_not_walked_at_every_fill(
     async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
         st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
         await st.post([f"+1415{5550000 + i:07d}" for i in range(2)], priority=5)  # ready, older
+        incoming = await _incoming(pool, INCOMING)
         async with pool.acquire() as conn:
-            incoming = await conn.fetchval("INSERT INTO batches (target, source, state) "
-                                           "VALUES ('sales', 'inbox', 'receiving') RETURNING id")
-            await conn.execute(
-                "INSERT INTO calls (batch_id, target, line, e164, priority) "
-                "SELECT $1, 'sales', g, '+1212' || (5550000 + g)::text, 5 FROM generate_series(1, $2) g",
-                incoming, INCOMING)
             await conn.execute("ANALYZE calls")
             first = await conn.fetchval(Q.receiving_first_id, "sales")
             older = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + Q.dispatch_candidates_older,
@@ -117,6 +112,18 @@ async def test_a_batch_still_coming_in_is_not_walked_at_every_fill(
                                        "AND submitted_at IS NOT NULL", incoming) == 0
 
 
+async def _incoming(pool: asyncpg.Pool, rows: int) -> Any:
+    """A batch of ``rows`` priority-5 leads still coming in (its file being read); its id."""
+    async with pool.acquire() as conn:
+        incoming = await conn.fetchval("INSERT INTO batches (target, source, state) "
+                                       "VALUES ('sales', 'inbox', 'receiving') RETURNING id")
+        await conn.execute(
+            "INSERT INTO calls (batch_id, target, line, e164, priority) "
+            "SELECT $1, 'sales', g, '+1212' || (5550000 + g)::text, 5 FROM generate_series(1, $2) g",
+            incoming, rows)
+    return incoming
+
+
 async def _sent(pool: asyncpg.Pool) -> set[str]:
     async with pool.acquire() as conn:
         return {r["e164"] for r in await conn.fetch("SELECT e164 FROM calls WHERE submitted_at IS NOT NULL")}
@@ -131,13 +138,7 @@ async def test_a_newer_call_goes_out_within_the_walk_period_even_behind_a_full_o
     async with running_stack(pool, make_settings, clock=clock, targets={"sales": TARGET}) as st:
         st.sandbox.configure(time_scale=1000.0, agent_pickup_s=1000.0)
         await st.post([f"+1415{5550000 + i:07d}" for i in range(200)])  # older, priority 0
-        async with pool.acquire() as conn:
-            incoming = await conn.fetchval("INSERT INTO batches (target, source, state) "
-                                           "VALUES ('sales', 'inbox', 'receiving') RETURNING id")
-            await conn.execute(
-                "INSERT INTO calls (batch_id, target, line, e164, priority) "
-                "SELECT $1, 'sales', g, '+1212' || (5550000 + g)::text, 5 FROM generate_series(1, 3000) g",
-                incoming)
+        await _incoming(pool, 3000)
         await st.dispatcher.tick()  # reads past them (the first fill since start)
         await st.post(["+14155559999"], priority=9)
         async with pool.acquire() as conn:  # room again: the calls sent so far end

@@ -37,13 +37,6 @@ def number(i: int) -> str:
     return f"+1415{2000000 + i:07d}"
 
 
-@pytest.fixture
-def inbox(settings: Settings, pool: asyncpg.Pool, clock: FakeClock) -> Inbox:
-    box = Inbox(settings, FileIngestor(pool, settings, clock), clock)
-    box.ensure_dirs()
-    return box
-
-
 async def batch_of(pool: asyncpg.Pool, name: str) -> asyncpg.Record:
     async with pool.acquire() as conn:
         row: asyncpg.Record = await conn.fetchrow(

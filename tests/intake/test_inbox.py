@@ -12,20 +12,12 @@ import openpyxl
 import pytest
 
 from dialer.clock import FakeClock
-from dialer.config import Settings
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
 from dialer.intake.readers.xlsxfile import MAX_SHARED_STRINGS_BYTES
 from tests.intake.workbooks import workbook
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def inbox(settings: Settings, pool: asyncpg.Pool, clock: FakeClock) -> Inbox:
-    box = Inbox(settings, FileIngestor(pool, settings, clock), clock)
-    box.ensure_dirs()
-    return box
 
 
 def drop(inbox: Inbox, name: str, data: bytes | str, target: str | None = None) -> Path:

@@ -16,19 +16,11 @@ import pytest
 from dialer import metrics
 from dialer.clock import FakeClock
 from dialer.config import Settings
-from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
 from tests.intake.test_inbox import drop, settle_and_scan
 
 LEADS = "number\n+14155550100\n+14155550101\n"
 REFUSED = "inbox symbolic link not followed: moved to failed/"
-
-
-@pytest.fixture
-def inbox(settings: Settings, pool: asyncpg.Pool, clock: FakeClock) -> Inbox:
-    box = Inbox(settings, FileIngestor(pool, settings, clock), clock)
-    box.ensure_dirs()
-    return box
 
 
 @pytest.fixture

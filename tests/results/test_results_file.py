@@ -20,7 +20,6 @@ from dialer.clock import FakeClock
 from dialer.config import Settings
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
-from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
 from dialer.results import files
 from dialer.results.files import COLUMNS, Completion, write_owed_results
@@ -28,13 +27,6 @@ from tests.conftest import TOKEN
 from tests.intake.test_inbox import drop, settle_and_scan
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def inbox(settings: Settings, pool: asyncpg.Pool, clock: FakeClock) -> Inbox:
-    box = Inbox(settings, FileIngestor(pool, settings, clock), clock)
-    box.ensure_dirs()
-    return box
 
 
 @pytest.fixture
