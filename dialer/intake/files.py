@@ -238,7 +238,9 @@ class FileIngestor:
                          batch_id: uuid.UUID, source: str) -> FileOutcome:
         """End the ingest of a batch a user cancelled while its rows were coming in: the file
         is done with (filed with a report saying so, never read again: the same content
-        dropped again is a duplicate of this batch), its rows read stay cancelled."""
+        dropped again is a duplicate of this batch), its rows read stay cancelled. The outcome
+        names the batch's target: the file may have been moved to another target's folder
+        since, which is not where it was cancelled."""
         batch = await conn.fetchrow(Q.batch_get, batch_id)
         if batch is None or not batches.cancelled_while_receiving(batch):
             raise RuntimeError(f"batch {batch_id} stopped receiving rows, yet was not cancelled")
@@ -248,6 +250,7 @@ class FileIngestor:
         state = "filed" if source != "inbox" else "ingested"  # the inbox files it next
         await conn.execute(Q.inbox_file_state, fp.sha256, state, None, self.clock.now())
         out.kind, out.batch_id, out.counts = "cancelled", batch_id, dict(batch["counts"])
+        out.target = batch["target"]
         log.info("ingest stopped: its batch was cancelled", extra={
             "file": out.name, "target": batch["target"], "batch_id": str(batch_id),
             "rows_read": batch["rows_read"]})

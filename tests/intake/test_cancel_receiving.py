@@ -22,11 +22,12 @@ import asyncpg
 import httpx
 import pytest
 
+from dialer import metrics
 from dialer.clock import FakeClock
 from dialer.config import Settings
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
-from dialer.intake import files
+from dialer.intake import batches, files
 from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
 from dialer.intake.pipeline import Chunk, ParseJob
@@ -219,12 +220,25 @@ async def test_a_batch_cancelled_after_its_last_chunk_is_never_finalised(
     assert await calls_by_batch(pool) == {str(bid): read_so_far(ROWS)}
 
 
+@pytest.fixture
+def counted(chunked: Settings, monkeypatch: pytest.MonkeyPatch) -> metrics.Metrics:
+    """The metrics the inbox counts into, as the daemon's."""
+    m = metrics.Metrics(chunked.targets)
+    monkeypatch.setattr(metrics, "_current", m)
+    return m
+
+
+def cancelled_files(m: metrics.Metrics, target: str) -> float | None:
+    return m.registry.get_sample_value("dialer_inbox_files_total", {"target": target, "result": "cancelled"})
+
+
 @pytest.mark.parametrize("where", ["kept", "moved to another target", "removed"])
 async def test_a_batch_cancelled_while_its_ingest_was_cut_off_is_not_read_again(
         chunked: Settings, pool: asyncpg.Pool, clock: FakeClock, db_url: str, api: httpx.AsyncClient,
-        where: str) -> None:
+        counted: metrics.Metrics, where: str) -> None:
     """The daemon killed mid-file, the batch cancelled meanwhile (another instance's API):
-    at the restart the file is filed as cancelled, not ingested again from scratch."""
+    at the restart the file is filed as cancelled, not ingested again from scratch; its
+    report names the batch's target, wherever the file is now."""
     path = drop_leads(chunked, "cut.csv", BODY)
     batch = await cut_off(chunked, pool, db_url, clock, path)
     read = batch["rows_read"]
@@ -242,9 +256,44 @@ async def test_a_batch_cancelled_while_its_ingest_was_cut_off_is_not_read_again(
         drop_leads(chunked, "cut.csv", BODY)  # dropped again: its batch was cancelled
     assert await settle_and_scan(box, clock) == 1
     rep = processed(chunked, clock, "cut.csv")
-    assert (rep["result"], rep["batch_id"]) == ("cancelled", str(batch["id"]))
+    assert (rep["result"], rep["batch_id"], rep["target"]) == ("cancelled", str(batch["id"]), "sales")
     assert rep["counts"] == cancelled_counts(read)
+    assert (cancelled_files(counted, "sales"), cancelled_files(counted, "renewals")) == (1, 0)
     assert await calls_by_batch(pool) == {str(batch["id"]): read_so_far(read)}
+    assert not list((chunked.inbox / "failed").iterdir())
+
+
+async def test_a_cut_off_batch_cancelled_as_its_file_is_taken_for_another_target_names_its_own(
+        chunked: Settings, pool: asyncpg.Pool, clock: FakeClock, db_url: str, api: httpx.AsyncClient,
+        counted: metrics.Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut off for 'sales', the file moved to renewals/: the cancel lands as the inbox opens
+    the new batch for 'renewals' (before it fails the cut-off one). The cancel stands, the new
+    batch is rolled back, and the report names the cancelled batch's target, not the folder's."""
+    path = drop_leads(chunked, "cut.csv", BODY)
+    batch = await cut_off(chunked, pool, db_url, clock, path)
+    read = batch["rows_read"]
+    (chunked.inbox / "renewals").mkdir(exist_ok=True)
+    path.rename(chunked.inbox / "renewals" / "cut.csv")
+    real = batches.create_batch
+    answers: list[Any] = []
+
+    async def cancel_first(conn: asyncpg.Connection, **kw: Any) -> Any:
+        if not answers:
+            answers.append(await by_api(api)(batch["id"]))
+        return await real(conn, **kw)
+
+    monkeypatch.setattr(batches, "create_batch", cancel_first)
+    box = new_inbox(chunked, pool, clock)
+    assert await settle_and_scan(box, clock) == 1
+    assert answers == [{"batch_id": str(batch["id"]), "cancelled": read - invalid_in(read)}]
+    rep = processed(chunked, clock, "cut.csv")
+    assert (rep["result"], rep["batch_id"], rep["target"]) == ("cancelled", str(batch["id"]), "sales")
+    assert rep["counts"] == cancelled_counts(read) and rep["message"] == cancelled_message(read)
+    assert (cancelled_files(counted, "sales"), cancelled_files(counted, "renewals")) == (1, 0)
+    assert await calls_by_batch(pool) == {str(batch["id"]): read_so_far(read)}  # no batch for renewals
+    async with pool.acquire() as conn:
+        f = await conn.fetchrow("SELECT state, target, batch_id FROM inbox_files")
+    assert (f["state"], f["target"], f["batch_id"]) == ("filed", "sales", batch["id"])
     assert not list((chunked.inbox / "failed").iterdir())
 
 
