@@ -26,6 +26,7 @@ from dialer.store.queries import Q
 # machine): 1 ms (34 min for 2,000,000 rows) leaves room for a busy server and still ends a
 # runaway plan. A wait for a lock does not grow with the input: it ends after half of
 # BULK_BASE_S, well within the statement's own limit, so the error says it was the lock.
+# Both are read at each call: tests lower them, in-process or in a CLI child before its main.
 BULK_BASE_S = COMMAND_TIMEOUT_S
 BULK_ROW_S = 0.001
 # The client's own limit on such a call is longer by this: the server's limit ends the

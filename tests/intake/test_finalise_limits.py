@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,6 +134,52 @@ async def test_a_lock_wait_still_ends_whatever_the_batchs_size(
     outcome = await ingestor.ingest(path, "sales", source="cli")
     assert outcome.kind == "ingested" and outcome.batch_id == batch["id"]
     assert outcome.counts == {"rows": 3000, "accepted": 3000, "invalid": 0, "duplicate": 0, "dnc": 0}
+
+
+# `dialer ingest` as `python -m dialer` runs it, the limits' base first lowered to argv[1]
+LOWERED_CLI = ("import sys; from dialer.store import limits; limits.BULK_BASE_S = float(sys.argv.pop(1)); "
+               "from dialer.cli import main; raise SystemExit(main())")
+
+
+def cli_ingest(path: Path, db_url: str, base_s: float | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
+    env.update(DIALER_DATABASE_URL=db_url, DIALER_STATE_DIR=str(path.parent / "var"), DIALER_LOG_FORMAT="json")
+    head = [sys.executable, "-m", "dialer"] if base_s is None else [sys.executable, "-c", LOWERED_CLI, str(base_s)]
+    return subprocess.run([*head, "ingest", str(path)], env=env, cwd=path.parent, capture_output=True, text=True,
+                          timeout=180)
+
+
+async def test_dialer_ingest_on_a_target_busy_finishing_another_batch_says_so_and_a_rerun_finishes_it(
+        pool: asyncpg.Pool, db_url: str, tmp_path: Path) -> None:
+    """Another session holds the target's dedupe lock (a big batch's finalise) past the wait the
+    finalise allows (30 s; here 0.2 s): the command exits 1 saying so, the rows it read are kept,
+    and the same command run again resumes there and settles the batch, every row counted once."""
+    path = tmp_path / "leads.csv"
+    path.write_text("number,external_id\n" + leads(range(3000), "a") + f"{number(5)},again\n12,z\n")
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
+        try:
+            r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url, base_s=0.4))
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(1, hashtext('sales'))")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert ("error: target 'sales' is busy finishing another batch; run the same command again: it resumes "
+            "where it stopped") in r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    batch = await batch_of(pool, "leads.csv")
+    assert (batch["state"], batch["rows_read"], batch["calls"]) == ("receiving", 3002, 3002)
+
+    r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["result"], rep["batch_id"]) == ("ingested", str(batch["id"]))
+    assert rep["counts"] == {"rows": 3002, "accepted": 3000, "invalid": 1, "duplicate": 1, "dnc": 0}
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM calls WHERE batch_id = $1 AND state = 'pending'",
+                                   batch["id"]) == 3000
+        assert await conn.fetchval("SELECT count(*) FROM batches") == 1
+    batch = await batch_of(pool, "leads.csv")
+    assert (batch["state"], batch["rows_read"], batch["calls"]) == ("ingested", 3002, 3002)
 
 
 async def test_a_file_found_unreadable_after_many_rows_has_them_dropped_in_the_batchs_time(
