@@ -240,6 +240,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"error: target {target!r} is busy finishing another batch; run the same command "
                   "again: it resumes where it stopped", file=sys.stderr)
             return 1
+        except asyncpg.QueryCanceledError:  # a step of its finalise ran past its batch's time limit
+            print(f"error: {path.name}: settling its batch was stopped: one of its steps ran past its "
+                  "time limit (the database may be overloaded); the rows read are kept, none is "
+                  "dialed: run the same command again: it resumes where it stopped", file=sys.stderr)
+            return 1
 
     return anyio.run(_with_db, s, going)
 

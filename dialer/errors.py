@@ -70,3 +70,12 @@ class Busy(DialerError):
 
     code = "busy"
     http_status = 503
+
+
+class TimedOut(DialerError):
+    """Work over a whole input (a batch's finalise, a do-not-call import's merge and cancel)
+    ran past the time its size allows (``store/limits.py``) and was stopped: its transaction
+    rolled back, nothing was stored. The same request may succeed on a less loaded database."""
+
+    code = "timed_out"
+    http_status = 503

@@ -18,7 +18,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Not found"},
     422: {"model": ErrorOut, "description": "Malformed request"},
     503: {"model": ErrorOut,
-          "description": "The database is unreachable for now, or the daemon is shutting down: "
+          "description": "The database is unreachable for now, or the daemon is shutting down; for a "
+                         "batch or a do-not-call file, a lock stayed held past its wait (busy) or a "
+                         "step ran past its time limit (timed_out), and nothing of it was stored: "
                          "send the same request again after Retry-After seconds",
           "headers": {"Retry-After": {"description": "Seconds to wait before retrying",
                                       "schema": {"type": "integer"}}}},

@@ -15,12 +15,14 @@ not yet sent to a newly listed number are cancelled, in the same transaction. Me
 stays flat on any size: chunks of ``dnc_lines.CHUNK`` lines, a bounded queue per child.
 The merge and the cancel go over the whole file: they run under limits scaled by its
 numbers (``limits.bulk_limits``), not the pool's flat command timeout; a lock held past
-the wait they allow (a batch's finalise, most likely) ends the import as ``Busy``.
+the wait they allow (a batch's finalise, most likely) ends the import as ``Busy``, a
+statement past its limit as ``TimedOut``: either way nothing of it is stored.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +34,14 @@ import anyio
 import asyncpg
 
 from dialer.config import Target
-from dialer.errors import Busy
+from dialer.errors import Busy, TimedOut
 from dialer.intake.dnc_lines import MAX_SAMPLES, DncChunk, DncJob, iter_part, iter_stream, split_parts
 from dialer.intake.pipeline import from_process, from_thread, merged
 from dialer.lifecycle import moves, next_number, observe
 from dialer.store import limits
 from dialer.store.queries import Q
+
+log = logging.getLogger(__name__)
 
 # Below this size a child process costs more than it saves; each part is at least this big.
 PROCESS_THRESHOLD_BYTES = 2 << 20
@@ -100,6 +104,14 @@ async def _import(pool: asyncpg.Pool, chunks: AsyncIterator[DncChunk], *, source
             raise Busy("the do-not-call import waited too long for a lock another transaction "
                        "holds (a batch being finalised, most likely); nothing of it was stored: "
                        "retry shortly") from e
+        except asyncpg.QueryCanceledError as e:
+            # a statement ran past the time the file's size allows: the transaction rolls back
+            limit = limits.statement_limit_s(report.valid)
+            log.warning("do-not-call import stopped: it ran past its time limit", extra={
+                "source": source, "numbers": report.valid, "limit_s": limit, "error": str(e)})
+            raise TimedOut(f"the do-not-call import was stopped: one of its steps ran past the {limit:g} s "
+                           f"its {report.valid} numbers allow; nothing of it was stored: retry later, "
+                           "or import the file in smaller parts", {"limit_s": limit}) from e
         report.cancelled_calls = sum(e.n for e in ended)
     observe.ended(ended)
     return report

@@ -7,6 +7,8 @@ ingested atomically: the whole batch and its idempotency key commit together.
 from __future__ import annotations
 
 import io
+import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +18,13 @@ import asyncpg
 from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.errors import Busy, Conflict, FileUnreadable, InvalidInput, TooLarge
+from dialer.errors import Busy, Conflict, FileUnreadable, InvalidInput, TimedOut, TooLarge
 from dialer.intake import batches
 from dialer.intake.pipeline import Chunk, ParseJob, iter_chunks, rows_to_chunk
+from dialer.store import limits
 from dialer.store.queries import Q
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,38 +94,53 @@ async def submit(
         for chunk in chunks:
             if chunk.rows:
                 await batches.copy_chunk(conn, batch_id, chunk)
+        leads = sum(chunk.rows for chunk in chunks)
         try:
-            counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now,
-                                            new_rows=sum(chunk.rows for chunk in chunks))
+            counts = await batches.finalise(conn, batch_id, sub.target, tcfg, now, new_rows=leads)
+            body = await _answer(conn, batch_id, sub, counts)
+            if key is not None:
+                await conn.execute(Q.idempotency_put, key, sub.request_sha256, 202, body, now)
         except asyncpg.LockNotAvailableError as e:
             # the target's dedupe lock, held by another batch's finalise past the wait allowed:
             # 503 and Retry-After, as when the database is away (nothing of this one is stored)
             raise Busy(f"target {sub.target!r} is busy settling another batch; retry shortly",
                        {"target": sub.target}) from e
-        rejected: list[dict[str, Any]] = []
-        not_dialed: list[dict[str, Any]] = []  # duplicate and dnc leads: which ones, not only how many
-        csv_body = sub.rows is None
-        async for r in batches.rejected_rows(conn, batch_id, indexed=csv_body):
-            # JSON: the lead's index (its "line"); CSV: the record's index and its file line
-            at = {"index": r["index"], "line": r["line"]} if csv_body else {"index": r["line"]}
-            if r["outcome"] == "invalid" or "field" in r:  # a lead's number left out: named by its field
-                field = {"field": r["field"]} if "field" in r else {}
-                rejected.append({**at, "reason": r["reason"], **field})
-            else:
-                not_dialed.append({**at, "outcome": r["outcome"], "reason": r["reason"]})
-        body = {
-            "batch_id": str(batch_id),
-            "target": sub.target,
-            "accepted": counts["accepted"],
-            "rejected": rejected,
-            "duplicates": counts["duplicate"],
-            "dnc": counts["dnc"],
-            "not_dialed": not_dialed,
-        }
-        if key is not None:
-            await conn.execute(Q.idempotency_put, key, sub.request_sha256, 202, body, now)
+        except asyncpg.QueryCanceledError as e:
+            # a statement ran past the time the batch's size allows (store/limits.py): raised
+            # in the transaction, which rolls back, so nothing of the batch is stored
+            limit = limits.statement_limit_s(leads)
+            log.warning("API batch stopped: it ran past its time limit", extra={
+                "target": sub.target, "leads": leads, "limit_s": limit, "error": str(e)})
+            raise TimedOut(f"settling the batch was stopped: one of its steps ran past the {limit:g} s "
+                           f"its {leads} leads allow; nothing of it was stored: retry later, or send it "
+                           "in smaller batches", {"target": sub.target, "limit_s": limit}) from e
     metrics.current().leads(sub.target, "api", counts)
     return 202, body
+
+
+async def _answer(conn: asyncpg.Connection, batch_id: uuid.UUID, sub: Submission,
+                  counts: dict[str, int]) -> dict[str, Any]:
+    """The 202's body: the batch's counts, and each lead not accepted (or a number of it)."""
+    rejected: list[dict[str, Any]] = []
+    not_dialed: list[dict[str, Any]] = []  # duplicate and dnc leads: which ones, not only how many
+    csv_body = sub.rows is None
+    async for r in batches.rejected_rows(conn, batch_id, indexed=csv_body):
+        # JSON: the lead's index (its "line"); CSV: the record's index and its file line
+        at = {"index": r["index"], "line": r["line"]} if csv_body else {"index": r["line"]}
+        if r["outcome"] == "invalid" or "field" in r:  # a lead's number left out: named by its field
+            field = {"field": r["field"]} if "field" in r else {}
+            rejected.append({**at, "reason": r["reason"], **field})
+        else:
+            not_dialed.append({**at, "outcome": r["outcome"], "reason": r["reason"]})
+    return {
+        "batch_id": str(batch_id),
+        "target": sub.target,
+        "accepted": counts["accepted"],
+        "rejected": rejected,
+        "duplicates": counts["duplicate"],
+        "dnc": counts["dnc"],
+        "not_dialed": not_dialed,
+    }
 
 
 def _replay(prior: asyncpg.Record, sub: Submission) -> tuple[int, dict[str, Any]]:

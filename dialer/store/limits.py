@@ -35,6 +35,11 @@ BULK_ROW_S = 0.001
 _ANSWER_S = 30.0
 
 
+def statement_limit_s(rows: int) -> float:
+    """How long one statement over an input of ``rows`` may run (``bulk_limits``)."""
+    return BULK_BASE_S + max(0, rows) * BULK_ROW_S
+
+
 def _ms(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))  # 0 would be no limit at all
 
@@ -44,6 +49,6 @@ async def bulk_limits(conn: asyncpg.Connection, rows: int) -> float:
     ``BULK_ROW_S`` per one of the input's ``rows``, a lock be waited for half ``BULK_BASE_S``.
     Returns the client-side ``timeout`` its calls must pass (else the pool's command timeout
     ends them)."""
-    limit = BULK_BASE_S + max(0, rows) * BULK_ROW_S
+    limit = statement_limit_s(rows)
     await conn.execute(Q.bulk_limits, _ms(limit), _ms(BULK_BASE_S / 2))
     return limit + _ANSWER_S

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from dialer.errors import Busy
+from dialer.errors import Busy, TimedOut
 from dialer.http.bodies import content_type
 from dialer.intake import dnc as dnc_list
 from dialer.intake import phones
@@ -61,7 +61,7 @@ async def dnc_add(request: Request, ui: UI, s: Sess) -> Response:
             if form.file_path is not None:
                 reports.append(await dnc_list.import_file(ui.ctx.pool, form.file_path, region=region,
                                                           source="console", now=now, targets=st.targets))
-        except Busy as e:  # that import stored nothing; the typed numbers, if any, went first
+        except (Busy, TimedOut) as e:  # that import stored nothing; the typed numbers, if any, went first
             done = " The numbers typed in were added." if reports else ""
             flash = Flash("error", f"Not imported: {e.message}.{done}")
             return await _dnc_page(ui, request, flash, status=503)

@@ -83,6 +83,12 @@ async def _ingest(ui: Console, request: Request, form: StreamedForm, target: str
                                                        "another batch. Nothing from this file is dialed "
                                                        "yet: upload it again in a moment."),
                             status=503, target=target)
+    except asyncpg.QueryCanceledError:  # a step of its finalise ran past its batch's time limit
+        return _upload_page(ui, request, Flash("error", f"Settling the leads of {form.filename} was stopped: "
+                                                        "one of its steps ran past its time limit (the "
+                                                        "database may be overloaded). Nothing from this "
+                                                        "file is dialed: upload it again later."),
+                            status=503, target=target)
     if outcome.kind == "busy":
         return _upload_page(ui, request, Flash("warn", "The same file is being received right now "
                                                        "(another upload or the inbox). Look for it on "

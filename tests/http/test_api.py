@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -493,4 +494,71 @@ async def test_a_dnc_file_whose_lock_stays_held_past_the_wait_is_503_and_stores_
         assert await holder.fetchval("SELECT state FROM calls") == "pending"
     r = await api.post("/v1/dnc", content=body, headers=text)
     assert r.status_code == 200 and r.json()["added"] == 2
+    assert await pool.fetchval("SELECT state FROM calls") == "cancelled"
+
+
+def many(n: int) -> list[str]:
+    return [f"+1415{2000000 + i:07d}" for i in range(n)]
+
+
+@pytest.fixture
+def no_time(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """``no_time(True)``: a step over a whole input may run 1 ms (no step over thousands of rows
+    runs in it: what a big input meets on an overloaded database at 60 s plus 1 ms a row);
+    ``no_time(False)``: the limits as they are."""
+    from dialer.store import limits
+
+    base, per_row = limits.BULK_BASE_S, limits.BULK_ROW_S
+
+    def set_(on: bool) -> None:
+        monkeypatch.setattr(limits, "BULK_BASE_S", 0.001 if on else base)
+        monkeypatch.setattr(limits, "BULK_ROW_S", 0.0 if on else per_row)
+
+    return set_
+
+
+async def test_a_batch_whose_settling_runs_past_its_time_limit_is_503_and_stores_nothing(
+        api: httpx.AsyncClient, pool: asyncpg.Pool, no_time: Callable[[bool], None]) -> None:
+    """Even the time a batch's size allows its finalise can run out: the request is answered as
+    retryable, saying so (it was a 500), nothing of it is stored, not even its Idempotency-Key,
+    and the API goes on serving: the same request again goes through."""
+    body, headers = leads(*many(5000)), {**AUTH, "Idempotency-Key": "crm-batch-7"}
+    no_time(True)
+    r = await api.post("/v1/batches", json=body, headers=headers)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+    assert r.json() == {"error": {
+        "code": "timed_out",
+        "message": "settling the batch was stopped: one of its steps ran past the 0.001 s its 5000 leads "
+                   "allow; nothing of it was stored: retry later, or send it in smaller batches",
+        "details": {"target": "sales", "limit_s": 0.001}}}
+    for table in ("batches", "calls", "idempotency_keys"):
+        assert await pool.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+    assert (await api.get("/healthz")).status_code == 200
+    no_time(False)
+    r = await api.post("/v1/batches", json=body, headers=headers)
+    assert r.status_code == 202 and r.json()["accepted"] == 5000, r.text
+    assert await pool.fetchval("SELECT count(*) FROM calls WHERE state = 'pending'") == 5000
+
+
+async def test_a_dnc_file_whose_import_runs_past_its_time_limit_is_503_and_stores_nothing(
+        api: httpx.AsyncClient, pool: asyncpg.Pool, no_time: Callable[[bool], None]) -> None:
+    """Even the time a file's size allows its merge and cancel can run out: the file is answered
+    as retryable, saying so (it was a 500), nothing of it is listed or cancelled, and the API
+    goes on serving: the same file again is imported."""
+    assert (await api.post("/v1/batches", json=leads("+14152000001"), headers=AUTH)).status_code == 202
+    body, text = "".join(f"{n}\n" for n in many(5000)).encode(), {**AUTH, "Content-Type": "text/plain"}
+    no_time(True)
+    r = await api.post("/v1/dnc", content=body, headers=text)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+    assert r.json() == {"error": {
+        "code": "timed_out",
+        "message": "the do-not-call import was stopped: one of its steps ran past the 0.001 s its 5000 "
+                   "numbers allow; nothing of it was stored: retry later, or import the file in smaller parts",
+        "details": {"limit_s": 0.001}}}
+    assert await pool.fetchval("SELECT count(*) FROM dnc") == 0
+    assert await pool.fetchval("SELECT state FROM calls") == "pending"
+    assert (await api.get("/healthz")).status_code == 200
+    no_time(False)
+    r = await api.post("/v1/dnc", content=body, headers=text)
+    assert r.status_code == 200 and r.json()["added"] == 5000, r.text
     assert await pool.fetchval("SELECT state FROM calls") == "cancelled"

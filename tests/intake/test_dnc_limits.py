@@ -9,6 +9,7 @@ over a file of a few thousand numbers runs: what a file of millions meets at 60 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
@@ -17,11 +18,12 @@ import pytest
 
 from dialer.clock import FakeClock
 from dialer.config import Settings
-from dialer.errors import Busy
+from dialer.errors import Busy, TimedOut
 from dialer.intake import dnc
 from dialer.intake.files import FileIngestor
 from dialer.store import limits
 from dialer.store.database import create_pool
+from tests.intake.test_finalise_limits import dialer
 
 NO_TIME = 0.001  # as the base: no statement over thousands of numbers runs in 1 ms
 WEBHOOK = "http://127.0.0.1:9/results"  # never delivered here: only what is enqueued counts
@@ -77,9 +79,12 @@ async def test_a_big_import_gets_time_for_its_numbers_and_one_that_failed_stored
     monkeypatch.setattr(limits, "BULK_BASE_S", NO_TIME)
     per_row = limits.BULK_ROW_S
     monkeypatch.setattr(limits, "BULK_ROW_S", 0.0)  # un-scaled: the old flat limit
-    with pytest.raises(asyncpg.QueryCanceledError, match="canceling statement due to statement timeout"):
+    with pytest.raises(TimedOut) as stopped:
         await dnc.import_file(pool, path, region="US", source="registry", now=clock.now(),
                               targets=settings.targets)
+    cause = stopped.value.__cause__
+    assert isinstance(cause, asyncpg.QueryCanceledError) and "canceling statement due to statement timeout" in str(cause)
+    assert stopped.value.http_status == 503 and "nothing of it was stored" in stopped.value.message
     assert await state_of(pool) == before  # one transaction: nothing listed, nothing cancelled
 
     monkeypatch.setattr(limits, "BULK_ROW_S", per_row)  # scaled: 1 ms plus this much a number
@@ -157,3 +162,25 @@ async def test_a_lock_wait_still_ends_whatever_the_files_size(
     assert (report.added, report.cancelled_calls) == (3000, 3)
     after = await state_of(pool)
     assert (after["listed"], after["pending"], after["cancelled"], after["events"]) == (3000, 0, 3, 3)
+
+
+async def test_dialer_dnc_import_that_runs_past_its_time_limit_says_so_and_stores_nothing(
+        pool: asyncpg.Pool, settings: Settings, clock: FakeClock, db_url: str, tmp_path: Path) -> None:
+    """Not a traceback: the command exits 1 saying nothing was stored; run again, it imports."""
+    await waiting_leads(pool, settings, clock, tmp_path / "leads.csv", range(3))
+    path = tmp_path / "registry.txt"
+    path.write_text("".join(f"{number(i)}\n" for i in range(5000)))
+    before = await state_of(pool)
+    args = ["dnc", "import", str(path)]
+    r = await anyio.to_thread.run_sync(lambda: dialer(args, db_url, tmp_path, BULK_BASE_S=NO_TIME, BULK_ROW_S=0.0))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert ("error: the do-not-call import was stopped: one of its steps ran past the 0.001 s its 5000 numbers "
+            "allow; nothing of it was stored: retry later, or import the file in smaller parts") in r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert await state_of(pool) == before
+
+    r = await anyio.to_thread.run_sync(lambda: dialer(args, db_url, tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["added"] == 5000
+    after = await state_of(pool)
+    assert (after["listed"], after["pending"], after["cancelled"]) == (5000, 0, 3)

@@ -136,17 +136,22 @@ async def test_a_lock_wait_still_ends_whatever_the_batchs_size(
     assert outcome.counts == {"rows": 3000, "accepted": 3000, "invalid": 0, "duplicate": 0, "dnc": 0}
 
 
-# `dialer ingest` as `python -m dialer` runs it, the limits' base first lowered to argv[1]
-LOWERED_CLI = ("import sys; from dialer.store import limits; limits.BULK_BASE_S = float(sys.argv.pop(1)); "
+# `dialer` as `python -m dialer` runs it, ``limits``' constants first set as argv[1] (JSON) says
+WITH_LIMITS = ("import json, sys; from dialer.store import limits; "
+               "[setattr(limits, k, v) for k, v in json.loads(sys.argv.pop(1)).items()]; "
                "from dialer.cli import main; raise SystemExit(main())")
 
 
-def cli_ingest(path: Path, db_url: str, base_s: float | None = None) -> subprocess.CompletedProcess[str]:
+def dialer(args: list[str], db_url: str, cwd: Path, **lowered: float) -> subprocess.CompletedProcess[str]:
+    """The ``dialer`` command in a child process; ``lowered``: ``limits.BULK_*`` values for it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
-    env.update(DIALER_DATABASE_URL=db_url, DIALER_STATE_DIR=str(path.parent / "var"), DIALER_LOG_FORMAT="json")
-    head = [sys.executable, "-m", "dialer"] if base_s is None else [sys.executable, "-c", LOWERED_CLI, str(base_s)]
-    return subprocess.run([*head, "ingest", str(path)], env=env, cwd=path.parent, capture_output=True, text=True,
-                          timeout=180)
+    env.update(DIALER_DATABASE_URL=db_url, DIALER_STATE_DIR=str(cwd / "var"), DIALER_LOG_FORMAT="json")
+    head = [sys.executable, "-c", WITH_LIMITS, json.dumps(lowered)] if lowered else [sys.executable, "-m", "dialer"]
+    return subprocess.run([*head, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+def cli_ingest(path: Path, db_url: str, **lowered: float) -> subprocess.CompletedProcess[str]:
+    return dialer(["ingest", str(path)], db_url, path.parent, **lowered)
 
 
 async def test_dialer_ingest_on_a_target_busy_finishing_another_batch_says_so_and_a_rerun_finishes_it(
@@ -159,7 +164,7 @@ async def test_dialer_ingest_on_a_target_busy_finishing_another_batch_says_so_an
     async with pool.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
         try:
-            r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url, base_s=0.4))
+            r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url, BULK_BASE_S=0.4))
         finally:
             await holder.execute("SELECT pg_advisory_unlock(1, hashtext('sales'))")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -204,3 +209,25 @@ async def test_a_file_found_unreadable_after_many_rows_has_them_dropped_in_the_b
     assert outcome.kind == "failed" and outcome.error and "JSON" in outcome.error
     batch = await batch_of(pool, "cut.json")
     assert (batch["state"], batch["error"], batch["calls"]) == ("failed", outcome.error, 0)
+
+
+async def test_dialer_ingest_whose_finalise_runs_past_its_time_limit_says_so_and_a_rerun_finishes_it(
+        pool: asyncpg.Pool, db_url: str, tmp_path: Path) -> None:
+    """Not a traceback: the command exits 1 saying what happened; the rows read are kept, and the
+    same command run again resumes there and settles the batch, every row counted once."""
+    path = tmp_path / "leads.csv"
+    path.write_text("number,external_id\n" + leads(range(3000), "a") + f"{number(5)},again\n12,z\n")
+    r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url, BULK_BASE_S=NO_TIME, BULK_ROW_S=0.0))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert ("error: leads.csv: settling its batch was stopped: one of its steps ran past its time limit (the "
+            "database may be overloaded); the rows read are kept, none is dialed: run the same command again: "
+            "it resumes where it stopped") in r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    batch = await batch_of(pool, "leads.csv")
+    assert (batch["state"], batch["rows_read"], batch["calls"]) == ("receiving", 3002, 3002)
+
+    r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["result"], rep["batch_id"]) == ("ingested", str(batch["id"]))
+    assert rep["counts"] == {"rows": 3002, "accepted": 3000, "invalid": 1, "duplicate": 1, "dnc": 0}

@@ -410,3 +410,45 @@ async def test_an_upload_whose_finalise_waited_too_long_for_its_target_says_busy
                                    "('pending', 'invalid', 'duplicate', 'dnc')") == 0
         assert await conn.fetchval("SELECT count(*) FROM batches WHERE state = 'ingested'") == 0
     assert BATCH_URL.match(await upload(console, "leads.csv", LEADS.read_bytes()))
+
+
+def no_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step over a whole input may run 1 ms: none over thousands of rows runs in it (what a
+    big input meets on an overloaded database at 60 s plus 1 ms a row)."""
+    from dialer.store import limits
+
+    monkeypatch.setattr(limits, "BULK_BASE_S", 0.001)
+    monkeypatch.setattr(limits, "BULK_ROW_S", 0.0)
+
+
+THOUSANDS = "number\n" + "".join(f"+1415{2000000 + i:07d}\n" for i in range(5000))
+
+
+async def test_an_upload_whose_finalise_runs_past_its_time_limit_says_so(
+        console: Console, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a bare 500: the page says what happened and to upload again; nothing is dialed, and
+    the same upload again goes through."""
+    no_time(monkeypatch)
+    r = await console.c.post("/ui/upload", data={"csrf": console.csrf, "target": "sales"},
+                             files={"file": ("big.csv", THOUSANDS.encode(), "text/csv")})
+    assert r.status_code == 503, r.text[:500]
+    assert ("Settling the leads of big.csv was stopped: one of its steps ran past its time limit (the "
+            "database may be overloaded). Nothing from this file is dialed: upload it again later.") in r.text
+    assert await pool.fetchval("SELECT count(*) FROM batches WHERE state <> 'receiving'") == 0
+    monkeypatch.undo()
+    m = BATCH_URL.match(await upload(console, "big.csv", THOUSANDS.encode()))
+    assert m and m.group(2) == "ingested"
+    assert await pool.fetchval("SELECT count(*) FROM calls WHERE state = 'pending'") == 5000
+
+
+async def test_a_dnc_import_that_runs_past_its_time_limit_says_so_and_stores_nothing(
+        console: Console, pool: asyncpg.Pool, settings: Settings, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bid = await _post_batch(pool, settings, clock, ["+14152000001"])
+    no_time(monkeypatch)
+    r = await console.c.post("/ui/dnc", data={"csrf": console.csrf, "numbers": THOUSANDS})
+    assert r.status_code == 503, r.text[:500]
+    assert ("Not imported: the do-not-call import was stopped: one of its steps ran past the 0.001 s its "
+            "5000 numbers allow; nothing of it was stored") in r.text
+    assert await pool.fetchval("SELECT count(*) FROM dnc") == 0
+    assert await pool.fetchval("SELECT state FROM calls WHERE batch_id = $1", bid) == "pending"
