@@ -184,10 +184,24 @@ async def add_numbers(pool: asyncpg.Pool, numbers: Sequence[str], *, source: str
     their calls not yet sent cancelled in every target, in one transaction. Returns
     (added, updated)."""
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(Q.dnc_add, list(numbers), source, now, expires_at)
-        await next_number.hold_for_dnc(conn, targets)
-        cancelled = await moves.cancel_for_dnc(conn, numbers, now, {"rule": "dnc", "by": source})
-        await next_number.after_dnc(conn, list(numbers), targets, now)  # several-number leads go on
+        # as an import's: a batch's finalise holding its target's dedupe lock past the wait
+        # allowed is Busy (not the pool's timeout, which reads as the database away)
+        await limits.bulk_limits(conn, 0)
+        try:
+            rows = await conn.fetch(Q.dnc_add, list(numbers), source, now, expires_at)
+            await next_number.hold_for_dnc(conn, targets)
+            cancelled = await moves.cancel_for_dnc(conn, numbers, now, {"rule": "dnc", "by": source})
+            await next_number.after_dnc(conn, list(numbers), targets, now)  # several-number leads go on
+        except asyncpg.LockNotAvailableError as e:
+            raise Busy("the numbers waited too long for a lock another transaction holds (a batch "
+                       "being finalised, most likely); none of them was listed: retry shortly") from e
+        except asyncpg.QueryCanceledError as e:
+            limit = limits.statement_limit_s(0)
+            log.warning("do-not-call listing stopped: it ran past its time limit", extra={
+                "source": source, "numbers": len(numbers), "limit_s": limit, "error": str(e)})
+            raise TimedOut(f"listing the numbers was stopped: one of its steps ran past its {limit:g} s "
+                           "limit; none of them was listed: retry later, or send fewer at a time",
+                           {"limit_s": limit}) from e
     observe.ended(cancelled)
     added = sum(1 for x in rows if x["inserted"])
     return added, len(rows) - added

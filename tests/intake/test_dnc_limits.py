@@ -184,3 +184,30 @@ async def test_dialer_dnc_import_that_runs_past_its_time_limit_says_so_and_store
     assert json.loads(r.stdout)["added"] == 5000
     after = await state_of(pool)
     assert (after["listed"], after["pending"], after["cancelled"]) == (5000, 0, 3)
+
+
+async def test_numbers_listed_by_the_api_wait_a_bounded_time_for_a_lock(
+        pool: asyncpg.Pool, settings: Settings, clock: FakeClock, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /v1/dnc's JSON list: a finalise holding the target's dedupe lock makes it Busy (the
+    API's 503 busy) after the same bounded wait, not the pool's timeout (503 "database
+    unavailable", after 60 s); nothing is listed, and the same numbers list once it is free."""
+    await waiting_leads(pool, settings, clock, tmp_path / "leads.csv", range(3))
+    monkeypatch.setattr(limits, "BULK_BASE_S", 0.4)
+    before = await state_of(pool)
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock(1, hashtext('sales'))")
+        try:
+            with anyio.fail_after(30), pytest.raises(Busy) as busy:
+                await dnc.add_numbers(pool, [number(0), number(1)], source="api", now=clock.now(),
+                                      targets=settings.targets)
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(1, hashtext('sales'))")
+    assert isinstance(busy.value.__cause__, asyncpg.LockNotAvailableError)
+    assert busy.value.http_status == 503 and "none of them was listed" in busy.value.message
+    assert await state_of(pool) == before
+
+    assert await dnc.add_numbers(pool, [number(0), number(1)], source="api", now=clock.now(),
+                                 targets=settings.targets) == (2, 0)
+    after = await state_of(pool)
+    assert (after["listed"], after["pending"], after["cancelled"]) == (2, 1, 2)
