@@ -193,6 +193,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
 
     async def go(pool: Any) -> int:
+        # links followed: the user named this path on the command line (the inbox never
+        # follows one: whoever can drop a file there could point it anywhere on the host)
         ing = FileIngestor(pool, s, SystemClock())
         if console.is_terminal or args.progress:
             with Progress(
@@ -201,11 +203,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             ) as progress:
                 task = progress.add_task(f"ingesting {path.name}", total=None)
                 outcome = await ing.ingest(
-                    path, target, source="cli", on_progress=lambda n: progress.advance(task, n)
+                    path, target, source="cli", on_progress=lambda n: progress.advance(task, n),
+                    follow_links=True,
                 )
         else:
             lines = _Lines(f"ingesting {path.name}", "rows")
-            outcome = await ing.ingest(path, target, source="cli", on_progress=lines.advance)
+            outcome = await ing.ingest(path, target, source="cli", on_progress=lines.advance,
+                                       follow_links=True)
             lines.finish()
         if outcome.kind == "failed":
             print(f"error: {path.name}: {outcome.error}", file=sys.stderr)

@@ -58,6 +58,11 @@ class FileUnreadable(DialerError):
     http_status = 422
 
 
+class FileReplaced(FileUnreadable):
+    """What a path names is no longer the file that was seen there (by the inbox's scan, or
+    fingerprinted): another file, a symbolic link, or new content put in its place."""
+
+
 class NotReady(DialerError):
     code = "not_ready"
     http_status = 503

@@ -31,8 +31,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from dialer import metrics
+from dialer.errors import FileUnreadable
 from dialer.intake.files import n_rows
 from dialer.intake.inbox_names import RESERVED
+from dialer.intake.readers import FileId, open_file
+from dialer.intake.readers.text import read_blocks
 
 if TYPE_CHECKING:
     from dialer.intake.inbox import Inbox
@@ -51,7 +54,7 @@ class CutOff:
         # where this instance's console uploads are read from (``Console.incoming``)
         self.uploads = inbox.settings.state_dir / "uploads" / ".incoming"
         self._check_at = float("-inf")
-        self._hashes: dict[tuple[int, int, int, int], str] = {}  # (dev, ino, size, mtime) → sha256
+        self._hashes: dict[FileId, str] = {}
 
     async def check_if_due(self) -> None:
         now = self.inbox.clock.monotonic()
@@ -119,18 +122,20 @@ class CutOff:
         any size). Hashes are kept while a file is unchanged: one waiting behind a backlog
         is read once, not at every check."""
         found: set[str] = set()
-        hashes: dict[tuple[int, int, int, int], str] = {}
+        hashes: dict[FileId, str] = {}
         for path, _ in self.inbox.candidates():
             try:
-                st = path.stat()
-                if None not in sizes and st.st_size not in sizes:
+                key = FileId.of(path.lstat())
+                if None not in sizes and key.size not in sizes:
                     continue
-                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
                 sha = self._hashes.get(key)
-                if sha is None:
-                    with path.open("rb") as f:
-                        sha = hashlib.file_digest(f, "sha256").hexdigest()
-            except OSError:
+                if sha is None:  # read only if still that file: a link put there is not followed
+                    h = hashlib.sha256()
+                    with open_file(path, no_links_below=self.root, expect=key, buffering=0) as f:
+                        for block in read_blocks(f, 1 << 20):
+                            h.update(block)
+                    sha = h.hexdigest()
+            except (OSError, FileUnreadable):
                 continue
             hashes[key] = sha
             found.add(sha)

@@ -5,6 +5,10 @@ identity: the same content is never ingested twice, and a file found again after
 crash resumes after the last chunk of the committed prefix (chunks COPY on several
 connections at once but commit in file order: ``streams``).
 
+What is read is the file fingerprinted: the parse checks that its own open found that very
+file, unchanged (``readers.text``). No symbolic link is followed, but on a path a user
+gave ``dialer ingest``.
+
 A user may cancel the batch while its rows are coming in: whenever it lands (between two
 chunks, before the finalise, while the ingest was cut off) the ingest stops there and the
 file ends ``cancelled``: filed with its report, never read again, none of it dialed.
@@ -13,6 +17,7 @@ file ends ``cancelled``: filed with its report, never read again, none of it dia
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,10 +32,10 @@ import orjson
 from dialer import metrics
 from dialer.clock import Clock
 from dialer.config import Settings
-from dialer.errors import FileUnreadable
+from dialer.errors import FileReplaced, FileUnreadable
 from dialer.intake import batches, streams
 from dialer.intake.pipeline import ParseJob, chunks_from_process, chunks_from_thread
-from dialer.intake.readers import Fingerprint, detect_format, fingerprint, unpacked_size
+from dialer.intake.readers import FileId, Fingerprint, detect_format, fingerprint, open_file, unpacked_size
 from dialer.store.queries import Q
 
 log = logging.getLogger(__name__)
@@ -39,11 +44,14 @@ log = logging.getLogger(__name__)
 PROCESS_THRESHOLD_BYTES = 2 << 20
 
 
-def survey(path: Path, fmt: str) -> tuple[Fingerprint, int]:
+def survey(path: Path, fmt: str, *, no_links_below: Path | None = None,
+           expect: FileId | None = None) -> tuple[Fingerprint, int]:
     """The file's fingerprint, and how many bytes its parser will see: a workbook's parts are
-    read unpacked (its shared strings whole), so a small .xlsx may still need the worker."""
-    fp = fingerprint(path, fmt)
-    return fp, (max(fp.size, unpacked_size(path)) if fmt == "xlsx" else fp.size)
+    read unpacked (its shared strings whole), so a small .xlsx may still need the worker.
+    One open for both (``open_file``'s arguments)."""
+    with open_file(path, no_links_below=no_links_below, expect=expect, buffering=0) as f:
+        fp = fingerprint(f, fmt)
+        return fp, (max(fp.size, unpacked_size(f)) if fmt == "xlsx" else fp.size)
 
 
 def n_rows(n: int) -> str:
@@ -59,7 +67,9 @@ def cancelled_message(counts: dict[str, int]) -> str:
 
 @dataclass
 class FileOutcome:
-    kind: str  # ingested | duplicate | cancelled | failed | busy
+    # ingested | duplicate | cancelled | failed | busy | replaced (the inbox's: not the file
+    # its scan saw, or written to since; nothing done, the scan looks at what is there anew)
+    kind: str
     name: str
     target: str
     batch_id: uuid.UUID | None = None
@@ -85,7 +95,14 @@ class FileIngestor:
         source: str = "inbox",
         name: str | None = None,
         on_progress: Callable[[int], None] | None = None,
+        seen: FileId | None = None,
+        follow_links: bool = False,
     ) -> FileOutcome:
+        """Ingest the file at ``path``. ``seen``: the file as the inbox's scan saw it (lstat),
+        read only if it still is (else ``replaced``). No symbolic link is followed, unless
+        ``follow_links`` (a path a user gave ``dialer ingest``: theirs to point anywhere):
+        neither at ``path`` nor, for an inbox file, in the inbox's folders (a target folder
+        swapped for a link)."""
         name = name or path.name
         out = FileOutcome(kind="failed", name=name, target=target)
         if target not in self.settings.targets:
@@ -102,8 +119,15 @@ class FileIngestor:
             )
             return out
         out.fmt = fmt
+        below = None if follow_links else self._no_links_below(path)
         try:
-            fp, parse_size = await anyio.to_thread.run_sync(survey, path, fmt)
+            fp, parse_size = await anyio.to_thread.run_sync(
+                functools.partial(survey, path, fmt, no_links_below=below, expect=seen))
+        except FileReplaced as e:
+            if seen is not None:  # nothing read yet: the inbox takes what is there now anew
+                out.kind = "replaced"
+            out.error = e.message
+            return out
         except FileUnreadable as e:
             out.error = e.message
             return out
@@ -116,9 +140,15 @@ class FileIngestor:
                 out.kind = "busy"  # another instance is ingesting this content
                 return out
             try:
-                return await self._ingest_locked(conn, path, fp, parse_size, out, source, on_progress)
+                return await self._ingest_locked(conn, path, fp, parse_size, out, source, on_progress,
+                                                 below)
             finally:
                 await conn.execute(Q.file_unlock, fp.sha256)
+
+    def _no_links_below(self, path: Path) -> Path:
+        """Where no symbolic link is followed on the way down to ``path``: the inbox for its
+        files, else the file's own folder (a console upload's)."""
+        return self.settings.inbox if path.is_relative_to(self.settings.inbox) else path.parent
 
     async def _ingest_locked(
         self,
@@ -129,6 +159,7 @@ class FileIngestor:
         out: FileOutcome,
         source: str,
         on_progress: Callable[[int], None] | None,
+        no_links_below: Path | None,
     ) -> FileOutcome:
         target = out.target
         tcfg = self.settings.targets[target]
@@ -197,6 +228,8 @@ class FileIngestor:
             skip_rows=skip,
             chunk_rows=self.settings.ingest_commit_rows,
             max_line_bytes=self.settings.max_line_kb * 1024,
+            file=fp.file,
+            no_links_below=no_links_below,
         )
         chunks = (
             chunks_from_process(path, job)

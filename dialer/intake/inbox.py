@@ -6,7 +6,10 @@ when it was renamed in (inotify ``IN_MOVED_TO``). Results land in
 ``processed/<YYYY-MM-DD>/`` (file + ``.report.json``; a file whose batch was cancelled
 while it was read too, its report saying so) or ``failed/`` (+ ``.error.txt``).
 A symbolic link is never followed (it could point anywhere on the host): once settled, the
-link itself is moved to ``failed/`` with a note saying so.
+link itself is moved to ``failed/`` with a note saying so. A file is read only if it is still
+the one the scan took (``FileIngestor.ingest``'s ``seen``): one replaced (by a link, say) or
+written to before its read began is looked at anew at the next scan; one replaced while it
+was read fails, and what is in its place is a drop of its own.
 
 An ingest cut off part-way (a crash, the database away) resumes when its file is taken
 again; one whose file is gone never can (``cut_off``).
@@ -30,6 +33,7 @@ from dialer.config import Settings
 from dialer.intake.cut_off import CutOff
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.inbox_names import RESERVED, ignored
+from dialer.intake.readers import FileId
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +209,10 @@ class Inbox:
         self.current = path
         taken = _identity(path)
         try:
-            outcome = await self.ingestor.ingest(path, target, source="inbox")
+            if taken is None:  # removed since the scan
+                outcome = FileOutcome(kind="replaced", name=path.name, target=target)
+            else:
+                outcome = await self.ingestor.ingest(path, target, source="inbox", seen=taken)
             if outcome.sha256 and outcome.kind != "busy":
                 await self.cut_off.abandon_replaced(path, outcome.sha256)
             await self._file(path, outcome, taken)
@@ -214,9 +221,12 @@ class Inbox:
         self.files_done += 1
         return outcome
 
-    async def _file(self, path: Path, outcome: FileOutcome,
-                    taken: tuple[int, int, int, int] | None = None) -> None:
+    async def _file(self, path: Path, outcome: FileOutcome, taken: FileId | None = None) -> None:
         if outcome.kind == "busy":
+            return
+        if outcome.kind == "replaced":  # nothing read: what is there now settles as a new drop
+            log.info("inbox file changed or replaced before it was read; looked at again at the "
+                     "next scan", extra={"file": path.name, "error": outcome.error})
             return
         # a file put in its place (or deleted) while it was read is not the one read: it
         # stays (a new drop, taken at a later scan); the report still goes where it would
@@ -357,11 +367,10 @@ def _shown(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    """Which file, in which version, ``path`` names now (device, inode, size, mtime: a copy
-    over it keeps the inode); None if none."""
+def _identity(path: Path) -> FileId | None:
+    """Which file, in which version, ``path`` names now (a link: itself, never followed);
+    None if none."""
     try:
-        st = path.stat()
+        return FileId.of(path.lstat())
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from dialer.errors import DialerError, FileUnreadable
 from dialer.intake.columns import ColumnMap
 from dialer.intake.leads import LeadEncoder, TargetRules
-from dialer.intake.readers import RowBlock, open_reader
+from dialer.intake.readers import FileId, RowBlock, check_unchanged, open_file, open_reader
 
 T = TypeVar("T")
 
@@ -60,9 +60,24 @@ class ParseJob:
     # Small first chunks: PostgreSQL idles until the first one arrives, so it should not
     # wait for chunk_rows rows to be parsed; sizes grow fourfold to chunk_rows.
     first_chunk_rows: int = 1_000
+    # The file fingerprinted: a path is read only if it still names that very file,
+    # unchanged, and each chunk is handed on only while it is (else ``FileReplaced``).
+    file: FileId | None = None
+    # ``open_file``'s: no symbolic link followed from this folder down; None: followed
+    no_links_below: Path | None = None
 
 
 def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None, None]:
+    if job.file is None or not isinstance(source, Path):
+        yield from _chunks(source, job)
+        return
+    with open_file(source, no_links_below=job.no_links_below, expect=job.file) as raw:
+        for chunk in _chunks(raw, job):
+            check_unchanged(raw, job.file)  # the closing marker too: once the whole file is read
+            yield chunk
+
+
+def _chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None, None]:
     enc = LeadEncoder(job.batch_id, job.rules)
     copy_line, lead = enc.copy_line, enc.lead
     with open_reader(

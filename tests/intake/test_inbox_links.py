@@ -1,7 +1,9 @@
 """Symbolic links dropped into the inbox, against a real inbox directory and PostgreSQL: never
 followed (a link could point anywhere on the host), never silently ignored either. Once settled,
 the link itself goes to failed/ with a note saying what it points to and what to do; nothing is
-read through it and what it points to is left as it was."""
+read through it and what it points to is left as it was. The same for a link (or another file)
+put in a file's place between the scan and the read, or between the fingerprint and the parse:
+the bytes parsed are those fingerprinted."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import pytest
 from dialer import metrics
 from dialer.clock import FakeClock
 from dialer.config import Settings
+from dialer.intake import files
+from dialer.intake.files import FileIngestor
 from dialer.intake.inbox import Inbox
-from tests.intake.test_inbox import drop, settle_and_scan
+from tests.intake.test_inbox import drop, report, settle_and_scan
 
 LEADS = "number\n+14155550100\n+14155550101\n"
 REFUSED = "inbox symbolic link not followed: moved to failed/"
@@ -196,3 +200,177 @@ async def test_a_link_that_cannot_be_moved_now_is_retried_and_the_inbox_goes_on(
     clock.advance(60)
     assert await inbox.scan_once() == 1
     assert os.readlink(inbox.root / "failed" / "a.csv") == "/data/leads.csv"
+
+
+# -- a file swapped between the scan and its read -----------------------------------------------
+OTHER = "number\n+14155550199\n"  # what a link put in a lead file's place points to
+
+
+def swap(path: Path, how: str, other: Path) -> None:
+    """Put something else where the inbox saw ``path``: ``ln -sf other path``, or ``mv other path``."""
+    if how == "link":
+        path.unlink()
+        path.symlink_to(other)
+    else:
+        os.replace(other, path)
+
+
+async def numbers(pool: asyncpg.Pool) -> set[str]:
+    async with pool.acquire() as conn:
+        return {r["e164"] for r in await conn.fetch("SELECT e164 FROM calls")}
+
+
+@pytest.mark.parametrize("target", [None, "sales"])
+async def test_a_file_swapped_for_a_link_before_its_read_is_not_read_through_it(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        counted: metrics.Metrics, target: str | None) -> None:
+    """The link put there once the scan took the file ends as one dropped: settled, then moved
+    to failed/ with its note; what it points to is never read."""
+    elsewhere = tmp_path / "secret.csv"
+    elsewhere.write_text(OTHER)
+    path = drop(inbox, "leads.csv", LEADS, target)
+    real = FileIngestor.ingest
+
+    async def swapped_first(self: FileIngestor, *args: Any, **kwargs: Any) -> Any:
+        if not path.is_symlink():
+            swap(path, "link", elsewhere)  # between the scan's look and the read
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileIngestor, "ingest", swapped_first)
+    assert await settle_and_scan(inbox, clock) == 1
+    assert path.is_symlink() and list((inbox.root / "failed").iterdir()) == []  # nothing read, no note
+    await nothing_ingested(pool)
+    assert await settle_and_scan(inbox, clock) == 1  # the link, settled in its turn
+    assert os.readlink(inbox.root / "failed" / "leads.csv") == str(elsewhere)
+    assert (inbox.root / "failed" / "leads.csv.error.txt").read_text().startswith(
+        f"leads.csv is a symbolic link (to {elsewhere}); the inbox does not follow links")
+    await nothing_ingested(pool)
+    assert failed_files(counted) == 1 and elsewhere.read_text() == OTHER
+
+
+async def test_a_target_folder_swapped_for_a_link_before_the_read_is_not_read_through(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "leads.csv").write_text(OTHER)  # the same name, in the folder the link points to
+    drop(inbox, "leads.csv", LEADS, "sales")
+    folder = inbox.root / "sales"
+    real = FileIngestor.ingest
+
+    async def swapped_first(self: FileIngestor, *args: Any, **kwargs: Any) -> Any:
+        if not folder.is_symlink():  # `mv sales sales.old; ln -s /elsewhere sales`
+            folder.rename(tmp_path / "sales.old")
+            folder.symlink_to(elsewhere)
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileIngestor, "ingest", swapped_first)
+    await settle_and_scan(inbox, clock)
+    await nothing_ingested(pool)
+    assert await settle_and_scan(inbox, clock) == 1  # the folder's link, refused as any link
+    assert os.readlink(inbox.root / "failed" / "sales") == str(elsewhere)
+    await nothing_ingested(pool)
+    assert (elsewhere / "leads.csv").read_text() == OTHER
+
+
+@pytest.mark.parametrize("reader", ["thread", "process"])
+@pytest.mark.parametrize("how", ["link", "file"])
+async def test_a_file_swapped_after_its_fingerprint_fails_and_what_replaced_it_is_a_drop_of_its_own(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reader: str, how: str) -> None:
+    """The parse opens the file anew (in a child process for a big file): it reads it only if
+    it is the very file fingerprinted; else the batch fails saying so, nothing of either file
+    is dialed, and what is there now is dropped like any file (a link: refused)."""
+    if reader == "process":
+        monkeypatch.setattr(files, "PROCESS_THRESHOLD_BYTES", 0)
+    other = tmp_path / "other.csv"
+    other.write_text(OTHER)
+    path = drop(inbox, "leads.csv", LEADS)
+    real = files.survey
+
+    def swapped_after(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        if other.exists() and not path.is_symlink():
+            swap(path, how, other)
+        return out
+
+    monkeypatch.setattr(files, "survey", swapped_after)
+    assert await settle_and_scan(inbox, clock) == 1
+    why = ("the file was replaced while it was read: "
+           + ("a symbolic link was put in its place (links are not followed)" if how == "link"
+              else "another file was put in its place"))
+    assert (inbox.root / "failed" / "leads.csv.error.txt").read_text() == (
+        f"leads.csv: {why}\ntarget: sales\n"
+        "Nothing from this file was ingested. Fix it and drop it into the inbox again.\n")
+    async with pool.acquire() as conn:
+        assert [tuple(r) for r in await conn.fetch("SELECT state, error FROM batches")] == [("failed", why)]
+    assert await numbers(pool) == set()
+    assert os.path.lexists(path)  # what is there now was not the file read: it stays, a drop
+    assert await settle_and_scan(inbox, clock) == 1
+    if how == "link":
+        assert os.readlink(inbox.root / "failed" / "leads-2.csv") == str(tmp_path / "other.csv")
+        assert await numbers(pool) == set()
+    else:
+        assert report(inbox, "leads.csv")["counts"]["accepted"] == 1
+        assert await numbers(pool) == {"+14155550199"}
+    assert not os.path.lexists(path)
+
+
+async def test_a_file_written_to_while_it_is_parsed_fails_and_is_taken_again_as_it_is_now(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [f"+1415555{i:04d}" for i in range(1500)]  # chunks of 1000 rows, then 500
+    path = drop(inbox, "big.csv", "number\n" + "\n".join(rows) + "\n")
+    real = files.chunks_from_thread
+
+    async def appended_to(*args: Any, **kwargs: Any) -> Any:
+        n = 0
+        async for chunk in real(*args, **kwargs):
+            n += 1
+            if n == 1:
+                with path.open("a") as f:  # `cat more.csv >> big.csv` (the same inode)
+                    f.write("+14155559999\n")
+            yield chunk
+
+    monkeypatch.setattr(files, "chunks_from_thread", appended_to)
+    assert await settle_and_scan(inbox, clock) == 1
+    why = ("the file was replaced while it was read: its content changed (written to since it "
+           "was first read)")
+    assert (inbox.root / "failed" / "big.csv.error.txt").read_text().startswith(f"big.csv: {why}\n")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT error FROM batches") == why
+        assert await conn.fetchval("SELECT count(*) FROM calls") == 0  # the rows read are dropped
+    monkeypatch.setattr(files, "chunks_from_thread", real)
+    assert await settle_and_scan(inbox, clock) == 1  # as it is now, a drop of its own
+    assert report(inbox, "big.csv")["counts"]["accepted"] == 1501
+
+
+async def test_the_cut_off_check_hashes_no_file_through_a_link_put_in_its_place(
+        inbox: Inbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = drop(inbox, "a.csv", LEADS)
+    elsewhere = tmp_path / "secret.csv"
+    elsewhere.write_text(OTHER)
+    real = Inbox.candidates
+
+    def swapped(self: Inbox) -> Any:
+        out = real(self)
+        swap(path, "link", elsewhere)
+        return out
+
+    monkeypatch.setattr(Inbox, "candidates", swapped)
+    assert inbox.cut_off._waiting({None}) == set()
+
+
+async def test_a_link_named_on_the_command_line_is_followed_one_uploaded_is_not(
+        settings: Settings, pool: asyncpg.Pool, clock: FakeClock, tmp_path: Path) -> None:
+    real = tmp_path / "exports" / "leads.csv"
+    real.parent.mkdir()
+    real.write_text(LEADS)
+    ln = tmp_path / "leads.csv"
+    ln.symlink_to(real)
+    ingestor = FileIngestor(pool, settings, clock)
+    uploaded = await ingestor.ingest(ln, "sales", source="api")
+    assert (uploaded.kind, uploaded.error) == ("failed", "cannot open file: it is a symbolic link (links "
+                                               "are not followed)")
+    await nothing_ingested(pool)
+    typed = await ingestor.ingest(ln, "sales", source="cli", follow_links=True)  # `dialer ingest leads.csv`
+    assert typed.kind == "ingested" and typed.counts["accepted"] == 2

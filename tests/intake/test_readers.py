@@ -21,12 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dialer.errors import FileUnreadable
+from dialer.errors import FileReplaced, FileUnreadable
 from dialer.intake.readers import (
     FORMATS,
+    FileId,
     RawRow,
     detect_format,
     fingerprint,
+    open_file,
     open_reader,
 )
 
@@ -213,6 +215,35 @@ def test_missing_file_is_unreadable(tmp_path: Path) -> None:
         open_reader(tmp_path / "nope.csv", "csv")
     with pytest.raises(FileUnreadable, match="cannot open"):
         fingerprint(tmp_path, "csv")
+
+
+def test_open_file_follows_no_link_below_its_folder_and_opens_only_the_file_expected(tmp_path: Path) -> None:
+    box = tmp_path / "inbox"
+    (box / "sales").mkdir(parents=True)
+    real = tmp_path / "real.csv"
+    real.write_bytes(b"number\n1\n")
+    (box / "ln.csv").symlink_to(real)
+    with open_file(box / "ln.csv") as f:  # links followed: a path a user typed
+        assert f.read() == b"number\n1\n"
+    with pytest.raises(FileUnreadable, match="cannot open file: it is a symbolic link"):
+        open_file(box / "ln.csv", no_links_below=box)
+    (box / "renewals").symlink_to(tmp_path)  # a folder on the way down: not followed either
+    with pytest.raises(FileUnreadable, match="cannot open file: it is a symbolic link"):
+        open_file(box / "renewals" / "real.csv", no_links_below=box)
+    with pytest.raises(FileReplaced, match="a symbolic link was put in its place"):  # where a file was
+        open_file(box / "renewals" / "real.csv", no_links_below=box, expect=FileId.of(real.stat()))
+    os.mkfifo(box / "sales" / "pipe.csv")  # would block an open for reading until a writer came
+    with pytest.raises(FileUnreadable, match="cannot open file: not a regular file"):
+        open_file(box / "sales" / "pipe.csv", no_links_below=box)
+    seen = FileId.of(real.stat())
+    with open_file(real, no_links_below=tmp_path, expect=seen) as f:
+        assert f.read() == b"number\n1\n"
+    real.write_bytes(b"number\n2\n3\n")
+    with pytest.raises(FileReplaced, match="its content changed"):
+        open_file(real, no_links_below=tmp_path, expect=seen)
+    real.unlink()
+    with pytest.raises(FileReplaced, match="it was removed"):
+        open_file(real, no_links_below=tmp_path, expect=seen)
 
 
 def test_unknown_format_is_a_programming_error() -> None:

@@ -37,20 +37,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from dialer.intake.readers.common import FORMATS, Fingerprint, RawRow, RowBlock, RowReader, detect_format
+from dialer.intake.readers.common import (
+    FORMATS,
+    FileId,
+    Fingerprint,
+    RawRow,
+    RowBlock,
+    RowReader,
+    detect_format,
+)
 from dialer.intake.readers.csvfile import CsvReader
 from dialer.intake.readers.jsonfile import JsonReader, NdjsonReader
-from dialer.intake.readers.text import decide_encoding, fingerprint, open_source, seekable, spool_stream
+from dialer.intake.readers.text import (
+    check_unchanged,
+    decide_encoding,
+    fingerprint,
+    open_file,
+    open_source,
+    seekable,
+    spool_stream,
+)
 from dialer.intake.readers.xlsxfile import XlsxReader, unpacked_size
 
 __all__ = [
     "FORMATS",
+    "FileId",
     "Fingerprint",
     "RawRow",
     "RowBlock",
     "RowReader",
+    "check_unchanged",
     "detect_format",
     "fingerprint",
+    "open_file",
     "open_reader",
     "unpacked_size",
 ]

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, NamedTuple, Self
 
 from dialer.errors import FileUnreadable
 
@@ -56,11 +57,26 @@ class RowBlock:
     plain: bool
 
 
+class FileId(NamedTuple):
+    """Which file, in which version: a copy over a file (cp, scp, SMB) keeps its inode, not
+    its size and modification time."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileId:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 @dataclass(slots=True)
 class Fingerprint:
     sha256: str
     size: int
     encoding: str | None
+    file: FileId | None = None  # the file hashed, as it was opened: the parse reads only it
 
 
 class RowReader(ABC):

@@ -1,20 +1,29 @@
-"""Bytes in, text out: fingerprint a file, decide its encoding, cut it into whole lines.
+"""Bytes in, text out: open and fingerprint a file, decide its encoding, cut it into whole
+lines.
 
 Files are read in fixed-size blocks; a line longer than the limit is never held in
 memory (it is skipped block by block and stands as one ``None``).
+
+A file is fingerprinted through one open, and parsed through another (often in a child
+process): the parse reads it only if its own open finds the very file fingerprinted,
+unchanged, and fails if it changes while read (``FileId``; ``open_file``'s ``expect``,
+``check_unchanged``). The bytes parsed are the bytes whose sha256 names the batch.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
+import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import AnyStr, BinaryIO
 
-from dialer.errors import FileUnreadable
-from dialer.intake.readers.common import FORMATS, TEXT_FORMATS, Fingerprint
+from dialer.errors import FileReplaced, FileUnreadable
+from dialer.intake.readers.common import FORMATS, TEXT_FORMATS, FileId, Fingerprint
 
 _HASH_BLOCK = 1 << 20  # fingerprint / encoding scan
 _TEXT_BLOCK = 1 << 16  # csv / ndjson reading (cache-friendly; lines may span blocks)
@@ -88,28 +97,111 @@ def read_blocks(raw: BinaryIO, size: int) -> Iterator[bytes]:
         yield block
 
 
-def fingerprint(path: Path, fmt: str) -> Fingerprint:
+REPLACED = "the file was replaced while it was read"
+
+# O_NONBLOCK: a FIFO (or device) put where a file was never blocks the open; cleared once
+# the file is known to be a regular one
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+_NO_LINK = os.O_NOFOLLOW
+
+
+def open_file(path: Path, *, no_links_below: Path | None = None, expect: FileId | None = None,
+              buffering: int = -1) -> BinaryIO:
+    """``path`` opened to read; anything but a regular file is ``FileUnreadable``.
+
+    ``no_links_below``: no symbolic link is followed, neither ``path`` itself nor a folder
+    on its way down from there (each is opened without following one, relative to the one
+    above). None: links are followed (a path a user typed). ``expect``: the file must be
+    that one, unchanged; ``FileReplaced`` if not, if it is gone, or a link is found."""
+    try:
+        fd = _open_fd(path, no_links_below)
+    except OSError as e:
+        if no_links_below is not None and e.errno == errno.ELOOP:
+            if expect is None:
+                raise FileUnreadable("cannot open file: it is a symbolic link (links are not "
+                                     "followed)") from None
+            raise FileReplaced(f"{REPLACED}: a symbolic link was put in its place (links are not "
+                               "followed)") from None
+        if expect is not None and e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileReplaced(f"{REPLACED}: it was removed") from None
+        raise FileUnreadable(f"cannot open file: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if expect is not None and FileId.of(st) != expect:
+            raise FileReplaced(_what_changed(expect, FileId.of(st)))
+        if not stat.S_ISREG(st.st_mode):
+            raise FileUnreadable("cannot open file: not a regular file")
+        os.set_blocking(fd, True)
+        return open(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_fd(path: Path, no_links_below: Path | None) -> int:
+    if no_links_below is None:
+        return os.open(path, _OPEN_FLAGS)
+    try:
+        parts = path.relative_to(no_links_below).parts
+    except ValueError:
+        parts = ()
+    if not parts:  # not below it: no link followed at the file itself
+        return os.open(path, _OPEN_FLAGS | _NO_LINK)
+    at = os.open(no_links_below, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                down = os.open(part, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | _NO_LINK, dir_fd=at)
+            except NotADirectoryError:  # what O_DIRECTORY says of a link, even to a folder
+                if stat.S_ISLNK(os.stat(part, dir_fd=at, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
+                raise
+            os.close(at)
+            at = down
+        return os.open(parts[-1], _OPEN_FLAGS | _NO_LINK, dir_fd=at)
+    finally:
+        os.close(at)
+
+
+def _what_changed(was: FileId, now: FileId) -> str:
+    if (now.dev, now.ino) != (was.dev, was.ino):
+        return f"{REPLACED}: another file was put in its place"
+    return f"{REPLACED}: its content changed (written to since it was first read)"
+
+
+def check_unchanged(f: BinaryIO, was: FileId) -> None:
+    """``FileReplaced`` if the open file ``f`` is no longer ``was`` (written to meanwhile)."""
+    now = FileId.of(os.fstat(f.fileno()))
+    if now != was:
+        raise FileReplaced(_what_changed(was, now))
+
+
+def fingerprint(source: Path | BinaryIO, fmt: str) -> Fingerprint:
     """One streaming pass (1 MiB blocks): sha256 of the bytes and, for text formats, the
-    encoding.  Raises ``FileUnreadable`` for an empty file or a text file that looks binary."""
+    encoding.  Raises ``FileUnreadable`` for an empty file or a text file that looks binary,
+    ``FileReplaced`` for one written to while it was read.  ``source``: a path (links
+    followed) or a file opened by ``open_file``, read from its start."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     text = fmt in TEXT_FORMATS
     h = hashlib.sha256()
     sniffer = EncodingSniffer()
     size = 0
+    f = open_file(source, buffering=0) if isinstance(source, Path) else source
     try:
-        f = open(path, "rb", buffering=0)
-    except OSError as e:
-        raise FileUnreadable(f"cannot open file: {e.strerror or e}") from e
-    with f:
+        was = FileId.of(os.fstat(f.fileno()))
         for block in read_blocks(f, _HASH_BLOCK):
             h.update(block)
             size += len(block)
             if text:
                 sniffer.feed(block)
+        check_unchanged(f, was)  # else the hash is of a mix of versions
+    finally:
+        if f is not source:
+            f.close()
     if size == 0:
         raise FileUnreadable("file is empty")
-    return Fingerprint(h.hexdigest(), size, sniffer.finish() if text else None)
+    return Fingerprint(h.hexdigest(), size, sniffer.finish() if text else None, was)
 
 
 def seekable(raw: BinaryIO) -> bool:

@@ -28,10 +28,13 @@ _RATIO_FLOOR = 1 << 20  # below this, a part may compress as well as it likes
 _UNREADABLE = "not a readable .xlsx workbook"
 
 
-def unpacked_size(path: Path) -> int:
-    """The sum of the parts' declared sizes: what a parser would see (0 if it is no zip)."""
+def unpacked_size(source: Path | BinaryIO) -> int:
+    """The sum of the parts' declared sizes: what a parser would see (0 if it is no zip).
+    ``source``: a path, or an open file (read from its start, left open)."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        if not isinstance(source, Path):
+            source.seek(0)
+        with zipfile.ZipFile(source) as zf:
             return sum(p.file_size for p in zf.infolist())
     except (OSError, EOFError, ValueError, zipfile.BadZipFile):
         return 0  # the reader says what is wrong with it
