@@ -182,10 +182,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from dialer.clock import SystemClock
     from dialer.intake.files import FileIngestor
+    from dialer.intake.inbox_names import shown
 
     s = _settings(args)
     logs.setup(s.log_format, "warning")
     path = _input_file(args.file)
+    name = shown(path.name)  # its bytes that are not UTF-8 as \xNN
     target = args.target or s.default_target
     if target not in s.targets:
         known = ", ".join(sorted(s.targets))
@@ -201,18 +203,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("rows"), TimeElapsedColumn(), console=console, transient=False,
             ) as progress:
-                task = progress.add_task(f"ingesting {path.name}", total=None)
+                task = progress.add_task(f"ingesting {name}", total=None)
                 outcome = await ing.ingest(
                     path, target, source="cli", on_progress=lambda n: progress.advance(task, n),
                     follow_links=True,
                 )
         else:
-            lines = _Lines(f"ingesting {path.name}", "rows")
+            lines = _Lines(f"ingesting {name}", "rows")
             outcome = await ing.ingest(path, target, source="cli", on_progress=lines.advance,
                                        follow_links=True)
             lines.finish()
         if outcome.kind == "failed":
-            print(f"error: {path.name}: {outcome.error}", file=sys.stderr)
+            print(f"error: {name}: {outcome.error}", file=sys.stderr)
             return 1
         if outcome.kind == "busy":
             print("error: another process is ingesting this file right now", file=sys.stderr)
@@ -230,7 +232,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             sys.stdout.write(report_path.read_text())
             report_path.unlink()
         if outcome.kind == "cancelled":  # by a user, while it was read: the report says how far
-            print(f"error: {path.name}: batch {outcome.batch_id} was cancelled while the file was "
+            print(f"error: {name}: batch {outcome.batch_id} was cancelled while the file was "
                   "being received; none of its leads is dialed", file=sys.stderr)
             return 1
         return 0

@@ -50,19 +50,30 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STD and not k.startswith("_")}
 
 
+def _text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a file name's byte that is not UTF-8 (a lone surrogate
+    to Python, which no encoder takes: the line would be lost) shown as ``\\xNN``."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": scrub(record.getMessage()),
+            "msg": scrub(_text(record.getMessage())),
         }
         for k, v in _extras(record).items():
-            out[k] = scrub(v) if isinstance(v, str) else v
+            out[k] = scrub(_text(v)) if isinstance(v, str) else v
         if record.exc_info:
-            out["exc"] = scrub(self.formatException(record.exc_info))
-        return orjson.dumps(out, default=str).decode()
+            out["exc"] = scrub(_text(self.formatException(record.exc_info)))
+        return orjson.dumps(out, default=lambda v: _text(str(v))).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -74,7 +85,7 @@ class ConsoleFormatter(logging.Formatter):
             line += f"  [{extra}]"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return scrub(line)
+        return scrub(_text(line))
 
 
 def setup(fmt: str | None, level: str = "info") -> None:

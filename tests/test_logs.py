@@ -1,13 +1,16 @@
-"""Log scrubbing: phone numbers masked wherever they appear, dates left alone."""
+"""Log scrubbing: phone numbers masked wherever they appear, dates left alone; file names that
+are not UTF-8 shown, never a lost line."""
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import orjson
 import pytest
 
-from dialer.logs import JsonFormatter, scrub
+from dialer.logs import ConsoleFormatter, JsonFormatter, scrub
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -39,3 +42,19 @@ def test_a_json_line_masks_the_number_and_keeps_the_day_folder() -> None:
     record.path = "processed/2026-12-07/4155550100.csv"
     out = orjson.loads(JsonFormatter().format(record))
     assert out["path"] == "processed/2026-12-07/4155***0100.csv"
+
+
+def test_a_file_name_that_is_not_utf8_is_logged_with_its_bytes_shown_not_lost() -> None:
+    """A Linux name is bytes; one that is not UTF-8 reaches a log record with lone surrogates,
+    which no encoder takes: the line would be dropped (a 'Logging error' instead)."""
+    name = os.fsdecode(b"processed/2026-12-07/caf\xe9.csv")
+    record = logging.LogRecord("dialer.intake.inbox", logging.WARNING, __file__, 1,
+                               "could not file %s", (name,), None)
+    record.path = name
+    record.where = Path(name)
+    out = orjson.loads(JsonFormatter().format(record))
+    assert out["msg"] == "could not file processed/2026-12-07/caf\\xe9.csv"
+    assert out["path"] == out["where"] == "processed/2026-12-07/caf\\xe9.csv"
+    assert ConsoleFormatter().format(record).encode().endswith(
+        b"could not file processed/2026-12-07/caf\\xe9.csv  [path=processed/2026-12-07/caf\\xe9.csv "
+        b"where=processed/2026-12-07/caf\\xe9.csv]")

@@ -33,7 +33,7 @@ import anyio
 from dialer import metrics
 from dialer.errors import FileUnreadable
 from dialer.intake.files import n_rows
-from dialer.intake.inbox_names import RESERVED
+from dialer.intake.inbox_names import RESERVED, shown
 from dialer.intake.readers import FileId, open_file
 from dialer.intake.readers.text import read_blocks
 
@@ -100,7 +100,7 @@ class CutOff:
 
     def _gone(self, row: Any) -> str | None:
         """Why ``row``'s ingest can never resume; None if it still may (or we cannot tell)."""
-        path, read = Path(row["path"]), n_rows(row["rows_read"])
+        path, read = _path(row), n_rows(row["rows_read"])
         if path.parent == self.uploads:
             return (f"the upload of {row['name']} was cut off before its ingest finished: the "
                     f"{read} of it read so far are not dialed; upload the file again to dial its leads")
@@ -148,7 +148,8 @@ class CutOff:
         async def note() -> Path | None:
             if not inbox:  # an upload: the console shows the batch's error
                 return None
-            _, written = await self.inbox.failed_note(row["name"], (
+            # named as the file was (its own bytes), said as its name is shown
+            _, written = await self.inbox.failed_note(_path(row).name, (
                 f"{row['name']}: {error}\ntarget: {row['target']}\nbatch: {row['batch_id']} (failed)\n"))
             return written
 
@@ -158,14 +159,14 @@ class CutOff:
             metrics.current().inbox_file(row["target"], "failed")
         else:  # the cut-off upload's own copy, which nothing will read
             with contextlib.suppress(OSError):
-                await anyio.Path(row["path"]).unlink()
+                await anyio.Path(_path(row)).unlink()
         log.warning("cut-off ingest abandoned: its file is gone", extra={
             "file": row["name"], "target": row["target"], "batch_id": str(row["batch_id"]),
             "rows_read": row["rows_read"], "error": error})
         return True
 
     def _in_inbox(self, row: Any) -> bool:
-        return self._inbox_name(Path(row["path"])) is not None
+        return self._inbox_name(_path(row)) is not None
 
     def _inbox_name(self, path: Path) -> str | None:
         """``path`` as the inbox names it (``x.csv``, ``sales/x.csv``) if the scan takes files
@@ -175,4 +176,9 @@ class CutOff:
         except ValueError:
             return None
         ok = len(rel.parts) == 1 or (len(rel.parts) == 2 and rel.parts[0] not in RESERVED)
-        return str(rel) if ok else None
+        return shown(rel) if ok else None
+
+
+def _path(row: Any) -> Path:
+    """Where a ``cut_off`` row's file was taken from (stored as its bytes)."""
+    return Path(os.fsdecode(row["path"]))

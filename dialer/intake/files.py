@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.errors import FileReplaced, FileUnreadable
 from dialer.intake import batches, streams
+from dialer.intake.inbox_names import shown
 from dialer.intake.pipeline import ParseJob, chunks_from_process, chunks_from_thread
 from dialer.intake.readers import FileId, Fingerprint, detect_format, fingerprint, open_file, unpacked_size
 from dialer.store.queries import Q
@@ -103,11 +105,11 @@ class FileIngestor:
         ``follow_links`` (a path a user gave ``dialer ingest``: theirs to point anywhere):
         neither at ``path`` nor, for an inbox file, in the inbox's folders (a target folder
         swapped for a link)."""
-        name = name or path.name
+        name = name or shown(path.name)
         out = FileOutcome(kind="failed", name=name, target=target)
         if target not in self.settings.targets:
             out.error = (
-                f"unknown target {target!r}; configured targets: "
+                f"unknown target '{shown(target)}'; configured targets: "
                 f"{', '.join(sorted(self.settings.targets))}"
             )
             return out
@@ -169,7 +171,7 @@ class FileIngestor:
         if row is not None and row["state"] in ("ingested", "filed"):
             out.batch_id = row["batch_id"]
             first = await conn.fetchrow(Q.batch_get, row["batch_id"])
-            if row["state"] == "ingested" and row["path"] == str(path):
+            if row["state"] == "ingested" and row["path"] == os.fsencode(path):
                 # finalised (or found cancelled) before a crash, not yet filed: finish the job
                 cancelled = first is not None and batches.cancelled_while_receiving(first)
                 out.kind = "cancelled" if cancelled else "ingested"
@@ -182,7 +184,7 @@ class FileIngestor:
                 "file": row["name"],
                 "target": row["target"],
                 "received_at": row["created_at"].isoformat(),
-                "filed_path": row["filed_path"],
+                "filed_path": row["filed_path"] and shown(os.fsdecode(row["filed_path"])),
                 "counts": dict(first["counts"]) if first else {},
             }
             return out
@@ -197,7 +199,7 @@ class FileIngestor:
                 skip = batch["rows_read"]
                 # where the content is now (renamed in the inbox, say): what a later check
                 # for a file gone looks at, should this ingest be cut off again
-                await conn.execute(Q.inbox_file_resumed, fp.sha256, str(path), out.name)
+                await conn.execute(Q.inbox_file_resumed, fp.sha256, os.fsencode(path), out.name)
                 log.info("resuming %s at row %d (batch %s)", out.name, skip, batch_id)
             else:
                 cut_off = batch if batch is not None and batch["state"] == "receiving" else None
@@ -214,7 +216,7 @@ class FileIngestor:
                     sha256=fp.sha256,
                 )
                 await conn.execute(
-                    Q.inbox_file_insert, fp.sha256, batch_id, out.name, target, str(path),
+                    Q.inbox_file_insert, fp.sha256, batch_id, out.name, target, os.fsencode(path),
                     fp.size,
                 )
         out.batch_id = batch_id
@@ -308,7 +310,7 @@ class FileIngestor:
                 sha256=fp.sha256,
             )
             await conn.execute(
-                Q.inbox_file_restart, fp.sha256, batch_id, out.name, out.target, str(path),
+                Q.inbox_file_restart, fp.sha256, batch_id, out.name, out.target, os.fsencode(path),
                 fp.size,
             )
             if cut_off is not None and not await batches.fail_batch(
@@ -326,7 +328,7 @@ class FileIngestor:
         its batch still receiving rows; ``path``: only those taken from there. Some may be
         being read right now (``abandon`` tells)."""
         async with self.pool.acquire() as conn:
-            return list(await conn.fetch(Q.inbox_files_cut_off, None if path is None else str(path)))
+            return list(await conn.fetch(Q.inbox_files_cut_off, None if path is None else os.fsencode(path)))
 
     async def abandon(self, row: asyncpg.Record, error: str,
                       note: Callable[[], Awaitable[Path | None]]) -> bool:
@@ -350,7 +352,7 @@ class FileIngestor:
                         now = self.clock.now()
                         await batches.fail_batch(conn, row["batch_id"], error, now)
                         await conn.execute(Q.inbox_file_state, sha, "failed",
-                                           None if written is None else str(written), now)
+                                           None if written is None else os.fsencode(written), now)
                 except BaseException:
                     if written is not None:
                         with contextlib.suppress(OSError):
@@ -362,12 +364,12 @@ class FileIngestor:
 
     async def mark_filed(self, sha256: str, filed_path: Path) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(Q.inbox_file_state, sha256, "filed", str(filed_path),
+            await conn.execute(Q.inbox_file_state, sha256, "filed", os.fsencode(filed_path),
                                self.clock.now())
 
     async def mark_failed(self, sha256: str, filed_path: Path) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(Q.inbox_file_state, sha256, "failed", str(filed_path),
+            await conn.execute(Q.inbox_file_state, sha256, "failed", os.fsencode(filed_path),
                                self.clock.now())
 
     async def write_report(self, outcome: FileOutcome, dest: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ again; one whose file is gone never can (``cut_off``).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import os
@@ -32,7 +33,7 @@ from dialer.clock import Clock
 from dialer.config import Settings
 from dialer.intake.cut_off import CutOff
 from dialer.intake.files import FileIngestor, FileOutcome
-from dialer.intake.inbox_names import RESERVED, ignored
+from dialer.intake.inbox_names import RESERVED, ignored, shown
 from dialer.intake.readers import FileId
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,18 @@ _EXT_BYTES = 16  # a longer "extension" is part of the name, cut like the rest
 
 
 def fit_name(name: str, limit: int) -> str:
-    """``name`` in at most ``limit`` bytes of UTF-8: the stem cut on a character boundary,
-    the extension kept (file systems count a name's bytes, not its characters)."""
-    if len(name.encode()) <= limit:
+    """``name`` in at most ``limit`` bytes: the stem cut on a character boundary, the
+    extension kept (file systems count a name's bytes, not its characters; a name's bytes
+    that are not UTF-8 stay as they are)."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
         return name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext.encode()) + 1 > min(_EXT_BYTES, limit - 1):
-        stem, dot, ext = name, "", ""
-    room = limit - len(dot.encode()) - len(ext.encode())
-    return stem.encode()[:room].decode(errors="ignore") + dot + ext
+    stem, dot, ext = raw.rpartition(b".")
+    if not dot or not stem or len(ext) + 1 > min(_EXT_BYTES, limit - 1):
+        stem, dot, ext = raw, b"", b""
+    cut = stem[:limit - len(dot) - len(ext)]
+    _, whole = codecs.utf_8_decode(cut, "surrogateescape", False)  # a character cut short: dropped
+    return os.fsdecode(cut[:whole] + dot + ext)
 
 
 def name_max(directory: Path) -> int:
@@ -201,7 +205,7 @@ class Inbox:
         log.warning(
             "inbox file will be retried",
             exc_info=exc,
-            extra={"file": path.name, "target": target, "attempt": tries, "retry_in_s": delay},
+            extra={"file": shown(path.name), "target": shown(target), "attempt": tries, "retry_in_s": delay},
         )
 
     # -- one file ----------------------------------------------------------------
@@ -210,7 +214,7 @@ class Inbox:
         taken = _identity(path)
         try:
             if taken is None:  # removed since the scan
-                outcome = FileOutcome(kind="replaced", name=path.name, target=target)
+                outcome = FileOutcome(kind="replaced", name=shown(path.name), target=target)
             else:
                 outcome = await self.ingestor.ingest(path, target, source="inbox", seen=taken)
             if outcome.sha256 and outcome.kind != "busy":
@@ -226,19 +230,19 @@ class Inbox:
             return
         if outcome.kind == "replaced":  # nothing read: what is there now settles as a new drop
             log.info("inbox file changed or replaced before it was read; looked at again at the "
-                     "next scan", extra={"file": path.name, "error": outcome.error})
+                     "next scan", extra={"file": outcome.name, "error": outcome.error})
             return
         # a file put in its place (or deleted) while it was read is not the one read: it
         # stays (a new drop, taken at a later scan); the report still goes where it would
         gone = taken is not None and _identity(path) != taken
         if gone:
             log.warning("inbox file was replaced or removed while it was read; a file now in its "
-                        "place is taken as a new drop", extra={"file": path.name})
+                        "place is taken as a new drop", extra={"file": outcome.name})
         metrics.current().inbox_file(outcome.target, outcome.kind)
         if outcome.kind == "failed":
             dest, _ = await self.failed_note(path.name, (
-                f"{path.name}: {outcome.error}\n"
-                f"target: {outcome.target}\n"
+                f"{outcome.name}: {outcome.error}\n"
+                f"target: {shown(outcome.target)}\n"
                 "Nothing from this file was ingested. Fix it and drop it into the inbox again.\n"
             ))
             if not gone:
@@ -246,7 +250,7 @@ class Inbox:
             if outcome.sha256 and outcome.batch_id:
                 with contextlib.suppress(Exception):
                     await self.ingestor.mark_failed(outcome.sha256, dest)
-            log.warning("inbox file failed", extra={"file": path.name, "error": outcome.error})
+            log.warning("inbox file failed", extra={"file": outcome.name, "error": outcome.error})
             return
         day = self.clock.now().astimezone().date().isoformat()
         dest_dir = self.root / "processed" / day
@@ -261,7 +265,7 @@ class Inbox:
                 self.on_ingested()
         log.info(
             "inbox file %s", outcome.kind,
-            extra={"file": path.name, "batch_id": str(outcome.batch_id), **outcome.counts},
+            extra={"file": outcome.name, "batch_id": str(outcome.batch_id), **outcome.counts},
         )
 
     async def failed_note(self, name: str, text: str) -> tuple[Path, Path]:
@@ -285,12 +289,12 @@ class Inbox:
             to = os.readlink(path)
         except OSError:  # gone, or no longer a link, since the scan
             return
-        name, to = _shown(path.name), _shown(to)
-        where = "the inbox" if path.parent == self.root else f"the inbox's {_shown(path.parent.name)}/ folder"
+        name, to = shown(path.name), shown(to)
+        where = "the inbox" if path.parent == self.root else f"the inbox's {shown(path.parent.name)}/ folder"
         dest, note = await self.failed_note(path.name, (
             f"{name} is a symbolic link (to {to}); the inbox does not follow links: move or copy "
             f"the file itself into {where}.\n"
-            f"target: {_shown(target)}\n"
+            f"target: {shown(target)}\n"
             "Nothing was read through the link and the file it points to was not touched: the "
             "link itself was moved here.\n"
         ))
@@ -312,7 +316,8 @@ class Inbox:
             return
         metrics.current().inbox_file(target, "failed")
         log.warning("inbox symbolic link not followed: moved to failed/",
-                    extra={"file": name, "link_to": to, "target": target, "moved_to": dest.name})
+                    extra={"file": name, "link_to": to, "target": shown(target),
+                           "moved_to": shown(dest.name)})
 
     # -- the loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -360,11 +365,6 @@ class Inbox:
                 self._wake.set()
         finally:
             ino.close()
-
-
-def _shown(name: str) -> str:
-    """``name`` as text a note can hold: bytes that are not UTF-8 shown as ``\\xNN``."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _identity(path: Path) -> FileId | None:

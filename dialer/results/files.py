@@ -17,6 +17,7 @@ import contextlib
 import csv
 import io
 import logging
+import os
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ import anyio
 import asyncpg
 
 from dialer.clock import Clock
+from dialer.intake.inbox_names import shown
 from dialer.lifecycle import moves, number_report, observe
 from dialer.lifecycle.observe import Ended
 from dialer.results.cells import csv_text
@@ -99,7 +101,7 @@ async def write_owed_results(conn: asyncpg.Connection, batch_id: uuid.UUID, now:
         owed = await conn.fetchrow(Q.results_file_owed, batch_id, now)
         if owed is None:
             return None  # written meanwhile, or waiting out its backoff
-        filed = Path(owed["filed_path"])
+        filed = Path(os.fsdecode(owed["filed_path"]))  # its bytes: a name may not be UTF-8
         dest = filed.with_name(filed.name + ".results.csv")
         try:
             # a savepoint: a statement that fails on this batch's rows is undone, while the
@@ -120,7 +122,7 @@ async def write_owed_results(conn: asyncpg.Connection, batch_id: uuid.UUID, now:
                         extra={"batch_id": str(batch_id), "path": str(dest), "error": str(e),
                                "attempt": attempts, "retry_in_s": wait.total_seconds()})
             return None
-        await conn.execute(Q.results_file_written, batch_id, str(dest))
+        await conn.execute(Q.results_file_written, batch_id, shown(dest))  # for people: text
     if owed["results_attempts"]:
         log.info("results file written after earlier failures", extra={
             "batch_id": str(batch_id), "path": str(dest), "attempt": owed["results_attempts"] + 1})

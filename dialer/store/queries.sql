@@ -301,7 +301,7 @@ UPDATE inbox_files SET path = $2, name = $3 WHERE sha256 = $1
 -- Few rows, read through the partial index of migration 0022.
 SELECT f.sha256, f.batch_id, f.name, f.target, f.path, f.size, b.source, b.rows_read
 FROM inbox_files f JOIN batches b ON b.id = f.batch_id
-WHERE f.state = 'ingesting' AND ($1::text IS NULL OR f.path = $1) AND b.state = 'receiving'
+WHERE f.state = 'ingesting' AND ($1::bytea IS NULL OR f.path = $1) AND b.state = 'receiving'
 ORDER BY f.created_at
 
 -- name: inbox_file_still_cut_off

@@ -216,7 +216,7 @@ async def test_a_batch_cancelled_after_its_last_chunk_is_never_finalised(
         b = await conn.fetchrow("SELECT state, ingested_at FROM batches WHERE id = $1", bid)
         f = await conn.fetchrow("SELECT state, filed_path FROM inbox_files")
     assert (b["state"], b["ingested_at"]) == ("cancelled", None)
-    assert f["state"] == "filed" and f["filed_path"].endswith("/all.csv")
+    assert f["state"] == "filed" and f["filed_path"].endswith(b"/all.csv")
     assert await calls_by_batch(pool) == {str(bid): read_so_far(ROWS)}
 
 

@@ -7,6 +7,7 @@ good, its rows read never dialed."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ async def cut_off(settings: Settings, pool: asyncpg.Pool, db_url: str, clock: Fa
     await await_for(sessions_gone, 30, "the cut-off sessions to end")
     async with pool.acquire() as conn:
         batch = await conn.fetchrow("SELECT b.* FROM batches b JOIN inbox_files f ON f.batch_id = b.id "
-                                    "WHERE f.path = $1", str(path))
+                                    "WHERE f.path = $1", os.fsencode(path))
     assert batch["state"] == "receiving" and 0 < batch["rows_read"] < ROWS
     return batch
 
@@ -139,7 +140,8 @@ async def test_a_file_removed_after_its_ingest_was_cut_off_ends_failed_with_a_no
     async with pool.acquire() as conn:
         f = await conn.fetchrow("SELECT state, filed_path FROM inbox_files")
         assert await conn.fetchval("SELECT count(*) FROM batches WHERE state = 'receiving'") == 0
-    assert dict(f) == {"state": "failed", "filed_path": str(cut_settings.inbox / "failed" / "gone.csv.error.txt")}
+    assert dict(f) == {"state": "failed",
+                       "filed_path": os.fsencode(cut_settings.inbox / "failed" / "gone.csv.error.txt")}
     # dropped again, it is ingested whole, as a batch of its own
     drop_leads(cut_settings, "gone.csv", HEADER + csv_rows(ROWS), target="renewals")
     assert await settle_and_scan(box, clock) == 1
