@@ -339,6 +339,7 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
 
     from dialer.clock import SystemClock
     from dialer.intake import dnc
+    from dialer.intake.inbox_names import shown
 
     s = _settings(args)
     logs.setup(s.log_format, "warning")
@@ -351,17 +352,17 @@ def cmd_dnc_import(args: argparse.Namespace) -> int:
     async def go(pool: Any) -> int:
         async def run(on_progress: Callable[[int], None]) -> Any:
             return await dnc.import_file(
-                pool, path, region=region, source=args.source or path.name, now=SystemClock().now(),
+                pool, path, region=region, source=shown(args.source or path.name), now=SystemClock().now(),
                 targets=s.targets, default_expiry=expiry, on_progress=on_progress,
             )
 
         if console.is_terminal or args.progress:
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                           TimeElapsedColumn(), console=console) as progress:
-                task = progress.add_task(f"importing {path.name}", total=size)
+                task = progress.add_task(f"importing {shown(path.name)}", total=size)
                 report = await run(lambda done: progress.update(task, completed=done))
         else:
-            lines = _Lines(f"importing {path.name}", "bytes")
+            lines = _Lines(f"importing {shown(path.name)}", "bytes")
             report = await run(lines.update)
             lines.finish()
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import asyncpg
 import pytest
 from prometheus_client import generate_latest
@@ -24,6 +25,7 @@ from dialer.lifecycle import moves
 from dialer.logs import JsonFormatter
 from dialer.results.files import Completion
 from tests.intake.test_cut_off import batch_of, cut_off
+from tests.intake.test_finalise_limits import dialer
 from tests.intake.test_inbox import settle_and_scan
 from tests.intake.test_streams import HEADER, csv_rows
 
@@ -169,3 +171,16 @@ async def test_a_cut_off_ingest_of_a_file_named_so_whose_file_is_removed_ends_fa
     assert listed(failed) == [b"caf\xe9.csv.error.txt"]
     with open(os.fsencode(failed) + b"/caf\xe9.csv.error.txt", "rb") as f:
         assert f.read().decode().startswith(f"caf\\xe9.csv: {b['error']}\ntarget: sales\n")
+
+
+async def test_a_dnc_file_typed_for_dialer_dnc_import_in_bytes_that_are_not_utf8_is_imported(
+        pool: asyncpg.Pool, db_url: str, tmp_path: Path) -> None:
+    """The list's ``source`` is the file's name by default: shown with ``\\xNN``, not a traceback."""
+    path = os.fsencode(tmp_path) + b"/registre-\xe9t\xe9.txt"
+    with open(path, "wb") as f:
+        f.write(b"+14155550100\n+14155550101\n")
+    r = await anyio.to_thread.run_sync(lambda: dialer(["dnc", "import", os.fsdecode(path)], db_url, tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["added"] == 2
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT array_agg(DISTINCT source) FROM dnc") == ["registre-\\xe9t\\xe9.txt"]
