@@ -2,7 +2,8 @@
 
 Each target's figures (``results/figures.py``: its open batches and those of the last
 24 hours) cost a pass over those calls, so they are read at most every ``every_s``; the
-exhaustion estimate is two index counts and is read at every refresh. A failed read keeps
+exhaustion estimate is two index counts and is read at every refresh (a scrape waits for
+them a bounded time: ``Metrics._slow_reads``). A failed read keeps
 the last numbers (and logs): the figures never fail a scrape. A figure that cannot be told
 (a rate with nothing to divide by, an exhaustion with no pace) has no sample.
 """

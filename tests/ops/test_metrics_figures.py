@@ -3,11 +3,18 @@ read at scrape time (labels bounded: target and hour of day)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import anyio
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dialer import metrics
 from dialer.http.app import create_app
 from dialer.http.context import AppContext
+from dialer.results import figures
+from tests.conftest import await_for
 from tests.results.test_figures import Campaign, campaign  # noqa: F401 (a fixture)
 
 
@@ -49,3 +56,42 @@ async def test_a_figure_that_cannot_be_told_has_no_sample(campaign: Campaign) ->
         got = samples((await c.get("/metrics")).text, "dialer_target_")
     assert ("dialer_target_exhaustion_seconds", (("target", "sales"),)) not in got
     assert got[("dialer_target_remaining_calls", (("target", "sales"),))] == 4
+
+
+async def test_a_slow_figures_read_never_holds_a_scrape_past_its_wait(
+        campaign: Campaign, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """With millions of calls waiting, the figures' pass over them takes seconds: a scrape
+    answers with the last readings after ``slow_wait_s`` while the read goes on (one at a
+    time), and a later scrape shows what it read. The read is held here by a gate."""
+    st = campaign.st
+    ctx = AppContext(settings=st.settings, pool=st.pool, clock=campaign.clock)
+    m = metrics.for_context(ctx)
+    m.min_refresh_s = 0
+    app = create_app(ctx)
+    gate, reads = anyio.Event(), []
+    real = figures.target_exhaustion
+
+    async def held(*args: Any) -> figures.Exhaustion:
+        reads.append(args)
+        await gate.wait()
+        return await real(*args)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        remaining = ("dialer_target_remaining_calls", (("target", "sales"),))
+        assert samples((await c.get("/metrics")).text, "dialer_target_")[remaining] == 4
+        monkeypatch.setattr(figures, "target_exhaustion", held)
+        m.slow_wait_s = 0.2
+        async with st.pool.acquire() as conn:  # one waiting call fewer, not yet read
+            await conn.execute("UPDATE calls SET state = 'cancelled', ended_at = now() WHERE id = "
+                               "(SELECT min(id) FROM calls WHERE target = 'sales' AND state = 'pending')")
+        for _ in range(2):
+            with anyio.fail_after(30):  # a hang guard, not a measurement
+                got = samples((await c.get("/metrics")).text, "dialer_target_")
+            assert got[remaining] == 4  # the last reading
+        assert len(reads) == 1  # the second scrape did not start a read of its own
+        gate.set()
+
+        async def read_anew() -> bool:
+            return samples((await c.get("/metrics")).text, "dialer_target_")[remaining] == 3
+
+        await await_for(read_anew, 30, "a scrape to show the read that was held")

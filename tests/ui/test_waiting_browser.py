@@ -143,8 +143,13 @@ def test_the_console_shows_why_each_target_waits(waiting_daemon: tuple[DaemonPro
     later_opens = bodies["later"]["held"]["campaign_window"][1]
     assert later_opens is not None and later_opens > datetime.now(UTC) + timedelta(hours=23)
 
-    # the metric: its first reading is now, after everything settled (it is reused for 30 s)
-    text = httpx.get(daemon.url + "/metrics", timeout=10).text
+    # the metric: its first reading is now, after everything settled (it is reused for 30 s);
+    # a scrape waits for it a bounded time, then a later one shows it
+    def scraped(_: Any) -> str | None:
+        text = httpx.get(daemon.url + "/metrics", timeout=10).text
+        return text if metric(text, "sales", "ready") is not None else None
+
+    text = until(d, scraped, 15, "a scrape with the waiting calls")
     for target, want in expected.items():
         for reason in ("ready", "pacing", "paused", "calling_hours", "rate_budget", "breaker", "holiday",
                        "campaign_window", "expired_soon"):
