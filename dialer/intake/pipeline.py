@@ -29,7 +29,14 @@ from anyio.streams.memory import MemoryObjectSendStream
 from dialer.errors import DialerError, FileUnreadable
 from dialer.intake.columns import ColumnMap
 from dialer.intake.leads import LeadEncoder, TargetRules
-from dialer.intake.readers import FileId, RowBlock, check_unchanged, open_file, open_reader
+from dialer.intake.readers import (
+    FileId,
+    RowBlock,
+    check_still_named,
+    check_unchanged,
+    open_file,
+    open_reader,
+)
 
 T = TypeVar("T")
 
@@ -61,7 +68,7 @@ class ParseJob:
     # wait for chunk_rows rows to be parsed; sizes grow fourfold to chunk_rows.
     first_chunk_rows: int = 1_000
     # The file fingerprinted: a path is read only if it still names that very file,
-    # unchanged, and each chunk is handed on only while it is (else ``FileReplaced``).
+    # unchanged, and each chunk is handed on only while it does (else ``FileReplaced``).
     file: FileId | None = None
     # ``open_file``'s: no symbolic link followed from this folder down; None: followed
     no_links_below: Path | None = None
@@ -73,7 +80,10 @@ def iter_chunks(source: Path | BinaryIO, job: ParseJob) -> Generator[Chunk, None
         return
     with open_file(source, no_links_below=job.no_links_below, expect=job.file) as raw:
         for chunk in _chunks(raw, job):
-            check_unchanged(raw, job.file)  # the closing marker too: once the whole file is read
+            # the closing marker too: once the whole file is read, before the finalise
+            check_unchanged(raw, job.file)
+            # renamed over or removed: the open file reads on, unchanged, but is not the drop
+            check_still_named(raw, source, no_links_below=job.no_links_below)
             yield chunk
 
 

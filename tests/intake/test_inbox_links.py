@@ -374,3 +374,58 @@ async def test_a_link_named_on_the_command_line_is_followed_one_uploaded_is_not(
     await nothing_ingested(pool)
     typed = await ingestor.ingest(ln, "sales", source="cli", follow_links=True)  # `dialer ingest leads.csv`
     assert typed.kind == "ingested" and typed.counts["accepted"] == 2
+
+
+@pytest.mark.parametrize("reader", ["thread", "process"])
+@pytest.mark.parametrize("how", ["mv", "rm"])
+async def test_a_file_renamed_over_or_removed_while_it_is_parsed_fails_and_none_of_it_is_dialed(
+        make_settings: Any, pool: asyncpg.Pool, clock: FakeClock, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, reader: str, how: str) -> None:
+    """The reader's open file reads on unchanged (its inode is only unlinked), yet it is no
+    longer the file dropped there: its batch fails, and what is in its place is a drop of its
+    own (`mv other.csv inbox/w4.csv`, `rm inbox/w4.csv` while it is read)."""
+    settings = make_settings(settle_s=0.2, inbox_poll_s=0.05, ingest_commit_rows=100)
+    inbox = Inbox(settings, FileIngestor(pool, settings, clock), clock)
+    inbox.ensure_dirs()
+    if reader == "process":
+        monkeypatch.setattr(files, "PROCESS_THRESHOLD_BYTES", 0)
+    rows = [f"+1415555{i:04d}" for i in range(3000)]  # 30 chunks: the reader is far from its end
+    path = drop(inbox, "w4.csv", "number\n" + "\n".join(rows) + "\n")
+    newer = tmp_path / "newer.csv"
+    newer.write_text(OTHER)
+    name = "chunks_from_process" if reader == "process" else "chunks_from_thread"
+    real = getattr(files, name)
+
+    async def swapped_after_the_first_chunk(*args: Any, **kwargs: Any) -> Any:
+        n = 0
+        async for chunk in real(*args, **kwargs):
+            n += 1
+            if n == 1:  # the process reader is at most a few chunks ahead (a bounded queue)
+                if how == "mv":
+                    os.replace(newer, path)
+                else:
+                    path.unlink()
+            yield chunk
+
+    monkeypatch.setattr(files, name, swapped_after_the_first_chunk)
+    assert await settle_and_scan(inbox, clock) == 1
+    why = "the file was replaced while it was read: " + (
+        "another file was put in its place" if how == "mv" else "it was removed")
+    assert (inbox.root / "failed" / "w4.csv.error.txt").read_text() == (
+        f"w4.csv: {why}\ntarget: sales\n"
+        "Nothing from this file was ingested. Fix it and drop it into the inbox again.\n")
+    async with pool.acquire() as conn:
+        assert [tuple(r) for r in await conn.fetch("SELECT state, error FROM batches")] == [("failed", why)]
+    assert await numbers(pool) == set()  # the rows read are dropped
+    assert sorted(p.name for p in (inbox.root / "failed").iterdir()) == ["w4.csv.error.txt"]
+    monkeypatch.setattr(files, name, real)
+    if how == "rm":
+        assert not os.path.lexists(path)
+        assert await settle_and_scan(inbox, clock) == 0
+        return
+    assert path.read_text() == OTHER  # what is there now was not read: it stays, a drop
+    assert await settle_and_scan(inbox, clock) == 1
+    assert report(inbox, "w4.csv")["counts"]["accepted"] == 1
+    assert await numbers(pool) == {"+14155550199"}
+    async with pool.acquire() as conn:
+        assert sorted(r["state"] for r in await conn.fetch("SELECT state FROM batches")) == ["failed", "ingested"]

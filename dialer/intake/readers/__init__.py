@@ -49,6 +49,7 @@ from dialer.intake.readers.common import (
 from dialer.intake.readers.csvfile import CsvReader
 from dialer.intake.readers.jsonfile import JsonReader, NdjsonReader
 from dialer.intake.readers.text import (
+    check_still_named,
     check_unchanged,
     decide_encoding,
     fingerprint,
@@ -66,6 +67,7 @@ __all__ = [
     "RawRow",
     "RowBlock",
     "RowReader",
+    "check_still_named",
     "check_unchanged",
     "detect_format",
     "fingerprint",

@@ -6,8 +6,9 @@ memory (it is skipped block by block and stands as one ``None``).
 
 A file is fingerprinted through one open, and parsed through another (often in a child
 process): the parse reads it only if its own open finds the very file fingerprinted,
-unchanged, and fails if it changes while read (``FileId``; ``open_file``'s ``expect``,
-``check_unchanged``). The bytes parsed are the bytes whose sha256 names the batch.
+unchanged, and fails if it changes while read, or if its path names another file or none
+(``FileId``; ``open_file``'s ``expect``, ``check_unchanged``, ``check_still_named``). The
+bytes parsed are the bytes whose sha256 names the batch.
 """
 
 from __future__ import annotations
@@ -141,12 +142,25 @@ def open_file(path: Path, *, no_links_below: Path | None = None, expect: FileId 
 def _open_fd(path: Path, no_links_below: Path | None) -> int:
     if no_links_below is None:
         return os.open(path, _OPEN_FLAGS)
+    at, name = _folder_fd(path, no_links_below)
+    if at is None:  # not below it: no link followed at the file itself
+        return os.open(path, _OPEN_FLAGS | _NO_LINK)
+    try:
+        return os.open(name, _OPEN_FLAGS | _NO_LINK, dir_fd=at)
+    finally:
+        os.close(at)
+
+
+def _folder_fd(path: Path, no_links_below: Path) -> tuple[int | None, str]:
+    """The folder holding ``path``, opened from ``no_links_below`` down without following a
+    link (ELOOP if one is on the way), and the file's name in it; None if ``path`` is not
+    below ``no_links_below``."""
     try:
         parts = path.relative_to(no_links_below).parts
     except ValueError:
         parts = ()
-    if not parts:  # not below it: no link followed at the file itself
-        return os.open(path, _OPEN_FLAGS | _NO_LINK)
+    if not parts:
+        return None, str(path)
     at = os.open(no_links_below, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
     try:
         for part in parts[:-1]:
@@ -158,9 +172,39 @@ def _open_fd(path: Path, no_links_below: Path | None) -> int:
                 raise
             os.close(at)
             at = down
-        return os.open(parts[-1], _OPEN_FLAGS | _NO_LINK, dir_fd=at)
-    finally:
+    except BaseException:
         os.close(at)
+        raise
+    return at, parts[-1]
+
+
+def check_still_named(f: BinaryIO, path: Path, *, no_links_below: Path | None) -> None:
+    """``FileReplaced`` unless ``path`` still names the open file ``f``: one renamed over or
+    removed while it is read reads on unchanged through ``f``, yet it is no longer the file
+    dropped there (``open_file``'s ``no_links_below``: how ``path`` is looked up)."""
+    fst = os.fstat(f.fileno())
+    try:
+        if no_links_below is None:
+            st = os.stat(path)
+        else:
+            at, name = _folder_fd(path, no_links_below)
+            try:
+                st = os.stat(name, dir_fd=at, follow_symlinks=False)
+            finally:
+                if at is not None:
+                    os.close(at)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FileReplaced(f"{REPLACED}: a symbolic link was put in its place (links are not "
+                               "followed)") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileReplaced(f"{REPLACED}: it was removed") from None
+        raise FileUnreadable(f"cannot read file: {e.strerror or e}") from e
+    if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino):
+        if stat.S_ISLNK(st.st_mode):
+            raise FileReplaced(f"{REPLACED}: a symbolic link was put in its place (links are not "
+                               "followed)")
+        raise FileReplaced(f"{REPLACED}: another file was put in its place")
 
 
 def _what_changed(was: FileId, now: FileId) -> str:
