@@ -6,7 +6,8 @@ when it was renamed in (inotify ``IN_MOVED_TO``). Results land in
 ``processed/<YYYY-MM-DD>/`` (file + ``.report.json``; a file whose batch was cancelled
 while it was read too, its report saying so) or ``failed/`` (+ ``.error.txt``).
 A symbolic link is never followed (it could point anywhere on the host): once settled, the
-link itself is moved to ``failed/`` with a note saying so. A file is read only if it is still
+link itself is moved to ``failed/`` with a note saying so; so is a named pipe, socket or
+device node, never opened (opening a FIFO waits for a writer). A file is read only if it is still
 the one the scan took (``FileIngestor.ingest``'s ``seen``): one replaced (by a link, say) or
 written to before its read began is looked at anew at the next scan; one replaced while it
 was read fails, and what is in its place is a drop of its own.
@@ -127,24 +128,25 @@ class Inbox:
     # -- discovery -------------------------------------------------------------
     def candidates(self) -> list[tuple[Path, str]]:
         """Files waiting in the inbox with the target each one goes to."""
-        return [(path, target) for path, target, link in self.waiting() if not link]
+        return [(path, target) for path, target, kind in self.waiting() if kind == FILE]
 
-    def waiting(self) -> list[tuple[Path, str, bool]]:
-        """Files and symbolic links waiting in the inbox: the target each one goes to, and
-        whether it is a link (never followed: it goes to ``failed/``)."""
-        found: list[tuple[Path, str, bool]] = []
+    def waiting(self) -> list[tuple[Path, str, str]]:
+        """What waits in the inbox but folders: the target each one goes to, and what it is
+        (``FILE``, ``LINK``: never followed, or ``SPECIAL``: a pipe, socket or device, never
+        opened; both go to ``failed/``)."""
+        found: list[tuple[Path, str, str]] = []
         with os.scandir(self.root) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             if ignored(e.name) or e.name in RESERVED:
                 continue
-            if e.is_file(follow_symlinks=False) or e.is_symlink():
-                found.append((Path(e.path), self.settings.default_target, e.is_symlink()))
-            elif e.is_dir(follow_symlinks=False):
+            if e.is_dir(follow_symlinks=False):
                 with os.scandir(e.path) as sub:
                     for f in sorted(sub, key=lambda x: x.name):
-                        if not ignored(f.name) and (f.is_file(follow_symlinks=False) or f.is_symlink()):
-                            found.append((Path(f.path), e.name, f.is_symlink()))
+                        if not ignored(f.name) and not f.is_dir(follow_symlinks=False):
+                            found.append((Path(f.path), e.name, _kind(f)))
+            else:
+                found.append((Path(e.path), self.settings.default_target, _kind(e)))
         return found
 
     def settled(self, path: Path) -> bool:
@@ -171,7 +173,7 @@ class Inbox:
     async def scan_once(self) -> int:
         """Take every settled file; returns how many were handled."""
         handled = 0
-        for path, target, link in await anyio.to_thread.run_sync(self.waiting):
+        for path, target, kind in await anyio.to_thread.run_sync(self.waiting):
             if not self.accepting:
                 break
             retry = self._retry.get(path)
@@ -179,8 +181,10 @@ class Inbox:
                 continue
             if self.settled(path):
                 try:
-                    if link:
+                    if kind == LINK:
                         await self.refuse_link(path, target)
+                    elif kind == SPECIAL:
+                        await self.refuse_special(path, target)
                     else:
                         await self.handle(path, target)
                 except Exception as e:
@@ -298,26 +302,60 @@ class Inbox:
             "Nothing was read through the link and the file it points to was not touched: the "
             "link itself was moved here.\n"
         ))
+        if not self._move_refused(path, st, dest, note):
+            return
+        metrics.current().inbox_file(target, "failed")
+        log.warning("inbox symbolic link not followed: moved to failed/",
+                    extra={"file": name, "link_to": to, "target": shown(target),
+                           "moved_to": shown(dest.name)})
+
+    async def refuse_special(self, path: Path, target: str) -> None:
+        """Move the named pipe, socket or device node at ``path`` into ``failed/``, with a note
+        saying what it is. It is never opened: opening a FIFO waits for a writer, a device may
+        be anything. One removed or replaced on the way is forgotten (as ``refuse_link``)."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        what = special_kind(st.st_mode)
+        if what is None:  # a file or a link since the scan: looked at anew at the next one
+            return
+        name = shown(path.name)
+        dest, note = await self.failed_note(path.name, (
+            f"{name} is {what}, not a file: the inbox reads only regular files (CSV, JSON, "
+            "xlsx).\n"
+            f"target: {shown(target)}\n"
+            "Nothing was read from it (it was never opened): it was moved here as it was.\n"
+        ))
+        if not self._move_refused(path, st, dest, note):
+            return
+        metrics.current().inbox_file(target, "failed")
+        log.warning("inbox entry is not a file: moved to failed/",
+                    extra={"file": name, "is": what, "target": shown(target),
+                           "moved_to": shown(dest.name)})
+
+    @staticmethod
+    def _move_refused(path: Path, st: os.stat_result, dest: Path, note: Path) -> bool:
+        """Rename what ``path`` names to ``dest`` if it is still what ``st`` describes (rename
+        neither follows a link nor opens anything); else remove ``note``, written for it, and
+        False. An error: the note removed, raised (retried later: ``_internal_failure``)."""
         try:
             now = os.lstat(path)
-            # replaced since it was read (a file put there): not the link the note describes
-            same = stat.S_ISLNK(now.st_mode) and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+            # replaced since (a file put there, say): not what the note describes
+            same = (stat.S_IFMT(now.st_mode) == stat.S_IFMT(st.st_mode)
+                    and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino))
             if same:
-                os.rename(path, dest)  # renames the link itself: rename never follows one
+                os.rename(path, dest)
         except FileNotFoundError:
             same = False
-        except OSError:  # retried later (``_internal_failure``): no note left for it meanwhile
+        except OSError:  # no note left for it meanwhile
             with contextlib.suppress(OSError):
                 note.unlink()
             raise
         if not same:
             with contextlib.suppress(OSError):
                 note.unlink()
-            return
-        metrics.current().inbox_file(target, "failed")
-        log.warning("inbox symbolic link not followed: moved to failed/",
-                    extra={"file": name, "link_to": to, "target": shown(target),
-                           "moved_to": shown(dest.name)})
+        return same
 
     # -- the loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -365,6 +403,27 @@ class Inbox:
                 self._wake.set()
         finally:
             ino.close()
+
+
+FILE, LINK, SPECIAL = "file", "link", "special"
+
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a unix socket"),
+            (stat.S_ISBLK, "a block device node"), (stat.S_ISCHR, "a character device node"))
+
+
+def special_kind(mode: int) -> str | None:
+    """What a pipe, socket or device node is, in words; None for a file, link or folder."""
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), "a special file")
+
+
+def _kind(e: os.DirEntry[str]) -> str:
+    if e.is_symlink():
+        return LINK
+    if e.is_file(follow_symlinks=False):
+        return FILE
+    return SPECIAL  # not a folder either (the caller's): a pipe, socket or device node
 
 
 def _identity(path: Path) -> FileId | None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +185,57 @@ async def test_unreadable_files_go_to_failed_with_a_reason(inbox: Inbox, clock: 
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM calls") == 0
         assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+def special(kind: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a named pipe, a listening unix socket or a device node at ``path``."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        monkeypatch.chdir(path.parent)  # a socket's path must fit in 108 bytes: bound relative
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path.name)
+        sock.listen()
+        sock.close()  # the socket file stays
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a device node takes root")
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # as /dev/null
+        except PermissionError:
+            pytest.skip("no CAP_MKNOD here")
+
+
+@pytest.mark.parametrize(("kind", "what", "test"), [
+    ("fifo", "a named pipe (FIFO)", stat.S_ISFIFO),
+    ("socket", "a unix socket", stat.S_ISSOCK),
+    ("device", "a character device node", stat.S_ISCHR),
+])
+@pytest.mark.parametrize("target", [None, "sales"])
+async def test_a_pipe_socket_or_device_named_like_a_lead_file_goes_to_failed_never_opened(
+        inbox: Inbox, clock: FakeClock, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, kind: str, what: str, test: Callable[[int], bool],
+        target: str | None) -> None:
+    """Not left in the inbox for good, unsaid: once settled it is moved to failed/ as it is,
+    with a note saying what it is (opening a FIFO would wait for a writer); the files beside
+    it are taken as ever."""
+    d = inbox.root / target if target else inbox.root
+    d.mkdir(exist_ok=True)
+    special(kind, d / "w4.csv", monkeypatch)
+    drop(inbox, "ok.csv", "number\n+14155550100\n", target)
+    with caplog.at_level(logging.WARNING, logger="dialer.intake.inbox"):
+        assert await settle_and_scan(inbox, clock) == 2
+        assert await settle_and_scan(inbox, clock) == 0  # once
+    moved = inbox.root / "failed" / "w4.csv"
+    assert test(moved.lstat().st_mode) and not os.path.lexists(d / "w4.csv")
+    assert (inbox.root / "failed" / "w4.csv.error.txt").read_text() == (
+        f"w4.csv is {what}, not a file: the inbox reads only regular files (CSV, JSON, xlsx).\n"
+        "target: sales\n"
+        "Nothing was read from it (it was never opened): it was moved here as it was.\n")
+    assert [r.getMessage() for r in caplog.records] == ["inbox entry is not a file: moved to failed/"]
+    assert report(inbox, "ok.csv")["counts"]["accepted"] == 1
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM batches") == 1
 
 
 async def test_a_workbook_bomb_goes_to_failed_with_the_limit_it_broke(inbox: Inbox, clock: FakeClock,
