@@ -292,7 +292,10 @@ UPDATE inbox_files SET batch_id = $2, state = 'ingesting', name = $3, target = $
 WHERE sha256 = $1
 
 -- name: inbox_file_resumed
-UPDATE inbox_files SET path = $2, name = $3 WHERE sha256 = $1
+-- A cut-off ingest resumed where its content is now (renamed, say): the file's path and name,
+-- and the name its batch shows (GET /v1/batches/{id}'s source_name), are the new ones.
+WITH f AS (UPDATE inbox_files SET path = $2, name = $3 WHERE sha256 = $1 RETURNING batch_id)
+UPDATE batches b SET source_name = $3 FROM f WHERE b.id = f.batch_id
 
 -- name: inbox_files_cut_off
 -- Files whose ingest began and has not ended, their batch still receiving rows: being read

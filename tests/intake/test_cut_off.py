@@ -116,6 +116,8 @@ async def test_a_cut_off_file_still_there_resumes_exactly(cut_settings: Settings
     assert rep["batch_id"] == str(batch["id"])  # the same batch, resumed
     assert rep["counts"] == {"rows": ROWS, "accepted": ROWS - INVALID, "invalid": INVALID, "duplicate": 0, "dnc": 0}
     assert (await batch_of(pool, batch["id"]))["state"] == "ingested"
+    async with pool.acquire() as conn:  # as GET /v1/batches/{id} shows it: its name now
+        assert (await conn.fetchrow(Q.batch_get, batch["id"]))["source_name"] == path.name
     assert not list((cut_settings.inbox / "failed").iterdir())
 
 
