@@ -35,7 +35,7 @@ from dialer.config import Settings
 from dialer.intake.cut_off import CutOff
 from dialer.intake.files import FileIngestor, FileOutcome
 from dialer.intake.inbox_names import RESERVED, ignored, shown
-from dialer.intake.readers import FileId
+from dialer.intake.readers import FileId, folder_fd
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class Inbox:
     # -- one file ----------------------------------------------------------------
     async def handle(self, path: Path, target: str) -> FileOutcome:
         self.current = path
-        taken = _identity(path)
+        taken = _identity(path, self.root)
         try:
             if taken is None:  # removed since the scan
                 outcome = FileOutcome(kind="replaced", name=shown(path.name), target=target)
@@ -229,19 +229,14 @@ class Inbox:
         self.files_done += 1
         return outcome
 
-    async def _file(self, path: Path, outcome: FileOutcome, taken: FileId | None = None) -> None:
+    async def _file(self, path: Path, outcome: FileOutcome, taken: FileId | None) -> None:
         if outcome.kind == "busy":
             return
         if outcome.kind == "replaced":  # nothing read: what is there now settles as a new drop
             log.info("inbox file changed or replaced before it was read; looked at again at the "
                      "next scan", extra={"file": outcome.name, "error": outcome.error})
             return
-        # a file put in its place (or deleted) while it was read is not the one read: it
-        # stays (a new drop, taken at a later scan); the report still goes where it would
-        gone = taken is not None and _identity(path) != taken
-        if gone:
-            log.warning("inbox file was replaced or removed while it was read; a file now in its "
-                        "place is taken as a new drop", extra={"file": outcome.name})
+        assert taken is not None  # else nothing was read: "replaced"
         metrics.current().inbox_file(outcome.target, outcome.kind)
         if outcome.kind == "failed":
             dest, _ = await self.failed_note(path.name, (
@@ -249,8 +244,7 @@ class Inbox:
                 f"target: {shown(outcome.target)}\n"
                 "Nothing from this file was ingested. Fix it and drop it into the inbox again.\n"
             ))
-            if not gone:
-                await anyio.Path(path).replace(dest)
+            await self._take_away(path, taken, dest, outcome.name)
             if outcome.sha256 and outcome.batch_id:
                 with contextlib.suppress(Exception):
                     await self.ingestor.mark_failed(outcome.sha256, dest)
@@ -261,8 +255,7 @@ class Inbox:
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = unique_path(dest_dir, path.name)
         await self.ingestor.write_report(outcome, dest.with_name(dest.name + ".report.json"))
-        if not gone:
-            await anyio.Path(path).replace(dest)
+        await self._take_away(path, taken, dest, outcome.name)
         if outcome.kind in ("ingested", "cancelled") and outcome.sha256:
             await self.ingestor.mark_filed(outcome.sha256, dest)
             if self.on_ingested and outcome.kind == "ingested":
@@ -271,6 +264,17 @@ class Inbox:
             "inbox file %s", outcome.kind,
             extra={"file": outcome.name, "batch_id": str(outcome.batch_id), **outcome.counts},
         )
+
+    async def _take_away(self, path: Path, taken: FileId, dest: Path, name: str) -> None:
+        """Move the file read from ``path`` to ``dest``, if ``path`` still names it. A file put
+        in its place (or none: deleted) while it was read is not the one read: it stays (a new
+        drop, taken at a later scan); the report or note still goes where it would. Looked up
+        and renamed relative to its folder, opened from the inbox down without following a
+        link: a target folder swapped for a link to one holding a hard link of the file never
+        has what is outside the inbox moved."""
+        if not await anyio.to_thread.run_sync(_move_if_still, path, self.root, taken, dest):
+            log.warning("inbox file was replaced or removed while it was read; a file now in its "
+                        "place is taken as a new drop", extra={"file": name})
 
     async def failed_note(self, name: str, text: str) -> tuple[Path, Path]:
         """Write ``text`` as ``failed/<name>.error.txt`` (the name made free); returns where the
@@ -426,10 +430,39 @@ def _kind(e: os.DirEntry[str]) -> str:
     return SPECIAL  # not a folder either (the caller's): a pipe, socket or device node
 
 
-def _identity(path: Path) -> FileId | None:
-    """Which file, in which version, ``path`` names now (a link: itself, never followed);
-    None if none."""
+def _identity(path: Path, root: Path) -> FileId | None:
+    """Which file, in which version, ``path`` names now (a link: itself, never followed,
+    nor is one on the way from ``root`` down: ``folder_fd``); None if none."""
     try:
-        return FileId.of(path.lstat())
+        at, name = folder_fd(path, root)
+    except OSError:  # a folder on the way gone, or swapped for a link
+        return None
+    try:
+        return FileId.of(os.stat(name, dir_fd=at, follow_symlinks=False))
     except OSError:
         return None
+    finally:
+        if at is not None:
+            os.close(at)
+
+
+def _move_if_still(path: Path, root: Path, taken: FileId, dest: Path) -> bool:
+    """Rename the file at ``path`` to ``dest`` if it is still ``taken``: looked up and renamed
+    through its folder, found from ``root`` down without following a link; False, nothing
+    moved, if it is not."""
+    try:
+        at, name = folder_fd(path, root)
+    except OSError:
+        return False
+    try:
+        try:
+            now = FileId.of(os.stat(name, dir_fd=at, follow_symlinks=False))
+        except OSError:
+            return False
+        if now != taken:
+            return False
+        os.replace(name, dest, src_dir_fd=at)  # the entry itself, never through a link
+        return True
+    finally:
+        if at is not None:
+            os.close(at)

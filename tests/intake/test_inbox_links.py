@@ -429,3 +429,63 @@ async def test_a_file_renamed_over_or_removed_while_it_is_parsed_fails_and_none_
     assert await numbers(pool) == {"+14155550199"}
     async with pool.acquire() as conn:
         assert sorted(r["state"] for r in await conn.fetch("SELECT state FROM batches")) == ["failed", "ingested"]
+
+
+@pytest.mark.parametrize("when", ["parse", "after"])
+async def test_a_target_folder_swapped_for_a_link_while_its_file_is_read_moves_nothing_outside(
+        make_settings: Any, pool: asyncpg.Pool, clock: FakeClock, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """`mv inbox/sales away; ln -s /elsewhere inbox/sales`, /elsewhere holding a hard link of
+    the very file read: the file is looked up, and moved, without following the folder's link,
+    so what is outside the inbox stays where it is. Swapped during the parse, the batch fails;
+    once read (before it is filed), the batch stands and its report is filed alone."""
+    settings = make_settings(settle_s=0.2, inbox_poll_s=0.05, ingest_commit_rows=100)
+    inbox = Inbox(settings, FileIngestor(pool, settings, clock), clock)
+    inbox.ensure_dirs()
+    rows = [f"+1415555{i:04d}" for i in range(3000)]
+    path = drop(inbox, "w4.csv", "number\n" + "\n".join(rows) + "\n", "sales")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.link(path, elsewhere / "w4.csv")  # the same inode: the same (dev, ino, size, mtime)
+
+    def swap_folder() -> None:
+        path.parent.rename(tmp_path / "away")
+        path.parent.symlink_to(elsewhere)
+
+    if when == "parse":
+        real = files.chunks_from_thread
+
+        async def swapped_after_the_first_chunk(*args: Any, **kwargs: Any) -> Any:
+            n = 0
+            async for chunk in real(*args, **kwargs):
+                n += 1
+                if n == 1:
+                    swap_folder()
+                yield chunk
+
+        monkeypatch.setattr(files, "chunks_from_thread", swapped_after_the_first_chunk)
+    else:
+        ingest = FileIngestor.ingest
+
+        async def swapped_once_read(self: FileIngestor, *args: Any, **kwargs: Any) -> Any:
+            out = await ingest(self, *args, **kwargs)
+            swap_folder()
+            return out
+
+        monkeypatch.setattr(FileIngestor, "ingest", swapped_once_read)
+    assert await settle_and_scan(inbox, clock) == 1
+    assert (elsewhere / "w4.csv").stat().st_nlink == 2  # not moved: it is outside the inbox
+    assert (tmp_path / "away" / "w4.csv").exists()
+    day = clock.now().astimezone().date().isoformat()
+    async with pool.acquire() as conn:
+        state = await conn.fetchval("SELECT state FROM batches")
+    if when == "parse":
+        why = ("the file was replaced while it was read: a symbolic link was put in its place "
+               "(links are not followed)")
+        assert (inbox.root / "failed" / "w4.csv.error.txt").read_text().startswith(f"w4.csv: {why}\n")
+        assert state == "failed" and await numbers(pool) == set()
+        assert sorted(p.name for p in (inbox.root / "failed").iterdir()) == ["w4.csv.error.txt"]
+    else:
+        assert state == "ingested"
+        assert sorted(p.name for p in (inbox.root / "processed" / day).iterdir()) == ["w4.csv.report.json"]
+        assert list((inbox.root / "failed").iterdir()) == []

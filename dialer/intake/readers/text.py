@@ -142,7 +142,7 @@ def open_file(path: Path, *, no_links_below: Path | None = None, expect: FileId 
 def _open_fd(path: Path, no_links_below: Path | None) -> int:
     if no_links_below is None:
         return os.open(path, _OPEN_FLAGS)
-    at, name = _folder_fd(path, no_links_below)
+    at, name = folder_fd(path, no_links_below)
     if at is None:  # not below it: no link followed at the file itself
         return os.open(path, _OPEN_FLAGS | _NO_LINK)
     try:
@@ -151,7 +151,7 @@ def _open_fd(path: Path, no_links_below: Path | None) -> int:
         os.close(at)
 
 
-def _folder_fd(path: Path, no_links_below: Path) -> tuple[int | None, str]:
+def folder_fd(path: Path, no_links_below: Path) -> tuple[int | None, str]:
     """The folder holding ``path``, opened from ``no_links_below`` down without following a
     link (ELOOP if one is on the way), and the file's name in it; None if ``path`` is not
     below ``no_links_below``."""
@@ -187,7 +187,7 @@ def check_still_named(f: BinaryIO, path: Path, *, no_links_below: Path | None) -
         if no_links_below is None:
             st = os.stat(path)
         else:
-            at, name = _folder_fd(path, no_links_below)
+            at, name = folder_fd(path, no_links_below)
             try:
                 st = os.stat(name, dir_fd=at, follow_symlinks=False)
             finally:
