@@ -7,6 +7,7 @@ import hmac
 from fastapi import Request
 
 from dialer.errors import Unauthorized
+from dialer.http.connections import trust_body
 
 
 class TokenCheck:
@@ -29,3 +30,4 @@ class TokenCheck:
             raise Unauthorized("the API is disabled: no DIALER_API_TOKENS configured")
         if not self.valid(token.strip()):
             raise Unauthorized("invalid bearer token")
+        trust_body(request.scope)  # its body may take its time (an upload over a slow link)

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from dialer.http.connections import trust_body
 from dialer.signing import read_token
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def routes(
             counted(kind, "forged", t0)
             return Response(b'{"error":{"code":"unauthorized","message":"invalid callback token"}}',
                             401, media_type="application/json")
+        trust_body(request.scope)
         body = b""
         async for part in request.stream():
             body += part

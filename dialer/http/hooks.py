@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dialer.config import Settings
+from dialer.http.connections import trust_body
 from dialer.providers.ringme import BadEvent, RingmeReadiness, event_data
 from dialer.providers.stringee import BadRequest, StringeeRouter
 from dialer.signing import make_token, read_token
@@ -89,6 +90,7 @@ def routes(
         if read_token(secret, RINGME_KIND, request.path_params["token"]) != RINGME_IDENT:
             counted("ringme", "forged")
             return _error(401, "unauthorized", "invalid hook token")
+        trust_body(request.scope)
         if ringme is None:
             return _error(503, "not_ready", "starting")
         pairs: dict[str, str] = dict(request.query_params)
@@ -128,6 +130,7 @@ def routes(
         if read_token(secret, STRINGEE_KIND, request.path_params["token"]) != STRINGEE_IDENT:
             counted("stringee", "forged")
             return _error(401, "unauthorized", "invalid hook token")
+        trust_body(request.scope)
         if stringee is None:
             return _error(503, "not_ready", "starting")
         if request.method == "GET":  # one call in the query (the PUT page speaks of a GET request)

@@ -5,18 +5,22 @@ The provider callbacks, the one path taken thousands of times a second, are hand
 from here straight to their route (``fast``): FastAPI's middleware stack and router
 cost about a sixth of the daemon's CPU per callback (bench/callbacks.py --profile).
 Those routes answer every error themselves; an exception in one reaches uvicorn, which
-logs it and answers 500, as FastAPI's error middleware would.
+logs it and answers 500, as FastAPI's error middleware would. Except a client gone before
+its body was in (``ClientDisconnect``, on any route): one info line here, not a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialer.errors import TooLarge
+
+log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
@@ -42,12 +46,20 @@ class HeaderLimit:
                                         (b"connection", b"close")]})
                 await send({"type": "http.response.body", "body": _REFUSED})
                 return
-            if self.fast and scope["path"].startswith(self.fast_prefix):
-                for route in self.fast:
-                    match, child = route.matches(scope)
-                    if match is Match.FULL:  # not PARTIAL (another method): the app answers 405
-                        await route.handle({**scope, **child}, receive, send)
-                        return
+            try:
+                if self.fast and scope["path"].startswith(self.fast_prefix):
+                    for route in self.fast:
+                        match, child = route.matches(scope)
+                        if match is Match.FULL:  # not PARTIAL (another method): the app answers 405
+                            await route.handle({**scope, **child}, receive, send)
+                            return
+                await self.app(scope, receive, send)
+            except ClientDisconnect:
+                # the client went away (or was cut off: http/connections.py) before its body
+                # was in: nothing to answer, and no fault of ours (uvicorn would log a traceback)
+                log.info("request body cut short: the client went away",
+                         extra={"method": scope.get("method"), "path": scope.get("path")})
+            return
         await self.app(scope, receive, send)
 
 

@@ -24,6 +24,7 @@ from dialer import __version__
 from dialer.errors import DialerError
 from dialer.http import errors
 from dialer.http.bodies import content_type
+from dialer.http.connections import trust_body
 from dialer.http.context import AppContext
 from dialer.http.limits import read_body
 from dialer.ui import logouts
@@ -150,6 +151,7 @@ class Console:
         s = await self.session(request)
         if s is not None:
             request.state.ui_session = s
+            trust_body(request.scope)  # an upload may take its time; the login form may not
             return s
         if request.headers.get(FRAGMENT_HEADER) or request.query_params.get("part"):
             raise UiError(401, "Your session has ended. Log in again to keep watching.")
