@@ -322,7 +322,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         answer_rate=sb.answer_rate, no_answer_rate=sb.no_answer_rate, busy_rate=sb.busy_rate,
         unreachable_rate=sb.unreachable_rate, callback_rate=sb.callback_rate,
         callback_after_s=sb.callback_after_s,
-        abandon_rate=sb.abandon_rate,
+        abandon_rate=sb.abandon_rate, state_file=args.state_file,
     )
     print(f"Ryng sandbox on http://{args.host}:{args.port} (x-access-token: {args.token}; "
           f"agents: {', '.join(agents)}; time scale {config.time_scale:g})", file=sys.stderr)
@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--token", default="sandbox-token", help="the x-access-token it expects")
     sb.add_argument("--time-scale", type=float, default=None,
                     help="multiply every vendor duration (e.g. 0.01 for a fast demo)")
+    sb.add_argument("--state-file", default=None, metavar="FILE",
+                    help="keep the calls under way here, to carry on with them after a restart")
     sb.set_defaults(fn=cmd_sandbox)
     dn = sub.add_parser("dnc", help="import or export the do-not-call list")
     dsub = dn.add_subparsers(dest="dnc_command", metavar="ACTION", required=True)

@@ -174,6 +174,8 @@ class Daemon:
             unreachable_rate=sb.unreachable_rate, callback_rate=sb.callback_rate,
             callback_after_s=sb.callback_after_s,
             abandon_rate=sb.abandon_rate,
+            # a restart carries on with the calls it had (a real Ryng dials on meanwhile)
+            state_file=str(s.state_dir / "ryng_sandbox.json"),
         ))
         host = s.listen_host if s.listen_host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"  # noqa: S104
         return f"http://{host}:{s.listen_port}{SANDBOX_PATH}", token, sandbox

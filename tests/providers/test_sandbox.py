@@ -10,13 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -25,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from dialer.providers.ryng.sandbox import RyngSandbox, SandboxConfig, serve
+from tests.conftest import free_port, start_and_wait
 
 TOKEN = "sandbox-token"
 QUEUE = "/rest-api/v1/progressive/queue/42/calls"
@@ -884,3 +891,121 @@ async def test_the_timeline_shows_each_agent_offered_its_next_call_after_its_dis
         assert later["now"] >= events[-1][0]
         assert [tuple(e) for e in later["events"]] == [e for e in events if e[0] >= at[("ready", ids[0])]]
         assert (await anon.get("/_sandbox/timeline", params={"since": "x"})).status_code == 400
+
+
+# --------------------------------------------------------------------------- restarts
+ALWAYS_ANSWERED: dict[str, Any] = {"answer_rate": 1, "no_answer_rate": 0, "busy_rate": 0, "unreachable_rate": 0}
+
+
+@pytest.mark.parametrize("keep", ["file", "memory"])
+async def test_calls_under_way_at_stop_are_carried_on_by_the_next_start(
+        make_sandbox: SandboxFactory, channel: Channel, tmp_path: Path, keep: str) -> None:
+    """A real Ryng dials on while our process restarts: the next start ends the calls that
+    were being dialed (same outcome, not dialed again) and dials those still waiting."""
+    config: dict[str, Any] = {"agents": ["alice", "bob"], "time_scale": 0.01, "ring_s": (1, 1),
+                              "talk_s": (150, 150), **ALWAYS_ANSWERED}
+    if keep == "file":  # a new process: a new sandbox reading the state file
+        config["state_file"] = str(tmp_path / "ryng.json")
+    a = await make_sandbox(**config)
+    r = await a.append(leads(3, "rs"), channel)
+    ids = [c["callId"] for c in r.json()["data"]["calls"]]
+    await until(lambda: a.sandbox.stats()["callbacks"]["connect"]["delivered"] == 2, what="both agents on a call")
+    await a.sandbox.stop()
+    assert not channel.hits("terminal")
+    if keep == "file":
+        b = await make_sandbox(**config)
+    else:
+        b = a
+        await a.sandbox.start()
+    await until(lambda: len(channel.hits("terminal")) == 3, what="3 terminal callbacks after the restart")
+    await until(lambda: b.sandbox.stats()["calls"]["ended"] == 3)
+    terminal = channel.hits("terminal")
+    assert sorted(h.body["callId"] for h in terminal) == sorted(ids)  # each once
+    assert {h.body["disposition"] for h in terminal} == {"ANSWERED"}
+    connects = channel.hits("connect")
+    assert sorted(h.body["callId"] for h in connects) == sorted(ids)  # each assigned once
+    assert sum(b.sandbox.dials_by_number().values()) == (1 if keep == "file" else 3)  # only the waiting one
+    stats = b.sandbox.stats()["calls"]
+    assert (stats["active"], stats["queued"]) == (0, 0)
+    if keep == "file":
+        assert stats["reloaded"] == 3 and stats["total"] == 3
+
+
+async def test_a_callback_retry_pending_at_stop_is_sent_after_the_next_start(
+        make_sandbox: SandboxFactory, channel: Channel, tmp_path: Path) -> None:
+    config: dict[str, Any] = {"state_file": str(tmp_path / "ryng.json"), "time_scale": 0.01,
+                              "ring_s": (1, 1), "talk_s": (1, 1), **ALWAYS_ANSWERED}
+    a = await make_sandbox(**config)
+    channel.fail("terminal", 1)
+    await a.append(leads(1, "rt"), channel)
+    await until(lambda: a.sandbox.stats()["callbacks"]["terminal"]["retrying"] == 1,
+                what="the first terminal try answered 500")
+    await a.sandbox.stop()
+    b = await make_sandbox(**config)
+    await until(lambda: b.sandbox.stats()["callbacks"]["terminal"]["delivered"] == 1, what="the retry")
+    hits = channel.hits("terminal")
+    assert [h.status for h in hits] == [500, 200] and hits[0].body == hits[1].body
+    assert hits[1].at - hits[0].at >= 0.6 - 0.002  # still a 1-minute interval (scaled) apart
+    cb = b.sandbox.stats()["callbacks"]["terminal"]
+    assert (cb["sent"], cb["retried"]) == (1, 1)
+    assert not b.sandbox.dials_by_number()  # the call had ended: not dialed again
+
+
+async def test_a_killed_sandbox_process_carries_on_from_its_state_file(channel: Channel, tmp_path: Path) -> None:
+    """kill -9 gives no chance to write at stop: the file kept up to date while running is
+    enough for the next process to end the calls that were under way, without dialing
+    them again."""
+    state = tmp_path / "ryng.json"
+    config = tmp_path / "dialer.toml"
+    config.write_text('[sandbox]\nagents = ["alice", "bob", "carol"]\nanswer_rate = 1\nno_answer_rate = 0\n'
+                      "busy_rate = 0\nunreachable_rate = 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
+    env.update(DIALER_CONFIG=str(config), DIALER_STATE_DIR=str(tmp_path / "var"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "dialer", "sandbox", "--port", str(port), "--time-scale", "0.05",
+            "--state-file", str(state)]
+
+    def start(n: int) -> subprocess.Popen[bytes]:
+        return start_and_wait(argv, env, Path.cwd(), tmp_path / f"sandbox-{n}.log", url + "/_sandbox/stats",
+                              "the sandbox process")
+
+    first = start(1)
+    try:
+        async with httpx.AsyncClient(base_url=url, headers={"x-access-token": TOKEN}, timeout=10) as c:
+            data: dict[str, Any] = {"jsonData": leads(2, "k9"), **channel.urls()}
+            r = await c.post(QUEUE, json={"customerData": data})
+        assert r.status_code == 200, r.text
+        ids = sorted(x["callId"] for x in r.json()["data"]["calls"])
+
+        def on_call_in_file() -> bool:
+            calls = orjson.loads(state.read_bytes())["calls"] if state.exists() else []
+            return sorted(x["callId"] for x in calls if x["state"] == "connected") == ids
+
+        # talks last 1-6 s here: the calls are still being dialed when the process dies
+        await until(on_call_in_file, what="both calls connected, in the state file")
+    finally:
+        first.kill()
+        first.wait(10)
+    assert not channel.hits("terminal")
+    second = start(2)
+    try:
+        await until(lambda: len({h.body["callId"] for h in channel.hits("terminal")}) == 2, timeout=30,
+                    what="the terminal callbacks, from the next process")
+        stats = httpx.get(url + "/_sandbox/stats", timeout=10).json()
+        assert stats["calls"]["reloaded"] == 2 and stats["dial_attempts"] == 0  # ended, not re-dialed
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+    assert {h.body["disposition"] for h in channel.hits("terminal")} == {"ANSWERED"}
+    assert sorted(h.body["callId"] for h in channel.hits("connect")) == ids  # assigned once each
+
+
+async def test_a_damaged_state_file_does_not_stop_the_sandbox(
+        make_sandbox: SandboxFactory, channel: Channel, tmp_path: Path) -> None:
+    state = tmp_path / "ryng.json"
+    state.write_text('{"version": 1, "calls": [{"callId": "x"}]')  # cut short
+    s = await make_sandbox(state_file=str(state))
+    await s.append(leads(1, "dm"), channel)
+    await until(lambda: channel.hits("terminal"), what="a call dialed as usual")
+    assert s.sandbox.stats()["calls"]["reloaded"] == 0

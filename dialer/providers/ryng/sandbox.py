@@ -118,6 +118,14 @@ to an agent), ``ended`` (its attempt ended), ``ready`` (the agent's maxDispose r
 it can be offered the next call), ``request`` (``detail``: ``queue:<rows>``),
 ``terminal`` (a terminal callback answered 200). See ``sandbox_engine``.
 
+Restarts
+--------
+As a real Ryng dials on while its customer restarts, ``stop()`` keeps the calls under
+way (attempts with their drawn outcome and planned end, waiting calls, wrap-ups,
+undelivered callbacks with their tries left) and the next ``start()`` carries on with
+them; with ``state_file`` they survive the process too (also a kill: the file is kept
+up to date while running). See ``sandbox_engine``.
+
 Python: ``RyngSandbox(config).app`` (Starlette; mount it anywhere, it has no
 lifespan), ``await start()`` / ``await stop()`` (agents and callback sender on the
 running loop), ``stats()``, ``calls()``, ``configure(**changes)``,
@@ -128,11 +136,14 @@ it alone under uvicorn. Call ids are ``<6 hex, random per instance>-<seq>``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
+import signal
+import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, fields
 from random import Random
 from typing import Any
@@ -530,11 +541,27 @@ class RyngSandbox:
         return _json(200, self.calls(request.query_params.get("state"), limit))
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's own re-raises SIGTERM/SIGINT once it has served, which ends the process
+        # before stop() has kept the calls under way; here the signal only stops serving
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
 async def serve(config: SandboxConfig, host: str, port: int) -> None:
     """Run the sandbox alone with uvicorn until cancelled (or SIGINT/SIGTERM)."""
     sandbox = RyngSandbox(config)
     await sandbox.start()
-    server = uvicorn.Server(uvicorn.Config(sandbox.app, host=host, port=port, lifespan="off",
+    server = _Server(uvicorn.Config(sandbox.app, host=host, port=port, lifespan="off",
                                            timeout_graceful_shutdown=5, log_level="info"))
     task = asyncio.create_task(server.serve())
     try:

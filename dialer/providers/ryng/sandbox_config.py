@@ -55,3 +55,6 @@ class SandboxConfig:
     keep_ended_calls: int = 100_000
     keep_timeline: int = 200_000  # events kept for GET _sandbox/timeline
     seed: int | None = None
+    # where what was accepted and not yet finished is kept across restarts (see
+    # sandbox_engine); None keeps it in memory only, across stop() and start()
+    state_file: str | None = None

@@ -13,6 +13,17 @@ initiated") ran out, i.e. the agent could be offered the next call; plus when ea
 request was accepted and each terminal callback was answered 200. Times are seconds
 on the sandbox's monotonic clock, so gaps between them are exact whatever the wall
 clock does.
+
+A real Ryng keeps dialing while its customer's daemon restarts, and delivers (and
+retries) the callbacks afterwards. So what the sandbox has accepted and not finished
+(calls waiting or being dialed, with each attempt's drawn outcome and planned end,
+agents' wrap-ups, callbacks not yet answered 200 with the tries they have left) is a
+snapshot: kept in memory across ``stop()``/``start()``, and written atomically to
+``SandboxConfig.state_file`` when there is one, at once when calls are accepted and at
+most every ``STATE_FLUSH_S`` otherwise, so a killed process leaves at most that much
+behind. A restart reloads it: an attempt whose planned end has passed ends at once with
+its outcome, the callbacks go out with their remaining retries. The moments are wall
+clock there (a monotonic clock does not survive the process).
 """
 
 from __future__ import annotations
@@ -20,12 +31,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
+import os
 import secrets
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from random import Random
 from typing import Any
 
@@ -43,6 +57,9 @@ CALLBACK_RETRY_S = 60.0  # "at 1 minute intervals"
 LATE_CALLBACK_S = 300.0  # how long a "late" terminal callback is held back
 MAX_DELIVERIES = {"connect": 2, "terminal": 3}  # first try + retries, from the vendor pages
 RECORDING_URL = "https://recordings.ryng.invalid/sandbox/{call_id}.mp3"
+STATE_FLUSH_S = 0.5  # real seconds between writes of the state file while things change
+STATE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def iso(dt: datetime) -> str:
@@ -86,6 +103,8 @@ class Call:
     created: datetime = field(default_factory=utcnow)
     history: list[Attempt] = field(default_factory=list)
     cb_tail: asyncio.Event | None = None  # first try of this call's latest callback is done
+    plan: tuple[str, float] | None = None  # the attempt under way: (drawn outcome, planned end, unix s)
+    due: float = 0.0  # retry_wait: when it may be dialed again (unix s)
 
     def target(self) -> dict[str, Any]:
         return {self.sub.target_key: self.sub.target_id}
@@ -113,6 +132,20 @@ class Agent:
     ready_at: float | None = None
     handled: int = 0
     task: asyncio.Task[None] | None = None
+    resume: Call | None = None  # reloaded: the attempt it was on, to be ended first
+    hold_until: float = 0.0  # reloaded: the wrap-up it was in ends then (unix s)
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """A callback not yet answered 200 nor given up, as the state file keeps it."""
+
+    call_id: str
+    kind: str
+    url: str
+    body: dict[str, Any]
+    tries: int  # tries left
+    at: float = 0.0  # the next try is not before this (unix s)
 
 
 class Engine:
@@ -141,6 +174,14 @@ class Engine:
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
         self.running = False
+        self.wall = time.time  # unix seconds, for what outlives the process (injectable)
+        self._path = Path(config.state_file) if config.state_file else None
+        self._outbox: dict[int, Delivery] = {}  # in emission order
+        self._outbox_ids = itertools.count(1)
+        self._snapshot: dict[str, Any] | None = None  # stop() -> start() without a state file
+        self._dirty = asyncio.Event()
+        self._saver: asyncio.Task[None] | None = None
+        self.reloaded = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -150,6 +191,7 @@ class Engine:
         self._client = httpx.AsyncClient(timeout=self.cfg.callback_timeout_s, follow_redirects=False,
                                          headers={"user-agent": "ryng-sandbox/1"})
         self._sem = asyncio.Semaphore(max(1, self.cfg.callback_concurrency))
+        self._restore()
         for agent in self.agents.values():
             agent.wake = asyncio.Event()
             agent.wake.set()
@@ -160,15 +202,154 @@ class Engine:
             return
         self.running = False
         tasks = [a.task for a in self.agents.values() if a.task] + list(self._tasks)
+        if self._saver is not None:
+            tasks.append(self._saver)
+            self._saver = None
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for a in self.agents.values():
             a.task = None
         self._tasks.clear()
+        # what is under way is kept, not dropped: the next start carries on with it
+        self._snapshot = self._dump()
+        self._save(self._snapshot)
+        self._forget_outstanding()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    # ------------------------------------------------------------------ state across restarts
+    def _dump(self) -> dict[str, Any]:
+        now_m, now_w = time.monotonic(), self.wall()
+        subs: dict[int, int] = {}
+        sub_list: list[dict[str, Any]] = []
+        calls: list[dict[str, Any]] = []
+        for call in self.calls.values():
+            if call.state == "ended":
+                continue
+            if id(call.sub) not in subs:
+                subs[id(call.sub)] = len(sub_list)
+                sub_list.append({f.name: getattr(call.sub, f.name) for f in fields(call.sub)
+                                 if f.name != "rows"})
+            calls.append({"callId": call.call_id, "seq": call.seq, "number": call.number,
+                          "priority": call.priority, "custom": call.custom,
+                          "agentsAssigned": call.agents_assigned, "sub": subs[id(call.sub)],
+                          "agent": call.agent, "state": call.state, "attempts": call.attempts,
+                          "created": iso(call.created), "history": [a.as_dict() for a in call.history],
+                          "plan": list(call.plan) if call.plan else None, "due": call.due})
+        agents = {a.name: now_w + (a.ready_at - now_m) for a in self.agents.values()
+                  if a.ready_at is not None and a.ready_at > now_m}
+        agents.update({a.name: a.hold_until for a in self.agents.values() if a.hold_until > now_w})
+        outbox = [{"callId": d.call_id, "kind": d.kind, "url": d.url, "body": d.body, "tries": d.tries,
+                   "at": d.at} for d in self._outbox.values()]
+        return {"version": STATE_VERSION, "written": now_w, "submissions": sub_list, "calls": calls,
+                "wrapUpUntil": agents, "callbacks": outbox}
+
+    def _save(self, snapshot: dict[str, Any]) -> None:
+        """Write the state file atomically (a reader sees the old or the new one, whole)."""
+        if self._path is None:
+            return
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(snapshot))
+            os.replace(tmp, self._path)
+        except OSError as e:  # the simulation goes on; a restart would miss what changed since
+            log.warning("sandbox state not written", extra={"path": str(self._path), "error": str(e)})
+
+    def _touch(self) -> None:
+        if self._path is not None:
+            self._dirty.set()
+
+    async def _save_loop(self) -> None:
+        # kept up to date while running: a process killed outright leaves at most
+        # STATE_FLUSH_S of changes unwritten
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._save(self._dump())
+            await asyncio.sleep(STATE_FLUSH_S)
+
+    def _forget_outstanding(self) -> None:
+        for call in [c for c in self.calls.values() if c.state != "ended"]:
+            self.states[call.state] -= 1
+            del self.calls[call.call_id]
+        for a in self.agents.values():
+            a.ready.clear()
+            a.retry.clear()
+            a.state, a.current, a.ready_at, a.resume, a.hold_until = "idle", None, None, None, 0.0
+        self._outbox.clear()
+
+    def _restore(self) -> None:
+        snap = self._snapshot
+        self._snapshot = None
+        if self._path is not None:
+            self._dirty = asyncio.Event()
+            self._saver = asyncio.create_task(self._save_loop(), name="ryng-sandbox-state")
+            try:
+                snap = orjson.loads(self._path.read_bytes())
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as e:
+                log.warning("sandbox state not read", extra={"path": str(self._path), "error": repr(e)})
+        if not snap or snap.get("version") != STATE_VERSION:
+            return
+        try:
+            self._load(snap)
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # a damaged file must not stop the daemon
+            log.warning("sandbox state not reloaded: the calls it held are forgotten",
+                        extra={"path": str(self._path), "error": repr(e)})
+            self._forget_outstanding()
+
+    def _load(self, snap: dict[str, Any]) -> None:
+        now_m, now_w = time.monotonic(), self.wall()
+        subs = [Submission(**s) for s in snap["submissions"]]
+        calls: dict[str, Call] = {}
+        for c in sorted(snap["calls"], key=lambda c: c["seq"]):
+            agent = self.agents.get(c["agent"])
+            if agent is None:  # an agent no longer configured: its calls go to the first one
+                agent = next(iter(self.agents.values()))
+            call = Call(call_id=c["callId"], seq=next(self._seq), number=c["number"], priority=c["priority"],
+                        custom=c["custom"], agents_assigned=c["agentsAssigned"], sub=subs[c["sub"]],
+                        agent=agent.name, state=c["state"], attempts=c["attempts"],
+                        created=datetime.fromisoformat(c["created"]),
+                        history=[Attempt(a["attempt"], a["agent"], datetime.fromisoformat(a["startTime"]),
+                                         datetime.fromisoformat(a["endTime"]) if a["endTime"] else None,
+                                         a["outcome"], a["ringTime"], a["talkTime"]) for a in c["history"]],
+                        plan=(c["plan"][0], c["plan"][1]) if c["plan"] else None, due=c["due"])
+            calls[call.call_id] = call
+            self.calls[call.call_id] = call
+            self.states[call.state] += 1
+            self.reloaded += 1
+            if call.state in ("dialing", "connected") and call.plan and call.history and agent.resume is None:
+                agent.resume = call
+            elif call.state == "retry_wait":
+                heapq.heappush(agent.retry, (now_m + max(0.0, call.due - now_w), call.seq, call))
+            else:  # queued, or an attempt without its plan: dialed (again)
+                self._set_state(call, "queued")
+                heapq.heappush(agent.ready, (-float(call.priority), call.seq, call))
+        for name, until in snap["wrapUpUntil"].items():
+            if name in self.agents:
+                self.agents[name].hold_until = until
+        tails: dict[str, asyncio.Event] = {}  # a call's callbacks still go out in order
+        for d in snap["callbacks"]:
+            delivery = Delivery(d["callId"], d["kind"], d["url"], d["body"], d["tries"], d["at"])
+            prev = tails.get(delivery.call_id)
+            tails[delivery.call_id] = self._queue_delivery(delivery, prev, late=False, duplicate=False)
+        for call_id, tail in tails.items():
+            if call_id in calls:
+                calls[call_id].cb_tail = tail
+        self._touch()
+
+    def _queue_delivery(self, d: Delivery, prev: asyncio.Event | None, late: bool,
+                        duplicate: bool) -> asyncio.Event:
+        """Send ``d`` after ``prev`` (the call's previous callback) has had its first try;
+        the event returned is set once ``d`` has had its own."""
+        done = asyncio.Event()
+        key = next(self._outbox_ids)
+        self._outbox[key] = d
+        self._spawn(self._deliver(key, d, prev, done, late, duplicate))
+        return done
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -214,12 +395,15 @@ class Engine:
             self.campaign_rows[sub.campaign_id] = sub.rows
         else:
             sub.rows = []  # the calls hold the data now
+        if self._path is not None and self.running:
+            self._save(self._dump())  # on disk before the request is answered: accepted means kept
         return calls
 
     def _set_state(self, call: Call, state: str) -> None:
         self.states[call.state] -= 1
         self.states[state] += 1
         call.state = state
+        self._touch()
 
     # ------------------------------------------------------------------ agents
     async def _sleep(self, vendor_seconds: float) -> None:
@@ -241,9 +425,18 @@ class Engine:
                 pass
 
     async def _agent_loop(self, agent: Agent) -> None:
+        if agent.hold_until:  # reloaded in wrap-up
+            agent.state = "wrap_up"
+            agent.ready_at = time.monotonic() + max(0.0, agent.hold_until - self.wall())
+            await asyncio.sleep(agent.ready_at - time.monotonic())
+            agent.state, agent.ready_at, agent.hold_until = "idle", None, 0.0
         while True:
-            call = await self._take(agent)
-            await self._attempt(agent, call)
+            if agent.resume is not None:
+                call, agent.resume = agent.resume, None
+                await self._resume(agent, call)
+            else:
+                call = await self._take(agent)
+                await self._attempt(agent, call)
             dispose = call.sub.max_dispose_s * self.cfg.time_scale
             agent.state = "wrap_up"
             agent.ready_at = time.monotonic() + dispose
@@ -277,6 +470,10 @@ class Engine:
             attempt.talk_s = self.rng.uniform(*cfg.talk_s)
         else:
             attempt.ring_s = cfg.ring_s[1] if outcome == NO_ANSWER else SIGNAL_S
+        pickup = cfg.agent_pickup_s if outcome == ANSWERED or sub.leg_direction == "agent-first" else 0.0
+        planned = pickup + attempt.ring_s + (attempt.talk_s if outcome == ANSWERED else 0.0)
+        call.plan = (outcome, self.wall() + planned * cfg.time_scale)
+        self._touch()
         if not campaign and sub.leg_direction == "agent-first":
             # the queue page: one connect callback "each time a call is assigned to an agent";
             # the campaign page names only its three milestones (agent picks up, customer
@@ -296,6 +493,8 @@ class Engine:
                 self.outcomes[outcome] -= 1
                 outcome, attempt.talk_s = ABANDONED, 0.0
                 self.outcomes[outcome] += 1
+                call.plan = (outcome, self.wall())
+                self._touch()
                 if campaign:
                     self._emit(call, "connect", self._body(call, "customer_answered"))
             if outcome == ANSWERED:
@@ -309,6 +508,21 @@ class Engine:
         if outcome == ANSWERED:
             self._set_state(call, "connected")
             await self._sleep(attempt.talk_s)
+        self._conclude(agent, call, attempt, outcome)
+
+    async def _resume(self, agent: Agent, call: Call) -> None:
+        """A reloaded attempt: it ends when it was planned to (at once if that has passed).
+        The connect callbacks it had not reached yet are not sent."""
+        assert call.plan is not None
+        outcome, end = call.plan
+        agent.state, agent.current = "on_call", call
+        attempt = call.history[-1]
+        await asyncio.sleep(max(0.0, end - self.wall()))
+        self._conclude(agent, call, attempt, outcome)
+
+    def _conclude(self, agent: Agent, call: Call, attempt: Attempt, outcome: str) -> None:
+        sub = call.sub
+        call.plan = None
         attempt.end, attempt.outcome = utcnow(), outcome
         self.timeline.append((time.monotonic(), "ended", agent.name, call.call_id))
         agent.handled += 1
@@ -316,9 +530,10 @@ class Engine:
         if outcome in (ANSWERED, ABANDONED) or call.attempts > sub.max_retries:
             self._finish(call, attempt)
         else:
+            wait = sub.retry_interval_min * 60.0 * self.cfg.time_scale
+            call.due = self.wall() + wait
             self._set_state(call, "retry_wait")
-            due = time.monotonic() + sub.retry_interval_min * 60.0 * cfg.time_scale
-            heapq.heappush(agent.retry, (due, call.seq, call))
+            heapq.heappush(agent.retry, (time.monotonic() + wait, call.seq, call))
 
     def _finish(self, call: Call, attempt: Attempt) -> None:
         assert attempt.outcome is not None
@@ -359,34 +574,40 @@ class Engine:
             return
         if not self.running:
             return
-        prev, done = call.cb_tail, asyncio.Event()
-        call.cb_tail = done
         late = kind == "terminal" and self.rng.random() < self.cfg.late_callback_rate
         duplicate = self.rng.random() < self.cfg.duplicate_callback_rate
-        self._spawn(self._deliver(kind, url, body, prev, done, late, duplicate))
+        d = Delivery(call.call_id, kind, url, body, MAX_DELIVERIES[kind])
+        call.cb_tail = self._queue_delivery(d, call.cb_tail, late, duplicate)
+        self._touch()
 
-    async def _deliver(self, kind: str, url: str, body: dict[str, Any], prev: asyncio.Event | None,
-                       done: asyncio.Event, late: bool, duplicate: bool) -> None:
+    async def _deliver(self, key: int, d: Delivery, prev: asyncio.Event | None, done: asyncio.Event,
+                       late: bool, duplicate: bool) -> None:
+        kind, url, body = d.kind, d.url, d.body
         stats = self.cb[kind]
         retrying = False  # counted in stats["retrying"] from its first failure until it ends
+        finished = False
         try:
             if prev is not None:
                 await prev.wait()
             if late:
                 stats["late"] += 1
                 done.set()
-                await self._sleep(LATE_CALLBACK_S)
+                d.at = self.wall() + LATE_CALLBACK_S * self.cfg.time_scale
+                self._touch()
+            if d.at > self.wall():  # held back, or a retry's interval carried over a restart
+                await asyncio.sleep(d.at - self.wall())
             payload = orjson.dumps(body)
-            tries = MAX_DELIVERIES[kind]
-            for i in range(tries):
-                if i:
+            while d.tries > 0:
+                if d.tries < MAX_DELIVERIES[kind]:
                     stats["retried"] += 1
                 ok = await self._post(kind, url, payload)
+                d.tries -= 1
                 done.set()
                 if ok and kind == "terminal":
                     self.timeline.append((time.monotonic(), "terminal", str(body.get("agent", "")),
                                           str(body.get("callId", ""))))
                 if ok:
+                    finished = True
                     if duplicate:
                         stats["duplicates"] += 1
                         await self._post(kind, url, payload)
@@ -394,12 +615,18 @@ class Engine:
                 if not retrying:
                     retrying = True
                     stats["retrying"] += 1
-                if i + 1 < tries:
+                if d.tries > 0:
+                    d.at = self.wall() + CALLBACK_RETRY_S * self.cfg.time_scale
+                    self._touch()
                     await self._sleep(CALLBACK_RETRY_S)
             stats["given_up"] += 1
+            finished = True
         finally:
             if retrying:
                 stats["retrying"] -= 1
+            if finished:  # a delivery cancelled by stop() stays in the outbox for the next start
+                self._outbox.pop(key, None)
+                self._touch()
             done.set()
 
     async def _post(self, kind: str, url: str, payload: bytes) -> bool:
@@ -436,7 +663,8 @@ class Engine:
                                            "duplicates", "late", "no_url")},
                          **dict(v), "statuses": dict(self.cb_status[k])} for k, v in self.cb.items()}
         return {
-            "calls": {"total": self.submitted["rows"], "queued": s["queued"] + s["retry_wait"],
+            "calls": {"total": self.submitted["rows"] + self.reloaded, "reloaded": self.reloaded,
+                      "queued": s["queued"] + s["retry_wait"],
                       "waiting": s["queued"], "retry_wait": s["retry_wait"],
                       "active": s["dialing"] + s["connected"], "dialing": s["dialing"],
                       "connected": s["connected"], "ended": s["ended"],
