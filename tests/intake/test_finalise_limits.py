@@ -154,6 +154,22 @@ def cli_ingest(path: Path, db_url: str, **lowered: float) -> subprocess.Complete
     return dialer(["ingest", str(path)], db_url, path.parent, **lowered)
 
 
+async def rerun_finishes(pool: asyncpg.Pool, db_url: str, path: Path, batch: asyncpg.Record) -> None:
+    """The same `dialer ingest` run again resumes ``batch`` (3,002 rows read, left receiving)
+    and settles it, every row counted once."""
+    r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["result"], rep["batch_id"]) == ("ingested", str(batch["id"]))
+    assert rep["counts"] == {"rows": 3002, "accepted": 3000, "invalid": 1, "duplicate": 1, "dnc": 0}
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM calls WHERE batch_id = $1 AND state = 'pending'",
+                                   batch["id"]) == 3000
+        assert await conn.fetchval("SELECT count(*) FROM batches") == 1
+    batch = await batch_of(pool, "leads.csv")
+    assert (batch["state"], batch["rows_read"], batch["calls"]) == ("ingested", 3002, 3002)
+
+
 async def test_dialer_ingest_on_a_target_busy_finishing_another_batch_says_so_and_a_rerun_finishes_it(
         pool: asyncpg.Pool, db_url: str, tmp_path: Path) -> None:
     """Another session holds the target's dedupe lock (a big batch's finalise) past the wait the
@@ -174,17 +190,7 @@ async def test_dialer_ingest_on_a_target_busy_finishing_another_batch_says_so_an
     batch = await batch_of(pool, "leads.csv")
     assert (batch["state"], batch["rows_read"], batch["calls"]) == ("receiving", 3002, 3002)
 
-    r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url))
-    assert r.returncode == 0, r.stdout + r.stderr
-    rep = json.loads(r.stdout)
-    assert (rep["result"], rep["batch_id"]) == ("ingested", str(batch["id"]))
-    assert rep["counts"] == {"rows": 3002, "accepted": 3000, "invalid": 1, "duplicate": 1, "dnc": 0}
-    async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT count(*) FROM calls WHERE batch_id = $1 AND state = 'pending'",
-                                   batch["id"]) == 3000
-        assert await conn.fetchval("SELECT count(*) FROM batches") == 1
-    batch = await batch_of(pool, "leads.csv")
-    assert (batch["state"], batch["rows_read"], batch["calls"]) == ("ingested", 3002, 3002)
+    await rerun_finishes(pool, db_url, path, batch)
 
 
 async def test_a_file_found_unreadable_after_many_rows_has_them_dropped_in_the_batchs_time(
@@ -226,8 +232,4 @@ async def test_dialer_ingest_whose_finalise_runs_past_its_time_limit_says_so_and
     batch = await batch_of(pool, "leads.csv")
     assert (batch["state"], batch["rows_read"], batch["calls"]) == ("receiving", 3002, 3002)
 
-    r = await anyio.to_thread.run_sync(lambda: cli_ingest(path, db_url))
-    assert r.returncode == 0, r.stdout + r.stderr
-    rep = json.loads(r.stdout)
-    assert (rep["result"], rep["batch_id"]) == ("ingested", str(batch["id"]))
-    assert rep["counts"] == {"rows": 3002, "accepted": 3000, "invalid": 1, "duplicate": 1, "dnc": 0}
+    await rerun_finishes(pool, db_url, path, batch)
