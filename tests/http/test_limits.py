@@ -172,6 +172,19 @@ def _post_head(path: str, length: int, ctype: str = "application/x-www-form-urle
             f"Content-Length: {length}\r\n\r\n").encode()
 
 
+
+def _steady(s: socket.socket, pieces: list[bytes]) -> bytes:
+    """Send ``pieces`` slowly but steadily (0.3 s apart, over several timeouts): the connection
+    must stay open; returns the answer, at least its status line."""
+    answer, closed = _trickle(s, pieces, every_s=0.3)
+    assert not closed, answer
+    s.settimeout(10)
+    while b"\r\n" not in answer:
+        part = s.recv(65536)
+        assert part, answer
+        answer += part
+    return answer
+
 def _trickle(s: socket.socket, pieces: list[bytes], every_s: float = 0.25) -> tuple[bytes, bool]:
     """Send ``pieces`` one every ``every_s`` (a client's pace, below the idle timeout): what
     the server sent meanwhile, and whether it closed the connection before the last one."""
@@ -220,13 +233,7 @@ def test_a_body_that_stalls_or_trickles_is_cut_off(daemon: DaemonProcess) -> Non
     pieces = [b'{"numbers": ['] + [n + b"," for n in numbers[:-1]] + [numbers[-1] + b"]}"]
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(_post_head("/v1/dnc", sum(map(len, pieces)), "application/json", auth=True))
-        answer, closed = _trickle(s, pieces, every_s=0.3)
-        assert not closed, answer
-        s.settimeout(10)
-        while b"\r\n" not in answer:
-            part = s.recv(65536)
-            assert part, answer
-            answer += part
+        answer = _steady(s, pieces)
     assert answer.startswith(b"HTTP/1.1 20"), answer[:300]
     # and so may a console form sent slowly with a session
     with httpx.Client(base_url=daemon.url, timeout=10) as c:
@@ -238,13 +245,7 @@ def test_a_body_that_stalls_or_trickles_is_cut_off(daemon: DaemonProcess) -> Non
     head = _post_head("/ui/dnc", len(body)).replace(b"\r\n\r\n", f"\r\nCookie: {cookies}\r\n\r\n".encode())
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(head)
-        answer, closed = _trickle(s, [body[i:i + 20] for i in range(0, len(body), 20)], every_s=0.3)
-        assert not closed, answer
-        s.settimeout(10)
-        while b"\r\n" not in answer:
-            part = s.recv(65536)
-            assert part, answer
-            answer += part
+        answer = _steady(s, [body[i:i + 20] for i in range(0, len(body), 20)])
     assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 303")), answer[:300]
     assert httpx.get(daemon.url + "/healthz", timeout=5).status_code == 200
 
